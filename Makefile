@@ -1,0 +1,29 @@
+# MedSAD — the two commands:  `make run` (main job)  and  `make test` (test suite).
+# Both create .venv and install the pinned stack on first use (pip, no uv: see shared/DESIGN.md §6).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.medsad-installed
+
+.PHONY: run test venv bench clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements/core.txt requirements/test.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/core.txt -r requirements/test.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q
+
+run: venv
+	$(PY) -m medsad_monai.cli demo
+
+bench: venv
+	$(PY) bench/forward_overhead.py
+
+clean-venv:
+	rm -rf $(VENV)

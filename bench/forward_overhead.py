@@ -1,0 +1,74 @@
+"""MedSAD eval forward vs. the bare open_clip image encoder on the same backbone.
+
+Prints per-run medians and, on the last line, ``overhead_ratio=<medsad / bare>``.
+Target (shared/DESIGN.md §8): <= 1.10. Ratios, not absolute times, are what we track.
+
+    python bench/forward_overhead.py [--model ViT-B-16] [--batch 8] [--runs 7] [--preset full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from medsad_monai.configs import load_preset  # noqa: E402
+from medsad_monai.networks import MedSADCLIP  # noqa: E402
+
+
+def _time(fn, runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="ViT-B-16", help="open_clip architecture (random init)")
+    parser.add_argument("--preset", default="full")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=7, help="timed runs per side (median is used)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    cfg = load_preset(args.preset, clip_model=args.model, clip_pretrained="none")
+    model = MedSADCLIP(cfg).to(args.device).eval()
+    size = model.image_size
+    x = torch.randn(args.batch, 3, size, size, device=args.device)
+
+    def sync() -> None:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def bare() -> None:
+        model.backbone.encode_image(x)
+        sync()
+
+    def medsad() -> None:
+        model(x)
+        sync()
+
+    with torch.inference_mode():
+        bare(), medsad()  # warm-up (also fills the text cache once)
+        bare_t, medsad_t = [], []
+        for _ in range(args.runs):  # interleave so drifting machine load hits both sides
+            bare_t += _time(bare, 1)
+            medsad_t += _time(medsad, 1)
+    b, m = statistics.median(bare_t), statistics.median(medsad_t)
+    print(f"device={args.device} model={args.model} preset={args.preset} batch={args.batch} size={size} "
+          f"threads={torch.get_num_threads()} runs={args.runs}")
+    print(f"bare_encoder_s={b:.4f} medsad_forward_s={m:.4f} text_encoder_calls={model.text_encoder_calls}")
+    print(f"overhead_ratio={m / b:.3f}")
+
+
+if __name__ == "__main__":
+    main()

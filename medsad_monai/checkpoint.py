@@ -1,0 +1,154 @@
+"""MedSAD checkpoints: trainable weights + config + backbone identity, written atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medsad_monai.config import MedSADConfig
+from medsad_monai.networks.medsad_clip import MedSADCLIP
+
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "read_checkpoint", "atomic_torch_save"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "medsad-checkpoint/1"
+_IDENTITY_KEYS = ("arch", "kind", "pretrained", "sha256", "quick_gelu", "image_size")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
+
+    A crash mid-write leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _saved_backbone_prefix(config: MedSADConfig) -> str | None:
+    """Which backbone weights a checkpoint must carry (None: rebuilt from the identity)."""
+    if config.random_init:
+        return "backbone."
+    if config.train_backbone:
+        return "backbone.clip.visual."
+    return None
+
+
+def save_checkpoint(model: MedSADCLIP, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Save what is needed to rebuild ``model``.
+
+    Holds the config, the backbone identity (arch, pretrained tag or path + sha256), every
+    non-backbone weight and buffer, and the backbone weights only when they cannot be rebuilt
+    (random init: the whole backbone; a trained image tower: that tower).
+
+    Args:
+        model: the model.
+        path: destination file (written atomically).
+        extra: plain-Python / tensor metadata (epoch, metrics, optimizer state …).
+    """
+    prefix = _saved_backbone_prefix(model.config)
+    state = {
+        k: v.detach().cpu()
+        for k, v in model.state_dict().items()
+        if not k.startswith("backbone.") or (prefix is not None and k.startswith(prefix))
+    }
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": model.config.to_dict(),
+        "backbone": dict(model.backbone.identity),
+        "state_dict": state,
+        "extra": extra or {},
+    }
+    atomic_torch_save(payload, path)
+    logger.info("saved checkpoint %s (%d tensors)", path, len(state))
+    return Path(path)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint file with ``torch.load(weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable MedSAD checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read (corrupt or not a torch file): {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(
+            f"{str(path)!r} is not a MedSAD checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})"
+        )
+    return payload
+
+
+def _check_identity(saved: dict[str, Any], built: dict[str, Any], path: Path) -> None:
+    diffs = [
+        f"{k}: checkpoint has {saved.get(k)!r}, given backbone has {built.get(k)!r}"
+        for k in _IDENTITY_KEYS
+        if k != "pretrained" or saved.get("kind") == "tag"
+        if saved.get(k) != built.get(k)
+    ]
+    if diffs:
+        raise ValueError(
+            f"checkpoint {str(path)!r} was trained on another CLIP backbone ({'; '.join(diffs)}). "
+            f"Pass the same backbone weights it was trained with (clip_pretrained=<tag or path>)."
+        )
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    clip_pretrained: str | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[MedSADCLIP, dict[str, Any]]:
+    """Rebuild a model from a checkpoint.
+
+    Args:
+        path: checkpoint file.
+        clip_pretrained: where the backbone weights are on this machine, when they differ from
+            the path/tag recorded at training time; the file must hash to the recorded sha256.
+        map_location: device for the tensors.
+
+    Returns:
+        The model (eval mode) and the checkpoint payload (``config``, ``backbone``, ``extra`` …).
+
+    Raises:
+        FileNotFoundError, ValueError: unreadable checkpoint, or a backbone that does not match.
+    """
+    path = Path(path)
+    payload = read_checkpoint(path, map_location)
+    config = MedSADConfig.from_dict(payload["config"])
+    if clip_pretrained is not None:
+        config = config.replace(clip_pretrained=clip_pretrained)
+    model = MedSADCLIP(config)
+    _check_identity(payload["backbone"], model.backbone.identity, path)
+    result = model.load_state_dict(payload["state_dict"], strict=False)
+    prefix = _saved_backbone_prefix(config)
+    missing = [k for k in result.missing_keys if not k.startswith("backbone.") or (prefix and k.startswith(prefix))]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not fit the model built from its config: "
+            f"missing {missing[:5]}, unexpected {list(result.unexpected_keys)[:5]}"
+        )
+    model.to(map_location).eval()
+    return model, payload

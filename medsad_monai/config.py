@@ -1,0 +1,157 @@
+"""The single configuration object of a MedSAD-CLIP model and its training defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["MedSADConfig", "ABLATIONS"]
+
+#: Paper Table 3 ablations: preset name -> (learnable_prompt, use_tpca, mc_loss).
+ABLATIONS: dict[str, tuple[bool, bool, bool]] = {
+    "adapt": (False, False, False),
+    "adapt_prompt": (True, False, False),
+    "adapt_prompt_tpca": (True, True, False),
+    "full": (True, True, True),
+}
+
+
+@dataclass
+class MedSADConfig:
+    """Everything needed to rebuild a MedSAD-CLIP model (and its default training recipe).
+
+    Backbone:
+        clip_model: open_clip architecture name (``ViT-L-14``, ``ViT-B-16``, ``MedSAD-Tiny`` ...).
+        clip_pretrained: open_clip pretrained tag (e.g. ``openai``; downloads on a machine with
+            internet), a local weight file path, or ``none`` for an explicit random init.
+        quick_gelu: use QuickGELU activations; ``None`` = automatic (on for OpenAI weights).
+        image_size: input side length; ``None`` = the backbone's native size.
+        tap_layers: 1-based transformer block indices whose outputs feed the adapters;
+            ``None`` = four taps spread evenly over the depth (ViT-L: 6, 12, 18, 24).
+        train_backbone: train the backbone too (only sensible for a random-init backbone).
+
+    Adapters:
+        adapter_bottleneck: hidden width of every Det/Seg adapter; ``None`` = CLIP embed dim.
+        residual_weight, seg_adapter_weight, det_adapter_weight: mixing of the adapted tokens
+            back into the residual stream (MVFA: 0.8 / 0.1 / 0.1).
+
+    Prompt:
+        category: the organ / object name filled into the templates.
+        normal_templates, abnormal_templates: anchor templates with one ``{}`` for the category.
+        learnable_prompt: append ``n_ctx`` learnable token vectors to every anchor.
+        n_ctx: number of learnable token vectors per state (normal / abnormal).
+
+    Segmentation head:
+        use_tpca: Token-Patch Cross-Attention + SegDecoder; off = dot-product similarity map.
+        tpca_heads: attention heads in TPCA.
+        decoder_channels: channels of the SegDecoder's upsampling stages (each doubles the size).
+        decoder_norm: normalisation in the decoder (``batch``, ``instance``, ``group``, ``none``).
+
+    Loss:
+        mc_loss: add the margin contrastive loss (the ``full`` preset).
+        mc_margin, bce_weight, dicefocal_weight, mc_weight: loss settings.
+
+    Training recipe (defaults of ``medsad train``; paper §4.2):
+        lr, betas, batch_size, epochs.
+    """
+
+    preset: str = "full"
+    clip_model: str = "ViT-L-14"
+    clip_pretrained: str = "openai"
+    quick_gelu: bool | None = None
+    image_size: int | None = None
+    tap_layers: list[int] | None = None
+    train_backbone: bool = False
+
+    adapter_bottleneck: int | None = None
+    residual_weight: float = 0.8
+    seg_adapter_weight: float = 0.1
+    det_adapter_weight: float = 0.1
+
+    category: str = "brain"
+    normal_templates: list[str] = field(default_factory=lambda: ["a photo of a normal {}."])
+    abnormal_templates: list[str] = field(default_factory=lambda: ["a photo of a damaged {}."])
+    learnable_prompt: bool = True
+    n_ctx: int = 10
+
+    use_tpca: bool = True
+    tpca_heads: int = 8
+    decoder_channels: list[int] = field(default_factory=lambda: [128, 64, 32])
+    decoder_norm: str = "batch"
+
+    mc_loss: bool = True
+    mc_margin: float = 0.4
+    bce_weight: float = 1.0
+    dicefocal_weight: float = 1.0
+    mc_weight: float = 1.0
+
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    batch_size: int = 32
+    epochs: int = 50
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field."""
+        if not self.clip_model or not isinstance(self.clip_model, str):
+            raise ValueError(f"clip_model must be an open_clip model name, got {self.clip_model!r}")
+        if not isinstance(self.clip_pretrained, str) or not self.clip_pretrained:
+            raise ValueError(
+                f"clip_pretrained must be an open_clip tag, a local file path or 'none', "
+                f"got {self.clip_pretrained!r}"
+            )
+        if self.image_size is not None and self.image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if self.tap_layers is not None:
+            if len(self.tap_layers) == 0 or any(int(t) < 1 for t in self.tap_layers):
+                raise ValueError(f"tap_layers must be 1-based block indices, got {self.tap_layers}")
+            if list(self.tap_layers) != sorted(set(self.tap_layers)):
+                raise ValueError(f"tap_layers must be strictly increasing, got {self.tap_layers}")
+        if self.adapter_bottleneck is not None and self.adapter_bottleneck <= 0:
+            raise ValueError(f"adapter_bottleneck must be positive, got {self.adapter_bottleneck}")
+        for name in ("normal_templates", "abnormal_templates"):
+            templates = getattr(self, name)
+            if not templates or any(t.count("{}") != 1 for t in templates):
+                raise ValueError(f"{name} must be non-empty templates with exactly one '{{}}', got {templates}")
+        if self.n_ctx < 0:
+            raise ValueError(f"n_ctx must be >= 0, got {self.n_ctx}")
+        if self.tpca_heads <= 0:
+            raise ValueError(f"tpca_heads must be positive, got {self.tpca_heads}")
+        if not self.decoder_channels or any(c <= 0 for c in self.decoder_channels):
+            raise ValueError(f"decoder_channels must be positive integers, got {self.decoder_channels}")
+        if self.decoder_norm not in ("batch", "instance", "group", "none"):
+            raise ValueError(
+                f"decoder_norm must be one of batch, instance, group, none; got {self.decoder_norm!r}"
+            )
+        if self.mc_margin < 0:
+            raise ValueError(f"mc_margin must be >= 0, got {self.mc_margin}")
+        for name in ("bce_weight", "dicefocal_weight", "mc_weight", "lr"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size <= 0 or self.epochs <= 0:
+            raise ValueError(f"batch_size and epochs must be positive, got {self.batch_size}, {self.epochs}")
+
+    @property
+    def random_init(self) -> bool:
+        """True when the backbone is explicitly randomly initialised."""
+        return self.clip_pretrained.lower() == "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python dict (JSON- and ``weights_only``-safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MedSADConfig":
+        """Build from a dict, rejecting unknown keys with a clear message."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown MedSAD config key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "MedSADConfig":
+        """A copy with ``changes`` applied (validated)."""
+        return self.from_dict({**self.to_dict(), **changes})

@@ -1,0 +1,88 @@
+"""The training objective: BCE(score) + DiceFocal(mask) + MCLoss (paper §3.7)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceFocalLoss
+from torch import nn
+
+from medsad_monai.losses.mc_loss import MCLoss
+
+__all__ = ["MedSADLoss", "lesion_logit"]
+
+
+def lesion_logit(mask_logits: torch.Tensor) -> torch.Tensor:
+    """Two-class logits (B, 2, H, W) -> one lesion logit (B, 1, H, W).
+
+    ``softmax(l)[1] == sigmoid(l1 − l0)``, so a sigmoid-based loss on this logit sees exactly
+    the model's softmax lesion probability.
+    """
+    return mask_logits[:, 1:2] - mask_logits[:, 0:1]
+
+
+class MedSADLoss(nn.Module):
+    """Weighted sum of the three paper losses; returns the total and its parts.
+
+    Mask term: ``monai.losses.DiceFocalLoss(sigmoid=True)`` on :func:`lesion_logit`. In MONAI
+    1.6 the focal part of ``DiceFocalLoss`` is sigmoid-based per channel even with
+    ``softmax=True``; on the 2-channel softmax output that would score each channel as an
+    independent binary problem. Feeding the single lesion logit makes Dice and focal terms both
+    use the softmax lesion probability. Dice is computed over the batch (``batch=True``) so
+    that lesion-free images (empty targets) do not make the Dice term degenerate.
+
+    Args:
+        bce_weight, dicefocal_weight, mc_weight: term weights (0 disables a term).
+        mc_margin: MCLoss margin.
+        focal_gamma: focal exponent.
+    """
+
+    def __init__(
+        self,
+        bce_weight: float = 1.0,
+        dicefocal_weight: float = 1.0,
+        mc_weight: float = 1.0,
+        mc_margin: float = 0.4,
+        focal_gamma: float = 2.0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("bce_weight", bce_weight), ("dicefocal_weight", dicefocal_weight), ("mc_weight", mc_weight)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        self.weights = {"bce": bce_weight, "dicefocal": dicefocal_weight, "mc": mc_weight}
+        self.dicefocal = DiceFocalLoss(sigmoid=True, batch=True, gamma=focal_gamma)
+        self.mc = MCLoss(margin=mc_margin)
+
+    @classmethod
+    def from_config(cls, config) -> "MedSADLoss":
+        """Build from a :class:`MedSADConfig` (MCLoss only when ``config.mc_loss``)."""
+        return cls(
+            bce_weight=config.bce_weight,
+            dicefocal_weight=config.dicefocal_weight,
+            mc_weight=config.mc_weight if config.mc_loss else 0.0,
+            mc_margin=config.mc_margin,
+        )
+
+    def forward(self, outputs: dict[str, torch.Tensor], masks: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Args:
+            outputs: the model's output dict (``image_logits``, ``cos``, ``mask_logits``).
+            masks: binary lesion masks (B, 1, H, W) or (B, H, W).
+            labels: image labels (B,), 1 = abnormal.
+
+        Returns:
+            dict with ``loss`` (weighted total) and the unweighted ``bce``, ``dicefocal``, ``mc``.
+        """
+        if masks.ndim == 3:
+            masks = masks[:, None]
+        logits = outputs["mask_logits"]
+        if masks.shape[0] != logits.shape[0] or masks.shape[-2:] != logits.shape[-2:]:
+            raise ValueError(f"masks {tuple(masks.shape)} do not match mask logits {tuple(logits.shape)}")
+        labels = labels.reshape(-1).to(logits.dtype)
+        image_logits = outputs["image_logits"]
+        parts = {
+            "bce": F.binary_cross_entropy_with_logits(image_logits[:, 1] - image_logits[:, 0], labels),
+            "dicefocal": self.dicefocal(lesion_logit(logits), masks.to(logits.dtype)),
+            "mc": self.mc(outputs["cos"], labels),
+        }
+        parts["loss"] = sum(self.weights[k] * parts[k] for k in ("bce", "dicefocal", "mc"))
+        return parts

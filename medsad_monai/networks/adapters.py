@@ -1,0 +1,88 @@
+"""Multi-level image adapters (paper §3.2): a Det and a Seg adapter at every backbone tap."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["TokenAdapter", "MultiLevelAdapters"]
+
+
+class TokenAdapter(nn.Module):
+    """``Linear → LayerNorm → LeakyReLU → Linear → LayerNorm → LeakyReLU`` on tokens.
+
+    The first half gives the adapted feature (bottleneck width) used by the heads; the second
+    half maps it back to the backbone width so it can be mixed into the residual stream.
+
+    Args:
+        width: backbone token width.
+        bottleneck: adapted feature width.
+    """
+
+    def __init__(self, width: int, bottleneck: int) -> None:
+        super().__init__()
+        if width <= 0 or bottleneck <= 0:
+            raise ValueError(f"width and bottleneck must be positive, got {width}, {bottleneck}")
+        self.down = nn.Sequential(nn.Linear(width, bottleneck), nn.LayerNorm(bottleneck), nn.LeakyReLU())
+        self.up = nn.Sequential(nn.Linear(bottleneck, width), nn.LayerNorm(width), nn.LeakyReLU())
+
+    def forward(self, tokens: torch.Tensor, need_residual: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, L, width) -> adapted (B, L, bottleneck), residual (B, L, width) or None."""
+        feat = self.down(tokens)
+        return feat, (self.up(feat) if need_residual else None)
+
+
+class MultiLevelAdapters(nn.Module):
+    """One Det and one Seg adapter per tap; mixes their outputs back into the residual stream.
+
+    ``x ← residual_weight·x + seg_weight·seg(x) + det_weight·det(x)`` (MVFA: 0.8 / 0.1 / 0.1), so
+    later blocks see adapted tokens. The per-level adapted features are averaged (paper eq. 3).
+
+    Args:
+        n_levels: number of taps.
+        width: backbone token width.
+        bottleneck: adapted feature width.
+        residual_weight, seg_weight, det_weight: the mixing weights.
+    """
+
+    def __init__(
+        self,
+        n_levels: int,
+        width: int,
+        bottleneck: int,
+        residual_weight: float = 0.8,
+        seg_weight: float = 0.1,
+        det_weight: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if n_levels <= 0:
+            raise ValueError(f"n_levels must be positive, got {n_levels}")
+        self.seg = nn.ModuleList(TokenAdapter(width, bottleneck) for _ in range(n_levels))
+        self.det = nn.ModuleList(TokenAdapter(width, bottleneck) for _ in range(n_levels))
+        self.residual_weight = residual_weight
+        self.seg_weight = seg_weight
+        self.det_weight = det_weight
+
+    def adapt(
+        self, level: int, x: torch.Tensor, mix_back: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Adapt tokens at one level.
+
+        Args:
+            level: tap index (0-based).
+            x: block output tokens (B, 1+N, width), class token first.
+            mix_back: compute the mixed residual stream (False at the last tap: no block reads it).
+
+        Returns:
+            seg features of the patches (B, N, bottleneck), det feature of the class token
+            (B, bottleneck), and the (possibly mixed) tokens (B, 1+N, width).
+        """
+        if mix_back:
+            seg_feat, seg_res = self.seg[level](x)
+            det_feat, det_res = self.det[level](x)
+            x = self.residual_weight * x + self.seg_weight * seg_res + self.det_weight * det_res
+            return seg_feat[:, 1:], det_feat[:, 0], x
+        # Last tap: only the heads read the features; the det path needs the class token only.
+        seg_feat, _ = self.seg[level](x[:, 1:], need_residual=False)
+        det_feat, _ = self.det[level](x[:, :1], need_residual=False)
+        return seg_feat, det_feat[:, 0], x

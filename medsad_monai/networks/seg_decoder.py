@@ -1,0 +1,62 @@
+"""SegDecoder (paper §3.5): a light convolutional decoder from the fused patch grid to a mask."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution, UpSample
+from torch import nn
+
+__all__ = ["SegDecoder"]
+
+_NORMS = {"batch": "batch", "instance": "instance", "group": ("group", {"num_groups": 8}), "none": None}
+
+
+class SegDecoder(nn.Module):
+    """Conv → (×2 upsample → conv) per stage → 1×1 conv to 2 logits → bilinear to the input size.
+
+    Built from MONAI blocks (``Convolution``, ``UpSample``). Each stage doubles the grid, so a
+    16×16 patch grid with three stages is decoded at 128×128 before the final interpolation.
+
+    Args:
+        in_channels: channels of the fused grid (patch features + TPCA token maps).
+        channels: output channels of the stem and of each upsampling stage; the first entry is
+            the stem, every following entry one ×2 stage.
+        norm: ``batch``, ``instance``, ``group`` or ``none``.
+        out_channels: number of classes (2: background, lesion).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: Sequence[int] = (128, 64, 32),
+        norm: str = "batch",
+        out_channels: int = 2,
+    ) -> None:
+        super().__init__()
+        if norm not in _NORMS:
+            raise ValueError(f"norm must be one of {sorted(_NORMS)}, got {norm!r}")
+        if in_channels <= 0 or not channels:
+            raise ValueError(f"bad decoder sizes: in_channels={in_channels}, channels={channels}")
+        norm_arg = _NORMS[norm]
+        self.stem = Convolution(2, in_channels, channels[0], kernel_size=3, norm=norm_arg, act="PRELU")
+        stages = []
+        for c_in, c_out in zip(channels[:-1], channels[1:]):
+            stages.append(
+                nn.Sequential(
+                    UpSample(2, c_in, c_in, scale_factor=2, mode="nontrainable", interp_mode="bilinear",
+                             align_corners=False),
+                    Convolution(2, c_in, c_out, kernel_size=3, norm=norm_arg, act="PRELU"),
+                )
+            )
+        self.stages = nn.Sequential(*stages)
+        self.head = Convolution(2, channels[-1], out_channels, kernel_size=1, conv_only=True)
+
+    def forward(self, grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, C, h, w) fused grid -> (B, 2, H, W) logits at ``size``."""
+        x = self.head(self.stages(self.stem(grid)))
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x

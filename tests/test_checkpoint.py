@@ -1,0 +1,103 @@
+"""Checkpoint format: round trip, backbone identity, atomic writes, weights_only loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medsad_monai.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from medsad_monai.networks import MedSADCLIP
+
+
+def _outputs(model, x):
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_random_init_round_trip_gives_identical_outputs(tiny_config, tmp_path):
+    torch.manual_seed(0)
+    model = MedSADCLIP(tiny_config)
+    with torch.no_grad():  # make the heads non-trivial
+        for p in model.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    x = torch.randn(3, 3, model.image_size, model.image_size)
+    expected = _outputs(model, x)
+    path = save_checkpoint(model, tmp_path / "m.pt", extra={"epoch": 3})
+    torch.manual_seed(123)  # a different random init must be overwritten by the saved one
+    loaded, payload = load_checkpoint(path)
+    got = _outputs(loaded, x)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    assert payload["extra"]["epoch"] == 3
+    assert payload["backbone"]["pretrained"] == "none"
+    assert any(k.startswith("backbone.") for k in payload["state_dict"])
+
+
+def _tiny_weight_file(tmp_path, seed):
+    import open_clip
+
+    from medsad_monai.configs import register_model_configs
+
+    register_model_configs()
+    torch.manual_seed(seed)
+    clip = open_clip.create_model("MedSAD-Tiny", pretrained=None, force_image_size=64)
+    path = tmp_path / f"tiny_clip_{seed}.pt"
+    torch.save(clip.state_dict(), path)
+    return path
+
+
+def test_pretrained_file_backbone_is_referenced_by_hash_not_saved(frozen_tiny_config, tmp_path):
+    weights = _tiny_weight_file(tmp_path, seed=1)
+    cfg = frozen_tiny_config.replace(clip_pretrained=str(weights))
+    torch.manual_seed(0)
+    model = MedSADCLIP(cfg)
+    x = torch.randn(2, 3, 64, 64)
+    expected = _outputs(model, x)
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    payload = read_checkpoint(path)
+    assert not any(k.startswith("backbone.") for k in payload["state_dict"])
+    assert len(payload["backbone"]["sha256"]) == 64
+    loaded, _ = load_checkpoint(path)
+    got = _outputs(loaded, x)
+    assert torch.equal(expected["mask"], got["mask"])
+    # the same weights found at another path on this machine are accepted
+    moved = tmp_path / "elsewhere.pt"
+    moved.write_bytes(weights.read_bytes())
+    load_checkpoint(path, clip_pretrained=str(moved))
+
+
+def test_checkpoint_of_another_backbone_is_refused_with_the_difference(frozen_tiny_config, tmp_path):
+    weights = _tiny_weight_file(tmp_path, seed=1)
+    other = _tiny_weight_file(tmp_path, seed=2)
+    model = MedSADCLIP(frozen_tiny_config.replace(clip_pretrained=str(weights)))
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="sha256"):
+        load_checkpoint(path, clip_pretrained=str(other))
+
+
+def test_loading_rejects_non_checkpoints_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_checkpoint(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(ValueError, match="not a MedSAD checkpoint"):
+        load_checkpoint(other)
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tiny_config, tmp_path, monkeypatch):
+    model = MedSADCLIP(tiny_config)
+    path = save_checkpoint(model, tmp_path / "m.pt", extra={"epoch": 1})
+
+    def boom(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(model, path, extra={"epoch": 2})
+    monkeypatch.undo()
+    assert read_checkpoint(path)["extra"]["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]

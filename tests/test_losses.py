@@ -1,0 +1,68 @@
+"""MCLoss against hand-computed values; MedSADLoss composition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.losses import DiceLoss, FocalLoss
+
+from medsad_monai.losses import MCLoss, MedSADLoss, lesion_logit
+
+
+def test_mcloss_is_zero_inside_the_margin_for_a_normal_image():
+    loss = MCLoss(margin=0.4, reduction="none")
+    assert loss(torch.tensor([[0.9, 0.4]]), torch.tensor([0])).item() == pytest.approx(0.0)
+
+
+def test_mcloss_is_linear_outside_the_margin_for_a_normal_image():
+    loss = MCLoss(margin=0.4, reduction="none")
+    # c_n - c_a = 0.1 -> 0.4 - 0.1 = 0.3 ; c_n - c_a = -0.2 -> 0.6
+    values = loss(torch.tensor([[0.5, 0.4], [0.3, 0.5]]), torch.tensor([0, 0]))
+    assert torch.allclose(values, torch.tensor([0.3, 0.6]))
+
+
+def test_mcloss_is_mirrored_for_an_abnormal_image():
+    loss = MCLoss(margin=0.4, reduction="none")
+    cos = torch.tensor([[0.5, 0.4], [0.4, 0.9], [0.3, 0.5]])
+    values = loss(cos, torch.tensor([1, 1, 1]))
+    # c_a - c_n = -0.1 -> 0.5 ; 0.5 -> 0 ; 0.2 -> 0.2
+    assert torch.allclose(values, torch.tensor([0.5, 0.0, 0.2]))
+    assert loss(cos.flip(1), torch.tensor([0, 0, 0])).allclose(values)
+
+
+def test_mcloss_mean_and_bad_shapes():
+    loss = MCLoss(margin=0.4)
+    assert loss(torch.tensor([[0.5, 0.4], [0.3, 0.5]]), torch.tensor([0, 0])).item() == pytest.approx(0.45)
+    with pytest.raises(ValueError, match="shape"):
+        loss(torch.zeros(3), torch.zeros(3))
+    with pytest.raises(ValueError, match="margin"):
+        MCLoss(margin=-1)
+
+
+def test_mask_term_uses_the_softmax_lesion_probability_for_dice_and_focal():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 8, 8)
+    target = (torch.rand(2, 1, 8, 8) > 0.7).float()
+    loss = MedSADLoss(bce_weight=0, mc_weight=0)
+    outputs = {"mask_logits": logits, "image_logits": torch.zeros(2, 2), "cos": torch.zeros(2, 2)}
+    z = lesion_logit(logits)
+    assert torch.allclose(torch.sigmoid(z), logits.softmax(1)[:, 1:2], atol=1e-6)
+    expected = DiceLoss(sigmoid=True, batch=True)(z, target) + FocalLoss(gamma=2.0)(z, target)
+    assert loss(outputs, target, torch.ones(2))["dicefocal"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_total_is_the_weighted_sum_and_bce_matches_score():
+    torch.manual_seed(0)
+    image_logits = torch.randn(4, 2)
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    outputs = {
+        "mask_logits": torch.randn(4, 2, 8, 8),
+        "image_logits": image_logits,
+        "cos": torch.rand(4, 2),
+    }
+    masks = torch.zeros(4, 1, 8, 8)
+    parts = MedSADLoss(bce_weight=2.0, dicefocal_weight=0.5, mc_weight=3.0)(outputs, masks, labels)
+    score = image_logits.softmax(1)[:, 1]
+    assert parts["bce"].item() == pytest.approx(torch.nn.functional.binary_cross_entropy(score, labels).item(), rel=1e-5)
+    expected = 2.0 * parts["bce"] + 0.5 * parts["dicefocal"] + 3.0 * parts["mc"]
+    assert parts["loss"].item() == pytest.approx(expected.item())

@@ -1,0 +1,134 @@
+"""MedSADCLIP: shapes, frozen backbone, ablation switches, cached text features."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medsad_monai.configs import load_preset
+from medsad_monai.losses import MedSADLoss
+from medsad_monai.networks import MedSADCLIP
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_tiny_outputs_have_documented_shapes_for_any_batch(tiny_config, batch):
+    torch.manual_seed(0)
+    model = MedSADCLIP(tiny_config).eval()
+    size = model.image_size
+    with torch.no_grad():
+        out = model(torch.randn(batch, 3, size, size))
+    assert out["mask_logits"].shape == (batch, 2, size, size)
+    assert out["mask"].shape == (batch, 2, size, size)
+    assert out["image_logits"].shape == (batch, 2)
+    assert out["cos"].shape == (batch, 2)
+    assert out["score"].shape == (batch,)
+    assert torch.allclose(out["mask"].sum(1), torch.ones(batch, size, size), atol=1e-5)
+    assert ((out["score"] >= 0) & (out["score"] <= 1)).all()
+
+
+@pytest.mark.parametrize("preset", ["full", "adapt"])
+def test_vit_b16_outputs_have_input_size(preset):
+    torch.manual_seed(0)
+    cfg = load_preset(preset, clip_model="ViT-B-16", clip_pretrained="none")
+    model = MedSADCLIP(cfg).eval()
+    assert model.backbone.tap_layers == [3, 6, 9, 12]
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 224, 224))
+    assert out["mask"].shape == (2, 2, 224, 224)
+    assert out["score"].shape == (2,)
+
+
+def test_vit_l14_taps_are_spread_over_depth():
+    from medsad_monai.networks.clip_backbone import default_tap_layers
+
+    assert default_tap_layers(24) == [6, 12, 18, 24]
+    assert default_tap_layers(12) == [3, 6, 9, 12]
+    assert default_tap_layers(6) == [2, 3, 5, 6]
+
+
+def test_optimizer_step_changes_heads_but_not_frozen_backbone(frozen_tiny_config):
+    torch.manual_seed(0)
+    model = MedSADCLIP(frozen_tiny_config)
+    loss_fn = MedSADLoss.from_config(frozen_tiny_config)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
+    size = model.image_size
+    x = torch.randn(4, 3, size, size)
+    masks = (torch.rand(4, 1, size, size) > 0.8).float()
+    out = model.train()(x)
+    loss_fn(out, masks, torch.tensor([1.0, 0.0, 1.0, 0.0]))["loss"].backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    opt.step()
+    after = model.state_dict()
+    backbone_keys = [k for k in before if k.startswith("backbone.")]
+    assert backbone_keys
+    for k in backbone_keys:
+        assert torch.equal(before[k], after[k]), f"frozen backbone weight {k} changed"
+    for prefix in ("adapters.", "seg_proj.", "classifier.", "prompt.ctx", "tpca.", "decoder."):
+        changed = [k for k in before if k.startswith(prefix) and not torch.equal(before[k], after[k])]
+        assert changed, f"no weight under {prefix} changed after an optimizer step"
+
+
+EXPECTED_TRAINABLE = {
+    "adapt": {"adapters", "seg_proj", "classifier"},
+    "adapt_prompt": {"adapters", "seg_proj", "classifier", "prompt"},
+    "adapt_prompt_tpca": {"adapters", "seg_proj", "classifier", "prompt", "tpca", "decoder"},
+    "full": {"adapters", "seg_proj", "classifier", "prompt", "tpca", "decoder"},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(EXPECTED_TRAINABLE))
+def test_each_ablation_trains_exactly_its_modules(preset):
+    cfg = load_preset(preset, clip_model="MedSAD-Tiny", clip_pretrained="none", image_size=64, tpca_heads=4)
+    model = MedSADCLIP(cfg)
+    trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == EXPECTED_TRAINABLE[preset]
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    loss = MedSADLoss.from_config(cfg)
+    assert (loss.weights["mc"] > 0) == (preset == "full")
+
+
+def test_tiny_preset_trains_image_tower_but_never_text_tower(tiny_config):
+    model = MedSADCLIP(tiny_config)
+    clip = model.backbone.clip
+    assert all(p.requires_grad for p in clip.visual.parameters())
+    text_params = [p for n, p in clip.named_parameters() if not n.startswith("visual.")]
+    assert text_params and not any(p.requires_grad for p in text_params)
+
+
+def _count_text_passes(model: MedSADCLIP) -> list[int]:
+    calls = [0]
+    model.backbone.clip.transformer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_text_encoder_runs_once_across_eval_forwards(tiny_config):
+    model = MedSADCLIP(tiny_config).eval()
+    calls = _count_text_passes(model)
+    x = torch.randn(2, 3, model.image_size, model.image_size)
+    with torch.no_grad():
+        for _ in range(5):
+            model(x)
+    assert calls[0] == 1
+
+
+def test_text_cache_is_refreshed_after_prompt_update(tiny_config):
+    model = MedSADCLIP(tiny_config).eval()
+    calls = _count_text_passes(model)
+    x = torch.randn(2, 3, model.image_size, model.image_size)
+    with torch.no_grad():
+        first = model(x)["score"]
+        with torch.no_grad():
+            model.prompt.ctx.add_(torch.randn_like(model.prompt.ctx))  # in place, as an optimizer step
+        second = model(x)["score"]
+        model(x)
+    assert calls[0] == 2
+    assert not torch.allclose(first, second)
+
+
+def test_training_mode_recomputes_text_with_gradient_to_prompt(tiny_config):
+    model = MedSADCLIP(tiny_config).train()
+    x = torch.randn(2, 3, model.image_size, model.image_size)
+    out = model(x)
+    out["score"].sum().backward()
+    assert model.prompt.ctx.grad is not None and model.prompt.ctx.grad.abs().sum() > 0

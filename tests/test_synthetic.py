@@ -1,0 +1,192 @@
+"""Specification of the synthetic lesion generator and the sample data writer."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+from scipy.spatial import ConvexHull
+
+pytest.importorskip("nilearn", reason="the synthetic subjects are built from nilearn's MNI152 template")
+
+from medsad_monai.data.lesions import STYLES, estimate_brain_mask, paint_lesions  # noqa: E402
+from medsad_monai.data.sample_data import axial_slice  # noqa: E402
+from medsad_monai.data.synthetic import _template, make_sample_data, make_subject  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mni_slice():
+    """A 128×128 axial MNI152 slice (WM ≈ 0.65) with its brain mask and GM/WM means."""
+    t1, brain, gm, wm, _ = _template(2)
+    z, rows, cols = 45, slice(14, 113), slice(5, 122)
+    img = np.zeros((128, 128), np.float32)
+    mask = np.zeros((128, 128), np.uint8)
+    gm_map, wm_map = np.zeros((128, 128), bool), np.zeros((128, 128), bool)
+    img[rows, cols], mask[rows, cols] = t1[:, :, z] * 0.78, brain[:, :, z]
+    gm_map[rows, cols], wm_map[rows, cols] = gm[:, :, z] > 0.5, wm[:, :, z] > 0.5
+    return img, mask, float(img[gm_map].mean()), float(img[wm_map].mean())
+
+
+def _largest_solidity(mask: np.ndarray) -> float:
+    """Area / convex-hull area of the largest component (pixel corners); NaN if < 40 px."""
+    labels, _ = ndimage.label(mask)
+    comp = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    if comp.sum() < 40:
+        return float("nan")
+    corners = np.argwhere(comp)[:, None, :] + np.array([[-0.5, -0.5], [-0.5, 0.5], [0.5, -0.5], [0.5, 0.5]])
+    return float(comp.sum() / ConvexHull(corners.reshape(-1, 2)).volume)
+
+
+@pytest.mark.parametrize("style", [*STYLES, "mixed"])
+def test_lesion_mask_is_nonempty_and_inside_the_brain_in_2d_and_3d(mni_slice, style):
+    img, brain, _, _ = mni_slice
+    t1, brain3d = _template(2)[:2]
+    for seed in range(8):
+        out, lesion = paint_lesions(img, brain, np.random.default_rng(seed), style=style)
+        assert out.dtype == np.float32 and lesion.dtype == np.uint8 and out.shape == img.shape
+        assert lesion.any() and not (lesion.astype(bool) & (brain == 0)).any()
+        assert np.array_equal(out[brain == 0], img[brain == 0]), "painted outside the brain"
+        assert 0.0 <= out.min() and out.max() <= 1.0
+    vol, lesion3d = paint_lesions(t1 * 0.78, brain3d, np.random.default_rng(0), style=style)
+    assert lesion3d.shape == t1.shape and lesion3d.any() and not (lesion3d.astype(bool) & (brain3d == 0)).any()
+
+
+def test_bright_lesions_exceed_white_matter_and_dark_ones_fall_below_grey_matter(mni_slice):
+    img, brain, gm_mean, wm_mean = mni_slice
+    bright = [paint_lesions(img, brain, np.random.default_rng(s), style="A") for s in range(20)]
+    dark = [paint_lesions(img, brain, np.random.default_rng(s), style="C") for s in range(20)]
+    bright_means = [out[les > 0].mean() for out, les in bright]
+    dark_means = [out[les > 0].mean() for out, les in dark]
+    assert min(bright_means) > wm_mean + 0.05 and np.mean(bright_means) > wm_mean + 0.15
+    assert max(dark_means) < gm_mean - 0.05 and np.mean(dark_means) < gm_mean - 0.15
+
+
+def test_styles_differ_in_intensity_and_shape(mni_slice):
+    img, brain, gm_mean, _ = mni_slice
+    stats = {}
+    for style in ("A", "B"):
+        dark_fraction, solidity = [], []
+        for seed in range(40):
+            out, les = paint_lesions(img, brain, np.random.default_rng(seed), style=style, max_lesions=1)
+            dark_fraction.append(float((out[les > 0] < gm_mean).mean()))
+            solidity.append(_largest_solidity(les))
+        stats[style] = (np.mean(dark_fraction), np.nanmedian(solidity))
+    assert stats["A"][0] < 0.02 < 0.3 < stats["B"][0], f"dark fraction A vs B: {stats}"
+    assert stats["A"][1] > stats["B"][1] + 0.03, f"ring-enhancing B should be less convex: {stats}"
+
+
+def test_painting_is_deterministic_for_a_seed_and_leaves_the_input_alone(mni_slice):
+    img, brain, _, _ = mni_slice
+    before = img.copy()
+    a = paint_lesions(img, brain, np.random.default_rng(7), style="mixed", max_lesions=5)
+    b = paint_lesions(img, brain, np.random.default_rng(7), style="mixed", max_lesions=5)
+    c = paint_lesions(img, brain, np.random.default_rng(8), style="mixed", max_lesions=5)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+    assert np.array_equal(img, before)
+
+
+def test_paint_lesions_rejects_bad_arguments_with_the_offending_value(mni_slice):
+    img, brain, _, _ = mni_slice
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="'Z'"):
+        paint_lesions(img, brain, rng, style="Z")
+    with pytest.raises(ValueError, match="shape"):
+        paint_lesions(img, brain[:64], rng)
+    with pytest.raises(ValueError, match="empty"):
+        paint_lesions(img, np.zeros_like(brain), rng)
+    with pytest.raises(ValueError, match="max_lesions=0"):
+        paint_lesions(img, brain, rng, max_lesions=0)
+
+
+def test_estimated_brain_mask_matches_the_template_mask(mni_slice):
+    img, brain, _, _ = mni_slice
+    est = estimate_brain_mask(img)
+    dice = 2 * (est & brain).sum() / (est.sum() + brain.sum())
+    assert dice > 0.95
+
+
+def test_make_subject_gives_different_brains_on_the_template_grid():
+    v0, m0, a0 = make_subject(np.random.default_rng(0))
+    v0b, m0b, _ = make_subject(np.random.default_rng(0))
+    v1, m1, a1 = make_subject(np.random.default_rng(1))
+    t1, brain, _, _, affine = _template(2)
+    assert v0.shape == v1.shape == m0.shape == t1.shape == (99, 117, 95)
+    assert v0.dtype == np.float32 and m0.dtype == np.uint8 and 0.0 <= v0.min() and v0.max() <= 1.0
+    assert np.array_equal(a0, a1) and np.array_equal(a0, affine) and a0[0, 0] == 2.0
+    assert np.array_equal(v0, v0b) and np.array_equal(m0, m0b)
+    assert np.abs(v0 - v1).mean() > 0.01 and not np.array_equal(m0, m1)
+    for mask in (m0, m1):  # still the same anatomy, only moved a little
+        dice = 2 * (mask.astype(bool) & (brain > 0)).sum() / (mask.sum() + brain.sum())
+        assert 0.85 < dice < 0.999
+
+
+def test_make_sample_data_writes_decathlon_and_bmad_layouts(tmp_path):
+    meta = make_sample_data(tmp_path, seed=3, n_train=3, n_test=2, slice_step=6)
+    vol_dir = tmp_path / "volumes"
+    listed = json.loads((vol_dir / "dataset.json").read_text())
+    assert listed == meta and listed["labels"] == {"0": "background", "1": "lesion"}
+    assert listed["numTraining"] == 3 and len(listed["test"]) == 2 and listed["medsad"]["seed"] == 3
+    assert "not for clinical use" in listed["description"]
+    has_lesion = []
+    for entry in listed["training"] + listed["test"]:
+        image, label = nib.load(vol_dir / entry["image"]), nib.load(vol_dir / entry["label"])
+        assert image.shape == label.shape == (99, 117, 95)
+        assert np.array_equal(image.affine, label.affine) and image.header.get_zooms() == (2.0, 2.0, 2.0)
+        assert label.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(label.dataobj))) <= {0, 1}
+        has_lesion.append(bool(np.asarray(label.dataobj).any()))
+    assert any(has_lesion) and not all(has_lesion)
+    styles = {c["split"]: set() for c in listed["medsad"]["cases"]}
+    for c in listed["medsad"]["cases"]:
+        styles[c["split"]].add(c["style"])
+    assert "B" in styles["test"] and "B" not in styles["train"]
+    bmad = tmp_path / "bmad"
+    assert not (bmad / "train" / "Ungood").exists() and any((bmad / "train" / "good" / "img").iterdir())
+    for split in ("valid", "test"):
+        for img_path in (bmad / split / "Ungood" / "img").iterdir():
+            mask = np.asarray(Image.open(bmad / split / "Ungood" / "anomaly_mask" / img_path.name))
+            assert mask.shape == (128, 128) and mask.max() == 255
+    # The 2D export is the volume's axial slice, image and mask alike (anterior up).
+    first = sorted((bmad / "valid" / "Ungood" / "img").iterdir())[0]
+    case, z = first.stem.rsplit("_z", 1)
+    split = "Tr" if any(e["image"].endswith(f"{case}.nii.gz") for e in listed["training"]) else "Ts"
+    image = np.asarray(nib.load(vol_dir / f"images{split}" / f"{case}.nii.gz").dataobj)
+    label = np.asarray(nib.load(vol_dir / f"labels{split}" / f"{case}.nii.gz").dataobj)
+    assert np.array_equal(np.asarray(Image.open(first)), axial_slice(image, int(z), 128))
+    mask_png = np.asarray(Image.open(first.parent.parent / "anomaly_mask" / first.name)) > 0
+    assert np.array_equal(mask_png, axial_slice(label, int(z), 128, is_label=True) > 0)
+    assert (tmp_path / "montage.png").stat().st_size > 10_000
+    assert "python -m medsad_monai.data.synthetic" in (tmp_path / "README.md").read_text()
+
+
+def test_make_sample_data_refuses_to_overwrite_foreign_folders(tmp_path):
+    (tmp_path / "bmad").mkdir()
+    (tmp_path / "bmad" / "mine.txt").write_text("not generated")
+    with pytest.raises(ValueError, match="not written by make_sample_data"):
+        make_sample_data(tmp_path, n_train=1, n_test=1)
+    assert (tmp_path / "bmad" / "mine.txt").exists()
+
+
+def test_axial_slices_show_anterior_up_and_patient_left_on_the_left():
+    vol = np.zeros((99, 117, 3), np.uint8)
+    vol[0, 116, 1] = 255  # RAS: lowest x = patient left, highest y = anterior
+    plane = axial_slice(vol, 1, 128)
+    rows, cols = np.nonzero(plane)
+    assert plane.shape == (128, 128) and rows[0] < 10 and cols[0] < 20
+
+
+def test_painting_a_128px_slice_takes_a_few_milliseconds(mni_slice):
+    img, brain, _, _ = mni_slice
+    rng = np.random.default_rng(0)
+    paint_lesions(img, brain, rng)  # warm the caches
+    times = []
+    for _ in range(50):
+        start = time.perf_counter()
+        paint_lesions(img, brain, rng, style="mixed")
+        times.append(time.perf_counter() - start)
+    assert np.median(times) < 0.020, f"median {1000 * np.median(times):.1f} ms per slice"
