@@ -12,6 +12,7 @@ import torch
 
 from medsad_monai.config import MedSADConfig
 from medsad_monai.networks.medsad_clip import MedSADCLIP
+from medsad_monai.networks.unet_baseline import UNetBaseline
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "read_checkpoint", "atomic_torch_save"]
 
@@ -50,8 +51,8 @@ def _saved_backbone_prefix(config: MedSADConfig) -> str | None:
     return None
 
 
-def save_checkpoint(model: MedSADCLIP, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Save what is needed to rebuild ``model``.
+def save_checkpoint(model: MedSADCLIP | UNetBaseline, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Save what is needed to rebuild ``model`` (MedSAD-CLIP, or the UNet baseline whole).
 
     Holds the config, the backbone identity (arch, pretrained tag or path + sha256), every
     non-backbone weight and buffer, and the backbone weights only when they cannot be rebuilt
@@ -62,6 +63,16 @@ def save_checkpoint(model: MedSADCLIP, path: str | os.PathLike, extra: dict[str,
         path: destination file (written atomically).
         extra: plain-Python / tensor metadata (epoch, metrics, optimizer state …).
     """
+    if isinstance(model, UNetBaseline):
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "model": "unet",
+            "config": model.config_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "extra": extra or {},
+        }
+        atomic_torch_save(payload, path)
+        return Path(path)
     prefix = _saved_backbone_prefix(model.config)
     state = {
         k: v.detach().cpu()
@@ -70,6 +81,7 @@ def save_checkpoint(model: MedSADCLIP, path: str | os.PathLike, extra: dict[str,
     }
     payload = {
         "format": CHECKPOINT_FORMAT,
+        "model": "medsad",
         "config": model.config.to_dict(),
         "backbone": dict(model.backbone.identity),
         "state_dict": state,
@@ -120,8 +132,8 @@ def load_checkpoint(
     path: str | os.PathLike,
     clip_pretrained: str | None = None,
     map_location: str | torch.device = "cpu",
-) -> tuple[MedSADCLIP, dict[str, Any]]:
-    """Rebuild a model from a checkpoint.
+) -> tuple[MedSADCLIP | UNetBaseline, dict[str, Any]]:
+    """Rebuild a model (MedSAD-CLIP or the UNet baseline) from a checkpoint.
 
     Args:
         path: checkpoint file.
@@ -137,6 +149,10 @@ def load_checkpoint(
     """
     path = Path(path)
     payload = read_checkpoint(path, map_location)
+    if payload.get("model") == "unet":
+        unet = UNetBaseline(**payload["config"])
+        unet.load_state_dict(payload["state_dict"])
+        return unet.to(map_location).eval(), payload
     config = MedSADConfig.from_dict(payload["config"])
     if clip_pretrained is not None:
         config = config.replace(clip_pretrained=clip_pretrained)

@@ -43,3 +43,44 @@ def tiny_config():
 def frozen_tiny_config(tiny_config):
     """Tiny preset with the paper's frozen backbone."""
     return tiny_config.replace(train_backbone=False)
+
+
+def _write_case(folder, name, shape, affine, rng, with_lesion):
+    import nibabel as nib
+    import numpy as np
+
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    head = (x**2 + y**2 + (z * 0.6) ** 2) < 0.8
+    image = np.where(head, 0.45 + 0.05 * rng.standard_normal(shape), 0.0)
+    label = np.zeros(shape, np.uint8)
+    if with_lesion:
+        cx, cy = rng.uniform(-0.35, 0.35, 2)
+        r = rng.uniform(0.15, 0.3)
+        blob = ((x - cx) ** 2 + (y - cy) ** 2 < r**2) & (np.abs(z) < 0.5) & head
+        image[blob] = 0.95
+        label[blob] = 1
+    image = (np.clip(image, 0, 1) * 1000).astype(np.int16)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(image, affine), folder / "images" / f"{name}.nii.gz")
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(label, affine), folder / "labels" / f"{name}.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def tiny_volumes(tmp_path_factory):
+    """A tiny ``volumes`` (nnU-Net/MSD) dataset: 6 training and 2 test cases, anisotropic and oblique."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("tiny_volumes")
+    rng = np.random.default_rng(0)
+    theta = np.deg2rad(20)
+    affine = np.array([[0.9 * np.cos(theta), -0.8 * np.sin(theta), 0, 10.0],
+                       [0.9 * np.sin(theta), 0.8 * np.cos(theta), 0, -20.0],
+                       [0, 0, 3.0, 5.0],
+                       [0, 0, 0, 1]])
+    for split, names in (("Tr", [f"case_{i:03d}" for i in range(6)]), ("Ts", ["case_100", "case_101"])):
+        for i, name in enumerate(names):
+            _write_case(root / f"tmp{split}", name, (40, 48, 10), affine, rng, with_lesion=i % 3 != 2)
+        (root / f"tmp{split}" / "images").rename(root / f"images{split}")
+        (root / f"tmp{split}" / "labels").rename(root / f"labels{split}")
+    return root

@@ -17,19 +17,23 @@ class TokenAdapter(nn.Module):
     Args:
         width: backbone token width.
         bottleneck: adapted feature width.
+        residual: build the second half (False at the last tap, where no block reads it; a
+            parameter without gradient would only stall DDP and bloat checkpoints).
     """
 
-    def __init__(self, width: int, bottleneck: int) -> None:
+    def __init__(self, width: int, bottleneck: int, residual: bool = True) -> None:
         super().__init__()
         if width <= 0 or bottleneck <= 0:
             raise ValueError(f"width and bottleneck must be positive, got {width}, {bottleneck}")
         self.down = nn.Sequential(nn.Linear(width, bottleneck), nn.LayerNorm(bottleneck), nn.LeakyReLU())
-        self.up = nn.Sequential(nn.Linear(bottleneck, width), nn.LayerNorm(width), nn.LeakyReLU())
+        self.up = (
+            nn.Sequential(nn.Linear(bottleneck, width), nn.LayerNorm(width), nn.LeakyReLU()) if residual else None
+        )
 
-    def forward(self, tokens: torch.Tensor, need_residual: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, L, width) -> adapted (B, L, bottleneck), residual (B, L, width) or None."""
         feat = self.down(tokens)
-        return feat, (self.up(feat) if need_residual else None)
+        return feat, (self.up(feat) if self.up is not None else None)
 
 
 class MultiLevelAdapters(nn.Module):
@@ -57,32 +61,29 @@ class MultiLevelAdapters(nn.Module):
         super().__init__()
         if n_levels <= 0:
             raise ValueError(f"n_levels must be positive, got {n_levels}")
-        self.seg = nn.ModuleList(TokenAdapter(width, bottleneck) for _ in range(n_levels))
-        self.det = nn.ModuleList(TokenAdapter(width, bottleneck) for _ in range(n_levels))
+        self.seg = nn.ModuleList(TokenAdapter(width, bottleneck, i < n_levels - 1) for i in range(n_levels))
+        self.det = nn.ModuleList(TokenAdapter(width, bottleneck, i < n_levels - 1) for i in range(n_levels))
         self.residual_weight = residual_weight
         self.seg_weight = seg_weight
         self.det_weight = det_weight
 
-    def adapt(
-        self, level: int, x: torch.Tensor, mix_back: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Adapt tokens at one level.
+    def adapt(self, level: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Adapt tokens at one level; the last level does not mix back (no block reads it).
 
         Args:
             level: tap index (0-based).
             x: block output tokens (B, 1+N, width), class token first.
-            mix_back: compute the mixed residual stream (False at the last tap: no block reads it).
 
         Returns:
             seg features of the patches (B, N, bottleneck), det feature of the class token
             (B, bottleneck), and the (possibly mixed) tokens (B, 1+N, width).
         """
-        if mix_back:
+        if level < len(self.seg) - 1:
             seg_feat, seg_res = self.seg[level](x)
             det_feat, det_res = self.det[level](x)
             x = self.residual_weight * x + self.seg_weight * seg_res + self.det_weight * det_res
             return seg_feat[:, 1:], det_feat[:, 0], x
         # Last tap: only the heads read the features; the det path needs the class token only.
-        seg_feat, _ = self.seg[level](x[:, 1:], need_residual=False)
-        det_feat, _ = self.det[level](x[:, :1], need_residual=False)
+        seg_feat, _ = self.seg[level](x[:, 1:])
+        det_feat, _ = self.det[level](x[:, :1])
         return seg_feat, det_feat[:, 0], x

@@ -170,7 +170,7 @@ class MedSADCLIP(nn.Module):
         for index in range(taps[0] - 1, taps[-1]):
             x = bb.blocks[index](x)
             if index + 1 == taps[level]:
-                seg, det, x = self.adapters.adapt(level, x, mix_back=level < len(taps) - 1)
+                seg, det, x = self.adapters.adapt(level, x)
                 seg_sum = seg if seg_sum is None else seg_sum + seg
                 det_sum = det if det_sum is None else det_sum + det
                 level += 1

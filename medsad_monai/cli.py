@@ -1,0 +1,194 @@
+"""The ``medsad`` command: train | evaluate | infer | check-data | make-sample-data | demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+logger = logging.getLogger("medsad")
+
+DEMO_DIR = Path("demo")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on a dataset folder (validation-only checkpoint selection)")
+    p.add_argument("--data", required=True, help="dataset folder (bmad, busi, sricl or volumes layout)")
+    p.add_argument("--out", required=True, help="run folder (best.pt, last.pt, split.json, metrics.csv, curves.png)")
+    p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"], help="default: auto-detect")
+    p.add_argument("--preset", default="full", choices=["full", "adapt", "adapt_prompt", "adapt_prompt_tpca", "tiny"])
+    p.add_argument("--model", default="medsad", choices=["medsad", "unet"], help="unet = MONAI UNet baseline")
+    p.add_argument("--clip-model", help="open_clip architecture (default: the preset's)")
+    p.add_argument("--clip-pretrained", help="open_clip tag, local weight file, or 'none' (random init)")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, help="stop (after validating and saving) once this much time passed")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed epoch")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
+    p.add_argument("--synthetic-lesions", type=float, default=0.0,
+                   help="probability of painting synthetic lesions on a normal training slice (augmentation)")
+    p.add_argument("--synthetic-styles", default="A,C", help="lesion styles for --synthetic-lesions (A, B, C)")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    p.add_argument("--record-samples", action="store_true", help="write the training samples each rank saw")
+
+
+def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split → report.json / report.md / overlays")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test", choices=["test", "val", "all"])
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
+    p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
+    p.add_argument("--device")
+
+    p = sub.add_parser("infer", help="mask + per-slice scores for NIfTI/NRRD volumes or PNG/JPG images")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--input", required=True, help="a file or a folder of files")
+    p.add_argument("--out", required=True)
+    p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-skip-background", action="store_true", help="also run slices without anatomy")
+    p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
+    p.add_argument("--device")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medsad", description="MedSAD-CLIP: lesion detection and segmentation")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_eval_infer(sub)
+    p = sub.add_parser("check-data", help="validate a dataset folder and print counts")
+    p.add_argument("data")
+    p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
+    p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
+    p = sub.add_parser("make-sample-data", help="synthetic lesions on warped MNI152 brains (no download)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="train the tiny preset on sample_data if needed, then infer a sample volume")
+    p.add_argument("--data", default="sample_data/volumes")
+    p.add_argument("--out", default=str(DEMO_DIR))
+    p.add_argument("--max-minutes", type=float, default=8.0)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from medsad_monai.engine.train import TrainOptions, train
+
+    opts = TrainOptions(
+        data=args.data, out=args.out, layout=args.layout, preset=args.preset, model=args.model,
+        clip_model=args.clip_model, clip_pretrained=args.clip_pretrained, image_size=args.image_size,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, max_minutes=args.max_minutes,
+        resume=args.resume, val_fraction=args.val_fraction, slice_axis=args.slice_axis,
+        synthetic_lesions=args.synthetic_lesions, synthetic_styles=[s for s in args.synthetic_styles.split(",") if s],
+        num_workers=args.num_workers, device=args.device, record_samples=args.record_samples,
+    )
+    summary = train(opts)
+    print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=2, default=str))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from medsad_monai.engine.evaluate import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(
+        args.ckpt, args.data, args.out, split=args.split, layout=args.layout, slice_axis=args.slice_axis,
+        threshold=args.threshold, batch_size=args.batch_size, clip_pretrained=args.clip_pretrained, device=args.device,
+    )
+    keys = ("dice", "dice_global", "accuracy", "baseline_accuracy", "image_auroc", "pixel_auroc")
+    print(" ".join(f"{k}={metrics.get(k)}" for k in keys))
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from medsad_monai.engine.inference import Predictor, infer_path
+
+    predictor = Predictor.from_checkpoint(
+        args.ckpt, clip_pretrained=args.clip_pretrained, batch_size=args.batch_size,
+        threshold=args.threshold, device=args.device,
+    )
+    for r in infer_path(predictor, args.input, args.out, axis=args.slice_axis,
+                        skip_background=not args.no_skip_background):
+        print(f"{r['input']}: volume_score={r['volume_score']:.3f} worst_slice={r['worst_slice']} "
+              f"lesion_voxels={r['lesion_voxels']} -> {r['mask']}")
+    return 0
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    from medsad_monai.data.check import check_data
+
+    report = check_data(args.data, layout=args.layout, slice_axis=args.slice_axis)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _make_sample_data(args: argparse.Namespace) -> int:
+    from medsad_monai.data.synthetic import main as synthetic_main
+
+    return synthetic_main(["--out", args.out, "--seed", str(args.seed)])
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from medsad_monai.engine.inference import Predictor, infer_path
+    from medsad_monai.engine.train import TrainOptions, train
+
+    out = Path(args.out)
+    ckpt = out / "run" / "best.pt"
+    if ckpt.exists():
+        print(f"using the demo checkpoint {ckpt}")
+    else:
+        print(f"no demo checkpoint yet: training the tiny preset on {args.data} (≤ {args.max_minutes} min, CPU)")
+        train(TrainOptions(data=args.data, out=str(out / "run"), preset="tiny", epochs=30, batch_size=16,
+                           max_minutes=args.max_minutes, synthetic_lesions=0.5, seed=0))
+    test_dir = Path(args.data) / "imagesTs"
+    volume = sorted(test_dir.glob("*.nii*"))[0]
+    predictor = Predictor.from_checkpoint(ckpt)
+    for r in infer_path(predictor, volume, out / "infer"):
+        print(f"{volume.name}: volume_score={r['volume_score']:.3f} worst_slice={r['worst_slice']} "
+              f"lesion_voxels={r['lesion_voxels']} -> {r['mask']} (+ {r['scores']})")
+    print("demo model: trained on synthetic lesions — not for clinical use")
+    return 0
+
+
+COMMANDS = {
+    "train": _train, "evaluate": _evaluate, "infer": _infer, "check-data": _check_data,
+    "make-sample-data": _make_sample_data, "demo": _demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``medsad`` console script. Errors become one clear line, exit code 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("root").setLevel(logging.ERROR)  # open_clip's "initialized randomly" is explicit here
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted: the last completed epoch/output is kept; re-run with --resume to continue training",
+              file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        if args.verbose:
+            raise
+        print(f"medsad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The one slice ↔ model-input mapping shared by training, evaluation and inference.
+
+A 2-D slice (H, W) or (H, W, 3) in [0, 1] is centre-padded to a square with MONAI's
+``SpatialPad`` and resized with ``Resize`` to the model's side S; :func:`restore_slice` maps an
+(S, S) model output back onto the original (H, W) grid. Keeping both directions here means the
+training data and the inference output can never disagree on geometry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Resize, SpatialPad
+
+__all__ = ["SliceGeometry", "prepare_slice", "prepare_mask", "restore_slice"]
+
+
+@dataclass(frozen=True)
+class SliceGeometry:
+    """How a slice was mapped to the model grid (for the inverse)."""
+
+    height: int
+    width: int
+    side: int  # padded square side
+
+    @property
+    def pad_top(self) -> int:
+        return (self.side - self.height) // 2
+
+    @property
+    def pad_left(self) -> int:
+        return (self.side - self.width) // 2
+
+
+def _plain(x) -> torch.Tensor:
+    """MONAI returns MetaTensors; the model path works on plain tensors."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
+
+
+def _to_chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(image, dtype=np.float32))
+    if t.ndim == 2:
+        t = t[None].expand(3, -1, -1)
+    elif t.ndim == 3 and t.shape[-1] in (1, 3):
+        t = t.permute(2, 0, 1)
+        if t.shape[0] == 1:
+            t = t.expand(3, -1, -1)
+    else:
+        raise ValueError(f"expected a 2-D slice (H, W) or (H, W, 3), got shape {tuple(t.shape)}")
+    return t.contiguous()
+
+
+def prepare_slice(image: np.ndarray | torch.Tensor, size: int) -> tuple[torch.Tensor, SliceGeometry]:
+    """(H, W) or (H, W, 3) in [0, 1] -> (3, size, size) float tensor in [0, 1] and its geometry."""
+    chw = _to_chw(image)
+    h, w = int(chw.shape[1]), int(chw.shape[2])
+    side = max(h, w)
+    padded = SpatialPad((side, side), method="symmetric")(chw)
+    resized = Resize((size, size), mode="bilinear", anti_aliasing=side > size)(padded)
+    return _plain(resized).float().clamp_(0.0, 1.0), SliceGeometry(h, w, side)
+
+
+def prepare_mask(mask: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """(H, W) binary mask -> (1, size, size) float {0, 1} (nearest neighbour, same padding)."""
+    m = torch.as_tensor(np.asarray(mask, dtype=np.float32))
+    if m.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {tuple(m.shape)}")
+    side = max(m.shape)
+    padded = SpatialPad((side, side), method="symmetric")(m[None])
+    resized = Resize((size, size), mode="nearest")(padded)
+    return (_plain(resized) > 0.5).float()
+
+
+def restore_slice(output: torch.Tensor, geometry: SliceGeometry) -> torch.Tensor:
+    """(S, S) or (C, S, S) model output -> (H, W) / (C, H, W) on the slice's own grid (bilinear)."""
+    squeeze = output.ndim == 2
+    x = output[None] if squeeze else output
+    x = _plain(Resize((geometry.side, geometry.side), mode="bilinear")(x.float()))
+    top, left = geometry.pad_top, geometry.pad_left
+    x = x[:, top : top + geometry.height, left : left + geometry.width]
+    return x[0] if squeeze else x

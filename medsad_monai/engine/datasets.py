@@ -1,0 +1,205 @@
+"""Training/validation data: samples of any layout -> MONAI ``Dataset`` of model-sized slices."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import Dataset
+from monai.transforms import Compose, MapTransform, RandFlipd, Randomizable
+
+from medsad_monai.data.layouts import DatasetIndex, Sample, load_image_2d, load_mask_2d
+from medsad_monai.data.lesions import estimate_brain_mask, paint_lesions
+from medsad_monai.data.preprocess import prepare_mask, prepare_slice
+from medsad_monai.data.volumes import load_volume, normalize_intensity, take_slice
+
+__all__ = ["Split", "make_split", "load_sample", "SliceDataset", "drop_background", "LoadSliced", "PaintLesionsd"]
+
+logger = logging.getLogger(__name__)
+
+BACKGROUND_LEVEL = 0.02
+BACKGROUND_MIN_FRACTION = 0.01
+
+
+@dataclass
+class Split:
+    """A seeded split of groups (volumes / images) into train and validation."""
+
+    seed: int
+    val_fraction: float
+    train_groups: list[str]
+    val_groups: list[str]
+
+    def to_json(self, path: str | os.PathLike, **meta: Any) -> None:
+        payload = {"seed": self.seed, "val_fraction": self.val_fraction, **meta,
+                   "train_groups": self.train_groups, "val_groups": self.val_groups}
+        Path(path).write_text(json.dumps(payload, indent=2))
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "Split":
+        data = json.loads(Path(path).read_text())
+        return cls(data["seed"], data["val_fraction"], data["train_groups"], data["val_groups"])
+
+    def select(self, samples: Sequence[Sample], which: str) -> list[Sample]:
+        groups = set(self.train_groups if which == "train" else self.val_groups)
+        return [s for s in samples if s.group in groups]
+
+
+def make_split(samples: Sequence[Sample], val_fraction: float, seed: int) -> Split:
+    """Split by group (volume / patient / image stem), stratified by whether a group has lesions.
+
+    Raises:
+        ValueError: fewer than two groups, or a fraction outside (0, 1).
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    abnormal = {s.group for s in samples if s.label == 1}
+    groups = sorted({s.group for s in samples})
+    if len(groups) < 2:
+        raise ValueError(f"need at least 2 groups (volumes/images) to split, found {len(groups)}")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for stratum in (sorted(g for g in groups if g in abnormal), sorted(g for g in groups if g not in abnormal)):
+        order = [stratum[i] for i in rng.permutation(len(stratum))]
+        n_val = int(round(len(order) * val_fraction))
+        if stratum and n_val == 0 and len(order) > 1:
+            n_val = 1
+        val += order[:n_val]
+        train += order[n_val:]
+    if not train or not val:
+        raise ValueError(f"split left an empty side (train {len(train)}, val {len(val)} groups)")
+    return Split(seed, val_fraction, sorted(train), sorted(val))
+
+
+@functools.lru_cache(maxsize=8)
+def _volume(path: str) -> np.ndarray:
+    array, _ = load_volume(path)
+    return normalize_intensity(array)
+
+
+@functools.lru_cache(maxsize=8)
+def _label_volume(path: str) -> np.ndarray:
+    array, _ = load_volume(path)
+    return (np.asarray(array) > 0).astype(np.uint8)
+
+
+def load_sample(sample: Sample, slice_axis: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """A sample's image in [0, 1] ((H, W) for volume slices, (H, W, 3) for 2-D) and its mask."""
+    if sample.slice_index is not None:
+        image = take_slice(_volume(str(sample.image)), slice_axis, sample.slice_index)
+        if sample.masks:
+            mask = take_slice(_label_volume(str(sample.masks[0])), slice_axis, sample.slice_index)
+        else:
+            mask = np.zeros(image.shape, np.uint8)
+        return image, mask
+    image = load_image_2d(sample.image)
+    return image, load_mask_2d(list(sample.masks), image.shape[:2])
+
+
+def drop_background(samples: Sequence[Sample], slice_axis: int = 2) -> list[Sample]:
+    """Remove volume slices without anatomy (the same rule inference uses to skip slices)."""
+    kept = []
+    for s in samples:
+        if s.slice_index is None:
+            kept.append(s)
+            continue
+        image = take_slice(_volume(str(s.image)), slice_axis, s.slice_index)
+        if s.label == 1 or float((image > BACKGROUND_LEVEL).mean()) >= BACKGROUND_MIN_FRACTION:
+            kept.append(s)
+    return kept
+
+
+class LoadSliced(MapTransform):
+    """``{"sample": Sample}`` -> ``image`` (H, W[, 3]) float, ``mask`` (H, W), ``label``."""
+
+    def __init__(self, slice_axis: int = 2) -> None:
+        super().__init__(keys=["sample"])
+        self.slice_axis = slice_axis
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        sample: Sample = data["sample"]
+        image, mask = load_sample(sample, self.slice_axis)
+        return {"image": image, "mask": mask, "label": float(sample.label), "name": _name(sample)}
+
+
+class PaintLesionsd(Randomizable, MapTransform):
+    """With probability ``prob``, paint synthetic lesions on a *normal* slice (augmentation).
+
+    Gives the variety of many lesions instead of a fixed handful (shared/DESIGN.md §7).
+    ``styles`` restricts the lesion styles (keep a held-out style out of training).
+    """
+
+    def __init__(self, prob: float, styles: Sequence[str] = ("A", "C")) -> None:
+        MapTransform.__init__(self, keys=["image"])
+        self.prob = prob
+        self.styles = list(styles)
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        if data["label"] != 0 or self.R.rand() >= self.prob:
+            return data
+        image = np.asarray(data["image"], dtype=np.float32)
+        grey = image if image.ndim == 2 else image.mean(axis=-1)
+        brain = estimate_brain_mask(grey)
+        if brain.sum() < 64:
+            return data
+        rng = np.random.default_rng(self.R.randint(0, 2**31 - 1))
+        style = self.styles[self.R.randint(len(self.styles))]
+        painted, mask = paint_lesions(grey, brain, rng, style=style)
+        if mask.sum() == 0:
+            return data
+        return {**data, "image": painted, "mask": mask, "label": 1.0}
+
+
+class _ToModelSized(MapTransform):
+    def __init__(self, size: int) -> None:
+        super().__init__(keys=["image", "mask"])
+        self.size = size
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        image, _ = prepare_slice(data["image"], self.size)
+        mask = prepare_mask(data["mask"], self.size)
+        return {**data, "image": image, "mask": mask, "label": torch.tensor(data["label"], dtype=torch.float32)}
+
+
+def _name(sample: Sample) -> str:
+    stem = sample.group
+    return f"{stem}_s{sample.slice_index:03d}" if sample.slice_index is not None else stem
+
+
+def SliceDataset(
+    samples: Sequence[Sample],
+    size: int,
+    *,
+    train: bool,
+    slice_axis: int = 2,
+    synthetic_lesions: float = 0.0,
+    synthetic_styles: Sequence[str] = ("A", "C"),
+    seed: int = 0,
+) -> Dataset:
+    """A MONAI ``Dataset`` of model-sized slices: ``image`` (3, S, S) in [0, 1], ``mask`` (1, S, S).
+
+    Training adds random horizontal flips (paper §4.2) and, if asked, on-the-fly synthetic
+    lesions on normal slices. Normalisation is the model's own (``model.normalize``).
+    """
+    transforms: list[Any] = [LoadSliced(slice_axis)]
+    if train and synthetic_lesions > 0:
+        transforms.append(PaintLesionsd(synthetic_lesions, synthetic_styles))
+    transforms.append(_ToModelSized(size))
+    if train:
+        transforms.append(RandFlipd(keys=["image", "mask"], prob=0.5, spatial_axis=1))
+    compose = Compose(transforms)
+    compose.set_random_state(seed=seed)
+    return Dataset(data=[{"sample": s} for s in samples], transform=compose)
+
+
+def index_summary(index: DatasetIndex) -> str:
+    """One line of counts for logs."""
+    return f"{index.layout}: {len(index.samples)} samples ({index.n_abnormal} abnormal, {index.n_normal} normal)"

@@ -1,0 +1,277 @@
+"""The one inference path: slices / images / volumes / files through a trained model.
+
+The CLI (``medsad infer``), the MONAI Label app and the Slicer module all call this module.
+Volumes run slice-wise in batches; background-only slices are skipped (score 0, empty mask);
+only the output volumes are held in memory, never all slices' model inputs at once.
+
+``monai.inferers.SliceInferer`` is not used: it cannot skip background slices, and our output
+is a dict with per-slice scores next to the spatial mask.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medsad_monai.data.layouts import IMAGE_SUFFIXES, load_image_2d
+from medsad_monai.data.preprocess import prepare_slice, restore_slice
+from medsad_monai.data.volumes import load_volume, normalize_intensity, save_volume_like, volume_suffix
+
+__all__ = [
+    "InferenceCancelled",
+    "Predictor",
+    "VolumeResult",
+    "ImageResult",
+    "is_background",
+    "infer_path",
+]
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+
+
+class InferenceCancelled(RuntimeError):
+    """Raised when the caller's cancel callback asks to stop."""
+
+
+def is_background(slice2d: np.ndarray, level: float = 0.02, min_fraction: float = 0.01) -> bool:
+    """True when fewer than ``min_fraction`` of the pixels exceed ``level`` (normalised [0, 1])."""
+    return float((np.asarray(slice2d) > level).mean()) < min_fraction
+
+
+@dataclass
+class ImageResult:
+    """Result for one 2-D image."""
+
+    probability: np.ndarray  # (H, W) float32 lesion probability
+    score: float
+    threshold: float
+
+    @property
+    def mask(self) -> np.ndarray:
+        return (self.probability >= self.threshold).astype(np.uint8)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "slice_scores": [self.score],
+            "volume_score": self.score,
+            "worst_slice": 0,
+            "threshold": self.threshold,
+            "abnormal": self.score >= self.threshold,
+            "lesion_pixels": int(self.mask.sum()),
+        }
+
+
+@dataclass
+class VolumeResult:
+    """Result for one volume; arrays have exactly the input volume's shape."""
+
+    probability: np.ndarray  # float32 lesion probability
+    slice_scores: list[float]
+    skipped: list[bool]
+    threshold: float
+    axis: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return (self.probability >= self.threshold).astype(np.uint8)
+
+    @property
+    def volume_score(self) -> float:
+        """The most anomalous slice's score (a volume is abnormal if any slice is)."""
+        return max(self.slice_scores) if self.slice_scores else 0.0
+
+    @property
+    def worst_slice(self) -> int:
+        return int(np.argmax(self.slice_scores)) if self.slice_scores else 0
+
+    def summary(self) -> dict[str, Any]:
+        """Plain-Python result (JSON / MONAI Label ``result`` ready)."""
+        return {
+            "slice_scores": [round(float(s), 6) for s in self.slice_scores],
+            "volume_score": round(float(self.volume_score), 6),
+            "worst_slice": self.worst_slice,
+            "threshold": float(self.threshold),
+            "slice_axis": int(self.axis),
+            "abnormal_slices": [i for i, s in enumerate(self.slice_scores) if s >= self.threshold],
+            "skipped_slices": int(sum(self.skipped)),
+            "lesion_voxels": int(self.mask.sum()),
+            **self.extra,
+        }
+
+
+class Predictor:
+    """Batched slice-wise prediction with a MedSAD-CLIP (or baseline) model.
+
+    Args:
+        model: a model exposing ``image_size``, ``normalize`` and returning ``mask``/``score``.
+        batch_size: slices per forward pass.
+        threshold: lesion probability / anomaly score threshold.
+        device: torch device; default CUDA when available.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batch_size: int = 8,
+        threshold: float = 0.5,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.batch_size = batch_size
+        self.threshold = threshold
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, clip_pretrained: str | None = None, **kwargs: Any) -> "Predictor":
+        """Load a checkpoint written by ``medsad train`` (see :mod:`medsad_monai.checkpoint`)."""
+        from medsad_monai.checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(path, clip_pretrained=clip_pretrained)
+        return cls(model, **kwargs)
+
+    @torch.no_grad()
+    def predict_slices(self, slices: Sequence[np.ndarray]) -> list[tuple[np.ndarray, float]]:
+        """2-D slices/images in [0, 1] -> (probability on the slice's grid, score) each."""
+        size = int(self.model.image_size)
+        inputs, geoms = zip(*(prepare_slice(s, size) for s in slices))
+        batch = self.model.normalize(torch.stack(inputs).to(self.device))
+        autocast = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = self.model(batch)
+        probs = out["mask"][:, 1].float().cpu()
+        scores = out["score"].float().cpu().tolist()
+        return [(restore_slice(p, g).numpy(), float(s)) for p, g, s in zip(probs, geoms, scores)]
+
+    def predict_image(self, image: np.ndarray) -> ImageResult:
+        """One 2-D image (H, W) or (H, W, 3) in [0, 1]."""
+        prob, score = self.predict_slices([image])[0]
+        return ImageResult(prob.astype(np.float32), score, self.threshold)
+
+    def predict_volume(
+        self,
+        volume: np.ndarray,
+        axis: int = 2,
+        skip_background: bool = True,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+    ) -> VolumeResult:
+        """A normalised 3-D volume in [0, 1], slice by slice along ``axis``.
+
+        Raises:
+            ValueError: not 3-D, bad axis or non-finite voxels.
+            InferenceCancelled: ``cancel()`` returned True.
+        """
+        if volume.ndim != 3:
+            raise ValueError(f"expected a 3-D volume, got shape {volume.shape}")
+        if axis not in (0, 1, 2):
+            raise ValueError(f"slice axis must be 0, 1 or 2, got {axis}")
+        if not np.isfinite(volume).all():
+            raise ValueError(f"volume contains {int((~np.isfinite(volume)).sum())} NaN/inf voxels")
+        n = volume.shape[axis]
+        probability = np.zeros(volume.shape, dtype=np.float32)
+        scores = [0.0] * n
+        skipped = [skip_background and is_background(np.take(volume, i, axis)) for i in range(n)]
+        todo = [i for i in range(n) if not skipped[i]]
+        done = 0
+        for start in range(0, len(todo), self.batch_size):
+            if cancel is not None and cancel():
+                raise InferenceCancelled(f"cancelled after {done} of {len(todo)} slices")
+            chunk = todo[start : start + self.batch_size]
+            results = self.predict_slices([np.take(volume, i, axis) for i in chunk])
+            for i, (prob, score) in zip(chunk, results):
+                index = [slice(None)] * 3
+                index[axis] = i
+                probability[tuple(index)] = prob
+                scores[i] = score
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(todo))
+        return VolumeResult(probability, scores, skipped, self.threshold, axis)
+
+
+def _outputs_for(path: Path, out_dir: Path) -> tuple[Path, Path]:
+    suffix = volume_suffix(path)
+    if suffix is not None:
+        stem = path.name[: -len(suffix)]
+        return out_dir / f"{stem}_mask{suffix}", out_dir / f"{stem}_scores.json"
+    return out_dir / f"{path.stem}_mask.png", out_dir / f"{path.stem}_scores.json"
+
+
+def _collect_inputs(input_path: Path) -> list[Path]:
+    if input_path.is_dir():
+        files = sorted(
+            p for p in input_path.iterdir()
+            if p.is_file() and (volume_suffix(p) is not None or p.suffix.lower() in IMAGE_SUFFIXES)
+        )
+        if not files:
+            raise ValueError(f"no NIfTI/NRRD volumes or PNG/JPG images in folder {str(input_path)!r}")
+        return files
+    if not input_path.is_file():
+        raise FileNotFoundError(f"input {str(input_path)!r} does not exist")
+    if volume_suffix(input_path) is None and input_path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"unsupported input {str(input_path)!r}: use .nii/.nii.gz/.nrrd volumes or .png/.jpg images")
+    return [input_path]
+
+
+def infer_path(
+    predictor: Predictor,
+    input_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    axis: int = 2,
+    skip_background: bool = True,
+    progress: ProgressFn | None = None,
+) -> list[dict[str, Any]]:
+    """Run a file or every supported file of a folder; write masks + ``<stem>_scores.json``.
+
+    Volume masks keep exactly the input's geometry and format; 2-D masks are PNGs of the
+    image's size (0/255). Input files are never written to.
+
+    Returns:
+        One summary dict per input (with ``input``, ``mask`` and ``scores`` paths).
+    """
+    inputs = _collect_inputs(Path(input_path))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in inputs:
+        mask_path, scores_path = _outputs_for(path, out)
+        if mask_path.resolve() == path.resolve() or scores_path.resolve() == path.resolve():
+            raise ValueError(f"refusing to overwrite input {str(path)!r}; choose another --out folder")
+        if volume_suffix(path) is not None:
+            volume, _ = load_volume(path)
+            if volume.ndim != 3:
+                raise ValueError(f"{str(path)!r} is not a 3-D volume (shape {volume.shape})")
+            result = predictor.predict_volume(
+                normalize_intensity(volume), axis=axis, skip_background=skip_background, progress=progress
+            )
+            save_volume_like(result.mask, path, mask_path)
+        else:
+            result = predictor.predict_image(load_image_2d(path))
+            from PIL import Image
+
+            Image.fromarray(result.mask * 255).save(mask_path)
+        summary = {"input": str(path), "mask": str(mask_path), "scores": str(scores_path), **result.summary()}
+        tmp = scores_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, scores_path)
+        logger.info("%s: volume_score=%.3f worst_slice=%d", path.name, summary["volume_score"], summary["worst_slice"])
+        results.append(summary)
+    return results
+

@@ -1,0 +1,335 @@
+"""``medsad train``: honest, resumable training (validation-only checkpoint selection).
+
+A run folder holds ``config.json`` (model config + options), ``split.json`` (seeded split by
+group), ``metrics.csv`` (one row per epoch), ``curves.png``, ``last.pt`` (every completed epoch,
+with optimizer state, written atomically) and ``best.pt`` (best *validation* epoch). Ctrl-C or
+SIGTERM stops without losing the last completed epoch; ``--resume`` continues from it.
+Under ``torchrun`` the training data is sharded with a ``DistributedSampler`` (NCCL on GPUs,
+gloo on CPU) and rank 0 validates and writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import DataLoader
+from monai.utils import set_determinism
+from torch import nn
+from tqdm.auto import tqdm
+
+from medsad_monai.checkpoint import read_checkpoint, save_checkpoint
+from medsad_monai.configs import load_preset
+from medsad_monai.data.layouts import read_layout
+from medsad_monai.engine import distributed as dist_utils
+from medsad_monai.engine.datasets import SliceDataset, Split, drop_background, make_split
+from medsad_monai.engine.metrics import MetricAccumulator
+from medsad_monai.losses import MedSADLoss
+from medsad_monai.networks import MedSADCLIP
+from medsad_monai.networks.unet_baseline import UNetBaseline
+
+__all__ = ["TrainOptions", "train", "build_model", "evaluate_model", "training_pool"]
+
+logger = logging.getLogger(__name__)
+
+CSV_FIELDS = [
+    "epoch", "train_loss", "train_bce", "train_dicefocal", "train_mc", "val_dice", "val_dice_global",
+    "val_accuracy", "val_baseline_accuracy", "val_image_auroc", "val_pixel_auroc", "selection", "seconds",
+]
+
+
+@dataclass
+class TrainOptions:
+    """Options of ``medsad train`` (``None`` = the preset's value)."""
+
+    data: str
+    out: str
+    layout: str | None = None
+    preset: str = "full"
+    model: str = "medsad"
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
+    image_size: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    max_minutes: float | None = None
+    resume: bool = False
+    val_fraction: float = 0.2
+    slice_axis: int = 2
+    synthetic_lesions: float = 0.0
+    synthetic_styles: list[str] = field(default_factory=lambda: ["A", "C"])
+    num_workers: int = 0
+    device: str | None = None
+    record_samples: bool = False
+
+    def validate(self) -> None:
+        if self.model not in ("medsad", "unet"):
+            raise ValueError(f"--model must be medsad or unet, got {self.model!r}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"--max-minutes must be positive, got {self.max_minutes}")
+        if not 0.0 <= self.synthetic_lesions <= 1.0:
+            raise ValueError(f"--synthetic-lesions is a probability in [0, 1], got {self.synthetic_lesions}")
+
+
+def build_model(opts: TrainOptions) -> tuple[nn.Module, MedSADLoss, dict[str, Any]]:
+    """The model, its loss and the config dict recorded in the run."""
+    cfg = load_preset(
+        opts.preset, clip_model=opts.clip_model, clip_pretrained=opts.clip_pretrained, image_size=opts.image_size,
+        epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
+    )
+    if opts.model == "unet":
+        model: nn.Module = UNetBaseline(image_size=cfg.image_size or 128)
+        loss = MedSADLoss(bce_weight=0.0, dicefocal_weight=1.0, mc_weight=0.0)
+    else:
+        model = MedSADCLIP(cfg)
+        loss = MedSADLoss.from_config(cfg)
+    return model, loss, cfg.to_dict()
+
+
+def training_pool(data: str, layout: str | None, slice_axis: int) -> tuple[list, str]:
+    """Every sample training may use (never a layout's test split) and the layout name."""
+    index = read_layout(data, layout, slice_axis=slice_axis)
+    samples = [s for s in index.samples if s.split != "test"]
+    return samples, index.layout
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, threshold: float = 0.5) -> dict[str, Any]:
+    """Metrics of ``model`` on a loader (the one metrics module)."""
+    model.eval()
+    acc = MetricAccumulator(threshold=threshold)
+    for batch in loader:
+        out = model(model.normalize(batch["image"].to(device)))
+        acc.update(out["mask"][:, 1].float().cpu(), batch["mask"][:, 0], out["score"].float().cpu(), batch["label"])
+    return acc.compute()
+
+
+def _selection(metrics: dict[str, Any]) -> float:
+    """Validation criterion: mean Dice of abnormal images, then global Dice, then image AUROC."""
+    for key in ("dice", "dice_global", "image_auroc"):
+        if metrics.get(key) is not None:
+            return float(metrics[key])
+    return -math.inf
+
+
+def _plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(r["epoch"]) for r in rows]
+
+    def col(name: str) -> list[float]:
+        return [float(r[name]) if r[name] not in ("", None) else float("nan") for r in rows]
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(epochs, col("train_loss"), "o-", label="train loss")
+    ax1.set_xlabel("epoch"), ax1.set_title("training loss"), ax1.legend()
+    for name, label in (("val_dice", "val Dice (abnormal)"), ("val_image_auroc", "val image AUROC"),
+                        ("val_accuracy", "val accuracy"), ("val_baseline_accuracy", "all-normal baseline")):
+        ax2.plot(epochs, col(name), "o-" if "baseline" not in name else "--", label=label)
+    ax2.set_ylim(0, 1), ax2.set_xlabel("epoch"), ax2.set_title("validation"), ax2.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+class _Interrupt:
+    """Turn SIGTERM into KeyboardInterrupt while training (so kill behaves like Ctrl-C)."""
+
+    def __enter__(self) -> "_Interrupt":
+        self.previous = signal.getsignal(signal.SIGTERM)
+        try:
+            signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not the main thread
+            self.previous = None
+        return self
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _prepare_run(opts: TrainOptions, out: Path, is_main: bool) -> dict[str, Any] | None:
+    """Check the run folder; return the resume payload (or None for a fresh run)."""
+    last = out / "last.pt"
+    if opts.resume:
+        if not last.exists():
+            raise FileNotFoundError(f"--resume: no {last} to continue from")
+        return read_checkpoint(last)
+    if last.exists():
+        raise FileExistsError(
+            f"{out} already holds a training run (last.pt); continue it with --resume or choose another --out"
+        )
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def train(opts: TrainOptions) -> dict[str, Any]:
+    """Train per ``opts``; returns a summary (best/last epoch and their validation metrics)."""
+    opts.validate()
+    ctx = dist_utils.setup(opts.device)
+    out = Path(opts.out)
+    data_path = Path(opts.data).resolve()
+    if out.resolve() == data_path or data_path in out.resolve().parents:
+        raise ValueError(f"--out {out} lies inside the data folder {data_path}; the data folder is never written to")
+    resume_payload = _prepare_run(opts, out, ctx.is_main)
+    set_determinism(seed=opts.seed + ctx.rank)
+
+    samples, layout = training_pool(opts.data, opts.layout, opts.slice_axis)
+    split_path = out / "split.json"
+    split = Split.from_json(split_path) if opts.resume and split_path.exists() else make_split(samples, opts.val_fraction, opts.seed)
+    train_samples = drop_background(split.select(samples, "train"), opts.slice_axis)
+    val_samples = drop_background(split.select(samples, "val"), opts.slice_axis)
+
+    model, loss_fn, cfg = build_model(opts)
+    if resume_payload is not None:
+        model.load_state_dict(resume_payload["state_dict"], strict=False)
+    model.to(ctx.device)
+    size = int(model.image_size)
+    epochs = int(cfg["epochs"]) if opts.epochs is None else opts.epochs
+    batch_size = int(cfg["batch_size"]) if opts.batch_size is None else opts.batch_size
+    lr = float(cfg["lr"]) if opts.lr is None else opts.lr
+    if ctx.is_main:
+        split.to_json(split_path, layout=layout, data=str(data_path), slice_axis=opts.slice_axis,
+                      n_train_samples=len(train_samples), n_val_samples=len(val_samples))
+        (out / "config.json").write_text(json.dumps(
+            {"model": opts.model, "config": cfg, "options": dataclasses.asdict(opts)}, indent=2))
+    logger.info("train %d slices / val %d slices (%d / %d groups), image size %d, %d epochs, batch %d, lr %g",
+                len(train_samples), len(val_samples), len(split.train_groups), len(split.val_groups),
+                size, epochs, batch_size, lr)
+
+    train_ds = SliceDataset(train_samples, size, train=True, slice_axis=opts.slice_axis,
+                            synthetic_lesions=opts.synthetic_lesions, synthetic_styles=opts.synthetic_styles,
+                            seed=opts.seed + ctx.rank)
+    val_ds = SliceDataset(val_samples, size, train=False, slice_axis=opts.slice_axis)
+    sampler = dist_utils.sampler(train_ds, ctx, seed=opts.seed)
+    train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                              num_workers=opts.num_workers, drop_last=len(train_ds) > batch_size)
+    val_loader = DataLoader(val_ds, batch_size=batch_size, num_workers=opts.num_workers)
+
+    params = model.trainable_parameters()
+    betas = tuple(cfg.get("betas", (0.9, 0.999)))
+    optimizer = torch.optim.Adam(params, lr=lr, betas=betas)  # type: ignore[arg-type]
+    train_model = dist_utils.wrap(model, ctx)
+    rows = _read_rows(out / "metrics.csv") if opts.resume else []
+    start_epoch, best, best_epoch = 1, -math.inf, 0
+    if resume_payload is not None:
+        extra = resume_payload["extra"]
+        optimizer.load_state_dict(extra["optimizer"])
+        start_epoch = int(extra["epoch"]) + 1
+        best, best_epoch = float(extra["best_selection"]), int(extra["best_epoch"])
+        rows = [r for r in rows if int(r["epoch"]) < start_epoch]
+        logger.info("resuming after epoch %d (best val epoch %d)", start_epoch - 1, best_epoch)
+    deadline = time.monotonic() + opts.max_minutes * 60 if opts.max_minutes else math.inf
+    autocast = ctx.device.type == "cuda" and torch.cuda.is_bf16_supported()
+    seen = [] if opts.record_samples else None
+    stop_reason = "epochs"
+
+    with _Interrupt():
+        for epoch in range(start_epoch, epochs + 1):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            model.train()
+            t0 = time.monotonic()
+            sums: dict[str, float] = {}
+            steps = 0
+            bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", disable=not ctx.is_main, leave=False)
+            for batch in bar:
+                x = model.normalize(batch["image"].to(ctx.device))
+                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=autocast):
+                    outputs = train_model(x)
+                parts = loss_fn({k: v.float() for k, v in outputs.items()}, batch["mask"].to(ctx.device),
+                                batch["label"].to(ctx.device))
+                optimizer.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                optimizer.step()
+                steps += 1
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}")
+                if seen is not None:
+                    seen.extend(batch["name"])
+                if time.monotonic() > deadline:
+                    stop_reason = "time budget"
+                    break
+            bar.close()
+            stop_reason = dist_utils.agree(stop_reason, ctx)
+            if seen is not None:
+                with (out / f"samples_rank{ctx.rank}.txt").open("a") as fh:
+                    fh.write("".join(f"{epoch}\t{n}\n" for n in seen))
+                seen.clear()
+            if ctx.is_main:
+                metrics = evaluate_model(model, val_loader, ctx.device)
+                selection = _selection(metrics)
+                is_best = selection > best
+                if is_best:
+                    best, best_epoch = selection, epoch
+                row = {
+                    "epoch": epoch,
+                    **{f"train_{k}": round(sums.get(k, float("nan")) / max(steps, 1), 5) for k in ("loss", "bce", "dicefocal", "mc")},
+                    **{f"val_{k}": "" if metrics.get(k) is None else round(float(metrics[k]), 5)
+                       for k in ("dice", "dice_global", "accuracy", "baseline_accuracy", "image_auroc", "pixel_auroc")},
+                    "selection": round(selection, 5) if math.isfinite(selection) else "",
+                    "seconds": round(time.monotonic() - t0, 1),
+                }
+                rows.append(row)
+                extra = {"epoch": epoch, "best_selection": best, "best_epoch": best_epoch, "val_metrics": _plain(metrics),
+                         "optimizer": optimizer.state_dict(), "model": opts.model, "seed": opts.seed}
+                save_checkpoint(model, out / "last.pt", extra=extra)
+                if is_best:
+                    save_checkpoint(model, out / "best.pt", extra={k: v for k, v in extra.items() if k != "optimizer"})
+                _write_rows(out / "metrics.csv", rows)
+                _plot_curves(rows, out / "curves.png")
+                logger.info("epoch %d: loss %.4f val dice %s auroc %s%s", epoch, row["train_loss"], row["val_dice"],
+                            row["val_image_auroc"], " (best)" if is_best else "")
+            dist_utils.barrier(ctx)
+            if stop_reason != "epochs":
+                logger.info("stopping after epoch %d: %s reached", epoch, stop_reason)
+                break
+    dist_utils.teardown(ctx)
+    last_row = rows[-1] if rows else {}
+    return {"best_epoch": best_epoch, "best_selection": best, "last_epoch": int(last_row.get("epoch", 0) or 0),
+            "last": last_row, "out": str(out), "stop_reason": stop_reason}
+
+
+def _plain(value: Any) -> Any:
+    """Metrics dict -> weights_only-safe plain types."""
+    return json.loads(json.dumps(value, default=float))
+

@@ -1,0 +1,110 @@
+"""The one inference path: geometry kept, scores reported, background skipped, bad input refused."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medsad_monai.data.volumes import load_volume, read_volume_header, save_volume_like
+from medsad_monai.engine.inference import InferenceCancelled, Predictor, infer_path
+from medsad_monai.networks import MedSADCLIP
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    from medsad_monai.configs import load_preset
+
+    torch.manual_seed(0)
+    return Predictor(MedSADCLIP(load_preset("tiny", image_size=64)), batch_size=4, threshold=0.5, device="cpu")
+
+
+def _volume_with_background(rng):
+    vol = np.zeros((30, 36, 9), np.float32)
+    vol[5:25, 6:30, 2:7] = 0.5 + 0.1 * rng.random((20, 24, 5))
+    return vol
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_mask_keeps_exact_input_geometry_and_format(predictor, tiny_volumes, tmp_path, suffix):
+    src = sorted((tiny_volumes / "imagesTs").glob("*.nii.gz"))[0]
+    volume = tmp_path / "in" / f"scan{suffix}"
+    volume.parent.mkdir()
+    array, _ = load_volume(src)
+    save_volume_like(array, src, volume)  # same oblique, anisotropic geometry in either format
+    results = infer_path(predictor, volume, tmp_path / "out")
+    mask_path = tmp_path / "out" / f"scan_mask{suffix}"
+    assert results[0]["mask"] == str(mask_path)
+    in_shape, in_geom = read_volume_header(volume)
+    out_shape, out_geom = read_volume_header(mask_path)
+    assert out_shape == in_shape
+    np.testing.assert_allclose(out_geom.affine, in_geom.affine, atol=1e-5)
+    assert not np.allclose(np.abs(in_geom.direction), np.eye(3))  # really oblique
+    scores = json.loads((tmp_path / "out" / "scan_scores.json").read_text())
+    assert len(scores["slice_scores"]) == in_shape[2]
+    assert scores["worst_slice"] == int(np.argmax(scores["slice_scores"]))
+    assert scores["volume_score"] == pytest.approx(max(scores["slice_scores"]), abs=1e-6)
+    assert sorted(p.name for p in volume.parent.iterdir()) == [volume.name]  # input folder untouched
+
+
+def test_background_slices_are_skipped_unless_asked(predictor):
+    vol = _volume_with_background(np.random.default_rng(0))
+    skipping = predictor.predict_volume(vol, axis=2)
+    assert skipping.skipped == [True, True, False, False, False, False, False, True, True]
+    assert all(skipping.slice_scores[i] == 0.0 for i in (0, 1, 7, 8))
+    assert not skipping.probability[..., 0].any()
+    full = predictor.predict_volume(vol, axis=2, skip_background=False)
+    assert not any(full.skipped)
+    np.testing.assert_allclose(full.slice_scores[2:7], skipping.slice_scores[2:7], atol=1e-5)
+
+
+def test_batch_size_does_not_change_results(predictor):
+    vol = _volume_with_background(np.random.default_rng(1))
+    a = predictor.predict_volume(vol, axis=0)
+    predictor.batch_size = 1
+    try:
+        b = predictor.predict_volume(vol, axis=0)
+    finally:
+        predictor.batch_size = 4
+    np.testing.assert_allclose(a.slice_scores, b.slice_scores, atol=1e-5)
+    np.testing.assert_allclose(a.probability, b.probability, atol=1e-5)
+
+
+def test_progress_is_reported_and_cancel_stops(predictor):
+    vol = _volume_with_background(np.random.default_rng(2))
+    seen = []
+    predictor.predict_volume(vol, axis=2, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (5, 5)
+    with pytest.raises(InferenceCancelled):
+        predictor.predict_volume(vol, axis=2, cancel=lambda: True)
+
+
+def test_png_input_gives_png_mask_of_the_same_size(predictor, tmp_path):
+    from PIL import Image
+
+    img = (np.random.default_rng(0).random((50, 70)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "x.png")
+    results = infer_path(predictor, tmp_path / "x.png", tmp_path / "out")
+    mask = np.asarray(Image.open(results[0]["mask"]))
+    assert mask.shape == (50, 70)
+    assert set(np.unique(mask)) <= {0, 255}
+    assert results[0]["slice_scores"] == [pytest.approx(results[0]["volume_score"])]
+
+
+def test_bad_volumes_are_refused_clearly(predictor, tmp_path):
+    with pytest.raises(ValueError, match="NaN/inf"):
+        predictor.predict_volume(np.full((8, 8, 3), np.nan, np.float32))
+    with pytest.raises(ValueError, match="3-D"):
+        predictor.predict_volume(np.zeros((8, 8), np.float32))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        infer_path(predictor, tmp_path / "nope.nii.gz", tmp_path / "out")
+    four_d = tmp_path / "4d.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 3, 2), np.float32), np.eye(4)), four_d)
+    with pytest.raises(ValueError, match="4d.nii.gz"):
+        infer_path(predictor, four_d, tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no NIfTI/NRRD volumes"):
+        infer_path(predictor, tmp_path / "empty", tmp_path / "out")

@@ -1,0 +1,123 @@
+"""`medsad train` / `evaluate`: run folder contents, honest splits, resume, interrupts, baseline."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from medsad_monai.checkpoint import load_checkpoint, read_checkpoint
+from medsad_monai.engine import train as train_mod
+from medsad_monai.engine.evaluate import evaluate_checkpoint
+from medsad_monai.engine.train import TrainOptions, train
+
+
+def _opts(data, out, **kw):
+    base = dict(data=str(data), out=str(out), preset="tiny", image_size=64, epochs=2, batch_size=8, seed=0)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def _rows(run):
+    with (run / "metrics.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_training_writes_a_complete_run_folder(tiny_volumes, tmp_path):
+    run = tmp_path / "run"
+    summary = train(_opts(tiny_volumes, run))
+    for name in ("best.pt", "last.pt", "split.json", "config.json", "metrics.csv", "curves.png"):
+        assert (run / name).is_file(), name
+    split = json.loads((run / "split.json").read_text())
+    assert set(split["train_groups"]).isdisjoint(split["val_groups"])
+    assert set(split["train_groups"]) | set(split["val_groups"]) == {f"case_{i:03d}" for i in range(6)}
+    assert not any(g.startswith("case_1") for g in split["train_groups"] + split["val_groups"])  # test never used
+    rows = _rows(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert read_checkpoint(run / "last.pt")["extra"]["epoch"] == 2
+    best = read_checkpoint(run / "best.pt")["extra"]
+    assert best["epoch"] == summary["best_epoch"]
+    selections = [float(r["selection"]) for r in rows]
+    assert float(rows[best["epoch"] - 1]["selection"]) == max(selections)  # chosen on validation
+    assert "optimizer" not in best
+
+
+def test_existing_run_is_never_overwritten_and_resume_continues(tiny_volumes, tmp_path):
+    run = tmp_path / "run"
+    train(_opts(tiny_volumes, run, epochs=1))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_opts(tiny_volumes, run, epochs=1))
+    first = read_checkpoint(run / "last.pt")
+    train(_opts(tiny_volumes, run, epochs=2, resume=True))
+    rows = _rows(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    second = read_checkpoint(run / "last.pt")
+    assert second["extra"]["epoch"] == 2
+    changed = [k for k in first["state_dict"] if not torch.equal(first["state_dict"][k], second["state_dict"][k])]
+    assert changed  # it kept training from the saved weights
+
+
+def test_interrupt_keeps_the_last_completed_epoch(tiny_volumes, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(_opts(tiny_volumes, run, epochs=1))
+    saved = read_checkpoint(run / "last.pt")["state_dict"]
+    real_step = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def step_then_interrupt(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(_opts(tiny_volumes, run, epochs=3, resume=True))
+    monkeypatch.undo()
+    after = read_checkpoint(run / "last.pt")
+    assert after["extra"]["epoch"] == 1
+    assert all(torch.equal(saved[k], after["state_dict"][k]) for k in saved)
+    assert not list(run.glob("*.tmp"))
+    train(_opts(tiny_volumes, run, epochs=2, resume=True))
+    assert [int(r["epoch"]) for r in _rows(run)] == [1, 2]
+
+
+def test_time_budget_stops_after_validating_and_saving(tiny_volumes, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    clock = iter(range(0, 10_000, 100))  # every monotonic() call advances 100 s
+    monkeypatch.setattr(train_mod.time, "monotonic", lambda: float(next(clock)))
+    summary = train(_opts(tiny_volumes, run, epochs=5, max_minutes=1))
+    assert summary["stop_reason"] == "time budget"
+    assert summary["last_epoch"] == 1
+    assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
+
+
+def test_unet_baseline_trains_on_the_same_pipeline_and_loads(tiny_volumes, tmp_path):
+    run = tmp_path / "unet"
+    train(_opts(tiny_volumes, run, model="unet", epochs=1))
+    model, payload = load_checkpoint(run / "best.pt")
+    assert payload["model"] == "unet"
+    out = model(torch.zeros(2, 3, 64, 64))
+    assert out["mask"].shape == (2, 2, 64, 64)
+
+
+def test_evaluate_writes_report_on_the_test_split(tiny_volumes, tmp_path):
+    run = tmp_path / "run"
+    train(_opts(tiny_volumes, run, epochs=1))
+    metrics = evaluate_checkpoint(run / "best.pt", str(tiny_volumes), tmp_path / "report", split="test")
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["meta"]["split"] == "test"
+    assert report["metrics"]["n_images"] == metrics["n_images"] > 0
+    for key in ("dice", "dice_global", "accuracy", "image_auroc", "pixel_auroc", "threshold_sweep"):
+        assert key in report["metrics"]
+    assert (tmp_path / "report" / "report.md").is_file()
+    val = evaluate_checkpoint(run / "best.pt", str(tiny_volumes), tmp_path / "val", split="val")
+    assert 0 < val["n_images"] < metrics["n_images"] * 10
+
+
+def test_output_inside_the_data_folder_is_refused(tiny_volumes):
+    with pytest.raises(ValueError, match="never written"):
+        train(_opts(tiny_volumes, tiny_volumes / "run"))
+    assert not (tiny_volumes / "run").exists()
