@@ -47,6 +47,8 @@ class MedSADConfig:
         tpca_heads: attention heads in TPCA.
         decoder_channels: channels of the SegDecoder's upsampling stages (each doubles the size).
         decoder_norm: normalisation in the decoder (``batch``, ``instance``, ``group``, ``none``).
+        decoder_skip_channels: width of the decoder's full-resolution image branch (0 = off,
+            the paper's decoder; see :class:`~medsad_monai.networks.SegDecoder`).
 
     Loss:
         mc_loss: add the margin contrastive loss (the ``full`` preset).
@@ -79,6 +81,7 @@ class MedSADConfig:
     tpca_heads: int = 8
     decoder_channels: list[int] = field(default_factory=lambda: [128, 64, 32])
     decoder_norm: str = "batch"
+    decoder_skip_channels: int = 0
 
     mc_loss: bool = True
     mc_margin: float = 0.4
@@ -122,6 +125,8 @@ class MedSADConfig:
             raise ValueError(f"tpca_heads must be positive, got {self.tpca_heads}")
         if not self.decoder_channels or any(c <= 0 for c in self.decoder_channels):
             raise ValueError(f"decoder_channels must be positive integers, got {self.decoder_channels}")
+        if self.decoder_skip_channels < 0:
+            raise ValueError(f"decoder_skip_channels must be >= 0, got {self.decoder_skip_channels}")
         if self.decoder_norm not in ("batch", "instance", "group", "none"):
             raise ValueError(
                 f"decoder_norm must be one of batch, instance, group, none; got {self.decoder_norm!r}"

@@ -88,10 +88,21 @@ def test_each_ablation_trains_exactly_its_modules(preset):
     assert (loss.weights["mc"] > 0) == (preset == "full")
 
 
-def test_tiny_preset_trains_image_tower_but_never_text_tower(tiny_config):
-    model = MedSADCLIP(tiny_config)
+@pytest.mark.parametrize("preset", ["tiny", "adapt", "full"])
+def test_every_trainable_parameter_gets_a_gradient(preset):
+    """DDP without find_unused_parameters needs this; dead parameters also bloat checkpoints."""
+    cfg = load_preset(preset, clip_model="MedSAD-Tiny", clip_pretrained="none", image_size=64, tpca_heads=4)
+    model = MedSADCLIP(cfg).train()
+    out = model(torch.randn(2, 3, 64, 64))
+    MedSADLoss.from_config(cfg)(out, torch.ones(2, 1, 64, 64), torch.ones(2))["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+
+
+def test_train_backbone_trains_image_tower_but_never_text_tower(tiny_config):
+    model = MedSADCLIP(tiny_config.replace(train_backbone=True))
     clip = model.backbone.clip
-    assert all(p.requires_grad for p in clip.visual.parameters())
+    assert all(p.requires_grad for n, p in clip.visual.named_parameters() if not n.startswith(("ln_post", "proj")))
     text_params = [p for n, p in clip.named_parameters() if not n.startswith("visual.")]
     assert text_params and not any(p.requires_grad for p in text_params)
 

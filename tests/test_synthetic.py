@@ -161,7 +161,7 @@ def test_make_sample_data_writes_decathlon_and_bmad_layouts(tmp_path):
     mask_png = np.asarray(Image.open(first.parent.parent / "anomaly_mask" / first.name)) > 0
     assert np.array_equal(mask_png, axial_slice(label, int(z), 128, is_label=True) > 0)
     assert (tmp_path / "montage.png").stat().st_size > 10_000
-    assert "python -m medsad_monai.data.synthetic" in (tmp_path / "README.md").read_text()
+    assert "medsad make-sample-data --out" in (tmp_path / "README.md").read_text()
 
 
 def test_make_sample_data_refuses_to_overwrite_foreign_folders(tmp_path):

@@ -228,7 +228,7 @@ def make_sample_data(
         "test": entries["test"],
         "medsad": {
             "seed": seed, "generator_version": GENERATOR_VERSION,
-            "command": f"python -m medsad_monai.data.synthetic --out {out_dir} --seed {seed}",
+            "command": f"medsad make-sample-data --out {out_dir} --seed {seed}",
             "settings": {"n_train": n_train, "n_test": n_test, "resolution_mm": resolution_mm,
                          "train_styles": list(train_styles), "heldout_style": heldout_style,
                          "max_lesions": max_lesions, "normal_fraction": normal_fraction,

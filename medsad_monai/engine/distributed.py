@@ -56,10 +56,15 @@ def setup(device: str | None = None) -> DistContext:
 
 
 def sampler(dataset: Dataset, ctx: DistContext, seed: int) -> DistributedSampler | None:
-    """A shuffling ``DistributedSampler`` giving each rank a disjoint shard, or None."""
+    """A shuffling ``DistributedSampler`` giving each rank a disjoint shard, or None.
+
+    ``drop_last=True``: the default sampler pads the shards with repeated samples, so two ranks
+    would train on the same slice in the same epoch.
+    """
     if not ctx.distributed:
         return None
-    return DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+    return DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
+                              drop_last=True)
 
 
 def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:

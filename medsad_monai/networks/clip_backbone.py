@@ -161,7 +161,15 @@ class CLIPBackbone(nn.Module):
         # The text tower always stays frozen (only the prompt vectors learn); the image tower
         # trains only when asked (sensible for a random-init backbone alone).
         self.clip.requires_grad_(False)
-        self.clip.visual.requires_grad_(trainable)
+        if trainable:
+            # Only what MedSAD reads may train: the pooled head (ln_post, proj) and blocks after
+            # the last tap never see a gradient, and DDP needs every trainable tensor used.
+            visual.requires_grad_(True)
+            visual.ln_post.requires_grad_(False)
+            if isinstance(visual.proj, nn.Parameter):
+                visual.proj.requires_grad_(False)
+            for block in visual.transformer.resblocks[max(taps):]:
+                block.requires_grad_(False)
         logger.info(
             "backbone %s (%s) depth=%d width=%d taps=%s grid=%s trainable=%s",
             clip_model, self.identity["pretrained"], self.depth, self.width, taps, self.grid_size,

@@ -73,7 +73,8 @@ class MedSADCLIP(nn.Module):
                 bb.embed_dim, self.prompt.num_abnormal_tokens, heads=config.tpca_heads
             )
             self.decoder: SegDecoder | None = SegDecoder(
-                bb.embed_dim + self.tpca.out_channels_extra, config.decoder_channels, config.decoder_norm
+                bb.embed_dim + self.tpca.out_channels_extra, config.decoder_channels, config.decoder_norm,
+                skip_channels=config.decoder_skip_channels,
             )
         else:
             self.tpca = None
@@ -190,7 +191,7 @@ class MedSADCLIP(nn.Module):
         if self.tpca is not None and self.decoder is not None:
             tokens, token_mask = text.abnormal_tokens()
             fused = self.tpca(tokens.to(patches.dtype), token_mask, patches, grid)
-            mask_logits = self.decoder(fused, size)
+            mask_logits = self.decoder(fused, size, images)
         else:
             mask_logits = dot_product_map(patches, text.prototypes, scale, grid, size)
         out["mask_logits"] = mask_logits

@@ -26,6 +26,10 @@ class SegDecoder(nn.Module):
             the stem, every following entry one ×2 stage.
         norm: ``batch``, ``instance``, ``group`` or ``none``.
         out_channels: number of classes (2: background, lesion).
+        skip_channels: 0 (the paper's decoder) or the width of an image branch (two 3×3 convs on
+            the input image, the first with stride 2) fused at half resolution before the head. A ViT patch grid (8–16 px
+            per patch) cannot place a lesion border; this high-resolution skip, as in UNETR- or
+            SAM-style decoders, can. Used by the ``tiny`` preset, off in the paper presets.
     """
 
     def __init__(
@@ -34,6 +38,7 @@ class SegDecoder(nn.Module):
         channels: Sequence[int] = (128, 64, 32),
         norm: str = "batch",
         out_channels: int = 2,
+        skip_channels: int = 0,
     ) -> None:
         super().__init__()
         if norm not in _NORMS:
@@ -52,11 +57,26 @@ class SegDecoder(nn.Module):
                 )
             )
         self.stages = nn.Sequential(*stages)
+        self.skip_channels = skip_channels
+        if skip_channels > 0:
+            self.skip = nn.Sequential(  # at half the input resolution: 4× cheaper, 2-px borders
+                Convolution(2, 3, skip_channels, strides=2, kernel_size=3, norm=norm_arg, act="PRELU"),
+                Convolution(2, skip_channels, skip_channels, kernel_size=3, norm=norm_arg, act="PRELU"),
+            )
+            self.fuse = Convolution(2, channels[-1] + skip_channels, channels[-1], kernel_size=3, norm=norm_arg,
+                                    act="PRELU")
         self.head = Convolution(2, channels[-1], out_channels, kernel_size=1, conv_only=True)
 
-    def forward(self, grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(B, C, h, w) fused grid -> (B, 2, H, W) logits at ``size``."""
-        x = self.head(self.stages(self.stem(grid)))
+    def forward(self, grid: torch.Tensor, size: tuple[int, int], image: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, h, w) fused grid [+ (B, 3, H, W) image for the skip] -> (B, 2, H, W) logits."""
+        x = self.stages(self.stem(grid))
+        if self.skip_channels > 0:
+            if image is None:
+                raise ValueError("this SegDecoder has an image skip branch: pass the input image")
+            skip = self.skip(image)
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = self.fuse(torch.cat([x, skip], dim=1))
+        x = self.head(x)
         if tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return x

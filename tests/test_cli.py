@@ -1,0 +1,41 @@
+"""The `medsad` command line: sub-commands run, errors are one clear line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medsad_monai.cli import main
+
+
+def test_check_data_prints_counts_for_the_sample_volumes(capsys):
+    assert main(["check-data", "sample_data/volumes"]) == 0
+    out = capsys.readouterr().out
+    assert "volumes" in out and "abnormal" in out
+
+
+def test_errors_are_one_clear_line_with_exit_code_2(tmp_path, capsys):
+    assert main(["check-data", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medsad check-data: error:") and "missing" in err
+    assert main(["infer", "--ckpt", str(tmp_path / "none.pt"), "--input", "x", "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_then_infer_from_the_command_line(tiny_volumes, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_volumes), "--out", str(run), "--preset", "tiny", "--image-size", "64",
+                 "--epochs", "1", "--batch-size", "8"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["best_epoch"] == 1
+    out = tmp_path / "pred"
+    assert main(["infer", "--ckpt", str(run / "best.pt"), "--input", str(tiny_volumes / "imagesTs"),
+                 "--out", str(out)]) == 0
+    assert len(list(out.glob("*_mask.nii.gz"))) == 2
+    assert len(list(out.glob("*_scores.json"))) == 2
+
+
+def test_unknown_preset_is_rejected_by_the_parser():
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "x", "--out", "y", "--preset", "huge"])
