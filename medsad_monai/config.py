@@ -80,7 +80,7 @@ class MedSADConfig:
     use_tpca: bool = True
     tpca_heads: int = 8
     decoder_channels: list[int] = field(default_factory=lambda: [128, 64, 32])
-    decoder_norm: str = "batch"
+    decoder_norm: str = "instance"
     decoder_skip_channels: int = 0
 
     mc_loss: bool = True

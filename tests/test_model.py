@@ -143,3 +143,17 @@ def test_training_mode_recomputes_text_with_gradient_to_prompt(tiny_config):
     out = model(x)
     out["score"].sum().backward()
     assert model.prompt.ctx.grad is not None and model.prompt.ctx.grad.abs().sum() > 0
+
+
+def test_decoder_image_skip_is_used_and_required(tiny_config):
+    from medsad_monai.networks import SegDecoder
+
+    decoder = SegDecoder(40, (16, 8), norm="instance", skip_channels=4).eval()
+    grid = torch.randn(2, 40, 8, 8)
+    image = torch.randn(2, 3, 64, 64)
+    out = decoder(grid, (64, 64), image)
+    assert out.shape == (2, 2, 64, 64)
+    assert not torch.allclose(out, decoder(grid, (64, 64), image.flip(-1)))  # the image matters
+    with pytest.raises(ValueError, match="image skip"):
+        decoder(grid, (64, 64))
+    assert MedSADCLIP(tiny_config.replace(decoder_skip_channels=0)).decoder.skip_channels == 0

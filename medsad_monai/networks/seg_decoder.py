@@ -36,7 +36,7 @@ class SegDecoder(nn.Module):
         self,
         in_channels: int,
         channels: Sequence[int] = (128, 64, 32),
-        norm: str = "batch",
+        norm: str = "instance",
         out_channels: int = 2,
         skip_channels: int = 0,
     ) -> None:
