@@ -143,6 +143,17 @@ def _make_sample_data(args: argparse.Namespace) -> int:
     return synthetic_main(["--out", args.out, "--seed", str(args.seed)])
 
 
+def _demo_volume(data: Path) -> Path:
+    """The held-out sample volume with the largest lesion (the most telling one to look at)."""
+    from medsad_monai.data.volumes import load_volume
+
+    labels = sorted((data / "labelsTs").glob("*.nii*"))
+    if not labels:
+        raise FileNotFoundError(f"no test labels in {data / 'labelsTs'}; run `medsad make-sample-data` first")
+    best = max(labels, key=lambda p: int((load_volume(p)[0] > 0).sum()))
+    return data / "imagesTs" / best.name
+
+
 def _demo(args: argparse.Namespace) -> int:
     from medsad_monai.engine.inference import Predictor, infer_path
     from medsad_monai.engine.train import TrainOptions, train
@@ -155,8 +166,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"no demo checkpoint yet: training the tiny preset on {args.data} (≤ {args.max_minutes} min, CPU)")
         train(TrainOptions(data=args.data, out=str(out / "run"), preset="tiny", epochs=30, batch_size=16,
                            max_minutes=args.max_minutes, synthetic_lesions=0.5, seed=0))
-    test_dir = Path(args.data) / "imagesTs"
-    volume = sorted(test_dir.glob("*.nii*"))[0]
+    volume = _demo_volume(Path(args.data))
     predictor = Predictor.from_checkpoint(ckpt)
     for r in infer_path(predictor, volume, out / "infer"):
         print(f"{volume.name}: volume_score={r['volume_score']:.3f} worst_slice={r['worst_slice']} "

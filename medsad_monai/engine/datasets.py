@@ -16,17 +16,15 @@ import torch
 from monai.data import Dataset
 from monai.transforms import Compose, MapTransform, RandFlipd, Randomizable
 
-from medsad_monai.data.layouts import DatasetIndex, Sample, load_image_2d, load_mask_2d
+from medsad_monai.data.layouts import Sample, load_image_2d, load_mask_2d
 from medsad_monai.data.lesions import estimate_brain_mask, paint_lesions
 from medsad_monai.data.preprocess import prepare_mask, prepare_slice
 from medsad_monai.data.volumes import load_volume, normalize_intensity, take_slice
+from medsad_monai.engine.inference import is_background
 
-__all__ = ["Split", "make_split", "load_sample", "SliceDataset", "drop_background", "LoadSliced", "PaintLesionsd"]
+__all__ = ["Split", "make_split", "load_sample", "slice_dataset", "drop_background", "LoadSliced", "PaintLesionsd"]
 
 logger = logging.getLogger(__name__)
-
-BACKGROUND_LEVEL = 0.02
-BACKGROUND_MIN_FRACTION = 0.01
 
 
 @dataclass
@@ -112,7 +110,7 @@ def drop_background(samples: Sequence[Sample], slice_axis: int = 2) -> list[Samp
             kept.append(s)
             continue
         image = take_slice(_volume(str(s.image)), slice_axis, s.slice_index)
-        if s.label == 1 or float((image > BACKGROUND_LEVEL).mean()) >= BACKGROUND_MIN_FRACTION:
+        if s.label == 1 or not is_background(image):
             kept.append(s)
     return kept
 
@@ -174,7 +172,7 @@ def _name(sample: Sample) -> str:
     return f"{stem}_s{sample.slice_index:03d}" if sample.slice_index is not None else stem
 
 
-def SliceDataset(
+def slice_dataset(
     samples: Sequence[Sample],
     size: int,
     *,
@@ -199,7 +197,3 @@ def SliceDataset(
     compose.set_random_state(seed=seed)
     return Dataset(data=[{"sample": s} for s in samples], transform=compose)
 
-
-def index_summary(index: DatasetIndex) -> str:
-    """One line of counts for logs."""
-    return f"{index.layout}: {len(index.samples)} samples ({index.n_abnormal} abnormal, {index.n_normal} normal)"

@@ -15,7 +15,7 @@ from monai.data import DataLoader
 import medsad_monai
 from medsad_monai.checkpoint import load_checkpoint
 from medsad_monai.data.layouts import read_layout
-from medsad_monai.engine.datasets import SliceDataset, Split, drop_background
+from medsad_monai.engine.datasets import slice_dataset, Split, drop_background
 from medsad_monai.engine.metrics import MetricAccumulator, dice_score
 from medsad_monai.engine.report import CaseKeeper, CaseRecord, write_report
 
@@ -65,7 +65,7 @@ def evaluate_checkpoint(
     samples = drop_background(samples, slice_axis)
     if not samples:
         raise ValueError(f"no samples to evaluate in {data} (split {split})")
-    loader = DataLoader(SliceDataset(samples, int(model.image_size), train=False, slice_axis=slice_axis),
+    loader = DataLoader(slice_dataset(samples, int(model.image_size), train=False, slice_axis=slice_axis),
                         batch_size=batch_size)
     acc = MetricAccumulator(threshold=threshold)
     keeper = CaseKeeper(2)

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from medsad_monai.checkpoint import read_checkpoint, save_checkpoint
 from medsad_monai.configs import load_preset
 from medsad_monai.data.layouts import read_layout
 from medsad_monai.engine import distributed as dist_utils
-from medsad_monai.engine.datasets import SliceDataset, Split, drop_background, make_split
+from medsad_monai.engine.datasets import slice_dataset, Split, drop_background, make_split
 from medsad_monai.engine.metrics import MetricAccumulator
 from medsad_monai.losses import MedSADLoss
 from medsad_monai.networks import MedSADCLIP
@@ -235,10 +236,10 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                 len(train_samples), len(val_samples), len(split.train_groups), len(split.val_groups),
                 size, epochs, batch_size, lr)
 
-    train_ds = SliceDataset(train_samples, size, train=True, slice_axis=opts.slice_axis,
+    train_ds = slice_dataset(train_samples, size, train=True, slice_axis=opts.slice_axis,
                             synthetic_lesions=opts.synthetic_lesions, synthetic_styles=opts.synthetic_styles,
                             seed=opts.seed + ctx.rank)
-    val_ds = SliceDataset(val_samples, size, train=False, slice_axis=opts.slice_axis)
+    val_ds = slice_dataset(val_samples, size, train=False, slice_axis=opts.slice_axis)
     sampler = dist_utils.sampler(train_ds, ctx, seed=opts.seed)
     train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                               num_workers=opts.num_workers, drop_last=len(train_ds) > batch_size)
@@ -270,7 +271,8 @@ def train(opts: TrainOptions) -> dict[str, Any]:
             t0 = time.monotonic()
             sums: dict[str, float] = {}
             steps = 0
-            bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", disable=not ctx.is_main, leave=False)
+            bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", leave=False,
+                       disable=not ctx.is_main or not sys.stderr.isatty())  # logs get one line per epoch
             for batch in bar:
                 x = model.normalize(batch["image"].to(ctx.device))
                 with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=autocast):
