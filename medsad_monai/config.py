@@ -50,6 +50,12 @@ class MedSADConfig:
         decoder_skip_channels: width of the decoder's full-resolution image branch (0 = off,
             the paper's decoder; see :class:`~medsad_monai.networks.SegDecoder`).
 
+    Image score:
+        score_fusion: ``cls`` (the paper: P(abnormal) from the class token) or ``cls_max_mask``:
+            the mean of that and the maximum of the (5×5 average-pooled) lesion map, as
+            AnomalyCLIP/MVFA do; the class-token output stays in ``score_cls`` and the losses
+            always train the class token.
+
     Loss:
         mc_loss: add the margin contrastive loss (the ``full`` preset).
         mc_margin, bce_weight, dicefocal_weight, mc_weight: loss settings.
@@ -82,6 +88,8 @@ class MedSADConfig:
     decoder_channels: list[int] = field(default_factory=lambda: [128, 64, 32])
     decoder_norm: str = "instance"
     decoder_skip_channels: int = 0
+
+    score_fusion: str = "cls"
 
     mc_loss: bool = True
     mc_margin: float = 0.4
@@ -131,6 +139,8 @@ class MedSADConfig:
             raise ValueError(
                 f"decoder_norm must be one of batch, instance, group, none; got {self.decoder_norm!r}"
             )
+        if self.score_fusion not in ("cls", "cls_max_mask"):
+            raise ValueError(f"score_fusion must be cls or cls_max_mask, got {self.score_fusion!r}")
         if self.mc_margin < 0:
             raise ValueError(f"mc_margin must be >= 0, got {self.mc_margin}")
         for name in ("bce_weight", "dicefocal_weight", "mc_weight", "lr"):

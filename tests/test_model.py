@@ -157,3 +157,22 @@ def test_decoder_image_skip_is_used_and_required(tiny_config):
     with pytest.raises(ValueError, match="image skip"):
         decoder(grid, (64, 64))
     assert MedSADCLIP(tiny_config.replace(decoder_skip_channels=0)).decoder.skip_channels == 0
+
+
+def test_score_fusion_mixes_class_token_and_lesion_map_peak(tiny_config):
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 64, 64)
+    plain = MedSADCLIP(tiny_config.replace(score_fusion="cls")).eval()
+    with torch.no_grad():
+        out = plain(x)
+    assert torch.equal(out["score"], out["score_cls"])
+    fused_model = MedSADCLIP(tiny_config.replace(score_fusion="cls_max_mask")).eval()
+    fused_model.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        fused = fused_model(x)
+    peak = F.avg_pool2d(fused["mask"][:, 1:], 5, 1, 2).flatten(1).max(1).values
+    assert torch.allclose(fused["score"], 0.5 * (out["score_cls"] + peak))
+    with pytest.raises(ValueError, match="score_fusion"):
+        tiny_config.replace(score_fusion="max")

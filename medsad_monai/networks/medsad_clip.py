@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medsad_monai.config import MedSADConfig
@@ -30,7 +31,8 @@ class MedSADCLIP(nn.Module):
 
     - ``mask_logits`` (B, 2, S, S) and ``mask`` (B, 2, S, S): softmax over (background, lesion);
     - ``image_logits`` (B, 2), ``cos`` (B, 2): image embedding vs. normal/abnormal prototypes;
-    - ``score`` (B,): P(abnormal).
+    - ``score`` (B,): the anomaly score, P(abnormal) from the class token (``score_cls``), or
+      with ``score_fusion="cls_max_mask"`` its mean with the peak of the smoothed lesion map.
 
     The ablation switches of :class:`MedSADConfig` (``learnable_prompt``, ``use_tpca``) select
     the heads on one code path. In eval mode the text features are computed once and cached;
@@ -196,4 +198,8 @@ class MedSADCLIP(nn.Module):
             mask_logits = dot_product_map(patches, text.prototypes, scale, grid, size)
         out["mask_logits"] = mask_logits
         out["mask"] = mask_logits.softmax(dim=1)
+        out["score_cls"] = out["score"]
+        if self.config.score_fusion == "cls_max_mask":
+            smoothed = F.avg_pool2d(out["mask"][:, 1:], kernel_size=5, stride=1, padding=2)
+            out["score"] = 0.5 * (out["score_cls"] + smoothed.flatten(1).max(dim=1).values)
         return out
