@@ -69,3 +69,16 @@ def test_invalid_config_values_name_the_key():
         load_preset("huge")
     with pytest.raises(ValueError, match="tap_layers"):
         MedSADCLIP(load_preset("tiny", tap_layers=[2, 4, 99]))
+
+
+def test_quick_gelu_is_chosen_for_openai_weights_only():
+    import open_clip
+
+    from medsad_monai.networks.clip_backbone import CLIPBackbone
+
+    auto = CLIPBackbone._auto_quick_gelu
+    assert auto(open_clip, "ViT-L-14", "tag", "openai") is True
+    assert auto(open_clip, "ViT-B-16", "tag", "laion2b_s34b_b88k") is False
+    assert auto(open_clip, "ViT-B-16-quickgelu", "tag", "openai") is False  # the config already has it
+    assert auto(open_clip, "ViT-L-14", "path", "/models/ViT-L-14-openai.bin") is True
+    assert auto(open_clip, "ViT-L-14", "none", None) is False
