@@ -87,6 +87,17 @@ class CaseRecord:
         self.score, self.label = float(self.score), int(self.label)
 
 
+def _push_bounded(heap: list, item: tuple, k: int) -> bool:
+    """Keep the ``k`` largest items in a min-heap; True when ``item`` was kept."""
+    if len(heap) < k:
+        heapq.heappush(heap, item)
+        return True
+    if item > heap[0]:
+        heapq.heapreplace(heap, item)
+        return True
+    return False
+
+
 class CaseKeeper:
     """Keeps the ``k`` best and ``k`` worst abnormal cases by Dice while streaming.
 
@@ -114,23 +125,10 @@ class CaseKeeper:
             return False
         record = replace(record, dice=float(dice)) if record.dice != dice else record
         seq = next(self._seq)
-        kept = False
-        # best: later ties rank lower (-seq), so an equal later case never displaces an earlier one
-        item = (float(dice), -seq, record)
-        if len(self._best) < self.k:
-            heapq.heappush(self._best, item)
-            kept = True
-        elif item > self._best[0]:
-            heapq.heapreplace(self._best, item)
-            kept = True
-        item = (-float(dice), -seq, record)
-        if len(self._worst) < self.k:
-            heapq.heappush(self._worst, item)
-            kept = True
-        elif item > self._worst[0]:
-            heapq.heapreplace(self._worst, item)
-            kept = True
-        return kept
+        # later ties rank lower (-seq), so an equal later case never displaces an earlier one
+        kept_best = _push_bounded(self._best, (float(dice), -seq, record), self.k)
+        kept_worst = _push_bounded(self._worst, (-float(dice), -seq, record), self.k)
+        return kept_best or kept_worst
 
     def best(self) -> list[CaseRecord]:
         """The kept best cases, highest Dice first."""
