@@ -6,13 +6,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.medsad-installed
 
-.PHONY: run test venv bench clean-venv
+.PHONY: run demo-cli test venv bench clean-venv
 
 venv: $(STAMP)
 
-$(STAMP): requirements/core.txt requirements/test.txt pyproject.toml
+$(STAMP): requirements/core.txt requirements/server.txt requirements/monailabel.txt requirements/test.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/core.txt -r requirements/test.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/core.txt -r requirements/server.txt -r requirements/test.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/monailabel.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
@@ -20,6 +21,9 @@ test: venv
 	$(PY) -m pytest -q
 
 run: venv
+	MONAI_LABEL_TRACKING_ENABLED=false $(PY) monai_app/serve_demo.py
+
+demo-cli: venv
 	$(PY) -m medsad_monai.cli demo
 
 bench: venv

@@ -36,6 +36,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic-lesions", type=float, default=0.0,
                    help="probability of painting synthetic lesions on a normal training slice (augmentation)")
     p.add_argument("--synthetic-styles", default="A,C", help="lesion styles for --synthetic-lesions (A, B, C)")
+    p.add_argument("--augment", default="paper", choices=["paper", "strong"],
+                   help="paper = horizontal flips; strong = + MONAI affine, gamma, bias field, noise")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     p.add_argument("--record-samples", action="store_true", help="write the training samples each rank saw")
@@ -94,7 +96,7 @@ def _train(args: argparse.Namespace) -> int:
         clip_model=args.clip_model, clip_pretrained=args.clip_pretrained, image_size=args.image_size,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, max_minutes=args.max_minutes,
         resume=args.resume, val_fraction=args.val_fraction, slice_axis=args.slice_axis,
-        synthetic_lesions=args.synthetic_lesions, synthetic_styles=[s for s in args.synthetic_styles.split(",") if s],
+        synthetic_lesions=args.synthetic_lesions, synthetic_styles=[s for s in args.synthetic_styles.split(",") if s], augment=args.augment,
         num_workers=args.num_workers, device=args.device, record_samples=args.record_samples,
     )
     summary = train(opts)
@@ -154,18 +156,30 @@ def _demo_volume(data: Path) -> Path:
     return data / "imagesTs" / best.name
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from medsad_monai.engine.inference import Predictor, infer_path
+def ensure_demo_checkpoint(data: str | Path, out: str | Path, max_minutes: float = 8.0) -> Path:
+    """``OUT/run/best.pt``: trains the tiny preset on ``data`` (the sample volumes) if it is missing.
+
+    Used by ``medsad demo`` and by the MONAI Label demo server (``make run``).
+    """
     from medsad_monai.engine.train import TrainOptions, train
 
-    out = Path(args.out)
-    ckpt = out / "run" / "best.pt"
+    ckpt = Path(out) / "run" / "best.pt"
     if ckpt.exists():
         print(f"using the demo checkpoint {ckpt}")
-    else:
-        print(f"no demo checkpoint yet: training the tiny preset on {args.data} (≤ {args.max_minutes} min, CPU)")
-        train(TrainOptions(data=args.data, out=str(out / "run"), preset="tiny", epochs=30, batch_size=16,
-                           max_minutes=args.max_minutes, synthetic_lesions=0.5, seed=0))
+        return ckpt
+    print(f"no demo checkpoint yet: training the tiny preset on {data} (≤ {max_minutes} min, CPU)", flush=True)
+    train(TrainOptions(data=str(data), out=str(ckpt.parent), preset="tiny", epochs=30, batch_size=16,
+                       max_minutes=max_minutes, synthetic_lesions=0.5, seed=0))
+    if not ckpt.exists():
+        raise RuntimeError(f"demo training ended without a validation-selected checkpoint in {ckpt.parent}")
+    return ckpt
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from medsad_monai.engine.inference import Predictor, infer_path
+
+    out = Path(args.out)
+    ckpt = ensure_demo_checkpoint(args.data, out, args.max_minutes)
     volume = _demo_volume(Path(args.data))
     predictor = Predictor.from_checkpoint(ckpt)
     for r in infer_path(predictor, volume, out / "infer"):

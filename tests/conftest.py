@@ -84,3 +84,40 @@ def tiny_volumes(tmp_path_factory):
         (root / f"tmp{split}" / "images").rename(root / f"images{split}")
         (root / f"tmp{split}" / "labels").rename(root / f"labels{split}")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """An (untrained) tiny MedSAD-CLIP checkpoint at 64 px, written by the real checkpoint code."""
+    from medsad_monai.checkpoint import save_checkpoint
+    from medsad_monai.configs import load_preset
+    from medsad_monai.networks import MedSADCLIP
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "medsad.pt"
+    save_checkpoint(MedSADCLIP(load_preset("tiny", image_size=64)), path, extra={"epoch": 0})
+    return path
+
+
+#: images of the app datastore fixture; the first four carry a ``final`` label.
+STUDY_LABELLED = ("case_000", "case_001", "case_002", "case_003")
+STUDY_UNLABELLED = ("case_004", "case_005", "case_100")
+
+
+@pytest.fixture
+def app_studies(tiny_volumes, tiny_checkpoint, tmp_path):
+    """A MONAI Label datastore folder (4 labelled + 3 unlabelled oblique volumes) and a copy of
+    the tiny checkpoint to serve: ``(studies_dir, checkpoint_path)``."""
+    import shutil
+
+    studies = tmp_path / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    for name in STUDY_LABELLED + STUDY_UNLABELLED:
+        split = "Ts" if name.startswith("case_1") else "Tr"
+        shutil.copy2(tiny_volumes / f"images{split}" / f"{name}.nii.gz", studies / f"{name}.nii.gz")
+        if name in STUDY_LABELLED:
+            shutil.copy2(tiny_volumes / f"labels{split}" / f"{name}.nii.gz", studies / "labels" / "final" / f"{name}.nii.gz")
+    checkpoint = tmp_path / "model" / "medsad.pt"
+    checkpoint.parent.mkdir()
+    shutil.copy2(tiny_checkpoint, checkpoint)
+    return studies, checkpoint

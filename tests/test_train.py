@@ -121,3 +121,22 @@ def test_output_inside_the_data_folder_is_refused(tiny_volumes):
     with pytest.raises(ValueError, match="never written"):
         train(_opts(tiny_volumes, tiny_volumes / "run"))
     assert not (tiny_volumes / "run").exists()
+
+
+def test_strong_augmentation_keeps_shapes_range_and_binary_masks(tiny_volumes):
+    from medsad_monai.data.layouts import read_layout
+    from medsad_monai.engine.datasets import slice_dataset
+
+    samples = [s for s in read_layout(tiny_volumes).samples if s.label == 1][:6]
+    plain = slice_dataset(samples, 64, train=True, augment="paper", seed=1)
+    strong = slice_dataset(samples, 64, train=True, augment="strong", seed=1)
+    changed = 0
+    for i in range(len(samples)):
+        a, b = plain[i], strong[i]
+        assert b["image"].shape == (3, 64, 64) and b["mask"].shape == (1, 64, 64)
+        assert float(b["image"].min()) >= 0.0 and float(b["image"].max()) <= 1.0
+        assert set(torch.unique(torch.as_tensor(b["mask"])).tolist()) <= {0.0, 1.0}
+        changed += int(not torch.allclose(torch.as_tensor(a["image"]), torch.as_tensor(b["image"])))
+    assert changed >= 3  # the strong pipeline really transforms
+    with pytest.raises(ValueError, match="augment"):
+        slice_dataset(samples, 64, train=True, augment="heavy")

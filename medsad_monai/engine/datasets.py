@@ -14,7 +14,17 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import Dataset
-from monai.transforms import Compose, MapTransform, RandFlipd, Randomizable
+from monai.transforms import (
+    Compose,
+    MapTransform,
+    RandAdjustContrastd,
+    RandAffined,
+    RandBiasFieldd,
+    RandFlipd,
+    RandGaussianNoised,
+    Randomizable,
+    RandScaleIntensityd,
+)
 
 from medsad_monai.data.layouts import Sample, load_image_2d, load_mask_2d
 from medsad_monai.data.lesions import estimate_brain_mask, paint_lesions
@@ -22,7 +32,9 @@ from medsad_monai.data.preprocess import prepare_mask, prepare_slice
 from medsad_monai.data.volumes import load_volume, normalize_intensity, take_slice
 from medsad_monai.engine.inference import is_background
 
-__all__ = ["Split", "make_split", "load_sample", "slice_dataset", "drop_background", "LoadSliced", "PaintLesionsd"]
+AUGMENTS: tuple[str, ...] = ("paper", "strong")
+
+__all__ = ["AUGMENTS", "Split", "make_split", "load_sample", "slice_dataset", "drop_background", "LoadSliced", "PaintLesionsd"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +179,16 @@ class _ToModelSized(MapTransform):
         return {**data, "image": image, "mask": mask, "label": torch.tensor(data["label"], dtype=torch.float32)}
 
 
+class _Clip01(MapTransform):
+    """Keep intensities in [0, 1] after intensity augmentation (the model's input range)."""
+
+    def __init__(self) -> None:
+        super().__init__(keys=["image"])
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        return {**data, "image": torch.as_tensor(data["image"]).clamp(0.0, 1.0)}
+
+
 def _name(sample: Sample) -> str:
     stem = sample.group
     return f"{stem}_s{sample.slice_index:03d}" if sample.slice_index is not None else stem
@@ -180,19 +202,34 @@ def slice_dataset(
     slice_axis: int = 2,
     synthetic_lesions: float = 0.0,
     synthetic_styles: Sequence[str] = ("A", "C"),
+    augment: str = "paper",
     seed: int = 0,
 ) -> Dataset:
     """A MONAI ``Dataset`` of model-sized slices: ``image`` (3, S, S) in [0, 1], ``mask`` (1, S, S).
 
     Training adds random horizontal flips (paper §4.2) and, if asked, on-the-fly synthetic
-    lesions on normal slices. Normalisation is the model's own (``model.normalize``).
+    lesions on normal slices. ``augment="strong"`` adds MONAI's random affine (rotation, scale,
+    shift), gamma, bias field, intensity scale and noise, for small datasets of few subjects.
+    Normalisation is the model's own (``model.normalize``).
     """
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment={augment!r}; expected one of {AUGMENTS}")
     transforms: list[Any] = [LoadSliced(slice_axis)]
     if train and synthetic_lesions > 0:
         transforms.append(PaintLesionsd(synthetic_lesions, synthetic_styles))
     transforms.append(_ToModelSized(size))
     if train:
         transforms.append(RandFlipd(keys=["image", "mask"], prob=0.5, spatial_axis=1))
+    if train and augment == "strong":
+        transforms += [
+            RandAffined(keys=["image", "mask"], prob=0.7, rotate_range=0.26, scale_range=0.12, translate_range=6,
+                        mode=("bilinear", "nearest"), padding_mode="zeros"),
+            RandBiasFieldd(keys=["image"], prob=0.3, coeff_range=(0.0, 0.15)),
+            RandAdjustContrastd(keys=["image"], prob=0.5, gamma=(0.7, 1.4)),
+            RandScaleIntensityd(keys=["image"], prob=0.3, factors=0.1),
+            RandGaussianNoised(keys=["image"], prob=0.3, std=0.02),
+            _Clip01(),
+        ]
     compose = Compose(transforms)
     compose.set_random_state(seed=seed)
     return Dataset(data=[{"sample": s} for s in samples], transform=compose)

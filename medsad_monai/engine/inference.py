@@ -33,6 +33,8 @@ __all__ = [
     "ImageResult",
     "is_background",
     "infer_path",
+    "predict_file",
+    "save_mask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -254,19 +256,8 @@ def infer_path(
         mask_path, scores_path = _outputs_for(path, out)
         if mask_path.resolve() == path.resolve() or scores_path.resolve() == path.resolve():
             raise ValueError(f"refusing to overwrite input {str(path)!r}; choose another --out folder")
-        if volume_suffix(path) is not None:
-            volume, _ = load_volume(path)
-            if volume.ndim != 3:
-                raise ValueError(f"{str(path)!r} is not a 3-D volume (shape {volume.shape})")
-            result = predictor.predict_volume(
-                normalize_intensity(volume), axis=axis, skip_background=skip_background, progress=progress
-            )
-            save_volume_like(result.mask, path, mask_path)
-        else:
-            result = predictor.predict_image(load_image_2d(path))
-            from PIL import Image
-
-            Image.fromarray(result.mask * 255).save(mask_path)
+        result = predict_file(predictor, path, axis=axis, skip_background=skip_background, progress=progress)
+        save_mask(result, path, mask_path)
         summary = {"input": str(path), "mask": str(mask_path), "scores": str(scores_path), **result.summary()}
         tmp = scores_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(summary, indent=2))
@@ -275,3 +266,45 @@ def infer_path(
         results.append(summary)
     return results
 
+
+def predict_file(
+    predictor: Predictor,
+    path: str | os.PathLike,
+    axis: int = 2,
+    skip_background: bool = True,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> VolumeResult | ImageResult:
+    """Predict one NIfTI/NRRD volume or 2-D PNG/JPG image file.
+
+    Raises:
+        ValueError: naming the file: unsupported type, unreadable, not 3-D, a single slice
+            along ``axis``, NaN/inf voxels.
+    """
+    path = Path(path)
+    if volume_suffix(path) is not None:
+        volume, _ = load_volume(path)
+        if volume.ndim != 3:
+            raise ValueError(f"{str(path)!r} is not a 3-D volume (shape {volume.shape})")
+        if axis not in (0, 1, 2):
+            raise ValueError(f"slice axis must be 0, 1 or 2, got {axis}")
+        if volume.shape[axis] < 2:
+            raise ValueError(f"{str(path)!r} has a single slice along axis {axis} (shape {volume.shape}); "
+                             "send a single slice as a 2-D PNG image, or pick another slice axis")
+        return predictor.predict_volume(normalize_intensity(volume), axis=axis, skip_background=skip_background,
+                                        progress=progress, cancel=cancel)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"unsupported input {str(path)!r}: use .nii/.nii.gz/.nrrd volumes or .png/.jpg images")
+    return predictor.predict_image(load_image_2d(path))
+
+
+def save_mask(result: VolumeResult | ImageResult, input_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """Write a result's binary mask: volumes with exactly ``input_path``'s geometry and format,
+    2-D images as a PNG of the image's size (0/255)."""
+    out_path = Path(out_path)
+    if isinstance(result, VolumeResult):
+        return save_volume_like(result.mask, input_path, out_path)
+    from PIL import Image
+
+    Image.fromarray(result.mask * 255).save(out_path)
+    return out_path

@@ -71,6 +71,7 @@ class TrainOptions:
     slice_axis: int = 2
     synthetic_lesions: float = 0.0
     synthetic_styles: list[str] = field(default_factory=lambda: ["A", "C"])
+    augment: str = "paper"
     num_workers: int = 0
     device: str | None = None
     record_samples: bool = False
@@ -238,6 +239,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
 
     train_ds = slice_dataset(train_samples, size, train=True, slice_axis=opts.slice_axis,
                             synthetic_lesions=opts.synthetic_lesions, synthetic_styles=opts.synthetic_styles,
+                            augment=opts.augment,
                             seed=opts.seed + ctx.rank)
     val_ds = slice_dataset(val_samples, size, train=False, slice_axis=opts.slice_axis)
     sampler = dist_utils.sampler(train_ds, ctx, seed=opts.seed)

@@ -1,0 +1,1 @@
+"""MedSAD's MONAI Label app: configs, infer/train tasks, scoring and active learning."""

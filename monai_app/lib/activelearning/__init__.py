@@ -1,0 +1,3 @@
+from .medsad import MedSADUncertain
+
+__all__ = ["MedSADUncertain"]

@@ -1,0 +1,3 @@
+from .medsad import MedSADTaskConfig, ServeConfig
+
+__all__ = ["MedSADTaskConfig", "ServeConfig"]

@@ -1,0 +1,3 @@
+from .medsad import MedSADInfer
+
+__all__ = ["MedSADInfer"]

@@ -1,0 +1,3 @@
+from .medsad import MedSADScoring
+
+__all__ = ["MedSADScoring"]

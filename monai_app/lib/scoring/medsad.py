@@ -1,0 +1,85 @@
+"""Active-learning scoring: run the model over unlabelled images and store, in each image's
+info, ``anomaly_score`` (the volume score) and ``anomaly_uncertainty`` (mean binary entropy,
+in bits, of the per-slice scores of slices with anatomy: 1 = every slice undecided).
+
+Images already scored by the current checkpoint (same sha256) are not scored again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+
+from medsad_monai.engine.inference import VolumeResult, predict_file
+
+from ..model_cache import ModelCache
+
+logger = logging.getLogger(__name__)
+
+
+def binary_entropy(p: float) -> float:
+    """Entropy in bits of a Bernoulli(p)."""
+    p = min(max(float(p), 1e-7), 1 - 1e-7)
+    return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+def uncertainty(result: Any) -> float:
+    """Mean binary entropy of the scores of the slices that were not skipped as background."""
+    if isinstance(result, VolumeResult):
+        scores = [s for s, skipped in zip(result.slice_scores, result.skipped) if not skipped]
+    else:
+        scores = [result.score]
+    return float(sum(binary_entropy(s) for s in scores) / len(scores)) if scores else 0.0
+
+
+class MedSADScoring(ScoringMethod):
+    """Scoring method ``medsad_anomaly``. Request keys: ``images`` (``unlabeled`` (default) or
+    ``all``), ``force`` (re-score images scored by the current model)."""
+
+    def __init__(self, cache: ModelCache) -> None:
+        super().__init__("MedSAD anomaly score and uncertainty of unlabelled images")
+        self.cache = cache
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        which = request.get("images", "unlabeled")
+        if which not in ("unlabeled", "all"):
+            raise ValueError(f"images {which!r}: expected 'unlabeled' or 'all'")
+        force = str(request.get("force", "false")).lower() in ("1", "true", "yes")
+        ids = datastore.list_images() if which == "all" else datastore.get_unlabeled_images()
+        return self.score(datastore, ids, force=force)
+
+    def score(self, datastore: Datastore, image_ids: list[str], force: bool = False) -> dict[str, Any]:
+        predictor = self.cache.get()
+        model = self.cache.fingerprint()
+        scored: dict[str, Any] = {}
+        skipped, failed = [], {}
+        for image_id in sorted(image_ids):
+            info = datastore.get_image_info(image_id)
+            if not force and info.get("anomaly_model") == model and "anomaly_uncertainty" in info:
+                skipped.append(image_id)
+                continue
+            start = time.perf_counter()
+            try:
+                result = predict_file(predictor, datastore.get_image_uri(image_id), axis=self.cache.serve.slice_axis)
+            except ValueError as err:  # one unreadable image must not stop the others
+                logger.warning("scoring %s failed: %s", image_id, err)
+                failed[image_id] = str(err)
+                continue
+            summary = result.summary()
+            entry = {
+                "anomaly_score": float(summary["volume_score"]),
+                "anomaly_uncertainty": round(uncertainty(result), 6),
+                "anomaly_worst_slice": int(summary["worst_slice"]),
+                "anomaly_model": model,
+                "anomaly_ts": int(time.time()),
+            }
+            datastore.update_image_info(image_id, entry)
+            scored[image_id] = entry
+            logger.info("scored %s: score %.3f uncertainty %.3f (%.1f s)", image_id, entry["anomaly_score"],
+                        entry["anomaly_uncertainty"], time.perf_counter() - start)
+        return {"scored": scored, "skipped": skipped, "failed": failed, "model": model}

@@ -1,0 +1,3 @@
+from .medsad import MedSADTrain
+
+__all__ = ["MedSADTrain"]

@@ -1,0 +1,97 @@
+"""MONAI Label app serving MedSAD-CLIP.
+
+    monailabel start_server --app monai_app --studies DIR --conf models medsad \
+        [--conf checkpoint PATH] [--conf clip_model NAME] [--conf clip_pretrained TAG|PATH|none] \
+        [--conf preset tiny|full|…] [--conf threshold 0.5] [--conf slice_axis 2]
+
+Laid out like MONAI Label's radiology app: ``lib/configs`` (``--conf`` parsing, task config),
+``lib/infers``, ``lib/trainers``, ``lib/scoring``, ``lib/activelearning``. Every task calls
+``medsad_monai`` (the one model, inference and training path).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import monailabel
+from monailabel.config import settings
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+
+from lib.configs import MedSADTaskConfig
+from lib.datastore import MedSADDatastore
+from lib.errors import ConfError, as_http_errors
+
+import medsad_monai
+
+logger = logging.getLogger(__name__)
+
+
+class MyApp(MONAILabelApp):
+    """The MedSAD app: one model, ``medsad`` (infer + train), scoring ``medsad_anomaly`` and the
+    strategy ``medsad_uncertain``."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        self.model_dir = os.path.join(app_dir, "model")
+        task = MedSADTaskConfig()
+        try:
+            task.init("medsad", self.model_dir, conf, None)
+        except ConfError as err:
+            logger.error("MedSAD app: %s", err)
+            raise
+        self.task = task
+        logger.info("MedSAD app: checkpoint %s (%s), preset %s, threshold %s, slice axis %d",
+                    task.serve.checkpoint, "present" if task.cache.exists() else "missing: train one first",
+                    task.serve.preset, task.serve.threshold, task.serve.slice_axis)
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name=f"MedSAD - anomaly detection and lesion segmentation (MONAI Label {monailabel.__version__})",
+            description="MedSAD-CLIP: per-slice anomaly scores and lesion masks (demo model: synthetic lesions, not for clinical use)",
+            version=medsad_monai.__version__,
+            labels={"lesion": 1},
+        )
+
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return MedSADDatastore(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def init_infers(self) -> dict[str, Any]:
+        return self.task.infer()
+
+    def init_trainers(self) -> dict[str, Any]:
+        return {"medsad": self.task.trainer()}
+
+    def init_strategies(self) -> dict[str, Any]:
+        return {"random": Random(), "first": First(), **self.task.strategy()}
+
+    def init_scoring_methods(self) -> dict[str, Any]:
+        return self.task.scoring_method()
+
+    # MONAI Label has no exception handler: answer bad requests with a JSON message instead.
+    def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        with as_http_errors(f"infer {request.get('model')!r} on {request.get('image')!r}"):
+            return super().infer(request, datastore)
+
+    def train(self, request: dict[str, Any]) -> dict[str, Any]:
+        with as_http_errors(f"train {request.get('model')!r}"):
+            return super().train(request)
+
+    def scoring(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        with as_http_errors(f"scoring {request.get('method')!r}"):
+            return super().scoring(request, datastore)
+
+    def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
+        with as_http_errors(f"active learning {request.get('strategy')!r}"):
+            return super().next_sample(request)

@@ -1,0 +1,235 @@
+"""The MONAI Label app in-process, through FastAPI's TestClient on MONAI Label's real app
+(as MONAI Label's own endpoint tests do): info, infer geometry, bad requests, train, scoring,
+active learning."""
+
+from __future__ import annotations
+
+import hashlib
+import gzip
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("monailabel")
+
+from conftest import STUDY_LABELLED, STUDY_UNLABELLED  # noqa: E402
+
+APP_DIR = Path(__file__).resolve().parent.parent / "monai_app"
+
+
+def _files(studies: Path) -> dict[str, str]:
+    """Every file of the datastore folder -> sha256 (lock files excluded)."""
+    return {
+        str(p.relative_to(studies)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(studies.rglob("*")) if p.is_file() and not p.name.endswith(".lock")
+    }
+
+
+@pytest.fixture
+def client(app_studies, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+    from monailabel.config import settings
+    from monailabel.interfaces.utils.app import clear_cache
+
+    studies, checkpoint = app_studies
+    conf = {"models": "medsad", "checkpoint": str(checkpoint), "batch_size": "4"}
+    monkeypatch.setattr(settings, "MONAI_LABEL_APP_DIR", str(APP_DIR))
+    monkeypatch.setattr(settings, "MONAI_LABEL_STUDIES", str(studies))
+    monkeypatch.setattr(settings, "MONAI_LABEL_APP_CONF", conf)
+    monkeypatch.setattr(settings, "MONAI_LABEL_DATASTORE_AUTO_RELOAD", False)
+    monkeypatch.setattr(settings, "MONAI_LABEL_AUTO_UPDATE_SCORING", False)
+    monkeypatch.setattr(settings, "MONAI_LABEL_SESSION_PATH", str(tmp_path / "sessions"))
+    monkeypatch.setattr(settings, "MONAI_LABEL_TRACKING_ENABLED", False)
+    from monailabel.app import app
+
+    clear_cache()
+    with TestClient(app) as c:
+        c.studies = studies
+        c.checkpoint = checkpoint
+        yield c
+    clear_cache()
+
+
+def _infer(client, image_id: str, **params):
+    res = client.post(f"/infer/medsad?image={image_id}&output=json", data={"params": json.dumps(params)})
+    assert res.status_code == 200, res.text
+    mask = client.post(f"/infer/medsad?image={image_id}&output=image", data={"params": json.dumps(params)})
+    assert mask.status_code == 200, mask.text
+    return res.json(), mask.content
+
+
+def _nifti(content: bytes) -> nib.Nifti1Image:
+    return nib.Nifti1Image.from_bytes(gzip.decompress(content))
+
+
+def test_info_lists_the_model_trainer_strategy_and_scoring(client):
+    info = client.get("/info/").json()
+    model = info["models"]["medsad"]
+    assert model["type"] == "segmentation" and model["labels"] == {"lesion": 1} and model["dimension"] == 3
+    assert set(info["trainers"]["medsad"]["config"]) >= {"max_epochs", "batch_size", "lr", "val_split", "preset"}
+    assert info["trainers"]["medsad"]["config"]["preset"] == "tiny"
+    assert "medsad_uncertain" in info["strategies"] and "medsad_anomaly" in info["scoring"]
+    assert info["labels"] == {"lesion": 1}
+
+
+def test_infer_returns_scores_and_a_mask_in_the_input_geometry(client):
+    params, content = _infer(client, "case_000")
+    image = nib.load(client.studies / "case_000.nii.gz")
+    mask = _nifti(content)
+    assert mask.shape == image.shape
+    np.testing.assert_allclose(mask.affine, image.affine, atol=1e-5)
+    n = image.shape[2]
+    assert len(params["slice_scores"]) == n and all(isinstance(s, float) for s in params["slice_scores"])
+    assert params["worst_slice"] == int(np.argmax(params["slice_scores"]))
+    assert params["volume_score"] == max(params["slice_scores"])
+    assert params["threshold"] == 0.5 and params["label_names"] == {"lesion": 1}
+    data = np.asarray(mask.dataobj)
+    assert set(np.unique(data)) <= {0, 1} and int(data.sum()) == params["lesion_voxels"]
+    json.dumps(params)  # plain Python types only
+
+
+def test_infer_threshold_of_the_request_rethresholds_the_same_probabilities(client):
+    low, low_mask = _infer(client, "case_001", threshold=0.05)
+    high, high_mask = _infer(client, "case_001", threshold=0.95)
+    assert low["threshold"] == 0.05 and high["threshold"] == 0.95
+    assert low["slice_scores"] == high["slice_scores"]
+    assert int(np.asarray(_nifti(low_mask).dataobj).sum()) >= int(np.asarray(_nifti(high_mask).dataobj).sum())
+
+
+def _truncated(tmp_path: Path, studies: Path) -> Path:
+    data = (studies / "case_000.nii.gz").read_bytes()
+    path = tmp_path / "truncated.nii.gz"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _volume(tmp_path: Path, name: str, array: np.ndarray) -> Path:
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(array, np.eye(4)), path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["unknown_id", "truncated", "four_d", "one_slice", "nan", "bad_threshold"])
+def test_bad_infer_requests_get_a_clear_json_error_and_change_nothing(client, tmp_path, case):
+    before = _files(client.studies), client.get("/datastore/?output=all").json()
+    files = None
+    url = "/infer/medsad?output=json"
+    params = {}
+    if case == "unknown_id":
+        url += "&image=no_such_case"
+        expect = (404, "unknown image id")
+    elif case == "bad_threshold":
+        url += "&image=case_000"
+        params = {"threshold": 1.5}
+        expect = (422, "threshold")
+    else:
+        path = {
+            "truncated": lambda: _truncated(tmp_path, client.studies),
+            "four_d": lambda: _volume(tmp_path, "x.nii.gz", np.zeros((8, 8, 8, 2), np.float32)),
+            "one_slice": lambda: _volume(tmp_path, "x.nii.gz", np.ones((16, 16, 1, 1, 2), np.float32)[..., 0, 0]),
+            "nan": lambda: _volume(tmp_path, "x.nii.gz", np.full((16, 16, 4), np.nan, np.float32)),
+        }[case]()
+        files = {"file": (path.name, path.read_bytes(), "application/gzip")}
+        expect = (422, {"truncated": "cannot read", "four_d": "3-D volume", "one_slice": "single slice",
+                        "nan": "NaN"}[case])
+    res = client.post(url, data={"params": json.dumps(params)}, files=files)
+    assert res.status_code == expect[0], res.text
+    assert expect[1] in res.json()["detail"]
+    assert (_files(client.studies), client.get("/datastore/?output=all").json()) == before
+    assert client.get("/info/").status_code == 200  # still serving
+
+
+def test_a_label_of_another_geometry_is_refused_and_nothing_is_lost(client, tmp_path):
+    before = _files(client.studies), client.get("/datastore/?output=all").json()
+    image = nib.load(client.studies / "case_004.nii.gz")
+    shifted = image.affine.copy()
+    shifted[:3, 3] += 7.0
+    label = tmp_path / "label.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), shifted), label)
+    res = client.put("/datastore/label?image=case_004&tag=final", files={"label": ("label.nii.gz", label.read_bytes())})
+    assert res.status_code == 422, res.text
+    assert "origin" in res.json()["detail"] and "case_004" in res.json()["detail"]
+    # and a label for an existing labelled image is refused without touching the old one
+    res = client.put("/datastore/label?image=case_000&tag=final", files={"label": ("label.nii.gz", label.read_bytes())})
+    assert res.status_code == 422
+    assert (_files(client.studies), client.get("/datastore/?output=all").json()) == before
+
+
+def test_scoring_and_active_learning_serve_an_unlabelled_volume(client):
+    res = client.post("/scoring/medsad_anomaly?run_sync=true")
+    assert res.status_code == 200, res.text
+    scored = res.json()["scored"]
+    assert set(scored) == set(STUDY_UNLABELLED)
+    for image_id, entry in scored.items():
+        info = client.get(f"/datastore/image/info?image={image_id}").json()
+        assert info["anomaly_score"] == entry["anomaly_score"] and 0.0 <= info["anomaly_uncertainty"] <= 1.0
+    again = client.post("/scoring/medsad_anomaly?run_sync=true").json()
+    assert again["scored"] == {} and set(again["skipped"]) == set(STUDY_UNLABELLED)  # same model: cached
+    res = client.post("/activelearning/medsad_uncertain", json={})
+    assert res.status_code == 200, res.text
+    chosen = res.json()
+    assert chosen["id"] in STUDY_UNLABELLED
+    assert chosen["anomaly_uncertainty"] == max(e["anomaly_uncertainty"] for e in scored.values())
+
+
+def test_train_from_final_labels_publishes_a_model_that_infer_uses(client):
+    before, _ = _infer(client, "case_004")
+    label = client.studies / "labels" / "final"
+    res = client.put("/datastore/label?image=case_004&tag=final",
+                     files={"label": ("case_004.nii.gz", (label / "case_000.nii.gz").read_bytes())})
+    assert res.status_code == 200, res.text
+    old = hashlib.sha256(client.checkpoint.read_bytes()).hexdigest()
+    res = client.post("/train/medsad?run_sync=true", json={"max_epochs": 1, "batch_size": 8})
+    assert res.status_code == 200, res.text
+    result = res.json()
+    assert result["images"] == len(STUDY_LABELLED) + 1 and result["best_epoch"] == 1
+    split = json.loads((Path(result["run"]) / "split.json").read_text())
+    assert set(split["train_groups"]) | set(split["val_groups"]) == set(STUDY_LABELLED) | {"case_004"}
+    assert not set(split["train_groups"]) & set(split["val_groups"])
+    assert hashlib.sha256(client.checkpoint.read_bytes()).hexdigest() != old
+    assert client.checkpoint.with_name("medsad.prev.pt").is_file()
+    after, _ = _infer(client, "case_004")  # no restart: the new weights are picked up
+    assert after["checkpoint_sha256"] != before["checkpoint_sha256"]
+    assert after["slice_scores"] != before["slice_scores"]
+    stats = client.get("/info/").json()["train_stats"]["medsad"]
+    assert stats["run"] == result["run"]
+
+
+def test_training_with_too_few_labels_is_a_clear_error(client):
+    for name in STUDY_LABELLED[1:]:
+        client.delete(f"/datastore/label?id={name}&tag=final")
+    res = client.post("/train/medsad?run_sync=true", json={"max_epochs": 1})
+    assert res.status_code == 422, res.text
+    assert "at least 2" in res.json()["detail"]
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("threshold", "abc", "threshold"), ("threshold", "1.5", "threshold"), ("slice_axis", "3", "slice_axis"),
+    ("preset", "huge", "preset"), ("models", "segmentation", "models"), ("clip_pretrained", "/no/such.pt", "clip_pretrained"),
+    ("batch_size", "0", "batch_size"), ("device", "tpu", "device"),
+])
+def test_bad_conf_values_name_the_key(app_studies, key, value, needle):
+    studies, checkpoint = app_studies
+    with pytest.raises(ValueError, match=needle):
+        _app(studies, {"checkpoint": str(checkpoint), key: value})
+
+
+def test_a_checkpoint_of_another_backbone_is_refused_with_both_names(app_studies):
+    from fastapi import HTTPException
+
+    studies, checkpoint = app_studies
+    app = _app(studies, {"checkpoint": str(checkpoint), "clip_model": "ViT-B-16"})
+    with pytest.raises(HTTPException) as err:
+        app.infer({"model": "medsad", "image": "case_000"})
+    assert err.value.status_code == 422
+    assert "MedSAD-Tiny" in err.value.detail and "ViT-B-16" in err.value.detail
+
+
+def _app(studies: Path, conf: dict[str, str]):
+    from monailabel.utils.others.class_utils import get_class_of_subclass_from_file
+
+    cls = get_class_of_subclass_from_file("main", str(APP_DIR / "main.py"), "MONAILabelApp")
+    return cls(app_dir=str(APP_DIR), studies=str(studies), conf={"models": "medsad", **conf})
