@@ -36,6 +36,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic-lesions", type=float, default=0.0,
                    help="probability of painting synthetic lesions on a normal training slice (augmentation)")
     p.add_argument("--synthetic-styles", default="A,C", help="lesion styles for --synthetic-lesions (A, B, C)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"],
+                   help="default: the preset's (constant = the paper; cosine decays to 0 over epochs or --max-minutes)")
     p.add_argument("--augment", default="paper", choices=["paper", "strong"],
                    help="paper = horizontal flips; strong = + MONAI affine, gamma, bias field, noise")
     p.add_argument("--num-workers", type=int, default=0)
@@ -97,6 +99,7 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, max_minutes=args.max_minutes,
         resume=args.resume, val_fraction=args.val_fraction, slice_axis=args.slice_axis,
         synthetic_lesions=args.synthetic_lesions, synthetic_styles=[s for s in args.synthetic_styles.split(",") if s], augment=args.augment,
+        lr_schedule=args.lr_schedule,
         num_workers=args.num_workers, device=args.device, record_samples=args.record_samples,
     )
     summary = train(opts)

@@ -62,6 +62,9 @@ class MedSADConfig:
 
     Training recipe (defaults of ``medsad train``; paper §4.2):
         lr, betas, batch_size, epochs.
+        lr_schedule: ``constant`` (the paper) or ``cosine``: the learning rate follows a half
+            cosine to 0 over the run's progress, the larger of the epoch fraction and the
+            fraction of ``--max-minutes`` used (so a time-limited run still ends at a low rate).
     """
 
     preset: str = "full"
@@ -101,6 +104,7 @@ class MedSADConfig:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     batch_size: int = 32
     epochs: int = 50
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -146,6 +150,8 @@ class MedSADConfig:
         for name in ("bce_weight", "dicefocal_weight", "mc_weight", "lr"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.batch_size <= 0 or self.epochs <= 0:
             raise ValueError(f"batch_size and epochs must be positive, got {self.batch_size}, {self.epochs}")
 

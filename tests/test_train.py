@@ -140,3 +140,19 @@ def test_strong_augmentation_keeps_shapes_range_and_binary_masks(tiny_volumes):
     assert changed >= 3  # the strong pipeline really transforms
     with pytest.raises(ValueError, match="augment"):
         slice_dataset(samples, 64, train=True, augment="heavy")
+
+
+def test_cosine_schedule_decays_the_learning_rate_over_the_run(tiny_volumes, tmp_path):
+    from medsad_monai.engine.train import _cosine, _progress
+
+    assert _cosine(0.0) == 1.0 and abs(_cosine(1.0)) < 1e-12 and abs(_cosine(0.5) - 0.5) < 1e-12
+    assert _progress(1.0, 4, 0.0, None, False) == 0.25
+    assert _progress(1.0, 4, -1e9, 10.0, False) == 1.0  # time budget used up: progress is 1
+    assert _progress(1.0, 4, -1e9, 10.0, True) == 0.25  # DDP: epochs only
+    run = tmp_path / "cos"
+    train(_opts(tiny_volumes, run, epochs=2, lr=1e-3, lr_schedule="cosine"))
+    last_lr = read_checkpoint(run / "last.pt")["extra"]["optimizer"]["param_groups"][0]["lr"]
+    assert 0.0 < last_lr < 0.5e-3  # the last step of epoch 2 is past the half-way point
+    assert json.loads((run / "config.json").read_text())["config"]["lr_schedule"] == "cosine"
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train(_opts(tiny_volumes, tmp_path / "bad", lr_schedule="step"))

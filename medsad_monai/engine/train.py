@@ -72,6 +72,7 @@ class TrainOptions:
     synthetic_lesions: float = 0.0
     synthetic_styles: list[str] = field(default_factory=lambda: ["A", "C"])
     augment: str = "paper"
+    lr_schedule: str | None = None
     num_workers: int = 0
     device: str | None = None
     record_samples: bool = False
@@ -89,7 +90,7 @@ def build_model(opts: TrainOptions) -> tuple[nn.Module, MedSADLoss, dict[str, An
     """The model, its loss and the config dict recorded in the run."""
     cfg = load_preset(
         opts.preset, clip_model=opts.clip_model, clip_pretrained=opts.clip_pretrained, image_size=opts.image_size,
-        epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
+        epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, lr_schedule=opts.lr_schedule,
     )
     if opts.model == "unet":
         model: nn.Module = UNetBaseline(image_size=cfg.image_size or 128)
@@ -260,7 +261,10 @@ def train(opts: TrainOptions) -> dict[str, Any]:
         best, best_epoch = float(extra["best_selection"]), int(extra["best_epoch"])
         rows = [r for r in rows if int(r["epoch"]) < start_epoch]
         logger.info("resuming after epoch %d (best val epoch %d)", start_epoch - 1, best_epoch)
-    deadline = time.monotonic() + opts.max_minutes * 60 if opts.max_minutes else math.inf
+    started = time.monotonic()
+    deadline = started + opts.max_minutes * 60 if opts.max_minutes else math.inf
+    schedule = cfg.get("lr_schedule", "constant")
+    steps_per_epoch = max(len(train_loader), 1)
     autocast = ctx.device.type == "cuda" and torch.cuda.is_bf16_supported()
     seen = [] if opts.record_samples else None
     stop_reason = "epochs"
@@ -275,7 +279,10 @@ def train(opts: TrainOptions) -> dict[str, Any]:
             steps = 0
             bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", leave=False,
                        disable=not ctx.is_main or not sys.stderr.isatty())  # logs get one line per epoch
-            for batch in bar:
+            for i, batch in enumerate(bar):
+                if schedule == "cosine":
+                    _set_lr(optimizer, lr * _cosine(_progress(epoch - 1 + i / steps_per_epoch, epochs, started,
+                                                              opts.max_minutes, ctx.distributed)))
                 x = model.normalize(batch["image"].to(ctx.device))
                 with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=autocast):
                     outputs = train_model(x)
@@ -331,6 +338,24 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     last_row = rows[-1] if rows else {}
     return {"best_epoch": best_epoch, "best_selection": best, "last_epoch": int(last_row.get("epoch", 0) or 0),
             "last": last_row, "out": str(out), "stop_reason": stop_reason}
+
+
+def _progress(epochs_done: float, epochs: int, started: float, max_minutes: float | None, distributed: bool) -> float:
+    """Fraction of the run done: epochs, or the time budget when that is further along. Under
+    DDP only epochs count (ranks must agree on the learning rate without talking)."""
+    progress = epochs_done / max(epochs, 1)
+    if max_minutes and not distributed:
+        progress = max(progress, (time.monotonic() - started) / (max_minutes * 60))
+    return min(progress, 1.0)
+
+
+def _cosine(progress: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = value
 
 
 def _plain(value: Any) -> Any:
