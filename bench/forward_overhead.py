@@ -8,7 +8,6 @@ Target (shared/DESIGN.md §8): <= 1.10. Ratios, not absolute times, are what we 
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -16,6 +15,8 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+from _common import header, model_bench_args  # noqa: E402
 
 from medsad_monai.configs import load_preset  # noqa: E402
 from medsad_monai.networks import MedSADCLIP  # noqa: E402
@@ -31,13 +32,7 @@ def _time(fn, runs: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="ViT-B-16", help="open_clip architecture (random init)")
-    parser.add_argument("--preset", default="full")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--runs", type=int, default=7, help="timed runs per side (median is used)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    args = model_bench_args(__doc__, runs=7)
 
     torch.manual_seed(0)
     cfg = load_preset(args.preset, clip_model=args.model, clip_pretrained="none")
@@ -64,8 +59,7 @@ def main() -> None:
             bare_t += _time(bare, 1)
             medsad_t += _time(medsad, 1)
     b, m = statistics.median(bare_t), statistics.median(medsad_t)
-    print(f"device={args.device} model={args.model} preset={args.preset} batch={args.batch} size={size} "
-          f"threads={torch.get_num_threads()} runs={args.runs}")
+    print(header(args, size))
     print(f"bare_encoder_s={b:.4f} medsad_forward_s={m:.4f} text_encoder_calls={model.text_encoder_calls}")
     print(f"overhead_ratio={m / b:.3f}")
 

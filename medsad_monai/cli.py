@@ -172,7 +172,7 @@ def ensure_demo_checkpoint(data: str | Path, out: str | Path, max_minutes: float
         return ckpt
     print(f"no demo checkpoint yet: training the tiny preset on {data} (≤ {max_minutes} min, CPU)", flush=True)
     train(TrainOptions(data=str(data), out=str(ckpt.parent), preset="tiny", epochs=30, batch_size=16,
-                       max_minutes=max_minutes, synthetic_lesions=0.5, seed=0))
+                       max_minutes=max_minutes, synthetic_lesions=0.8, seed=0))
     if not ckpt.exists():
         raise RuntimeError(f"demo training ended without a validation-selected checkpoint in {ckpt.parent}")
     return ckpt

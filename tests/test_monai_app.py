@@ -233,3 +233,40 @@ def _app(studies: Path, conf: dict[str, str]):
 
     cls = get_class_of_subclass_from_file("main", str(APP_DIR / "main.py"), "MONAILabelApp")
     return cls(app_dir=str(APP_DIR), studies=str(studies), conf={"models": "medsad", **conf})
+
+
+def test_infer_on_an_uploaded_nrrd_keeps_its_format_and_geometry(client, tmp_path):
+    import nrrd
+
+    from medsad_monai.data.volumes import read_volume_header, save_volume_like
+
+    source = client.studies / "case_001.nii.gz"
+    upload = save_volume_like(np.asarray(nib.load(source).dataobj), source, tmp_path / "scan.nrrd")
+    res = client.post("/infer/medsad?output=image", data={"params": "{}"},
+                      files={"file": ("scan.nrrd", upload.read_bytes(), "application/octet-stream")})
+    assert res.status_code == 200, res.text
+    mask_path = tmp_path / "mask.nrrd"
+    mask_path.write_bytes(res.content)
+    mask, header = nrrd.read(str(mask_path))
+    shape, geom = read_volume_header(mask_path)
+    ref_shape, ref_geom = read_volume_header(upload)
+    assert shape == ref_shape and mask.shape == ref_shape
+    np.testing.assert_allclose(geom.affine, ref_geom.affine, atol=1e-5)
+
+
+def test_infer_on_an_uploaded_png_returns_a_png_mask_of_its_size(client, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    picture = tmp_path / "slice.png"
+    Image.fromarray((rng.random((70, 90)) * 255).astype(np.uint8)).save(picture)
+    res = client.post("/infer/medsad?output=image", data={"params": "{}"},
+                      files={"file": ("slice.png", picture.read_bytes(), "image/png")})
+    assert res.status_code == 200, res.text
+    out = tmp_path / "mask.png"
+    out.write_bytes(res.content)
+    with Image.open(out) as mask:
+        assert mask.size == (90, 70)
+    params = client.post("/infer/medsad?output=json", data={"params": "{}"},
+                         files={"file": ("slice.png", picture.read_bytes(), "image/png")}).json()
+    assert len(params["slice_scores"]) == 1 and params["label_names"] == {"lesion": 1}

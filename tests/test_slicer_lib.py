@@ -264,3 +264,15 @@ def test_effect_apply_on_the_current_slice_leaves_other_slices(scene, local):
     assert got[[k for k in range(SHAPE_KJI[0]) if k != 4]].sum() == 0
     with pytest.raises(MedSADError, match="outside"):
         apply_result_to_segment(editor, segment_id, volume, result, slice_index=99)
+
+
+def test_progress_is_reported_and_cancel_stops_without_new_nodes(scene, local):
+    volume = _volume(scene)
+    logic = MedSADLogic(scene)
+    calls: list[tuple[int, int]] = []
+    logic.run(volume, local, progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1][0] == calls[-1][1] and [c[0] for c in calls] == sorted(c[0] for c in calls)
+    before = _ids(scene)
+    with pytest.raises(MedSADError, match="cancelled"):
+        logic.run(volume, local, cancel=lambda: True)
+    assert _ids(scene) == before

@@ -137,7 +137,8 @@ class LoadSliced(MapTransform):
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         sample: Sample = data["sample"]
         image, mask = load_sample(sample, self.slice_axis)
-        return {"image": image, "mask": mask, "label": float(sample.label), "name": _name(sample)}
+        return {"image": image, "mask": mask, "label": float(sample.label), "name": _name(sample),
+                "group": sample.group}
 
 
 class PaintLesionsd(Randomizable, MapTransform):

@@ -69,6 +69,7 @@ def evaluate_checkpoint(
                         batch_size=batch_size)
     acc = MetricAccumulator(threshold=threshold)
     keeper = CaseKeeper(2)
+    per_group: dict[str, list[float]] = {}
     for batch in loader:
         out_ = model(model.normalize(batch["image"].to(dev)))
         prob = out_["mask"][:, 1].float().cpu()
@@ -80,7 +81,10 @@ def evaluate_checkpoint(
             mask = batch["mask"][i, 0].numpy()
             record = CaseRecord(name=batch["name"][i], image=batch["image"][i].mean(0).numpy(),
                                 prob=prob[i].numpy(), mask=mask, score=float(score[i]), label=1)
-            keeper.offer(record, dice_score(prob[i].numpy() >= threshold, mask > 0.5))
+            dice = dice_score(prob[i].numpy() >= threshold, mask > 0.5)
+            keeper.offer(record, dice)
+            if mask.sum() > 0:  # as the dice metric: abnormal images with a lesion mask
+                per_group.setdefault(batch["group"][i], []).append(float(dice))
     metrics = acc.compute()
     meta = {
         "checkpoint": str(Path(ckpt).resolve()),
@@ -94,6 +98,9 @@ def evaluate_checkpoint(
         "epoch": payload.get("extra", {}).get("epoch"),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "medsad_version": medsad_monai.__version__,
+        # mean Dice of each volume's (group's) abnormal images: where a model fails, at a glance
+        "per_group_dice": {g: {"n_abnormal": len(v), "dice": round(sum(v) / len(v), 4)}
+                           for g, v in sorted(per_group.items())},
     }
     write_report(out, metrics, meta=meta, cases=keeper.cases())
     logger.info("evaluation written to %s", out)
