@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-
-
 from . import nodes
 from .backends import LocalBackend, MedSADError, MedSADResult, ServerBackend
 
@@ -123,5 +121,3 @@ class MedSADLogic:
         if segmentation_node is None:
             raise MedSADError("no segmentation to export: run MedSAD first")
         nodes.write_segmentation(segmentation_node, path)
-
-
