@@ -56,7 +56,7 @@ from MedSADLib import SEGMENT_NAME, LocalBackend, MedSADLogic, nodes  # noqa: E4
 
 logger = logging.getLogger("make_slicer_screenshot")
 
-DEFAULT_CASE = ROOT / "sample_data" / "volumes" / "imagesTs" / "case_015.nii.gz"
+DEFAULT_CASE = ROOT / "sample_data" / "volumes" / "imagesTs" / "case_010.nii.gz"
 DEFAULT_OUT = ROOT / "docs" / "slicer_screenshot.png"
 CAPTION = "MedSAD tiny demo model (synthetic lesions, not for clinical use)"
 PLOT_TITLE = "MedSAD per-slice anomaly score"
@@ -321,7 +321,7 @@ def save_png(image: Any, out: Path) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--case", type=Path, default=DEFAULT_CASE, help="a 3-D NIfTI volume (default: sample case_015)")
+    p.add_argument("--case", type=Path, default=DEFAULT_CASE, help="a 3-D NIfTI volume (default: sample case_010, the largest held-out lesion)")
     p.add_argument("--checkpoint", type=Path,
                    help="MedSAD checkpoint (default: demo/run/best.pt, trained on the sample volumes if missing)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output PNG (default: docs/slicer_screenshot.png)")

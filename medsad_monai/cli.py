@@ -35,9 +35,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
     p.add_argument("--synthetic-lesions", type=float, default=0.0,
                    help="probability of painting synthetic lesions on a normal training slice (augmentation)")
-    p.add_argument("--synthetic-styles", default="A,C", help="lesion styles for --synthetic-lesions (A, B, C)")
+    p.add_argument("--synthetic-styles", default="A,C",
+                   help="lesion styles for --synthetic-lesions: A, B, C (the sample-data styles), mixed, or R "
+                        "(random look: bright/dark mixtures on an A/C shape)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"],
                    help="default: the preset's (constant = the paper; cosine decays to 0 over epochs or --max-minutes)")
+    p.add_argument("--ema-decay", type=float,
+                   help="average the weights (exponential moving average, e.g. 0.99); validation, best.pt and "
+                        "inference use the average (default: the preset's; 0 = off)")
     p.add_argument("--augment", default="paper", choices=["paper", "strong"],
                    help="paper = horizontal flips; strong = + MONAI affine, gamma, bias field, noise")
     p.add_argument("--num-workers", type=int, default=0)
@@ -86,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train the tiny preset on sample_data if needed, then infer a sample volume")
     p.add_argument("--data", default="sample_data/volumes")
     p.add_argument("--out", default=str(DEMO_DIR))
-    p.add_argument("--max-minutes", type=float, default=8.0)
+    p.add_argument("--max-minutes", type=float, default=DEMO_MINUTES)
     return parser
 
 
@@ -99,7 +104,7 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, max_minutes=args.max_minutes,
         resume=args.resume, val_fraction=args.val_fraction, slice_axis=args.slice_axis,
         synthetic_lesions=args.synthetic_lesions, synthetic_styles=[s for s in args.synthetic_styles.split(",") if s], augment=args.augment,
-        lr_schedule=args.lr_schedule,
+        lr_schedule=args.lr_schedule, ema_decay=args.ema_decay,
         num_workers=args.num_workers, device=args.device, record_samples=args.record_samples,
     )
     summary = train(opts)
@@ -159,7 +164,16 @@ def _demo_volume(data: Path) -> Path:
     return data / "imagesTs" / best.name
 
 
-def ensure_demo_checkpoint(data: str | Path, out: str | Path, max_minutes: float = 8.0) -> Path:
+#: The recipe of the demo model, of the README's learning figure and of tests/test_learning.py:
+#: the ``tiny`` preset on the sample volumes, synthetic lesions painted on 80 % of the normal
+#: training slices (styles A and C and random looks; style B stays unseen), batch 8, weights
+#: averaged (EMA 0.99), seed 0, a time budget of DEMO_MINUTES on 2 CPU cores.
+DEMO_RECIPE: dict = {"preset": "tiny", "epochs": 200, "batch_size": 8, "synthetic_lesions": 0.8,
+                     "synthetic_styles": ["A", "C", "R"], "ema_decay": 0.99, "seed": 0}
+DEMO_MINUTES = 9.0
+
+
+def ensure_demo_checkpoint(data: str | Path, out: str | Path, max_minutes: float = DEMO_MINUTES) -> Path:
     """``OUT/run/best.pt``: trains the tiny preset on ``data`` (the sample volumes) if it is missing.
 
     Used by ``medsad demo`` and by the MONAI Label demo server (``make run``).
@@ -171,8 +185,7 @@ def ensure_demo_checkpoint(data: str | Path, out: str | Path, max_minutes: float
         print(f"using the demo checkpoint {ckpt}")
         return ckpt
     print(f"no demo checkpoint yet: training the tiny preset on {data} (≤ {max_minutes} min, CPU)", flush=True)
-    train(TrainOptions(data=str(data), out=str(ckpt.parent), preset="tiny", epochs=30, batch_size=16,
-                       max_minutes=max_minutes, synthetic_lesions=0.8, seed=0))
+    train(TrainOptions(data=str(data), out=str(ckpt.parent), max_minutes=max_minutes, **DEMO_RECIPE))
     if not ckpt.exists():
         raise RuntimeError(f"demo training ended without a validation-selected checkpoint in {ckpt.parent}")
     return ckpt

@@ -47,7 +47,7 @@ class MedSADConfig:
         tpca_heads: attention heads in TPCA.
         decoder_channels: channels of the SegDecoder's upsampling stages (each doubles the size).
         decoder_norm: normalisation in the decoder (``batch``, ``instance``, ``group``, ``none``).
-        decoder_skip_channels: width of the decoder's full-resolution image branch (0 = off,
+        decoder_skip_channels: width of the decoder's high-resolution image branch (0 = off,
             the paper's decoder; see :class:`~medsad_monai.networks.SegDecoder`).
 
     Image score:
@@ -55,6 +55,8 @@ class MedSADConfig:
             the mean of that and the maximum of the (5×5 average-pooled) lesion map, as
             AnomalyCLIP/MVFA do; the class-token output stays in ``score_cls`` and the losses
             always train the class token.
+        tta_flip: at inference (eval mode), average the lesion map and score with those of the
+            left-right mirrored image (2× inference time; see ``networks/flip_tta.py``).
 
     Loss:
         mc_loss: add the margin contrastive loss (the ``full`` preset).
@@ -65,6 +67,9 @@ class MedSADConfig:
         lr_schedule: ``constant`` (the paper) or ``cosine``: the learning rate follows a half
             cosine to 0 over the run's progress, the larger of the epoch fraction and the
             fraction of ``--max-minutes`` used (so a time-limited run still ends at a low rate).
+        ema_decay: 0 (off, the paper) or the decay of an exponential moving average of the
+            trainable weights (e.g. 0.99); validation, ``best.pt`` and inference then use the
+            averaged weights, which damps the epoch-to-epoch noise of short runs.
     """
 
     preset: str = "full"
@@ -93,6 +98,7 @@ class MedSADConfig:
     decoder_skip_channels: int = 0
 
     score_fusion: str = "cls"
+    tta_flip: bool = False
 
     mc_loss: bool = True
     mc_margin: float = 0.4
@@ -105,6 +111,7 @@ class MedSADConfig:
     batch_size: int = 32
     epochs: int = 50
     lr_schedule: str = "constant"
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -150,6 +157,8 @@ class MedSADConfig:
         for name in ("bce_weight", "dicefocal_weight", "mc_weight", "lr"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.batch_size <= 0 or self.epochs <= 0:

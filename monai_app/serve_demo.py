@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--data", default=str(ROOT / "sample_data" / "volumes"))
     parser.add_argument("--demo-dir", default=str(ROOT / "demo"))
-    parser.add_argument("--max-minutes", type=float, default=8.0, help="training budget if no demo checkpoint exists")
+    parser.add_argument("--max-minutes", type=float,
+                        help="training budget if no demo checkpoint exists (default: medsad_monai.cli.DEMO_MINUTES)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("root").setLevel(logging.ERROR)  # open_clip's "initialized randomly": the tiny demo is random-init
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from medsad_monai.cli import ensure_demo_checkpoint
 
     demo = Path(args.demo_dir).resolve()
-    ckpt = ensure_demo_checkpoint(args.data, demo, args.max_minutes)
+    ckpt = ensure_demo_checkpoint(args.data, demo, *([args.max_minutes] if args.max_minutes else []))
     studies = prepare_studies(Path(args.data), demo / "studies")
     served = demo / "model" / "medsad.pt"
     if not served.exists():

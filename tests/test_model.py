@@ -164,11 +164,11 @@ def test_score_fusion_mixes_class_token_and_lesion_map_peak(tiny_config):
 
     torch.manual_seed(0)
     x = torch.randn(3, 3, 64, 64)
-    plain = MedSADCLIP(tiny_config.replace(score_fusion="cls")).eval()
+    plain = MedSADCLIP(tiny_config.replace(score_fusion="cls", tta_flip=False)).eval()
     with torch.no_grad():
         out = plain(x)
     assert torch.equal(out["score"], out["score_cls"])
-    fused_model = MedSADCLIP(tiny_config.replace(score_fusion="cls_max_mask")).eval()
+    fused_model = MedSADCLIP(tiny_config.replace(score_fusion="cls_max_mask", tta_flip=False)).eval()
     fused_model.load_state_dict(plain.state_dict())
     with torch.no_grad():
         fused = fused_model(x)
@@ -176,3 +176,24 @@ def test_score_fusion_mixes_class_token_and_lesion_map_peak(tiny_config):
     assert torch.allclose(fused["score"], 0.5 * (out["score_cls"] + peak))
     with pytest.raises(ValueError, match="score_fusion"):
         tiny_config.replace(score_fusion="max")
+
+
+@pytest.mark.parametrize("kind", ["medsad", "unet"])
+def test_flip_averaging_makes_eval_predictions_mirror_equivariant(tiny_config, kind):
+    from medsad_monai.networks.unet_baseline import UNetBaseline
+
+    torch.manual_seed(0)
+    build = {"medsad": lambda tta: MedSADCLIP(tiny_config.replace(tta_flip=tta)),
+             "unet": lambda tta: UNetBaseline(64, tta_flip=tta)}[kind]
+    model, plain = build(True).eval(), build(False).eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), model(x.flip(-1))
+        p, q = plain(x), plain(x.flip(-1))
+    assert torch.allclose(a["mask"], b["mask"].flip(-1), atol=1e-5)
+    assert torch.allclose(a["score"], b["score"], atol=1e-5)
+    assert not torch.allclose(p["mask"], q["mask"].flip(-1), atol=1e-5)  # without it: not equivariant
+    assert torch.allclose(a["mask"], 0.5 * (p["mask"] + q["mask"].flip(-1)), atol=1e-6)
+    with torch.no_grad():  # training sees one view: no averaging
+        assert torch.allclose(model.train()(x)["mask"], plain.train()(x)["mask"], atol=1e-6)

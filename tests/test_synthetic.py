@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -16,7 +17,7 @@ pytest.importorskip("nilearn", reason="the synthetic subjects are built from nil
 
 from medsad_monai.data.lesions import STYLES, estimate_brain_mask, paint_lesions  # noqa: E402
 from medsad_monai.data.sample_data import axial_slice  # noqa: E402
-from medsad_monai.data.synthetic import _template, make_sample_data, make_subject  # noqa: E402
+from medsad_monai.data.synthetic import GENERATOR_VERSION, _template, make_sample_data, make_subject  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def _largest_solidity(mask: np.ndarray) -> float:
     return float(comp.sum() / ConvexHull(corners.reshape(-1, 2)).volume)
 
 
-@pytest.mark.parametrize("style", [*STYLES, "mixed"])
+@pytest.mark.parametrize("style", [*STYLES, "mixed", "R"])
 def test_lesion_mask_is_nonempty_and_inside_the_brain_in_2d_and_3d(mni_slice, style):
     img, brain, _, _ = mni_slice
     t1, brain3d = _template(2)[:2]
@@ -78,6 +79,20 @@ def test_styles_differ_in_intensity_and_shape(mni_slice):
         stats[style] = (np.mean(dark_fraction), np.nanmedian(solidity))
     assert stats["A"][0] < 0.02 < 0.3 < stats["B"][0], f"dark fraction A vs B: {stats}"
     assert stats["A"][1] > stats["B"][1] + 0.03, f"ring-enhancing B should be less convex: {stats}"
+
+
+def test_random_look_mixes_bright_and_dark_tissue_on_seen_shapes(mni_slice):
+    img, brain, gm_mean, wm_mean = mni_slice
+    both, solidity = 0, []
+    for seed in range(30):
+        out, les = paint_lesions(img, brain, np.random.default_rng(seed), style="R", max_lesions=1)
+        inside = out[les > 0]
+        both += bool((inside > wm_mean + 0.1).mean() > 0.1 and (inside < gm_mean - 0.1).mean() > 0.1)
+        solidity.append(_largest_solidity(les))
+    assert 5 <= both <= 25, f"{both}/30 random-look lesions mix bright and dark parts"
+    b_solidity = [_largest_solidity(paint_lesions(img, brain, np.random.default_rng(s), style="B", max_lesions=1)[1])
+                  for s in range(30)]
+    assert np.nanmedian(solidity) > np.nanmedian(b_solidity) + 0.03  # A/C shapes, not the held-out B shape
 
 
 def test_painting_is_deterministic_for_a_seed_and_leaves_the_input_alone(mni_slice):
@@ -190,3 +205,17 @@ def test_painting_a_128px_slice_takes_a_few_milliseconds(mni_slice):
         paint_lesions(img, brain, rng, style="mixed")
         times.append(time.perf_counter() - start)
     assert np.median(times) < 0.020, f"median {1000 * np.median(times):.1f} ms per slice"
+
+
+def test_committed_sample_data_comes_from_this_generator():
+    """After a generator change, `medsad make-sample-data --out sample_data --seed 0` must be rerun."""
+    root = Path(__file__).resolve().parents[1] / "sample_data" / "volumes"
+    meta = json.loads((root / "dataset.json").read_text())["medsad"]
+    assert meta["generator_version"] == GENERATOR_VERSION and meta["seed"] == 0
+    styles = {"train": [], "test": []}
+    for case in meta["cases"]:
+        styles[case["split"]].append(case["style"])
+        folder = "imagesTr" if case["split"] == "train" else "imagesTs"
+        assert (root / folder / f"{case['case']}.nii.gz").is_file()
+    assert "B" not in styles["train"] and styles["test"].count("B") == 1
+    assert {"A", "C", "none"} <= set(styles["test"])  # new subjects with the seen styles, and a normal one

@@ -162,3 +162,28 @@ def test_cosine_schedule_decays_the_learning_rate_over_the_run(tiny_volumes, tmp
     assert json.loads((run / "config.json").read_text())["config"]["lr_schedule"] == "cosine"
     with pytest.raises(ValueError, match="lr_schedule"):
         train(_opts(tiny_volumes, tmp_path / "bad", lr_schedule="step"))
+
+
+def test_weight_averaging_validates_and_saves_the_average_and_resumes(tiny_volumes, tmp_path):
+    run = tmp_path / "run"
+    train(_opts(tiny_volumes, run, epochs=1, ema_decay=0.9))
+    last, best = read_checkpoint(run / "last.pt"), read_checkpoint(run / "best.pt")
+    averaged = last["extra"]["ema_state_dict"]
+    moved = [k for k in averaged if k in best["state_dict"] and not torch.equal(last["state_dict"][k], averaged[k])]
+    assert moved, "the average equals the live weights"
+    assert all(torch.equal(best["state_dict"][k], averaged[k]) for k in moved)  # best.pt holds the average
+    assert "ema_state_dict" not in best["extra"]
+    assert json.loads((run / "config.json").read_text())["config"]["ema_decay"] == 0.9
+    train(_opts(tiny_volumes, run, epochs=2, ema_decay=0.9, resume=True))
+    resumed = read_checkpoint(run / "last.pt")["extra"]["ema_state_dict"]
+    assert any(not torch.equal(resumed[k], averaged[k]) for k in moved)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(synthetic_lesions=0.5, synthetic_styles=["A", "Q"]), "synthetic-styles"),
+    (dict(ema_decay=1.0), "ema_decay"),
+])
+def test_bad_recipe_options_are_refused_before_training(tiny_volumes, tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        train(_opts(tiny_volumes, tmp_path / "run", **kw))
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -11,6 +11,11 @@ style it never saw:
 - ``"B"``: irregular multi-lobed, ring-enhancing (bright rim, dark necrotic core), sharp edge.
 - ``"C"``: lobulated, hypointense (necrotic / cavity-like, below grey matter), medium edge.
 - ``"mixed"``: every lesion takes the shape of one random style and the look of another.
+- ``"R"`` (training augmentation only, not a sample-data style): the shape of ``A`` or ``C``
+  with a *random* look, in the spirit of DRAEM's random-texture anomalies: two intensity
+  levels, each independently bright (above white matter) or dark (below grey matter), mixed
+  by a thresholded smooth random field, with a random edge and texture. It teaches "any
+  tissue that departs from normal" rather than one appearance.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ STYLES: dict[str, str] = {
     "B": "irregular, ring-enhancing: bright rim and dark necrotic core, sharp edge",
     "C": "lobulated, hypointense (necrotic/cavity-like), below grey matter",
 }
+RANDOM_LOOK = "R"
 _MIN_VOXELS = {2: 6, 3: 20}
 
 
@@ -116,8 +122,13 @@ def _look_params(rng: np.random.Generator, style: str, tissue: dict[str, float])
     if style == "B":
         return {"core": dark(0.3, 0.7), "rim": bright(1.25, 1.6), "rim_width": rng.uniform(0.2, 0.4),
                 "edge": rng.uniform(0.04, 0.12), "texture": rng.uniform(0.04, 0.12), "cells": 6}
-    return {"core": dark(0.3, 0.72), "rim": None, "edge": rng.uniform(0.08, 0.25),
-            "texture": rng.uniform(0.05, 0.12), "cells": 5}
+    if style == "C":
+        return {"core": dark(0.3, 0.72), "rim": None, "edge": rng.uniform(0.08, 0.25),
+                "texture": rng.uniform(0.05, 0.12), "cells": 5}
+    level = lambda: bright(1.15, 1.6) if rng.random() < 0.5 else dark(0.25, 0.85)  # noqa: E731
+    return {"core": level(), "rim": None, "edge": rng.uniform(0.04, 0.4),
+            "texture": rng.uniform(0.02, 0.12), "cells": int(rng.integers(3, 7)),
+            "second": level(), "mix_cells": int(rng.integers(3, 7)), "mix_level": rng.uniform(-0.8, 0.8)}
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -155,6 +166,9 @@ def _paint_one(image, brain, centre, radius, shape_style, look_style, tissue, rn
     if look["rim"] is not None:
         inner_edge = 1.0 - look["rim_width"]
         target += (look["rim"] - look["core"]) * _smoothstep((d - inner_edge + 0.08) / 0.16)
+    if look.get("second") is not None:
+        field = smooth_noise(rng, full, look["mix_cells"])[inner]
+        target += (look["second"] - look["core"]) * _smoothstep((field - look["mix_level"]) / 0.3 + 0.5)
     target *= 1.0 + look["texture"] * smooth_noise(rng, full, look["cells"])[inner]
     target += rng.uniform(0.005, 0.025) * rng.standard_normal(d.shape).astype(np.float32)
     region = image[box]
@@ -179,7 +193,8 @@ def paint_lesions(
         image: 2D slice ``(H, W)`` or 3D volume ``(X, Y, Z)``, intensities in [0, 1].
         brain_mask: same shape; lesions are painted (and labelled) only where it is non-zero.
         rng: the only source of randomness (same state → identical output).
-        style: ``"A"``, ``"B"``, ``"C"`` (see :data:`STYLES`) or ``"mixed"``.
+        style: ``"A"``, ``"B"``, ``"C"`` (see :data:`STYLES`), ``"mixed"`` or ``"R"`` (random
+            look on an A/C shape; training augmentation).
         max_lesions: upper bound on the number of lesions (at least one is painted).
         tissue: ``{"gm": float, "wm": float}`` mean intensities; estimated from the image
             (:func:`estimate_tissue`) when omitted.
@@ -192,8 +207,8 @@ def paint_lesions(
         ValueError: on a bad style, ``max_lesions``, dimensionality, shape mismatch or an
             empty brain mask.
     """
-    if style != "mixed" and style not in STYLES:
-        raise ValueError(f"style={style!r}; expected 'mixed' or one of {sorted(STYLES)}")
+    if style not in ("mixed", RANDOM_LOOK) and style not in STYLES:
+        raise ValueError(f"style={style!r}; expected 'mixed', {RANDOM_LOOK!r} or one of {sorted(STYLES)}")
     if max_lesions < 1:
         raise ValueError(f"max_lesions={max_lesions}; need at least 1")
     image = np.asarray(image, dtype=np.float32)
@@ -217,10 +232,13 @@ def paint_lesions(
         radius = float(np.exp(rng.uniform(np.log(r_lo), np.log(r_hi))))
         if attempts > 2 * n_wanted:  # small brains / slice edges: retry smaller
             radius = max(2.0, radius * 0.5)
-        styles = sorted(STYLES) if style == "mixed" else [style]
-        shape_style, look_style = rng.choice(styles), rng.choice(styles)
-        if style != "mixed":
-            look_style = shape_style
+        if style == RANDOM_LOOK:
+            shape_style, look_style = str(rng.choice(["A", "C"])), RANDOM_LOOK
+        else:
+            styles = sorted(STYLES) if style == "mixed" else [style]
+            shape_style, look_style = rng.choice(styles), rng.choice(styles)
+            if style != "mixed":
+                look_style = shape_style
         one = _paint_one(out, brain, centre, radius, shape_style, look_style, tissue, rng)
         if one is not None:
             lesion |= one

@@ -26,7 +26,7 @@ from medsad_monai.data.sample_data import export_bmad, write_montage, write_read
 
 __all__ = ["STYLES", "paint_lesions", "make_subject", "make_sample_data", "main"]
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 
 @functools.lru_cache(maxsize=2)
@@ -110,11 +110,13 @@ def make_subject(rng: np.random.Generator, *, resolution_mm: float = 2.0) -> tup
 def _case_plan(n_train: int, n_test: int, train_styles: tuple[str, ...], heldout_style: str,
                normal_fraction: float) -> list[tuple[str, str]]:
     """[(split, style or "none")]: train cycles the train styles and ends with its normal
-    volumes; test starts held-out, train style, normal, then repeats."""
+    volumes; test cycles first train style, held-out style, normal, the other train styles,
+    then every train style again: with the defaults (6 test volumes) that is A, B, none, C, A, C
+    — new subjects with the seen styles, and one volume of a style training never sees."""
     n_normal = int(round(normal_fraction * n_train)) if n_train >= 2 else 0
     n_normal = max(n_normal, 1) if n_train >= 2 else n_normal
     train = [train_styles[i % len(train_styles)] for i in range(n_train - n_normal)] + ["none"] * n_normal
-    cycle = [heldout_style, train_styles[0], "none"] + [heldout_style] + list(train_styles[1:])
+    cycle = [train_styles[0], heldout_style, "none"] + list(train_styles[1:]) + list(train_styles)
     test = [cycle[i % len(cycle)] for i in range(n_test)]
     return [("train", s) for s in train] + [("test", s) for s in test]
 

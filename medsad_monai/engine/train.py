@@ -27,11 +27,13 @@ import torch
 from monai.data import DataLoader
 from monai.utils import set_determinism
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from medsad_monai.checkpoint import read_checkpoint, save_checkpoint
 from medsad_monai.configs import load_preset
 from medsad_monai.data.layouts import read_layout
+from medsad_monai.data.lesions import RANDOM_LOOK, STYLES
 from medsad_monai.engine import distributed as dist_utils
 from medsad_monai.engine.datasets import slice_dataset, Split, drop_background, make_split
 from medsad_monai.engine.metrics import MetricAccumulator
@@ -73,6 +75,7 @@ class TrainOptions:
     synthetic_styles: list[str] = field(default_factory=lambda: ["A", "C"])
     augment: str = "paper"
     lr_schedule: str | None = None
+    ema_decay: float | None = None
     num_workers: int = 0
     device: str | None = None
     record_samples: bool = False
@@ -84,6 +87,11 @@ class TrainOptions:
             raise ValueError(f"--max-minutes must be positive, got {self.max_minutes}")
         if not 0.0 <= self.synthetic_lesions <= 1.0:
             raise ValueError(f"--synthetic-lesions is a probability in [0, 1], got {self.synthetic_lesions}")
+        known = [*STYLES, RANDOM_LOOK, "mixed"]
+        bad = [s for s in self.synthetic_styles if s not in known]
+        if bad or (self.synthetic_lesions > 0 and not self.synthetic_styles):
+            raise ValueError(f"--synthetic-styles {','.join(self.synthetic_styles)!r}: use a comma-separated "
+                             f"list of {', '.join(known)}")
 
 
 def build_model(opts: TrainOptions) -> tuple[nn.Module, MedSADLoss, dict[str, Any]]:
@@ -91,9 +99,10 @@ def build_model(opts: TrainOptions) -> tuple[nn.Module, MedSADLoss, dict[str, An
     cfg = load_preset(
         opts.preset, clip_model=opts.clip_model, clip_pretrained=opts.clip_pretrained, image_size=opts.image_size,
         epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, lr_schedule=opts.lr_schedule,
+        ema_decay=opts.ema_decay,
     )
     if opts.model == "unet":
-        model: nn.Module = UNetBaseline(image_size=cfg.image_size or 128)
+        model: nn.Module = UNetBaseline(image_size=cfg.image_size or 128, tta_flip=cfg.tta_flip)
         loss = MedSADLoss(bce_weight=0.0, dicefocal_weight=1.0, mc_weight=0.0)
     else:
         model = MedSADCLIP(cfg)
@@ -248,6 +257,12 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                               num_workers=opts.num_workers, drop_last=len(train_ds) > batch_size)
     val_loader = DataLoader(val_ds, batch_size=batch_size, num_workers=opts.num_workers)
 
+    ema = _make_ema(model, float(cfg.get("ema_decay", 0.0) or 0.0))
+    if ema is not None and resume_payload is not None and "ema_state_dict" in resume_payload["extra"]:
+        ema.module.load_state_dict(resume_payload["extra"]["ema_state_dict"], strict=False)
+        ema.n_averaged.fill_(1)
+    selected = ema.module if ema is not None else model  # what is validated and saved as best.pt
+
     params = model.trainable_parameters()
     betas = tuple(cfg.get("betas", (0.9, 0.999)))
     optimizer = torch.optim.Adam(params, lr=lr, betas=betas)  # type: ignore[arg-type]
@@ -291,6 +306,8 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                 optimizer.zero_grad(set_to_none=True)
                 parts["loss"].backward()
                 optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 steps += 1
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -307,7 +324,9 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                     fh.write("".join(f"{epoch}\t{n}\n" for n in seen))
                 seen.clear()
             if ctx.is_main:
-                metrics = evaluate_model(model, val_loader, ctx.device)
+                if ema is not None:
+                    _sync_buffers(ema.module, model)
+                metrics = evaluate_model(selected, val_loader, ctx.device)
                 selection = _selection(metrics)
                 is_best = selection > best
                 if is_best:
@@ -323,9 +342,10 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                 rows.append(row)
                 extra = {"epoch": epoch, "best_selection": best, "best_epoch": best_epoch, "val_metrics": _plain(metrics),
                          "optimizer": optimizer.state_dict(), "model": opts.model, "seed": opts.seed}
-                save_checkpoint(model, out / "last.pt", extra=extra)
+                last_extra = extra if ema is None else {**extra, "ema_state_dict": _trainable_state(ema.module, model)}
+                save_checkpoint(model, out / "last.pt", extra=last_extra)
                 if is_best:
-                    save_checkpoint(model, out / "best.pt", extra={k: v for k, v in extra.items() if k != "optimizer"})
+                    save_checkpoint(selected, out / "best.pt", extra={k: v for k, v in extra.items() if k != "optimizer"})
                 _write_rows(out / "metrics.csv", rows)
                 _plot_curves(rows, out / "curves.png")
                 logger.info("epoch %d: loss %.4f val dice %s auroc %s%s", epoch, row["train_loss"], row["val_dice"],
@@ -338,6 +358,30 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     last_row = rows[-1] if rows else {}
     return {"best_epoch": best_epoch, "best_selection": best, "last_epoch": int(last_row.get("epoch", 0) or 0),
             "last": last_row, "out": str(out), "stop_reason": stop_reason}
+
+
+def _make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """torch's ``AveragedModel`` with an EMA of the parameters, or None when off.
+
+    Buffers are not averaged (open_clip's causal mask holds -inf); :func:`_sync_buffers` copies
+    them from the live model before each validation (running statistics of a batch norm).
+    """
+    if decay <= 0.0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
+def _sync_buffers(averaged: nn.Module, model: nn.Module) -> None:
+    with torch.no_grad():
+        for mine, theirs in zip(averaged.buffers(), model.buffers()):
+            mine.copy_(theirs)
+
+
+def _trainable_state(averaged: nn.Module, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The averaged weights a resume needs: trainable parameters and non-backbone buffers."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu() for k, v in averaged.state_dict().items()
+            if k in trainable or not k.startswith("backbone.")}
 
 
 def _progress(epochs_done: float, epochs: int, started: float, max_minutes: float | None, distributed: bool) -> float:

@@ -13,6 +13,7 @@ from medsad_monai.config import MedSADConfig
 from medsad_monai.networks.adapters import MultiLevelAdapters
 from medsad_monai.networks.classifier import AnomalyClassifier
 from medsad_monai.networks.clip_backbone import CLIPBackbone
+from medsad_monai.networks.flip_tta import flip_averaged
 from medsad_monai.networks.prompt_learner import PromptLearner, TextFeatures
 from medsad_monai.networks.seg_decoder import SegDecoder
 from medsad_monai.networks.similarity_map import dot_product_map
@@ -181,8 +182,14 @@ class MedSADCLIP(nn.Module):
         return seg_sum / n, det_sum / n  # type: ignore[operator]
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run the model; see the class docstring for the output dict."""
+        """Run the model; see the class docstring for the output dict. In eval mode with
+        ``config.tta_flip`` the maps and scores are averaged with the mirrored image's."""
         self.check_input(images)
+        if self.config.tta_flip and not self.training:
+            return flip_averaged(self._forward, images)
+        return self._forward(images)
+
+    def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         text = self.text_features()
         scale = self.logit_scale()
         seg, det = self.encode_image(images)

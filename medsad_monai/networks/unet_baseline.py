@@ -8,6 +8,8 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
+from medsad_monai.networks.flip_tta import flip_averaged
+
 __all__ = ["UNetBaseline"]
 
 _MEAN = (0.5, 0.5, 0.5)
@@ -25,21 +27,24 @@ class UNetBaseline(nn.Module):
     Args:
         image_size: input side.
         channels: UNet channels per level.
+        tta_flip: average with the mirrored image at inference, as MedSAD's ``tta_flip``.
     """
 
-    def __init__(self, image_size: int = 128, channels: tuple[int, ...] = (16, 32, 64, 128)) -> None:
+    def __init__(self, image_size: int = 128, channels: tuple[int, ...] = (16, 32, 64, 128),
+                 tta_flip: bool = False) -> None:
         super().__init__()
         if image_size % (2 ** (len(channels) - 1)) != 0:
             raise ValueError(f"image_size {image_size} must be divisible by {2 ** (len(channels) - 1)}")
         self.image_size = image_size
         self.channels = tuple(channels)
+        self.tta_flip = bool(tta_flip)
         self.net = UNet(
             spatial_dims=2, in_channels=3, out_channels=2, channels=self.channels,
             strides=(2,) * (len(self.channels) - 1), num_res_units=1,
         )
 
     def config_dict(self) -> dict[str, Any]:
-        return {"image_size": self.image_size, "channels": list(self.channels)}
+        return {"image_size": self.image_size, "channels": list(self.channels), "tta_flip": self.tta_flip}
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(_MEAN, device=images.device, dtype=images.dtype)[:, None, None]
@@ -54,6 +59,11 @@ class UNetBaseline(nn.Module):
             raise ValueError(
                 f"expected (B, 3, {self.image_size}, {self.image_size}), got {tuple(images.shape)}"
             )
+        if self.tta_flip and not self.training:
+            return flip_averaged(self._forward, images)
+        return self._forward(images)
+
+    def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.net(images)
         mask = logits.softmax(dim=1)
         score = mask[:, 1].flatten(1).max(dim=1).values
