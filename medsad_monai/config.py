@@ -61,6 +61,10 @@ class MedSADConfig:
     Loss:
         mc_loss: add the margin contrastive loss (the ``full`` preset).
         mc_margin, bce_weight, dicefocal_weight, mc_weight: loss settings.
+        dice_reduction: ``batch`` (one soft Dice over the whole batch) or ``lesion_images``
+            (the mean of per-image soft Dice over the images that hold a lesion; lesion-free
+            images are left to the focal term). ``lesion_images`` weighs a small lesion like a
+            large one, as the mean-per-image Dice metric does.
 
     Training recipe (defaults of ``medsad train``; paper §4.2):
         lr, betas, batch_size, epochs.
@@ -96,6 +100,7 @@ class MedSADConfig:
     decoder_channels: list[int] = field(default_factory=lambda: [128, 64, 32])
     decoder_norm: str = "instance"
     decoder_skip_channels: int = 0
+    decoder_full_res_channels: int = 0
 
     score_fusion: str = "cls"
     tta_flip: bool = False
@@ -105,6 +110,7 @@ class MedSADConfig:
     bce_weight: float = 1.0
     dicefocal_weight: float = 1.0
     mc_weight: float = 1.0
+    dice_reduction: str = "batch"
 
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
@@ -144,6 +150,9 @@ class MedSADConfig:
             raise ValueError(f"tpca_heads must be positive, got {self.tpca_heads}")
         if not self.decoder_channels or any(c <= 0 for c in self.decoder_channels):
             raise ValueError(f"decoder_channels must be positive integers, got {self.decoder_channels}")
+        if self.decoder_full_res_channels < 0 or (self.decoder_full_res_channels and not self.decoder_skip_channels):
+            raise ValueError(f"decoder_full_res_channels must be >= 0 and needs decoder_skip_channels, got "
+                             f"{self.decoder_full_res_channels} (skip {self.decoder_skip_channels})")
         if self.decoder_skip_channels < 0:
             raise ValueError(f"decoder_skip_channels must be >= 0, got {self.decoder_skip_channels}")
         if self.decoder_norm not in ("batch", "instance", "group", "none"):
@@ -159,6 +168,8 @@ class MedSADConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.dice_reduction not in ("batch", "lesion_images"):
+            raise ValueError(f"dice_reduction must be batch or lesion_images, got {self.dice_reduction!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.batch_size <= 0 or self.epochs <= 0:

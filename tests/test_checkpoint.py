@@ -36,11 +36,11 @@ def test_random_init_round_trip_gives_identical_outputs(tiny_config, tmp_path):
 def _tiny_weight_file(tmp_path, seed):
     import open_clip
 
-    from medsad_monai.configs import register_model_configs
+    from medsad_monai.configs import load_preset, register_model_configs
 
     register_model_configs()
     torch.manual_seed(seed)
-    clip = open_clip.create_model("MedSAD-Tiny", pretrained=None, force_image_size=64)
+    clip = open_clip.create_model(load_preset("tiny").clip_model, pretrained=None, force_image_size=64)
     path = tmp_path / f"tiny_clip_{seed}.pt"
     torch.save(clip.state_dict(), path)
     return path

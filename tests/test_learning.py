@@ -5,10 +5,10 @@ on ``sample_data/volumes`` is evaluated on the held-out test volumes (other subj
 five with lesions has style B, which training never sees). The checkpoint is chosen on
 validation volumes only; the test volumes are read once, by ``evaluate_checkpoint``.
 
-The data issue's target is a held-out Dice of 0.6. Quiet-machine runs of this recipe gave
-0.575-0.60 (README, "Learning on the sample data"), so 0.6 itself would make CI a coin toss:
-this test holds the floor ``DICE_BOUND`` = 0.5, which a broken loss, augmentation, split or
-checkpoint selection falls far below (after one epoch the validation Dice is ≈ 0.01).
+The data issue's target: held-out Dice >= 0.6 in at most 10 minutes. This test asserts exactly
+that bound, ``DICE_BOUND`` = 0.6, and the time. Quiet-machine runs of the recipe scored
+0.667 (seed 0, the seed used here) and 0.627 (seed 1) (README, "Learning on the sample data"); a broken loss, augmentation, split or
+checkpoint selection falls far below (after one epoch the validation Dice is about 0).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from medsad_monai.engine.evaluate import evaluate_checkpoint
 from medsad_monai.engine.train import TrainOptions, train
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "volumes"
-DICE_BOUND = 0.5
+DICE_BOUND = 0.6
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(15 * 60)
-def test_tiny_recipe_keeps_the_held_out_dice_above_the_floor(tmp_path):
+def test_tiny_recipe_reaches_the_target_held_out_dice_in_ten_minutes(tmp_path):
     started = time.monotonic()
     run = tmp_path / "run"
     summary = train(TrainOptions(data=str(SAMPLE), out=str(run), max_minutes=DEMO_MINUTES, **DEMO_RECIPE))

@@ -66,3 +66,45 @@ def test_total_is_the_weighted_sum_and_bce_matches_score():
     assert parts["bce"].item() == pytest.approx(torch.nn.functional.binary_cross_entropy(score, labels).item(), rel=1e-5)
     expected = 2.0 * parts["bce"] + 0.5 * parts["dicefocal"] + 3.0 * parts["mc"]
     assert parts["loss"].item() == pytest.approx(expected.item())
+
+
+def test_lesion_image_dice_averages_per_image_dice_over_images_with_a_lesion():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 2, 16, 16)
+    masks = torch.zeros(4, 1, 16, 16)
+    masks[0, 0, 2:12, 2:12] = 1  # a large lesion
+    masks[2, 0, 8:10, 8:10] = 1  # a small one; images 1 and 3 are normal
+    outputs = {"mask_logits": logits, "image_logits": torch.zeros(4, 2), "cos": torch.zeros(4, 2)}
+    z = lesion_logit(logits)
+    dice = DiceLoss(sigmoid=True)
+    expected = (dice(z[0:1], masks[0:1]) + dice(z[2:3], masks[2:3])) / 2 + FocalLoss(gamma=2.0)(z, masks)
+    loss = MedSADLoss(bce_weight=0, mc_weight=0, dice_reduction="lesion_images")
+    assert loss(outputs, masks, torch.ones(4))["dicefocal"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # the small lesion weighs as much as the large one: on a good prediction, missing the small
+    # lesion costs half the Dice term; with one Dice over the batch, a few per cent (+ focal)
+    good = torch.stack([torch.zeros_like(masks[:, 0]), 10.0 * (2 * masks[:, 0] - 1)], dim=1)
+    missed = good.clone()
+    missed[2, 1, 8:10, 8:10] = -10.0
+    batch = MedSADLoss(bce_weight=0, mc_weight=0)
+
+    def cost(fn):
+        return (fn({**outputs, "mask_logits": missed}, masks, torch.ones(4))["dicefocal"]
+                - fn({**outputs, "mask_logits": good}, masks, torch.ones(4))["dicefocal"]).item()
+
+    assert cost(loss) > 0.45
+    assert cost(batch) < 0.1
+    # a batch without lesions: the focal term alone, still finite
+    normal = loss(outputs, torch.zeros_like(masks), torch.zeros(4))["dicefocal"]
+    assert normal.item() == pytest.approx(FocalLoss(gamma=2.0)(z, torch.zeros_like(masks)).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="dice_reduction"):
+        MedSADLoss(dice_reduction="image")
+
+
+def test_config_dice_reduction_reaches_the_loss_and_is_validated():
+    from medsad_monai.config import MedSADConfig
+    from medsad_monai.configs import load_preset
+
+    assert MedSADLoss.from_config(load_preset("tiny", dice_reduction="lesion_images")).dice_reduction == "lesion_images"
+    assert MedSADLoss.from_config(load_preset("full", clip_pretrained="none")).dice_reduction == "batch"
+    with pytest.raises(ValueError, match="dice_reduction"):
+        MedSADConfig(dice_reduction="pixels")

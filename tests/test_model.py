@@ -156,7 +156,27 @@ def test_decoder_image_skip_is_used_and_required(tiny_config):
     assert not torch.allclose(out, decoder(grid, (64, 64), image.flip(-1)))  # the image matters
     with pytest.raises(ValueError, match="image skip"):
         decoder(grid, (64, 64))
-    assert MedSADCLIP(tiny_config.replace(decoder_skip_channels=0)).decoder.skip_channels == 0
+    assert MedSADCLIP(tiny_config.replace(decoder_skip_channels=0, decoder_full_res_channels=0)).decoder.skip_channels == 0
+
+
+def test_decoder_full_resolution_stage_reads_the_image_at_full_size(tiny_config):
+    from medsad_monai.networks import SegDecoder
+
+    torch.manual_seed(0)
+    decoder = SegDecoder(40, (16, 8), norm="instance", skip_channels=4, full_res_channels=4)
+    grid, image = torch.randn(2, 40, 8, 8), torch.randn(2, 3, 64, 64, requires_grad=True)
+    out = decoder(grid, (64, 64), image)
+    assert out.shape == (2, 2, 64, 64)
+    out[0, 1, 20, 20].backward()
+    influence = image.grad[0].abs().sum(0)
+    # the output pixel depends most on the image around it at full resolution (3x3 conv) ...
+    assert influence[19:22, 19:22].sum() > 0.2 * influence.sum()  # without the stage: 0.08-0.13
+    assert influence[20, 20] > 0.03 * influence.sum()  # the pixel itself; without: 0.002-0.013
+    assert decoder.full_skip.conv.weight.grad is not None  # ... through the full-resolution branch
+    with pytest.raises(ValueError, match="skip"):
+        SegDecoder(40, (16, 8), skip_channels=0, full_res_channels=4)
+    with pytest.raises(ValueError, match="decoder_full_res_channels"):
+        tiny_config.replace(decoder_skip_channels=0, decoder_full_res_channels=8)
 
 
 def test_score_fusion_mixes_class_token_and_lesion_map_peak(tiny_config):

@@ -103,7 +103,7 @@ def build_model(opts: TrainOptions) -> tuple[nn.Module, MedSADLoss, dict[str, An
     )
     if opts.model == "unet":
         model: nn.Module = UNetBaseline(image_size=cfg.image_size or 128, tta_flip=cfg.tta_flip)
-        loss = MedSADLoss(bce_weight=0.0, dicefocal_weight=1.0, mc_weight=0.0)
+        loss = MedSADLoss(bce_weight=0.0, dicefocal_weight=1.0, mc_weight=0.0, dice_reduction=cfg.dice_reduction)
     else:
         model = MedSADCLIP(cfg)
         loss = MedSADLoss.from_config(cfg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceFocalLoss
+from monai.losses import DiceFocalLoss, DiceLoss, FocalLoss
 from torch import nn
 
 from medsad_monai.losses.mc_loss import MCLoss
@@ -35,6 +35,9 @@ class MedSADLoss(nn.Module):
         bce_weight, dicefocal_weight, mc_weight: term weights (0 disables a term).
         mc_margin: MCLoss margin.
         focal_gamma: focal exponent.
+        dice_reduction: ``batch`` (``DiceFocalLoss(batch=True)``) or ``lesion_images``: MONAI's
+            ``DiceLoss`` per image, averaged over the images whose mask is not empty, plus
+            ``FocalLoss`` over every pixel (see :class:`~medsad_monai.config.MedSADConfig`).
     """
 
     def __init__(
@@ -44,13 +47,19 @@ class MedSADLoss(nn.Module):
         mc_weight: float = 1.0,
         mc_margin: float = 0.4,
         focal_gamma: float = 2.0,
+        dice_reduction: str = "batch",
     ) -> None:
         super().__init__()
         for name, value in (("bce_weight", bce_weight), ("dicefocal_weight", dicefocal_weight), ("mc_weight", mc_weight)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self.weights = {"bce": bce_weight, "dicefocal": dicefocal_weight, "mc": mc_weight}
+        if dice_reduction not in ("batch", "lesion_images"):
+            raise ValueError(f"dice_reduction must be batch or lesion_images, got {dice_reduction!r}")
+        self.dice_reduction = dice_reduction
         self.dicefocal = DiceFocalLoss(sigmoid=True, batch=True, gamma=focal_gamma)
+        self.image_dice = DiceLoss(sigmoid=True, batch=False, reduction="none")
+        self.focal = FocalLoss(gamma=focal_gamma)
         self.mc = MCLoss(margin=mc_margin)
 
     @classmethod
@@ -61,6 +70,7 @@ class MedSADLoss(nn.Module):
             dicefocal_weight=config.dicefocal_weight,
             mc_weight=config.mc_weight if config.mc_loss else 0.0,
             mc_margin=config.mc_margin,
+            dice_reduction=config.dice_reduction,
         )
 
     def forward(self, outputs: dict[str, torch.Tensor], masks: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -81,8 +91,19 @@ class MedSADLoss(nn.Module):
         image_logits = outputs["image_logits"]
         parts = {
             "bce": F.binary_cross_entropy_with_logits(image_logits[:, 1] - image_logits[:, 0], labels),
-            "dicefocal": self.dicefocal(lesion_logit(logits), masks.to(logits.dtype)),
+            "dicefocal": self._mask_term(lesion_logit(logits), masks.to(logits.dtype)),
             "mc": self.mc(outputs["cos"], labels),
         }
         parts["loss"] = sum(self.weights[k] * parts[k] for k in ("bce", "dicefocal", "mc"))
         return parts
+
+    def _mask_term(self, logit: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Dice + focal on the lesion logit (B, 1, H, W), reduced as ``dice_reduction`` says."""
+        if self.dice_reduction == "batch":
+            return self.dicefocal(logit, masks)
+        has_lesion = masks.flatten(1).amax(dim=1) > 0
+        focal = self.focal(logit, masks)
+        if not has_lesion.any():
+            return focal
+        dice = self.image_dice(logit[has_lesion], masks[has_lesion]).flatten()
+        return dice.mean() + focal

@@ -77,7 +77,7 @@ class MedSADCLIP(nn.Module):
             )
             self.decoder: SegDecoder | None = SegDecoder(
                 bb.embed_dim + self.tpca.out_channels_extra, config.decoder_channels, config.decoder_norm,
-                skip_channels=config.decoder_skip_channels,
+                skip_channels=config.decoder_skip_channels, full_res_channels=config.decoder_full_res_channels,
             )
         else:
             self.tpca = None

@@ -30,6 +30,10 @@ class SegDecoder(nn.Module):
             the input image, the first with stride 2) fused at half resolution before the head. A ViT patch grid (8–16 px
             per patch) cannot place a lesion border; this high-resolution skip, as in UNETR- or
             SAM-style decoders, can. Used by the ``tiny`` preset, off in the paper presets.
+        full_res_channels: 0 or the width of a last stage at the input's full resolution: the
+            fused half-resolution features are narrowed (1×1 conv), upsampled, joined with one 3×3 conv of the image
+            and refined by a 3×3 conv before the head, so borders are placed to the pixel
+            (needs ``skip_channels``).
     """
 
     def __init__(
@@ -39,6 +43,7 @@ class SegDecoder(nn.Module):
         norm: str = "instance",
         out_channels: int = 2,
         skip_channels: int = 0,
+        full_res_channels: int = 0,
     ) -> None:
         super().__init__()
         if norm not in _NORMS:
@@ -65,7 +70,16 @@ class SegDecoder(nn.Module):
             )
             self.fuse = Convolution(2, channels[-1] + skip_channels, channels[-1], kernel_size=3, norm=norm_arg,
                                     act="PRELU")
-        self.head = Convolution(2, channels[-1], out_channels, kernel_size=1, conv_only=True)
+        self.full_res_channels = full_res_channels
+        if full_res_channels > 0:
+            if skip_channels <= 0:
+                raise ValueError("full_res_channels needs the half-resolution skip branch (skip_channels > 0)")
+            self.squeeze = Convolution(2, channels[-1], full_res_channels, kernel_size=1, conv_only=True)
+            self.full_skip = Convolution(2, 3, full_res_channels, kernel_size=3, norm=norm_arg, act="PRELU")
+            self.refine = Convolution(2, 2 * full_res_channels, full_res_channels, kernel_size=3, norm=norm_arg,
+                                      act="PRELU")
+        head_in = full_res_channels if full_res_channels > 0 else channels[-1]
+        self.head = Convolution(2, head_in, out_channels, kernel_size=1, conv_only=True)
 
     def forward(self, grid: torch.Tensor, size: tuple[int, int], image: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, h, w) fused grid [+ (B, 3, H, W) image for the skip] -> (B, 2, H, W) logits."""
@@ -76,6 +90,9 @@ class SegDecoder(nn.Module):
             skip = self.skip(image)
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = self.fuse(torch.cat([x, skip], dim=1))
+            if self.full_res_channels > 0:
+                x = F.interpolate(self.squeeze(x), size=image.shape[-2:], mode="bilinear", align_corners=False)
+                x = self.refine(torch.cat([x, self.full_skip(image)], dim=1))
         x = self.head(x)
         if tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
