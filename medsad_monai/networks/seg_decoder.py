@@ -31,9 +31,9 @@ class SegDecoder(nn.Module):
             per patch) cannot place a lesion border; this high-resolution skip, as in UNETR- or
             SAM-style decoders, can. Used by the ``tiny`` preset, off in the paper presets.
         full_res_channels: 0 or the width of a last stage at the input's full resolution: the
-            fused half-resolution features are narrowed (1×1 conv), upsampled, joined with one 3×3 conv of the image
-            and refined by a 3×3 conv before the head, so borders are placed to the pixel
-            (needs ``skip_channels``).
+            fused half-resolution features are narrowed (1×1 conv), upsampled, joined with one
+            3×3 conv of the image and refined by a 3×3 conv before the head, so borders are
+            placed to the pixel (needs ``skip_channels``).
     """
 
     def __init__(
