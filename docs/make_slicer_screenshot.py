@@ -256,7 +256,8 @@ def score_plot(result: Any, k_shown: int, size: tuple[int, int]) -> Any:
     fig, ax = plt.subplots(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
     try:
         ax.plot(np.arange(len(scores)), scores, color="#e6261a", lw=1.6, label="slice score")
-        ax.axhline(result.threshold, color="0.35", ls="--", lw=1.0, label=f"threshold {result.threshold:g}")
+        ax.axhline(result.slice_threshold, color="0.35", ls="--", lw=1.0,
+                   label=f"slice threshold {result.slice_threshold:.2f}")
         ax.axvline(worst, color="#1f5fbf", lw=1.0, alpha=0.8)
         ax.plot([worst], [scores[worst]], "o", color="#1f5fbf", ms=7, label=f"worst slice K={worst}")
         if k_shown != worst:
@@ -327,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output PNG (default: docs/slicer_screenshot.png)")
     p.add_argument("--slice", default="worst",
                    help="'worst' (MedSAD's worst slice, default), 'largest' (most Lesion voxels) or a K index")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="lesion-map threshold (default: the checkpoint's calibrated one)")
     p.add_argument("--size", type=int, default=512, help="slice view size in pixels (square)")
     p.add_argument("--view-only", action="store_true", help="write only the Slicer slice view, no plot or caption")
     return p

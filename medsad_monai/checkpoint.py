@@ -11,10 +11,19 @@ from typing import Any
 import torch
 
 from medsad_monai.config import MedSADConfig
+from medsad_monai.engine.decision import OperatingPoint
 from medsad_monai.networks.medsad_clip import MedSADCLIP
 from medsad_monai.networks.unet_baseline import UNetBaseline
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "read_checkpoint", "atomic_torch_save"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint",
+    "atomic_torch_save",
+    "operating_point_of",
+    "write_calibration",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -168,3 +177,27 @@ def load_checkpoint(
         )
     model.to(map_location).eval()
     return model, payload
+
+
+def operating_point_of(payload: dict[str, Any], path: str | os.PathLike = "checkpoint") -> OperatingPoint:
+    """The checkpoint's calibrated operating point; a checkpoint without a ``calibration`` block
+    (written before calibration existed) gets the 0.5 fallback, and the log says so."""
+    block = payload.get("calibration")
+    if not block:
+        logger.warning("%s has no calibration block: using the uncalibrated 0.5 thresholds "
+                       "(run `medsad calibrate --ckpt %s --data <validation data>` to fit them)", path, path)
+        return OperatingPoint()
+    try:
+        return OperatingPoint.from_dict(dict(block))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint {str(path)!r} has an invalid calibration block: {exc}") from exc
+
+
+def write_calibration(path: str | os.PathLike, op: OperatingPoint) -> Path:
+    """Store ``op`` as the ``calibration`` block of the checkpoint at ``path`` (atomically; the
+    weights and everything else are kept as they are)."""
+    payload = read_checkpoint(path)
+    payload["calibration"] = op.to_dict()
+    atomic_torch_save(payload, path)
+    logger.info("calibration (%s) written to %s", op.source, path)
+    return Path(path)

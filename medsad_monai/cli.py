@@ -1,4 +1,4 @@
-"""The ``medsad`` command: train | evaluate | infer | check-data | make-sample-data | demo."""
+"""The ``medsad`` command: train | evaluate | calibrate | infer | check-data | make-sample-data | demo."""
 
 from __future__ import annotations
 
@@ -43,6 +43,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ema-decay", type=float,
                    help="average the weights (exponential moving average, e.g. 0.99); validation, best.pt and "
                         "inference use the average (default: the preset's; 0 = off)")
+    p.add_argument("--fp-weight", type=float,
+                   help="weight of the lesion-free-image term: cross-entropy of the 1 %% most lesion-like pixels of "
+                        "every slice without a lesion (default: the preset's; 0 = off, the paper)")
+    p.add_argument("--fp-start", type=float,
+                   help="fraction of the run after which the lesion-free-image term switches on (default: the preset's)")
     p.add_argument("--augment", default="paper", choices=["paper", "strong"],
                    help="paper = horizontal flips; strong = + MONAI affine, gamma, bias field, noise")
     p.add_argument("--num-workers", type=int, default=0)
@@ -58,7 +63,23 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
     p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
-    p.add_argument("--threshold", type=float, default=0.5)
+    _add_thresholds(p)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
+    p.add_argument("--device")
+
+    p = sub.add_parser("calibrate", help="fit the operating point (thresholds, minimum lesion size) of a "
+                                         "checkpoint on validation data and store it in the checkpoint")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--data", required=True, help="validation data folder (its test part is never used)")
+    p.add_argument("--split", default="all", choices=["all", "val"],
+                   help="all = every non-test case of --data (your own validation set); val = the run's saved "
+                        "validation split (split.json beside the checkpoint)")
+    p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
+    p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
+    p.add_argument("--slice-score", choices=["auto", "model", "peak", "lesion_area"],
+                   help="how slices are scored (default: the model config's: auto for tiny, model for the paper presets)")
+    p.add_argument("--out", help="write the calibrated checkpoint here instead of updating --ckpt in place")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
     p.add_argument("--device")
@@ -68,11 +89,18 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, help="a file or a folder of files")
     p.add_argument("--out", required=True)
     p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
-    p.add_argument("--threshold", type=float, default=0.5)
+    _add_thresholds(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-skip-background", action="store_true", help="also run slices without anatomy")
     p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
     p.add_argument("--device")
+
+
+def _add_thresholds(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", type=float,
+                   help="lesion-map threshold (default: the checkpoint's calibrated one; 0.5 if it has none)")
+    p.add_argument("--slice-threshold", type=float, help="slice decision threshold (default: calibrated)")
+    p.add_argument("--volume-threshold", type=float, help="volume decision threshold (default: calibrated)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,8 +132,8 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, max_minutes=args.max_minutes,
         resume=args.resume, val_fraction=args.val_fraction, slice_axis=args.slice_axis,
         synthetic_lesions=args.synthetic_lesions, synthetic_styles=[s for s in args.synthetic_styles.split(",") if s], augment=args.augment,
-        lr_schedule=args.lr_schedule, ema_decay=args.ema_decay,
-        num_workers=args.num_workers, device=args.device, record_samples=args.record_samples,
+        lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, fp_weight=args.fp_weight,
+        fp_start=args.fp_start, num_workers=args.num_workers, device=args.device, record_samples=args.record_samples,
     )
     summary = train(opts)
     print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=2, default=str))
@@ -117,25 +145,47 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     metrics = evaluate_checkpoint(
         args.ckpt, args.data, args.out, split=args.split, layout=args.layout, slice_axis=args.slice_axis,
-        threshold=args.threshold, batch_size=args.batch_size, clip_pretrained=args.clip_pretrained, device=args.device,
+        threshold=args.threshold, slice_threshold=args.slice_threshold, volume_threshold=args.volume_threshold,
+        batch_size=args.batch_size, clip_pretrained=args.clip_pretrained, device=args.device,
     )
-    keys = ("dice", "dice_global", "accuracy", "baseline_accuracy", "image_auroc", "pixel_auroc")
-    print(" ".join(f"{k}={metrics.get(k)}" for k in keys))
+    keys = ("dice", "dice_global", "image_auroc", "balanced_accuracy", "sensitivity", "specificity",
+            "pixel_auroc", "volume_auroc", "volume_balanced_accuracy", "volume_ranking_separates", "fp_voxels_max",
+            "fp_max_over_mean_lesion")
+    print(" ".join(f"{k}={_short(metrics.get(k))}" for k in keys))
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
+
+
+def _short(value):
+    return round(value, 4) if isinstance(value, float) else value
 
 
 def _infer(args: argparse.Namespace) -> int:
     from medsad_monai.engine.inference import Predictor, infer_path
 
     predictor = Predictor.from_checkpoint(
-        args.ckpt, clip_pretrained=args.clip_pretrained, batch_size=args.batch_size,
-        threshold=args.threshold, device=args.device,
+        args.ckpt, clip_pretrained=args.clip_pretrained, batch_size=args.batch_size, device=args.device,
     )
+    predictor.operating_point = predictor.operating_point.with_overrides(
+        map_threshold=args.threshold, slice_threshold=args.slice_threshold, volume_threshold=args.volume_threshold)
     for r in infer_path(predictor, args.input, args.out, axis=args.slice_axis,
                         skip_background=not args.no_skip_background):
-        print(f"{r['input']}: volume_score={r['volume_score']:.3f} worst_slice={r['worst_slice']} "
-              f"lesion_voxels={r['lesion_voxels']} -> {r['mask']}")
+        print(f"{r['input']}: volume_score={r['volume_score']:.3f} volume_abnormal={r.get('volume_abnormal')} "
+              f"worst_slice={r['worst_slice']} lesion_voxels={r.get('lesion_voxels', r.get('lesion_pixels'))} "
+              f"-> {r['mask']}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from medsad_monai.engine.calibration import calibrate_checkpoint
+
+    op = calibrate_checkpoint(
+        args.ckpt, args.data, split=args.split, layout=args.layout, slice_axis=args.slice_axis,
+        slice_score=args.slice_score, batch_size=args.batch_size, clip_pretrained=args.clip_pretrained,
+        device=args.device, out=args.out,
+    )
+    print(json.dumps({"operating_point": op.summary(), "validation": op.validation}, indent=2))
+    print(f"calibration stored in {args.out or args.ckpt}")
     return 0
 
 
@@ -207,7 +257,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "train": _train, "evaluate": _evaluate, "infer": _infer, "check-data": _check_data,
+    "train": _train, "evaluate": _evaluate, "calibrate": _calibrate, "infer": _infer, "check-data": _check_data,
     "make-sample-data": _make_sample_data, "demo": _demo,
 }
 

@@ -58,6 +58,10 @@ class MedSADConfig:
             the mean of that and the maximum of the (5×5 average-pooled) lesion map, as
             AnomalyCLIP/MVFA do; the class-token output stays in ``score_cls`` and the losses
             always train the class token.
+        slice_score: how calibration scores slices: ``model`` (the model's ``score``; the paper
+            presets) or ``auto`` (the best-ranking on validation of the model's score, the
+            smoothed lesion-map peak and the post-processed lesion area; see
+            :mod:`medsad_monai.engine.decision`).
         tta_flip: at inference (eval mode), average the lesion map and score with those of the
             left-right mirrored image (2× inference time; see ``networks/flip_tta.py``).
 
@@ -68,6 +72,11 @@ class MedSADConfig:
             (the mean of per-image soft Dice over the images that hold a lesion; lesion-free
             images are left to the focal term). ``lesion_images`` weighs a small lesion like a
             large one, as the mean-per-image Dice metric does.
+        fp_weight, fp_topk: the lesion-free-image term (0 = off, the paper): binary
+            cross-entropy of the ``fp_topk`` most lesion-like pixels of every image without a
+            lesion (see :func:`~medsad_monai.losses.medsad_loss.lesion_free_penalty`).
+        fp_start: the fraction of the run (epochs, or ``--max-minutes`` when further along)
+            after which that term switches on; earlier it stalls lesion learning.
 
     Training recipe (defaults of ``medsad train``; paper §4.2):
         lr, betas, batch_size, epochs.
@@ -106,6 +115,7 @@ class MedSADConfig:
     decoder_full_res_channels: int = 0
 
     score_fusion: str = "cls"
+    slice_score: str = "model"
     tta_flip: bool = False
 
     mc_loss: bool = True
@@ -114,6 +124,9 @@ class MedSADConfig:
     dicefocal_weight: float = 1.0
     mc_weight: float = 1.0
     dice_reduction: str = "batch"
+    fp_weight: float = 0.0
+    fp_topk: float = 0.01
+    fp_start: float = 0.0
 
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
@@ -164,9 +177,15 @@ class MedSADConfig:
             )
         if self.score_fusion not in ("cls", "cls_max_mask"):
             raise ValueError(f"score_fusion must be cls or cls_max_mask, got {self.score_fusion!r}")
+        if self.slice_score not in ("model", "auto"):
+            raise ValueError(f"slice_score must be model or auto, got {self.slice_score!r}")
         if self.mc_margin < 0:
             raise ValueError(f"mc_margin must be >= 0, got {self.mc_margin}")
-        for name in ("bce_weight", "dicefocal_weight", "mc_weight", "lr"):
+        if not 0.0 <= self.fp_start < 1.0:
+            raise ValueError(f"fp_start must lie in [0, 1), got {self.fp_start}")
+        if not 0.0 < self.fp_topk <= 1.0:
+            raise ValueError(f"fp_topk must lie in (0, 1], got {self.fp_topk}")
+        for name in ("bce_weight", "dicefocal_weight", "mc_weight", "fp_weight", "lr"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:

@@ -108,3 +108,40 @@ def test_config_dice_reduction_reaches_the_loss_and_is_validated():
     assert MedSADLoss.from_config(load_preset("full", clip_pretrained="none")).dice_reduction == "batch"
     with pytest.raises(ValueError, match="dice_reduction"):
         MedSADConfig(dice_reduction="pixels")
+
+
+def test_lesion_free_penalty_sees_a_small_false_positive_blob_that_focal_averages_away():
+    from monai.losses import FocalLoss
+
+    from medsad_monai.losses.medsad_loss import lesion_free_penalty
+
+    logit = torch.full((2, 1, 64, 64), -6.0)
+    logit[0, 0, 10:16, 10:16] = 3.0  # a 36-pixel false positive on a lesion-free image
+    masks = torch.zeros(2, 1, 64, 64)
+    masks[1, 0, 30:40, 30:40] = 1.0
+    logit[1, 0, 30:40, 30:40] = 3.0  # image 1 is right and has a lesion: not looked at
+    penalty = lesion_free_penalty(logit, masks, topk=0.01)
+    focal = FocalLoss(gamma=2.0)(logit, masks)
+    assert penalty > 2.0 and focal < 0.05
+    clean = logit.clone()
+    clean[0, 0, 10:16, 10:16] = -6.0
+    assert lesion_free_penalty(clean, masks) < 0.01
+    assert lesion_free_penalty(logit, torch.ones_like(masks)) == 0  # no lesion-free image
+    logit.requires_grad_(True)
+    lesion_free_penalty(logit, masks, topk=0.01).backward()
+    assert logit.grad[1].abs().sum() == 0 and logit.grad[0, 0, 10:16, 10:16].abs().min() > 0
+
+
+def test_fp_weight_adds_the_term_to_the_total():
+    from medsad_monai.losses import MedSADLoss
+
+    out = {"mask_logits": torch.randn(3, 2, 32, 32), "image_logits": torch.randn(3, 2), "cos": torch.randn(3, 2)}
+    masks = torch.zeros(3, 1, 32, 32)
+    masks[0, 0, 4:9, 4:9] = 1
+    labels = torch.tensor([1.0, 0.0, 0.0])
+    off = MedSADLoss(fp_weight=0.0)(out, masks, labels)
+    on = MedSADLoss(fp_weight=2.0)(out, masks, labels)
+    assert off["fp"] == 0 and on["fp"] > 0
+    assert on["loss"] == pytest.approx(float(off["loss"] + 2.0 * on["fp"]), rel=1e-5)
+    with pytest.raises(ValueError, match="fp_weight"):
+        MedSADLoss(fp_weight=-1.0)

@@ -86,6 +86,9 @@ def test_infer_returns_scores_and_a_mask_in_the_input_geometry(client):
     assert params["worst_slice"] == int(np.argmax(params["slice_scores"]))
     assert params["volume_score"] == max(params["slice_scores"])
     assert params["threshold"] == 0.5 and params["label_names"] == {"lesion": 1}
+    # an uncalibrated checkpoint says so and uses the 0.5 fallback for every decision
+    assert params["operating_point"]["source"] == "default"
+    assert params["volume_abnormal"] == (params["volume_score"] >= params["volume_threshold"] == 0.5)
     data = np.asarray(mask.dataobj)
     assert set(np.unique(data)) <= {0, 1} and int(data.sum()) == params["lesion_voxels"]
     json.dumps(params)  # plain Python types only
@@ -97,6 +100,28 @@ def test_infer_threshold_of_the_request_rethresholds_the_same_probabilities(clie
     assert low["threshold"] == 0.05 and high["threshold"] == 0.95
     assert low["slice_scores"] == high["slice_scores"]
     assert int(np.asarray(_nifti(low_mask).dataobj).sum()) >= int(np.asarray(_nifti(high_mask).dataobj).sum())
+
+
+def test_infer_uses_the_checkpoints_calibration_and_a_request_may_override_it(client):
+    from medsad_monai.checkpoint import write_calibration
+    from medsad_monai.engine.decision import OperatingPoint
+
+    op = OperatingPoint(map_threshold=0.3, min_lesion_voxels=10, slice_score="lesion_area", slice_threshold=0.25,
+                        volume_score="lesion_volume", volume_threshold=0.6, source="calibrate")
+    write_calibration(client.checkpoint, op)  # the served file changes: the app reloads it
+    params, content = _infer(client, "case_001")
+    assert params["operating_point"] == op.summary()
+    assert (params["threshold"], params["slice_threshold"], params["volume_threshold"]) == (0.3, 0.25, 0.6)
+    assert params["volume_abnormal"] == (params["volume_score"] >= 0.6)
+    assert params["abnormal_slices"] == [i for i, s in enumerate(params["slice_scores"]) if s >= 0.25]
+    mask = np.asarray(_nifti(content).dataobj)
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask)
+    assert n == 0 or np.bincount(labels.ravel())[1:].min() >= 10  # post-processed: no lesion below 10 voxels
+    over, _ = _infer(client, "case_001", threshold=0.6, volume_threshold="0.9", slice_threshold="calibrated")
+    assert over["threshold"] == 0.6 and over["volume_threshold"] == 0.9 and over["slice_threshold"] == 0.25
+    assert over["operating_point"]["source"] == "calibrate+override"
 
 
 def _truncated(tmp_path: Path, studies: Path) -> Path:

@@ -51,7 +51,7 @@ def test_report_writes_json_markdown_and_best_and_worst_overlays(tmp_path):
 def test_report_markdown_shows_accuracy_beside_baseline_and_the_sweep(tmp_path):
     paths = write_report(tmp_path, _metrics(), meta={})
     md = paths["markdown"].read_text()
-    acc_line = next(line for line in md.splitlines() if line.startswith("| Image accuracy"))
+    acc_line = next(line for line in md.splitlines() if line.startswith("| Slice / image accuracy"))
     assert "baseline (always abnormal)" in acc_line
     assert "## Threshold sweep" in md and "| 0.3 |" in md and "| 0.7 |" in md
 

@@ -118,8 +118,43 @@ def test_rethreshold_changes_mask_and_flags_without_running_again(scene, local, 
     segment = nodes.segment_array(scene, outputs.segmentation, volume)
     np.testing.assert_array_equal(segment, (result.probability >= low).astype(np.uint8))
     table = outputs.table.GetTable()
-    assert [table.GetColumnByName("abnormal").GetValue(k) for k in range(10)] == [int(s >= low) for s in result.slice_scores]
+    flags = [int(s >= result.slice_threshold) for s in result.slice_scores]
+    assert [table.GetColumnByName("abnormal").GetValue(k) for k in range(10)] == flags
     assert outputs.segmentation.GetAttribute("MedSAD.threshold") == str(low)
+
+
+def test_calibrated_checkpoint_decides_in_slicer_as_in_medsad_monai(scene, tiny_checkpoint, tmp_path):
+    """The module uses the checkpoint's operating point (size filter, slice and volume scores),
+    and re-thresholding re-decides all of it with the same post-processing."""
+    import shutil
+
+    from medsad_monai.checkpoint import write_calibration
+    from medsad_monai.data.volumes import normalize_intensity
+    from medsad_monai.engine.decision import OperatingPoint
+    from medsad_monai.engine.inference import Predictor
+
+    ckpt = tmp_path / "calibrated.pt"
+    shutil.copy2(tiny_checkpoint, ckpt)
+    op = OperatingPoint(map_threshold=0.3, min_lesion_voxels=20, slice_score="lesion_area", slice_threshold=0.2,
+                        volume_score="lesion_volume", volume_threshold=0.5, source="calibrate")
+    write_calibration(ckpt, op)
+    volume = _volume(scene)
+    logic = MedSADLogic(scene)
+    result = logic.run(volume, LocalBackend(str(ckpt), batch_size=4))
+    array_ijk = slicer.util.arrayFromVolume(volume).transpose(2, 1, 0).astype(np.float32)
+    direct = Predictor.from_checkpoint(ckpt, batch_size=4).predict_volume(normalize_intensity(array_ijk))
+    assert result.threshold == 0.3 and result.slice_threshold == 0.2 and result.volume_threshold == 0.5
+    np.testing.assert_array_equal(result.mask, direct.mask.transpose(2, 1, 0))
+    np.testing.assert_allclose(result.slice_scores, direct.slice_scores, atol=1e-6)
+    assert result.volume_abnormal == direct.volume_abnormal
+    assert result.info["operating_point"]["source"] == "calibrate"
+    outputs = logic.create_outputs(volume, result)
+    logic.rethreshold(volume, result, 0.6, outputs)
+    again = direct.with_operating_point(op.with_overrides(map_threshold=0.6))
+    np.testing.assert_array_equal(nodes.segment_array(scene, outputs.segmentation, volume), again.mask.transpose(2, 1, 0))
+    np.testing.assert_allclose([outputs.table.GetTable().GetColumnByName("score").GetValue(k) for k in range(10)],
+                               again.slice_scores, atol=1e-6)
+    assert outputs.segmentation.GetAttribute("MedSAD.volumeAbnormal") == str(again.volume_abnormal)
 
 
 def test_seg_nrrd_written_by_slicer_reads_back_with_slicerio(scene, local, tmp_path):
@@ -237,7 +272,7 @@ def test_effect_apply_honours_the_editable_intensity_range_and_undo(scene, local
     result = MedSADLogic(scene).run(volume, local, threshold=0.5)
     result.mask = np.zeros(SHAPE_KJI, np.uint8)
     result.mask[2:7, 10:30, 10:38] = 1  # a known mask, larger than the bright blob
-    result.probability = None
+    result.probability, result.redecide = None, None
     editor, segmentation, segment_id = _editor(scene, volume, intensity_range=(900, 1000))
     offered = apply_result_to_segment(editor, segment_id, volume, result)
     assert offered == int(result.mask.sum())
@@ -256,7 +291,7 @@ def test_effect_apply_on_the_current_slice_leaves_other_slices(scene, local):
     result = MedSADLogic(scene).run(volume, local, threshold=0.5)
     result.mask = np.zeros(SHAPE_KJI, np.uint8)
     result.mask[2:7, 10:30, 10:38] = 1
-    result.probability = None
+    result.probability, result.redecide = None, None
     editor, segmentation, segment_id = _editor(scene, volume)
     apply_result_to_segment(editor, segment_id, volume, result, slice_index=4)
     got = nodes.segment_array(scene, segmentation, volume)

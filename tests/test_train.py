@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import nibabel as nib
+
 import pytest
 import torch
 
@@ -113,12 +115,12 @@ def test_evaluate_writes_report_on_the_test_split(tiny_volumes, tmp_path):
     for key in ("dice", "dice_global", "accuracy", "image_auroc", "pixel_auroc", "threshold_sweep"):
         assert key in report["metrics"]
     assert (tmp_path / "report" / "report.md").is_file()
-    groups = report["meta"]["per_group_dice"]
-    assert set(groups) <= {"case_100", "case_101"} and groups  # held-out volumes with lesions only
-    n = sum(g["n_abnormal"] for g in groups.values())
-    assert n == report["metrics"]["n_abnormal_with_mask"]
-    weighted = sum(g["n_abnormal"] * g["dice"] for g in groups.values()) / n
-    assert abs(weighted - report["metrics"]["dice"]) < 1e-3  # same per-image Dice as the headline metric
+    per_case = report["meta"]["per_case"]
+    assert set(per_case) == {"case_100", "case_101"}  # the held-out volumes, each evaluated whole
+    for name, case in per_case.items():
+        truth = int((nib.load(tiny_volumes / "labelsTs" / f"{name}.nii.gz").get_fdata() > 0).sum())
+        assert case["abnormal"] and case["true_voxels"] == truth and 0.0 <= case["dice"] <= 1.0
+    assert report["meta"]["operating_point"]["source"] == "validation"  # calibrated at the end of training
     val = evaluate_checkpoint(run / "best.pt", str(tiny_volumes), tmp_path / "val", split="val")
     assert 0 < val["n_images"] < metrics["n_images"] * 10
 

@@ -306,7 +306,8 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             backend = makeBackend(kind, checkpoint, url)
             self._setRunning(True)
-            result = self.logic.run(volume, backend, threshold=self.ui.thresholdSliderWidget.value,
+            # the model's calibrated thresholds; the slider then re-thresholds the result
+            result = self.logic.run(volume, backend, threshold=None,
                                     progress=self._onProgress, cancel=lambda: self._cancelRequested)
             reuse = self._outputs if self._hasLiveResult() and self._resultVolume is volume else None
             outputs = self.logic.create_outputs(volume, result,
@@ -343,8 +344,12 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateStatus(self) -> None:
         result = self._result
         abnormal = sum(result.abnormal())
-        text = (f"Volume score {result.volume_score:.3f}; most anomalous slice K={result.worst_slice}; "
-                f"{abnormal} of {len(result.slice_scores)} slices at or above {result.threshold:.2f}.")
+        verdict = "ABNORMAL" if result.volume_abnormal else "normal"
+        source = (result.info.get("operating_point") or {}).get("source", "default")
+        text = (f"Volume {verdict} (score {result.volume_score:.3f}, threshold {result.volume_threshold:.3f}); "
+                f"most anomalous slice K={result.worst_slice}; {abnormal} of {len(result.slice_scores)} slices "
+                f"at or above {result.slice_threshold:.3f}; lesion threshold {result.threshold:.2f} "
+                f"({'calibrated' if source != 'default' else 'not calibrated: 0.5'}).")
         if result.probability is None:
             text += " The server's mask is fixed: run again to segment at another threshold."
         self.ui.statusLabel.text = text
@@ -439,7 +444,7 @@ class MedSADTest(ScriptedLoadableModuleTest):
             checkpoint = os.path.join(tmp, "tiny.pt")
             save_checkpoint(MedSADCLIP(load_preset("tiny", image_size=64)), checkpoint)
             logic = MedSADLogic(slicer.mrmlScene)
-            result = logic.run(volume, LocalBackend(checkpoint, batch_size=8), threshold=0.5)
+            result = logic.run(volume, LocalBackend(checkpoint, batch_size=8))
             outputs = logic.create_outputs(volume, result)
 
         self.assertEqual(len(result.slice_scores), slices)
@@ -464,6 +469,6 @@ class MedSADTest(ScriptedLoadableModuleTest):
         logic = MedSADLogic(slicer.mrmlScene)
         before = slicer.mrmlScene.GetNumberOfNodes()
         with self.assertRaises(MedSADError):
-            logic.run(None, ServerBackend(DEFAULT_SERVER_URL), threshold=0.5)
+            logic.run(None, ServerBackend(DEFAULT_SERVER_URL))
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
         self.delayDisplay("Test passed")

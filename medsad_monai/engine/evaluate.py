@@ -9,17 +9,19 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from monai.data import DataLoader
 
 import medsad_monai
-from medsad_monai.checkpoint import load_checkpoint
 from medsad_monai.data.layouts import read_layout
-from medsad_monai.engine.datasets import slice_dataset, Split, drop_background
-from medsad_monai.engine.metrics import MetricAccumulator, dice_score
+from medsad_monai.engine.calibration import CaseOutput, iter_cases
+from medsad_monai.engine.datasets import Split
+from medsad_monai.engine.decision import OperatingPoint
+from medsad_monai.engine.inference import Predictor, VolumeResult
+from medsad_monai.engine.metrics import MetricAccumulator, dice_score, volume_metrics
 from medsad_monai.engine.report import CaseKeeper, CaseRecord, write_report
 
-__all__ = ["evaluate_checkpoint", "select_split"]
+__all__ = ["evaluate_checkpoint", "select_split", "case_tags"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,39 @@ def select_split(ckpt: str | os.PathLike, data: str, split: str, layout: str | N
     raise ValueError(f"--split must be test, val or all, got {split!r}")
 
 
+def case_tags(data: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """Per-case tags for per-group figures, from a volumes layout's ``dataset.json`` (the
+    ``medsad.cases`` entries of ``medsad make-sample-data``: ``style``, ``anatomy``, ``source``)."""
+    meta = Path(data) / "dataset.json"
+    if not meta.is_file():
+        return {}
+    try:
+        cases = json.loads(meta.read_text()).get("medsad", {}).get("cases", [])
+    except (ValueError, AttributeError):
+        return {}
+    keys = ("anatomy", "style", "source")
+    return {c["case"]: {k: str(c[k]) for k in keys if k in c} for c in cases if isinstance(c, dict) and "case" in c}
+
+
+class _Group:
+    """Slice and volume figures of one group of cases."""
+
+    def __init__(self, op: OperatingPoint) -> None:
+        self.slices = MetricAccumulator(threshold=op.map_threshold, score_threshold=op.slice_threshold)
+        self.volumes: list[dict[str, Any]] = []
+
+    def compute(self, op: OperatingPoint) -> dict[str, Any]:
+        return {**self.slices.compute(), **volume_metrics(self.volumes, op.volume_threshold)}
+
+
+def _case_slices(case: CaseOutput, result: VolumeResult) -> tuple[np.ndarray, ...]:
+    """(prob, truth, pred) as (S, H, W) stacks and (score, label) of the evaluated slices."""
+    keep = np.flatnonzero(case.evaluated)
+    take = lambda a: np.moveaxis(a, case.axis, 0)[keep]  # noqa: E731
+    scores = np.asarray(result.slice_scores)[keep]
+    return take(case.probability), take(case.truth), take(result.mask), scores, case.slice_labels[keep]
+
+
 @torch.no_grad()
 def evaluate_checkpoint(
     ckpt: str | os.PathLike,
@@ -50,59 +85,75 @@ def evaluate_checkpoint(
     split: str = "test",
     layout: str | None = None,
     slice_axis: int = 2,
-    threshold: float = 0.5,
+    threshold: float | None = None,
+    slice_threshold: float | None = None,
+    volume_threshold: float | None = None,
     batch_size: int = 8,
     clip_pretrained: str | None = None,
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``ckpt`` on ``data``/``split``; write ``report.json``, ``report.md`` and overlays.
+    """Evaluate ``ckpt`` on ``data``/``split`` at its operating point; write ``report.json``,
+    ``report.md`` and overlays.
 
-    Background-only volume slices are left out, as at inference. Returns the metrics dict.
+    Every volume runs through the inference path at its own resolution (as ``medsad infer``
+    and the server do), is post-processed and decided at the checkpoint's calibrated operating
+    point (the thresholds given here override it), and is scored per slice (background slices
+    left out, as at inference, unless they hold a lesion) and per volume. Groups of cases
+    (``dataset.json`` tags such as seen/unseen anatomy) get their own figures.
+
+    Returns:
+        The metrics dict (slice and pixel metrics, the ``volume`` figures and ``groups``).
     """
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, payload = load_checkpoint(ckpt, clip_pretrained=clip_pretrained, map_location=dev)
+    from medsad_monai.checkpoint import read_checkpoint
+
+    predictor = Predictor.from_checkpoint(ckpt, clip_pretrained=clip_pretrained, batch_size=batch_size, device=device)
+    op = predictor.operating_point.with_overrides(map_threshold=threshold, slice_threshold=slice_threshold,
+                                                  volume_threshold=volume_threshold)
+    payload = read_checkpoint(ckpt)
     samples, layout_name = select_split(ckpt, data, split, layout, slice_axis)
-    samples = drop_background(samples, slice_axis)
     if not samples:
         raise ValueError(f"no samples to evaluate in {data} (split {split})")
-    loader = DataLoader(slice_dataset(samples, int(model.image_size), train=False, slice_axis=slice_axis),
-                        batch_size=batch_size)
-    acc = MetricAccumulator(threshold=threshold)
+    tags = case_tags(Path(data))
+    overall = _Group(op)
+    groups: dict[str, _Group] = {}
     keeper = CaseKeeper(2)
-    per_group: dict[str, list[float]] = {}
-    for batch in loader:
-        out_ = model(model.normalize(batch["image"].to(dev)))
-        prob = out_["mask"][:, 1].float().cpu()
-        score = out_["score"].float().cpu()
-        acc.update(prob, batch["mask"][:, 0], score, batch["label"])
-        for i in range(prob.shape[0]):
-            if batch["label"][i] < 1:
-                continue
-            mask = batch["mask"][i, 0].numpy()
-            record = CaseRecord(name=batch["name"][i], image=batch["image"][i].mean(0).numpy(),
-                                prob=prob[i].numpy(), mask=mask, score=float(score[i]), label=1)
-            dice = dice_score(prob[i].numpy() >= threshold, mask > 0.5)
-            keeper.offer(record, dice)
-            if mask.sum() > 0:  # as the dice metric: abnormal images with a lesion mask
-                per_group.setdefault(batch["group"][i], []).append(float(dice))
-    metrics = acc.compute()
+    per_case: dict[str, dict[str, Any]] = {}
+    for case in iter_cases(predictor, samples, slice_axis, tags=tags, desc="evaluating"):
+        result = VolumeResult(case.probability, list(case.model_scores), list(case.skipped), case.axis, op)
+        prob, truth, pred, scores, labels = _case_slices(case, result)
+        record = {"name": case.name, "score": result.volume_score, "abnormal": case.abnormal,
+                  "true_voxels": int(case.truth.sum()), "predicted_voxels": int(result.mask.sum())}
+        dice = dice_score(result.mask, case.truth) if case.abnormal else None
+        per_case[case.name] = {**{k: v for k, v in record.items() if k != "name"}, **case.tags,
+                               "volume_abnormal": result.volume_abnormal, "dice": dice,
+                               "abnormal_slices": len(result.abnormal_slices), "lesion_slices": int(labels.sum())}
+        for group in [overall] + [groups.setdefault(f"{k}={v}", _Group(op)) for k, v in case.tags.items()]:
+            if len(labels):
+                group.slices.update(prob, truth.astype(np.uint8), scores, labels.astype(np.uint8), pred=pred)
+            group.volumes.append(record)
+        for i in np.flatnonzero(labels):
+            sl = [slice(None)] * 3
+            sl[case.axis] = int(np.flatnonzero(case.evaluated)[i])
+            keeper.offer(CaseRecord(name=f"{case.name}_s{sl[case.axis]:03d}", image=case.image_slice(sl[case.axis]),
+                                    prob=prob[i] * pred[i], mask=truth[i].astype(np.float32), score=float(scores[i]),
+                                    label=1), dice_score(pred[i], truth[i]))
+    metrics = overall.compute(op)
+    metrics["groups"] = {name: g.compute(op) for name, g in sorted(groups.items())}
     meta = {
         "checkpoint": str(Path(ckpt).resolve()),
         "data": str(Path(data).resolve()),
         "layout": layout_name,
         "split": split,
         "slice_axis": slice_axis,
-        "threshold": threshold,
+        "operating_point": op.summary(),
+        "operating_point_validation": op.validation,
         "model": payload.get("model", "medsad"),
         "train_seed": payload.get("extra", {}).get("seed"),
         "epoch": payload.get("extra", {}).get("epoch"),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "medsad_version": medsad_monai.__version__,
-        # mean Dice of each volume's (group's) abnormal images: where a model fails, at a glance
-        "per_group_dice": {g: {"n_abnormal": len(v), "dice": round(sum(v) / len(v), 4)}
-                           for g, v in sorted(per_group.items())},
+        "per_case": per_case,
     }
     write_report(out, metrics, meta=meta, cases=keeper.cases())
     logger.info("evaluation written to %s", out)
     return json.loads(json.dumps(metrics, default=float))
-

@@ -10,6 +10,8 @@ is a dict with per-slice scores next to the spatial mask.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -25,6 +27,7 @@ from torch import nn
 from medsad_monai.data.layouts import IMAGE_SUFFIXES, load_image_2d
 from medsad_monai.data.preprocess import prepare_slice, restore_slice
 from medsad_monai.data.volumes import load_volume, normalize_intensity, save_volume_like, volume_suffix
+from medsad_monai.engine.decision import OperatingPoint, lesion_mask, slice_scores, volume_score
 
 __all__ = [
     "InferenceCancelled",
@@ -54,62 +57,112 @@ def is_background(slice2d: np.ndarray, level: float = 0.02, min_fraction: float 
 
 @dataclass
 class ImageResult:
-    """Result for one 2-D image."""
+    """Result for one 2-D image, decided at ``op`` (see :mod:`medsad_monai.engine.decision`)."""
 
     probability: np.ndarray  # (H, W) float32 lesion probability
-    score: float
-    threshold: float
+    model_score: float
+    op: OperatingPoint = field(default_factory=OperatingPoint)
+
+    def with_operating_point(self, op: OperatingPoint) -> "ImageResult":
+        return dataclasses.replace(self, op=op)
 
     @property
+    def threshold(self) -> float:
+        return self.op.map_threshold
+
+    @functools.cached_property
     def mask(self) -> np.ndarray:
-        return (self.probability >= self.threshold).astype(np.uint8)
+        return lesion_mask(self.probability, self.op)
+
+    @functools.cached_property
+    def score(self) -> float:
+        """The image's score (an image is its own slice and volume)."""
+        prob3 = self.probability[..., None]
+        slice_score = float(slice_scores(self.op.slice_score, prob3, self.mask[..., None], [self.model_score],
+                                         [False], axis=2)[0])
+        return volume_score(self.op.volume_score, prob3, self.mask[..., None], np.asarray([slice_score]))
+
+    @property
+    def abnormal(self) -> bool:
+        return self.score >= self.op.volume_threshold
 
     def summary(self) -> dict[str, Any]:
         return {
-            "slice_scores": [self.score],
-            "volume_score": self.score,
+            "slice_scores": [round(self.score, 6)],
+            "volume_score": round(self.score, 6),
+            "volume_abnormal": bool(self.abnormal),
             "worst_slice": 0,
-            "threshold": self.threshold,
-            "abnormal": self.score >= self.threshold,
+            "threshold": self.op.map_threshold,
+            "abnormal": bool(self.abnormal),
             "lesion_pixels": int(self.mask.sum()),
+            "operating_point": self.op.summary(),
         }
 
 
 @dataclass
 class VolumeResult:
-    """Result for one volume; arrays have exactly the input volume's shape."""
+    """Result for one volume; arrays have exactly the input volume's shape.
+
+    ``probability`` and ``model_scores`` are what the model said; every decision (mask, slice
+    and volume scores and flags) is derived at the operating point ``op``, so a new threshold
+    re-decides without re-running the model (:meth:`with_operating_point`).
+    """
 
     probability: np.ndarray  # float32 lesion probability
-    slice_scores: list[float]
+    model_scores: list[float]
     skipped: list[bool]
-    threshold: float
     axis: int
+    op: OperatingPoint = field(default_factory=OperatingPoint)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def mask(self) -> np.ndarray:
-        return (self.probability >= self.threshold).astype(np.uint8)
+    def with_operating_point(self, op: OperatingPoint) -> "VolumeResult":
+        return dataclasses.replace(self, op=op)
 
     @property
+    def threshold(self) -> float:
+        return self.op.map_threshold
+
+    @functools.cached_property
+    def mask(self) -> np.ndarray:
+        """The post-processed binary lesion mask (uint8)."""
+        return lesion_mask(self.probability, self.op)
+
+    @functools.cached_property
+    def slice_scores(self) -> list[float]:
+        return [float(s) for s in slice_scores(self.op.slice_score, self.probability, self.mask, self.model_scores,
+                                               self.skipped, self.axis)]
+
+    @functools.cached_property
     def volume_score(self) -> float:
-        """The most anomalous slice's score (a volume is abnormal if any slice is)."""
-        return max(self.slice_scores) if self.slice_scores else 0.0
+        return volume_score(self.op.volume_score, self.probability, self.mask, np.asarray(self.slice_scores))
+
+    @property
+    def volume_abnormal(self) -> bool:
+        return self.volume_score >= self.op.volume_threshold
 
     @property
     def worst_slice(self) -> int:
         return int(np.argmax(self.slice_scores)) if self.slice_scores else 0
+
+    @property
+    def abnormal_slices(self) -> list[int]:
+        return [i for i, s in enumerate(self.slice_scores) if s >= self.op.slice_threshold]
 
     def summary(self) -> dict[str, Any]:
         """Plain-Python result (JSON / MONAI Label ``result`` ready)."""
         return {
             "slice_scores": [round(float(s), 6) for s in self.slice_scores],
             "volume_score": round(float(self.volume_score), 6),
+            "volume_abnormal": bool(self.volume_abnormal),
             "worst_slice": self.worst_slice,
-            "threshold": float(self.threshold),
+            "threshold": float(self.op.map_threshold),
+            "slice_threshold": float(self.op.slice_threshold),
+            "volume_threshold": float(self.op.volume_threshold),
             "slice_axis": int(self.axis),
-            "abnormal_slices": [i for i, s in enumerate(self.slice_scores) if s >= self.threshold],
+            "abnormal_slices": self.abnormal_slices,
             "skipped_slices": int(sum(self.skipped)),
             "lesion_voxels": int(self.mask.sum()),
+            "operating_point": self.op.summary(),
             **self.extra,
         }
 
@@ -120,32 +173,41 @@ class Predictor:
     Args:
         model: a model exposing ``image_size``, ``normalize`` and returning ``mask``/``score``.
         batch_size: slices per forward pass.
-        threshold: lesion probability / anomaly score threshold.
+        threshold: lesion-map threshold; overrides the operating point's ``map_threshold``.
         device: torch device; default CUDA when available.
+        operating_point: how outputs become decisions (a checkpoint's ``calibration`` block);
+            default: the uncalibrated 0.5 fallback.
     """
 
     def __init__(
         self,
         model: nn.Module,
         batch_size: int = 8,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         device: str | torch.device | None = None,
+        operating_point: OperatingPoint | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+        op = operating_point or OperatingPoint()
+        self.operating_point = op.with_overrides(map_threshold=threshold)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.batch_size = batch_size
-        self.threshold = threshold
+
+    @property
+    def threshold(self) -> float:
+        return self.operating_point.map_threshold
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, clip_pretrained: str | None = None, **kwargs: Any) -> "Predictor":
-        """Load a checkpoint written by ``medsad train`` (see :mod:`medsad_monai.checkpoint`)."""
-        from medsad_monai.checkpoint import load_checkpoint
+        """Load a checkpoint written by ``medsad train`` (see :mod:`medsad_monai.checkpoint`),
+        with its calibrated operating point (or the 0.5 fallback, said in the log)."""
+        from medsad_monai.checkpoint import load_checkpoint, operating_point_of
 
-        model, _ = load_checkpoint(path, clip_pretrained=clip_pretrained)
+        model, payload = load_checkpoint(path, clip_pretrained=clip_pretrained)
+        if kwargs.get("operating_point") is None:
+            kwargs["operating_point"] = operating_point_of(payload, path)
         return cls(model, **kwargs)
 
     @torch.no_grad()
@@ -164,7 +226,7 @@ class Predictor:
     def predict_image(self, image: np.ndarray) -> ImageResult:
         """One 2-D image (H, W) or (H, W, 3) in [0, 1]."""
         prob, score = self.predict_slices([image])[0]
-        return ImageResult(prob.astype(np.float32), score, self.threshold)
+        return ImageResult(prob.astype(np.float32), score, self.operating_point)
 
     def predict_volume(
         self,
@@ -205,7 +267,7 @@ class Predictor:
             done += len(chunk)
             if progress is not None:
                 progress(done, len(todo))
-        return VolumeResult(probability, scores, skipped, self.threshold, axis)
+        return VolumeResult(probability, scores, skipped, axis, self.operating_point)
 
 
 def _outputs_for(path: Path, out_dir: Path) -> tuple[Path, Path]:

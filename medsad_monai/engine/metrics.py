@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_roc_auc
 
-__all__ = ["MetricAccumulator", "auroc_from_histograms", "dice_score"]
+__all__ = ["MetricAccumulator", "auroc", "auroc_from_histograms", "best_threshold", "dice_score", "rates_at",
+           "volume_metrics"]
 
 ArrayLike = np.ndarray | torch.Tensor | float | int | Sequence[float]
 
@@ -147,6 +148,54 @@ def auroc_from_histograms(pos_hist: np.ndarray, neg_hist: np.ndarray) -> tuple[f
     return auroc, bound
 
 
+def auroc(scores: ArrayLike, labels: ArrayLike) -> float | None:
+    """AUROC of ``scores`` against binary ``labels`` (:func:`monai.metrics.compute_roc_auc`);
+    None when one class is missing."""
+    s = np.asarray(_to_numpy(scores, "scores"), dtype=np.float64).reshape(-1)
+    y = _check_binary(np.asarray(_to_numpy(labels, "labels")).reshape(-1), "labels")
+    if s.shape != y.shape:
+        raise ValueError(f"scores {s.shape} and labels {y.shape} differ in length")
+    if y.all() or not y.any():
+        return None
+    return float(compute_roc_auc(torch.from_numpy(s), torch.from_numpy(y.astype(np.int64))))
+
+
+def rates_at(scores: ArrayLike, labels: ArrayLike, threshold: float) -> dict[str, float | None]:
+    """Sensitivity, specificity, balanced accuracy and accuracy of ``score >= threshold``."""
+    s = np.asarray(_to_numpy(scores, "scores"), dtype=np.float64).reshape(-1)
+    y = _check_binary(np.asarray(_to_numpy(labels, "labels")).reshape(-1), "labels")
+    pred = s >= threshold
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    sens = float((pred & y).sum() / n_pos) if n_pos else None
+    spec = float((~pred & ~y).sum() / n_neg) if n_neg else None
+    bal = (sens + spec) / 2 if sens is not None and spec is not None else None
+    acc = float((pred == y).mean()) if y.size else None
+    return {"sensitivity": sens, "specificity": spec, "balanced_accuracy": bal, "accuracy": acc}
+
+
+def best_threshold(scores: ArrayLike, labels: ArrayLike) -> tuple[float | None, float | None]:
+    """The threshold of best balanced accuracy (``score >= t`` is positive) and that accuracy.
+
+    Candidates lie midway between consecutive distinct scores; among equally good ones the
+    threshold in the middle of the widest gap between neighbouring scores wins (the decision
+    least sensitive to small score shifts). None when one class is missing.
+    """
+    s = np.asarray(_to_numpy(scores, "scores"), dtype=np.float64).reshape(-1)
+    y = _check_binary(np.asarray(_to_numpy(labels, "labels")).reshape(-1), "labels")
+    if y.all() or not y.any():
+        return None, None
+    values = np.unique(s)
+    edges = np.concatenate([[max(values[0] - 1e-3, 0.0)], values, [min(values[-1] + 1e-3, 1.0)]])
+    candidates = (edges[:-1] + edges[1:]) / 2
+    gaps = edges[1:] - edges[:-1]
+    n_pos, n_neg = y.sum(), (~y).sum()
+    bal = np.array([((s >= t) & y).sum() / n_pos / 2 + ((s < t) & ~y).sum() / n_neg / 2 for t in candidates])
+    best = bal.max()
+    tied = np.flatnonzero(bal >= best - 1e-12)
+    pick = tied[np.argmax(gaps[tied])]
+    return float(np.clip(candidates[pick], 1e-4, 1 - 1e-4)), float(best)
+
+
 def _one_class_reason(n_abnormal: int, n_normal: int, what: str) -> str:
     if n_abnormal + n_normal == 0:
         return f"no {what} were seen"
@@ -182,13 +231,16 @@ class MetricAccumulator:
         threshold: float = 0.5,
         sweep: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
         pixel_bins: int = 1000,
+        score_threshold: float | None = None,
     ) -> None:
-        for t in (threshold, *sweep):
+        score_threshold = threshold if score_threshold is None else score_threshold
+        for t in (threshold, score_threshold, *sweep):
             if not (isinstance(t, (int, float)) and 0.0 < float(t) <= 1.0):
                 raise ValueError(f"thresholds must be numbers in (0, 1], got {t!r}")
         if int(pixel_bins) != pixel_bins or pixel_bins < 2:
             raise ValueError(f"pixel_bins must be an integer >= 2, got {pixel_bins!r}")
         self.threshold = float(threshold)
+        self.score_threshold = float(score_threshold)
         self.sweep = [float(t) for t in sweep]
         self.pixel_bins = int(pixel_bins)
         self._thresholds = sorted({self.threshold, *self.sweep})
@@ -244,7 +296,8 @@ class MetricAccumulator:
             )
         return p, m, s, y
 
-    def update(self, prob: ArrayLike, mask: ArrayLike, score: ArrayLike, label: ArrayLike) -> None:
+    def update(self, prob: ArrayLike, mask: ArrayLike, score: ArrayLike, label: ArrayLike,
+               pred: ArrayLike | None = None) -> None:
         """Add a batch (or one image).
 
         Args:
@@ -253,6 +306,8 @@ class MetricAccumulator:
             mask: ground truth of the same shape, values in {0, 1}.
             score: (B,) image anomaly scores in [0, 1]; a scalar for one image.
             label: (B,) image labels in {0, 1} (1 = abnormal); a scalar for one image.
+            pred: optional binary prediction of ``prob``'s shape (a post-processed mask); the
+                Dice figures at ``threshold`` use it instead of ``prob >= threshold``.
 
         Raises:
             ValueError: on shape mismatches, NaN, probabilities/scores outside [0, 1],
@@ -262,6 +317,11 @@ class MetricAccumulator:
         b = p.shape[0]
         if b == 0:
             return
+        fixed = None
+        if pred is not None:
+            fixed = _check_binary(_to_numpy(pred, "pred"), "pred").reshape(b, -1)
+            if fixed.shape != (b, p[0].size):
+                raise ValueError(f"pred must have the shape of prob {p.shape}")
         flat_p = p.reshape(b, -1)  # (B, N)
         flat_m = m.reshape(b, -1)  # (B, N)
         gt_count = flat_m.sum(axis=1)  # (B,)
@@ -271,7 +331,7 @@ class MetricAccumulator:
 
         gt_t = torch.from_numpy(flat_m[:, None].astype(np.float64))  # (B, 1, N)
         for i, t in enumerate(self._thresholds):
-            pred = flat_p >= t  # (B, N)
+            pred = fixed if fixed is not None and t == self.threshold else flat_p >= t  # (B, N)
             self._inter[i] += int((pred & flat_m).sum())
             self._pred_sum[i] += int(pred.sum())
             if with_lesion.any():
@@ -338,7 +398,7 @@ class MetricAccumulator:
         if dice_global is None:
             reasons["dice_global"] = f"no lesion pixel in the ground truth or the prediction over {self._n_pixels} pixels"
 
-        acc = self._accuracy_at(self.threshold, scores, labels)
+        acc = self._accuracy_at(self.score_threshold, scores, labels)
         if n == 0:
             for k in acc:
                 reasons[k] = "no images were seen"
@@ -378,6 +438,7 @@ class MetricAccumulator:
 
         return {
             "threshold": self.threshold,
+            "score_threshold": self.score_threshold,
             "dice": dice,
             "dice_global": dice_global,
             "accuracy": acc["accuracy"],
@@ -400,3 +461,49 @@ class MetricAccumulator:
             "n_lesion_pixels": self._gt_sum,
             "reasons": reasons,
         }
+
+
+def volume_metrics(records: Sequence[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """Volume-level figures from one record per volume (or image).
+
+    Args:
+        records: dicts with ``name``, ``score`` (volume score in [0, 1]), ``abnormal`` (has a
+            lesion), ``true_voxels`` and ``predicted_voxels`` (post-processed lesion voxels).
+        threshold: a volume is called abnormal when its score is ``>= threshold``.
+
+    Returns:
+        ``volume_auroc``, ``volume_sensitivity``, ``volume_specificity``,
+        ``volume_balanced_accuracy``, ``volume_accuracy``, ``volume_ranking_separates`` (every
+        lesion-free volume scores below every lesion volume), ``fp_voxels`` per lesion-free
+        volume with their mean and max, ``mean_true_lesion_voxels``,
+        ``fp_max_over_mean_lesion`` and the counts; None with a reason where undefined.
+    """
+    scores = np.asarray([float(r["score"]) for r in records], dtype=np.float64)
+    labels = np.asarray([bool(r["abnormal"]) for r in records], dtype=bool)
+    reasons: dict[str, str] = {}
+    n_abn, n_nor = int(labels.sum()), int((~labels).sum())
+    out: dict[str, Any] = {"volume_threshold": float(threshold), "n_volumes": int(labels.size),
+                           "n_lesion_volumes": n_abn, "n_lesion_free_volumes": n_nor}
+    out["volume_auroc"] = auroc(scores, labels) if labels.size else None
+    if out["volume_auroc"] is None:
+        reasons["volume_auroc"] = _one_class_reason(n_abn, n_nor, "volumes")
+    rates = rates_at(scores, labels, threshold) if labels.size else {}
+    for k in ("sensitivity", "specificity", "balanced_accuracy", "accuracy"):
+        out[f"volume_{k}"] = rates.get(k)
+        if out[f"volume_{k}"] is None:
+            reasons[f"volume_{k}"] = _one_class_reason(n_abn, n_nor, "volumes")
+    out["volume_ranking_separates"] = (bool(scores[~labels].max() < scores[labels].min())
+                                       if n_abn and n_nor else None)
+    fp = {r["name"]: int(r["predicted_voxels"]) for r in records if not r["abnormal"]}
+    true = [int(r["true_voxels"]) for r in records if r["abnormal"]]
+    out["fp_voxels"] = fp
+    out["fp_voxels_mean"] = float(np.mean(list(fp.values()))) if fp else None
+    out["fp_voxels_max"] = int(max(fp.values())) if fp else None
+    out["mean_true_lesion_voxels"] = float(np.mean(true)) if true else None
+    out["fp_max_over_mean_lesion"] = (out["fp_voxels_max"] / out["mean_true_lesion_voxels"]
+                                      if fp and true and out["mean_true_lesion_voxels"] else None)
+    for k in ("fp_voxels_mean", "fp_voxels_max", "fp_max_over_mean_lesion"):
+        if out[k] is None:
+            reasons[k] = "no lesion-free volume" if not fp else "no lesion volume"
+    out["volume_reasons"] = reasons
+    return out

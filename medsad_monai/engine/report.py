@@ -36,13 +36,26 @@ __all__ = ["CaseKeeper", "CaseRecord", "write_report"]
 _HEADLINE: list[tuple[str, str]] = [
     ("dice", "Dice (mean over abnormal images)"),
     ("dice_global", "Dice (all pixels pooled)"),
-    ("accuracy", "Image accuracy"),
-    ("balanced_accuracy", "Balanced accuracy"),
-    ("sensitivity", "Sensitivity"),
-    ("specificity", "Specificity"),
-    ("image_auroc", "Image AUROC"),
+    ("accuracy", "Slice / image accuracy"),
+    ("balanced_accuracy", "Slice balanced accuracy"),
+    ("sensitivity", "Slice sensitivity"),
+    ("specificity", "Slice specificity"),
+    ("image_auroc", "Slice / image AUROC"),
     ("pixel_auroc", "Pixel AUROC (streamed)"),
 ]
+_VOLUME: list[tuple[str, str]] = [
+    ("volume_auroc", "Volume AUROC"),
+    ("volume_balanced_accuracy", "Volume balanced accuracy"),
+    ("volume_sensitivity", "Volume sensitivity"),
+    ("volume_specificity", "Volume specificity"),
+    ("volume_ranking_separates", "Every lesion-free volume scores below every lesion volume"),
+    ("fp_voxels_mean", "False-positive voxels per lesion-free volume (mean)"),
+    ("fp_voxels_max", "False-positive voxels per lesion-free volume (max)"),
+    ("mean_true_lesion_voxels", "Mean true lesion voxels per lesion volume"),
+    ("fp_max_over_mean_lesion", "Max false-positive voxels / mean true lesion voxels"),
+]
+_GROUP_COLUMNS = ["dice", "dice_global", "image_auroc", "balanced_accuracy", "volume_auroc", "volume_accuracy",
+                  "fp_voxels_max"]
 _COUNTS = ["n_images", "n_abnormal", "n_normal", "n_abnormal_with_mask", "n_abnormal_without_mask", "n_pixels", "n_lesion_pixels"]
 
 
@@ -200,6 +213,35 @@ def _markdown(metrics: dict[str, Any], meta: dict[str, Any], overlays: dict[str,
         elif key == "balanced_accuracy":
             ref = "chance: 0.5000"
         lines.append(f"| {title} | {_fmt(metrics, key)} | {ref} |")
+    op = meta.get("operating_point")
+    if op:
+        lines += ["", f"## Operating point ({op.get('source')})", "", "| Value | Setting |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in op.items() if k != "source"]
+        if op.get("source") == "default":
+            lines += ["", "Not calibrated: the 0.5 fallback (run `medsad calibrate` on validation data)."]
+    if any(k in metrics for k, _ in _VOLUME):
+        reasons = {**(metrics.get("reasons") or {}), **(metrics.get("volume_reasons") or {})}
+        vm = {**metrics, "reasons": reasons}
+        lines += ["", f"## Volumes (threshold {metrics.get('volume_threshold')})", "", "| Metric | Value |", "|---|---|"]
+        lines += [f"| {title} | {_fmt(vm, key)} |" for key, title in _VOLUME]
+        fp = metrics.get("fp_voxels") or {}
+        if fp:
+            lines.append("| False-positive voxels per lesion-free volume | "
+                         + ", ".join(f"{k}: {v}" for k, v in fp.items()) + " |")
+    groups = metrics.get("groups") or {}
+    if groups:
+        lines += ["", "## Groups", "", "| Group | Volumes | " + " | ".join(_GROUP_COLUMNS) + " |",
+                  "|---|---|" + "---|" * len(_GROUP_COLUMNS)]
+        for name, g in groups.items():
+            gm = {**g, "reasons": {**(g.get("reasons") or {}), **(g.get("volume_reasons") or {})}}
+            cells = [_fmt(gm, k).split(" (")[0] for k in _GROUP_COLUMNS]
+            lines.append(f"| {name} | {g.get('n_volumes')} | " + " | ".join(cells) + " |")
+    per_case = meta.get("per_case") or {}
+    if per_case:
+        keys = ["style", "anatomy", "abnormal", "volume_abnormal", "score", "dice", "true_voxels", "predicted_voxels"]
+        lines += ["", "## Cases", "", "| Case | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for name, c in per_case.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(c, k, c.get(k, "")) for k in keys) + " |")
     lines += ["", "## Counts", "", "| Count | Value |", "|---|---|"]
     lines += [f"| {k} | {metrics[k]} |" for k in _COUNTS if k in metrics]
     sweep = metrics.get("threshold_sweep") or []
@@ -209,7 +251,7 @@ def _markdown(metrics: dict[str, Any], meta: dict[str, Any], overlays: dict[str,
             cells = [_fmt(metrics, k, row.get(k)) for k in ("dice", "dice_global", "accuracy")]
             lines.append(f"| {row.get('threshold')} | " + " | ".join(cells) + " |")
     if overlays:
-        lines += ["", "## Cases", "", "Grey: image; green: ground truth; red: prediction.", ""]
+        lines += ["", "## Overlays", "", "Grey: image; green: ground truth; red: prediction.", ""]
         lines += [f"![{key}]({path.name})" for key, path in overlays.items()]
     return "\n".join(lines) + "\n"
 

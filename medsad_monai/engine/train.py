@@ -46,7 +46,7 @@ __all__ = ["TrainOptions", "train", "build_model", "evaluate_model", "training_p
 logger = logging.getLogger(__name__)
 
 CSV_FIELDS = [
-    "epoch", "train_loss", "train_bce", "train_dicefocal", "train_mc", "val_dice", "val_dice_global",
+    "epoch", "train_loss", "train_bce", "train_dicefocal", "train_mc", "train_fp", "val_dice", "val_dice_global",
     "val_accuracy", "val_baseline_accuracy", "val_image_auroc", "val_pixel_auroc", "selection", "seconds",
 ]
 
@@ -76,6 +76,8 @@ class TrainOptions:
     augment: str = "paper"
     lr_schedule: str | None = None
     ema_decay: float | None = None
+    fp_weight: float | None = None
+    fp_start: float | None = None
     num_workers: int = 0
     device: str | None = None
     record_samples: bool = False
@@ -99,11 +101,12 @@ def build_model(opts: TrainOptions) -> tuple[nn.Module, MedSADLoss, dict[str, An
     cfg = load_preset(
         opts.preset, clip_model=opts.clip_model, clip_pretrained=opts.clip_pretrained, image_size=opts.image_size,
         epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, lr_schedule=opts.lr_schedule,
-        ema_decay=opts.ema_decay,
+        ema_decay=opts.ema_decay, fp_weight=opts.fp_weight, fp_start=opts.fp_start,
     )
     if opts.model == "unet":
         model: nn.Module = UNetBaseline(image_size=cfg.image_size or 128, tta_flip=cfg.tta_flip)
-        loss = MedSADLoss(bce_weight=0.0, dicefocal_weight=1.0, mc_weight=0.0, dice_reduction=cfg.dice_reduction)
+        loss = MedSADLoss(bce_weight=0.0, dicefocal_weight=1.0, mc_weight=0.0, dice_reduction=cfg.dice_reduction,
+                          fp_weight=cfg.fp_weight, fp_topk=cfg.fp_topk)
     else:
         model = MedSADCLIP(cfg)
         loss = MedSADLoss.from_config(cfg)
@@ -279,6 +282,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     started = time.monotonic()
     deadline = started + opts.max_minutes * 60 if opts.max_minutes else math.inf
     schedule = cfg.get("lr_schedule", "constant")
+    fp_weight, fp_start = loss_fn.fp_weight, float(cfg.get("fp_start", 0.0))
     steps_per_epoch = max(len(train_loader), 1)
     autocast = ctx.device.type == "cuda" and torch.cuda.is_bf16_supported()
     seen = [] if opts.record_samples else None
@@ -295,9 +299,11 @@ def train(opts: TrainOptions) -> dict[str, Any]:
             bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", leave=False,
                        disable=not ctx.is_main or not sys.stderr.isatty())  # logs get one line per epoch
             for i, batch in enumerate(bar):
+                progress = _progress(epoch - 1 + i / steps_per_epoch, epochs, started, opts.max_minutes,
+                                     ctx.distributed)
                 if schedule == "cosine":
-                    _set_lr(optimizer, lr * _cosine(_progress(epoch - 1 + i / steps_per_epoch, epochs, started,
-                                                              opts.max_minutes, ctx.distributed)))
+                    _set_lr(optimizer, lr * _cosine(progress))
+                loss_fn.fp_weight = fp_weight if progress >= fp_start else 0.0
                 x = model.normalize(batch["image"].to(ctx.device))
                 with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=autocast):
                     outputs = train_model(x)
@@ -333,7 +339,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                     best, best_epoch = selection, epoch
                 row = {
                     "epoch": epoch,
-                    **{f"train_{k}": round(sums.get(k, float("nan")) / max(steps, 1), 5) for k in ("loss", "bce", "dicefocal", "mc")},
+                    **{f"train_{k}": round(sums.get(k, float("nan")) / max(steps, 1), 5) for k in ("loss", "bce", "dicefocal", "mc", "fp")},
                     **{f"val_{k}": "" if metrics.get(k) is None else round(float(metrics[k]), 5)
                        for k in ("dice", "dice_global", "accuracy", "baseline_accuracy", "image_auroc", "pixel_auroc")},
                     "selection": round(selection, 5) if math.isfinite(selection) else "",
@@ -354,10 +360,29 @@ def train(opts: TrainOptions) -> dict[str, Any]:
             if stop_reason != "epochs":
                 logger.info("stopping after epoch %d: %s reached", epoch, stop_reason)
                 break
+    calibration = None
+    if ctx.is_main and (out / "best.pt").exists():
+        calibration = calibrate_run(out / "best.pt", split.select(samples, "val"), opts.slice_axis, ctx.device,
+                                    cfg.get("slice_score", "auto") if opts.model == "medsad" else "auto")
     dist_utils.teardown(ctx)
     last_row = rows[-1] if rows else {}
     return {"best_epoch": best_epoch, "best_selection": best, "last_epoch": int(last_row.get("epoch", 0) or 0),
-            "last": last_row, "out": str(out), "stop_reason": stop_reason}
+            "last": last_row, "out": str(out), "stop_reason": stop_reason,
+            "calibration": calibration.summary() if calibration is not None else None}
+
+
+def calibrate_run(best: Path, val_samples: list, slice_axis: int, device: torch.device, slice_score: str):
+    """Fit the operating point of ``best`` on the run's validation volumes and store it there."""
+    from medsad_monai.checkpoint import write_calibration
+    from medsad_monai.engine.calibration import fit_operating_point, predict_cases
+    from medsad_monai.engine.decision import OperatingPoint
+    from medsad_monai.engine.inference import Predictor
+
+    predictor = Predictor.from_checkpoint(best, device=device, operating_point=OperatingPoint())  # not yet calibrated
+    cases = predict_cases(predictor, val_samples, slice_axis, desc="calibrating")
+    op = fit_operating_point(cases, slice_score=slice_score, source="validation")
+    write_calibration(best, op)
+    return op
 
 
 def _make_ema(model: nn.Module, decay: float) -> AveragedModel | None:

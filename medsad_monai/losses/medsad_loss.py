@@ -9,7 +9,7 @@ from torch import nn
 
 from medsad_monai.losses.mc_loss import MCLoss
 
-__all__ = ["MedSADLoss", "lesion_logit"]
+__all__ = ["MedSADLoss", "lesion_logit", "lesion_free_penalty"]
 
 
 def lesion_logit(mask_logits: torch.Tensor) -> torch.Tensor:
@@ -19,6 +19,27 @@ def lesion_logit(mask_logits: torch.Tensor) -> torch.Tensor:
     the model's softmax lesion probability.
     """
     return mask_logits[:, 1:2] - mask_logits[:, 0:1]
+
+
+def lesion_free_penalty(logit: torch.Tensor, masks: torch.Tensor, topk: float = 0.01) -> torch.Tensor:
+    """Hard-negative term for lesion-free images: mean ``-log(1 - p)`` of their most lesion-like pixels.
+
+    For each image (B, 1, H, W) whose mask is empty, the ``topk`` fraction of pixels with the
+    highest lesion logit are taken; those predicted lesion (probability > 0.5) are scored with
+    binary cross-entropy against background (``softplus(logit) = -log(1 - sigmoid(logit))``),
+    averaged over the top pixels and images. A false-positive blob of a few dozen pixels is
+    ~0.2 % of a 128² image, so a loss averaged over every pixel barely sees it; this term sees
+    nothing else. Pixels already called background cost nothing, so the term does not push the
+    whole map down before lesions are learnt (measured: without that hinge the validation Dice
+    stayed 0 for 4-6 epochs at weights 0.2-1). Zero when every image has a lesion.
+    """
+    empty = masks.flatten(1).amax(dim=1) <= 0
+    if not empty.any():
+        return logit.new_zeros(())
+    flat = logit[empty].flatten(1)  # (E, H*W)
+    k = max(1, int(round(topk * flat.shape[1])))
+    top = flat.topk(k, dim=1).values
+    return (F.softplus(top) * (top > 0)).mean()
 
 
 class MedSADLoss(nn.Module):
@@ -38,6 +59,10 @@ class MedSADLoss(nn.Module):
         dice_reduction: ``batch`` (``DiceFocalLoss(batch=True)``) or ``lesion_images``: MONAI's
             ``DiceLoss`` per image, averaged over the images whose mask is not empty, plus
             ``FocalLoss`` over every pixel (see :class:`~medsad_monai.config.MedSADConfig`).
+        fp_weight: weight of the lesion-free-image term (0 = off): on every image of the batch
+            without a lesion pixel, the binary cross-entropy of its ``fp_topk`` most lesion-like
+            pixels against "background" (:func:`lesion_free_penalty`).
+        fp_topk: the fraction of pixels of a lesion-free image that term looks at.
     """
 
     def __init__(
@@ -48,8 +73,13 @@ class MedSADLoss(nn.Module):
         mc_margin: float = 0.4,
         focal_gamma: float = 2.0,
         dice_reduction: str = "batch",
+        fp_weight: float = 0.0,
+        fp_topk: float = 0.01,
     ) -> None:
         super().__init__()
+        if fp_weight < 0 or not 0.0 < fp_topk <= 1.0:
+            raise ValueError(f"fp_weight must be >= 0 and fp_topk in (0, 1], got {fp_weight}, {fp_topk}")
+        self.fp_weight, self.fp_topk = float(fp_weight), float(fp_topk)
         for name, value in (("bce_weight", bce_weight), ("dicefocal_weight", dicefocal_weight), ("mc_weight", mc_weight)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -71,6 +101,8 @@ class MedSADLoss(nn.Module):
             mc_weight=config.mc_weight if config.mc_loss else 0.0,
             mc_margin=config.mc_margin,
             dice_reduction=config.dice_reduction,
+            fp_weight=config.fp_weight,
+            fp_topk=config.fp_topk,
         )
 
     def forward(self, outputs: dict[str, torch.Tensor], masks: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -80,7 +112,8 @@ class MedSADLoss(nn.Module):
             labels: image labels (B,), 1 = abnormal.
 
         Returns:
-            dict with ``loss`` (weighted total) and the unweighted ``bce``, ``dicefocal``, ``mc``.
+            dict with ``loss`` (weighted total) and the unweighted ``bce``, ``dicefocal``, ``mc``
+            and ``fp`` (0 when ``fp_weight`` is 0).
         """
         if masks.ndim == 3:
             masks = masks[:, None]
@@ -95,6 +128,10 @@ class MedSADLoss(nn.Module):
             "mc": self.mc(outputs["cos"], labels),
         }
         parts["loss"] = sum(self.weights[k] * parts[k] for k in ("bce", "dicefocal", "mc"))
+        parts["fp"] = (lesion_free_penalty(lesion_logit(logits), masks, self.fp_topk) if self.fp_weight > 0
+                       else logits.new_zeros(()))
+        if self.fp_weight > 0:
+            parts["loss"] = parts["loss"] + self.fp_weight * parts["fp"]
         return parts
 
     def _mask_term(self, logit: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

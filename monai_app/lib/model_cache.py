@@ -67,7 +67,7 @@ class ModelCache:
     def _load(self) -> Predictor:
         predictor = Predictor.from_checkpoint(
             self.path, clip_pretrained=self.serve.clip_pretrained, batch_size=self.serve.batch_size,
-            threshold=self.serve.threshold, device=self.serve.device,
+            device=self.serve.device,
         )
         config = getattr(predictor.model, "config", None)
         trained_with = getattr(config, "clip_model", None)

@@ -27,45 +27,67 @@ class MedSADError(RuntimeError):
 class MedSADResult:
     """Per-slice anomaly scores and the lesion mask of one volume.
 
+    The decisions come from the model's calibrated operating point (``medsad calibrate``; the
+    0.5 fallback for an uncalibrated checkpoint), as in ``medsad infer`` and the server.
+
     Args:
-        slice_scores: one score per K slice (Slicer's slice index).
-        mask: (K, J, I) uint8 lesion mask at ``threshold``.
-        threshold: threshold of ``mask`` and of the abnormal flags.
+        slice_scores: one calibrated score per K slice (Slicer's slice index).
+        mask: (K, J, I) uint8 post-processed lesion mask at ``threshold``.
+        threshold: the lesion-map threshold of ``mask``.
+        slice_threshold: a slice is abnormal when its score is at or above it.
+        volume_score: the volume's calibrated score.
+        volume_abnormal: the volume decision (``volume_score >= volume_threshold``).
+        volume_threshold: the volume decision threshold.
         probability: (K, J, I) float32 lesion probability when the backend returns it (local);
             then the mask can be re-thresholded without re-running.
         backend: ``"local"`` or ``"server"``.
-        info: anything else the backend reported (plain types).
+        info: anything else the backend reported (plain types), e.g. ``operating_point``.
+        redecide: local backend only: re-decides everything at another lesion-map threshold.
     """
 
     slice_scores: list[float]
     mask: np.ndarray
     threshold: float
+    slice_threshold: float = 0.5
+    volume_score: float = 0.0
+    volume_abnormal: bool = False
+    volume_threshold: float = 0.5
     probability: np.ndarray | None = None
     backend: str = "local"
     info: dict[str, Any] = field(default_factory=dict)
+    redecide: Callable[[float], "MedSADResult"] | None = None
 
     @property
     def worst_slice(self) -> int:
         """K index of the most anomalous slice."""
         return int(np.argmax(self.slice_scores)) if self.slice_scores else 0
 
-    @property
-    def volume_score(self) -> float:
-        return float(max(self.slice_scores)) if self.slice_scores else 0.0
-
     def abnormal(self, threshold: float | None = None) -> list[bool]:
-        t = self.threshold if threshold is None else threshold
+        """Per-slice flags at ``threshold`` (default: the calibrated slice threshold)."""
+        t = self.slice_threshold if threshold is None else threshold
         return [s >= t for s in self.slice_scores]
 
     def mask_at(self, threshold: float) -> np.ndarray:
-        """The mask at another threshold: from the probability map when there is one; a server
+        """The post-processed mask at another lesion-map threshold (local backend); a server
         result keeps its mask (the server returns a binary mask: re-run to change it)."""
-        if self.probability is not None:
-            return (self.probability >= threshold).astype(np.uint8)
+        if self.redecide is not None:
+            return self.redecide(threshold).mask
         return self.mask
 
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any], mask: np.ndarray, **kwargs: Any) -> "MedSADResult":
+        """Build from a result summary (``medsad_monai``'s or the server's JSON)."""
+        return cls(slice_scores=[float(s) for s in summary["slice_scores"]], mask=mask,
+                   threshold=float(summary.get("threshold", 0.5)),
+                   slice_threshold=float(summary.get("slice_threshold", summary.get("threshold", 0.5))),
+                   volume_score=float(summary.get("volume_score", max(summary["slice_scores"], default=0.0))),
+                   volume_abnormal=bool(summary.get("volume_abnormal", False)),
+                   volume_threshold=float(summary.get("volume_threshold", 0.5)), **kwargs)
 
-def _check_threshold(threshold: float) -> float:
+
+def _check_threshold(threshold: float | None) -> float | None:
+    if threshold is None:
+        return None
     t = float(threshold)
     if not 0.0 < t < 1.0:
         raise MedSADError(f"threshold {t} must lie strictly between 0 and 1")
@@ -104,9 +126,10 @@ class LocalBackend:
                 raise MedSADError(f"checkpoint {self.checkpoint!r} does not load: {err}") from err
         return self._predictor
 
-    def run(self, array_kji: np.ndarray, threshold: float, progress: ProgressFn | None = None,
+    def run(self, array_kji: np.ndarray, threshold: float | None = None, progress: ProgressFn | None = None,
             cancel: CancelFn | None = None) -> MedSADResult:
-        """Run a (K, J, I) voxel array (as ``arrayFromVolume`` returns it) slice by slice along K."""
+        """Run a (K, J, I) voxel array (as ``arrayFromVolume`` returns it) slice by slice along K;
+        ``threshold`` (lesion map) overrides the checkpoint's calibrated one."""
         threshold = _check_threshold(threshold)
         predictor = self._load()
         from medsad_monai.data.volumes import normalize_intensity
@@ -119,12 +142,19 @@ class LocalBackend:
             raise MedSADError(f"cancelled: {err}") from err
         except ValueError as err:
             raise MedSADError(str(err)) from err
-        probability = np.ascontiguousarray(out.probability.transpose(2, 1, 0))
-        return MedSADResult(
-            slice_scores=[float(s) for s in out.slice_scores], mask=(probability >= threshold).astype(np.uint8),
-            threshold=threshold, probability=probability, backend=self.name,
-            info={"checkpoint": self.checkpoint, "skipped_slices": int(sum(out.skipped))},
-        )
+        return _local_result(out.with_operating_point(out.op.with_overrides(map_threshold=threshold)), self)
+
+
+def _local_result(out: Any, backend: LocalBackend) -> MedSADResult:
+    """A ``medsad_monai`` VolumeResult (I, J, K) -> MedSADResult (K, J, I) that can re-decide."""
+    summary = out.summary()
+    return MedSADResult.from_summary(
+        summary, np.ascontiguousarray(out.mask.transpose(2, 1, 0)),
+        probability=np.ascontiguousarray(out.probability.transpose(2, 1, 0)), backend=backend.name,
+        info={"checkpoint": backend.checkpoint, "skipped_slices": int(sum(out.skipped)),
+              "operating_point": summary["operating_point"]},
+        redecide=lambda t: _local_result(out.with_operating_point(out.op.with_overrides(map_threshold=t)), backend),
+    )
 
 
 class ServerBackend:
@@ -143,7 +173,7 @@ class ServerBackend:
         self.model = model
         self.timeout = timeout
 
-    def run(self, volume_node: Any, threshold: float, progress: ProgressFn | None = None,
+    def run(self, volume_node: Any, threshold: float | None = None, progress: ProgressFn | None = None,
             cancel: CancelFn | None = None) -> MedSADResult:
         threshold = _check_threshold(threshold)
         try:
@@ -163,7 +193,8 @@ class ServerBackend:
             nodes.write_volume(volume_node, upload)
             client = MONAILabelClient(self.url, tmpdir=tmp)
             try:
-                mask_file, params = client.infer(self.model, "", {"threshold": threshold}, file=upload)
+                request = {} if threshold is None else {"threshold": threshold}
+                mask_file, params = client.infer(self.model, "", request, file=upload)
             except MONAILabelClientException as err:
                 raise MedSADError(f"MONAI Label server {self.url} answered with an error: {err.msg}") from err
             except OSError as err:  # refused, DNS, timeout, reset
@@ -181,5 +212,4 @@ class ServerBackend:
             raise MedSADError(f"server returned {len(scores)} slice scores for a volume of {mask.shape[0]} slices; "
                               "start the server with --conf slice_axis 2")
         info = {k: v for k, v in params.items() if k not in ("slice_scores",)}
-        return MedSADResult(slice_scores=scores, mask=mask, threshold=float(params.get("threshold", threshold)),
-                            probability=None, backend=self.name, info=info)
+        return MedSADResult.from_summary(params, mask, probability=None, backend=self.name, info=info)

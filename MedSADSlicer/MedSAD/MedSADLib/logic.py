@@ -52,10 +52,12 @@ class MedSADLogic:
             raise MedSADError(f"{volume_node.GetName()!r} is 2-D (dimensions {tuple(dims)}); MedSAD needs a 3-D volume "
                               "with at least 2 slices (run 2-D images with `medsad infer`)")
 
-    def run(self, volume_node: Any, backend: LocalBackend | ServerBackend, threshold: float = 0.5,
+    def run(self, volume_node: Any, backend: LocalBackend | ServerBackend, threshold: float | None = None,
             progress: Callable[[int, int], None] | None = None,
             cancel: Callable[[], bool] | None = None) -> MedSADResult:
         """Run ``volume_node`` through ``backend`` (slices along K). Creates no nodes.
+
+        ``threshold`` (lesion map) overrides the model's calibrated one; None keeps it.
 
         Raises:
             MedSADError: bad input, a backend failure (checkpoint, server), or cancel.
@@ -95,21 +97,26 @@ class MedSADLogic:
                     self.scene.RemoveNode(node)
             raise
         for key, value in (("MedSAD.volumeScore", result.volume_score), ("MedSAD.worstSlice", result.worst_slice),
-                           ("MedSAD.threshold", result.threshold), ("MedSAD.backend", result.backend)):
+                           ("MedSAD.volumeAbnormal", result.volume_abnormal), ("MedSAD.threshold", result.threshold),
+                           ("MedSAD.sliceThreshold", result.slice_threshold), ("MedSAD.backend", result.backend)):
             seg.SetAttribute(key, str(value))
         return OutputNodes(seg, table, series, chart)
 
     def rethreshold(self, volume_node: Any, result: MedSADResult, threshold: float, outputs: OutputNodes) -> MedSADResult:
-        """Apply a new threshold to the flags (and to the mask when the result has probabilities)
-        without running the model again. Updates ``result.threshold`` and the nodes."""
+        """Apply a new lesion-map threshold without running the model again: with the local
+        backend the mask, slice scores, flags and volume decision are re-decided (post-processing
+        included); a server result keeps its mask. Updates ``result`` and the nodes."""
         if not 0.0 < threshold < 1.0:
             raise MedSADError(f"threshold {threshold} must lie strictly between 0 and 1")
-        if result.probability is not None:
-            result.mask = result.mask_at(threshold)
+        if result.redecide is not None:
+            new = result.redecide(float(threshold))
+            for name in ("mask", "slice_scores", "volume_score", "volume_abnormal", "info"):
+                setattr(result, name, getattr(new, name))
             nodes.set_segment(self.scene, volume_node, result.mask, outputs.segmentation)
+            nodes.update_scores(outputs.table, result.slice_scores, result.abnormal())
         result.threshold = float(threshold)
-        nodes.update_abnormal(outputs.table, result.abnormal())
         outputs.segmentation.SetAttribute("MedSAD.threshold", str(result.threshold))
+        outputs.segmentation.SetAttribute("MedSAD.volumeAbnormal", str(result.volume_abnormal))
         return result
 
     def worst_slice_ras(self, volume_node: Any, result: MedSADResult) -> tuple[float, float, float]:

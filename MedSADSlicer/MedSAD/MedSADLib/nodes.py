@@ -97,16 +97,20 @@ def scores_table(scene: Any, scores: Sequence[float], abnormal: Sequence[bool], 
     for column in columns:
         table_node.AddColumn(column)
     table_node.SetColumnDescription("score", "MedSAD anomaly score of the slice (0-1)")
-    table_node.SetColumnDescription("abnormal", "1 if score >= threshold")
+    table_node.SetColumnDescription("abnormal", "1 if score >= the calibrated slice threshold")
     table_node.Modified()
     return table_node
 
 
-def update_abnormal(table_node: Any, abnormal: Sequence[bool]) -> None:
-    column = table_node.GetTable().GetColumnByName("abnormal")
-    for k, flag in enumerate(abnormal):
-        column.SetValue(k, int(bool(flag)))
-    column.Modified()
+def update_scores(table_node: Any, scores: Sequence[float], abnormal: Sequence[bool]) -> None:
+    """Rewrite the ``score`` and ``abnormal`` columns in place (same number of slices)."""
+    table = table_node.GetTable()
+    score_col, flag_col = table.GetColumnByName("score"), table.GetColumnByName("abnormal")
+    for k, (score, flag) in enumerate(zip(scores, abnormal)):
+        score_col.SetValue(k, float(score))
+        flag_col.SetValue(k, int(bool(flag)))
+    score_col.Modified()
+    flag_col.Modified()
     table_node.Modified()
 
 

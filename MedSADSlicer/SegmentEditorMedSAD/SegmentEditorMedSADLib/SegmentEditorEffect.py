@@ -163,7 +163,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         key = (volumeNode.GetID(), volumeNode.GetImageData().GetMTime(), kind, checkpoint, url)
         if self._cache is not None and self._cache[0] == key:
             result = self._cache[1]
-            if result.probability is not None or abs(result.threshold - threshold) < 1e-9:
+            if result.redecide is not None or abs(result.threshold - threshold) < 1e-9:
                 return result
         if not MedSAD.ensureDependencies(kind):
             return None

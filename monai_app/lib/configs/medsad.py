@@ -31,7 +31,8 @@ class ServeConfig:
         clip_pretrained: open_clip tag, local weight file or ``none``; where the backbone
             weights are on this machine.
         preset: model preset for training.
-        threshold: default lesion / anomaly threshold (a request may override it).
+        threshold: lesion-map threshold for every request (default None: the checkpoint's
+            calibrated operating point; a request may override it).
         slice_axis: volume axis slices are taken along.
         batch_size: slices per forward pass.
         device: ``cpu``/``cuda``/``cuda:N``; default CUDA when available.
@@ -41,7 +42,7 @@ class ServeConfig:
     clip_model: str | None = None
     clip_pretrained: str | None = None
     preset: str = "tiny"
-    threshold: float = 0.5
+    threshold: float | None = None
     slice_axis: int = 2
     batch_size: int = 8
     device: str | None = None
@@ -62,8 +63,8 @@ class ServeConfig:
         preset = conf.get("preset", "tiny")
         if preset not in PRESETS:
             raise ConfError(f"--conf preset {preset!r}: choose one of {', '.join(PRESETS)}")
-        threshold = _number(conf, "threshold", 0.5, float)
-        if not 0.0 < threshold < 1.0:
+        threshold = _number(conf, "threshold", None, float)
+        if threshold is not None and not 0.0 < threshold < 1.0:
             raise ConfError(f"--conf threshold {threshold}: must lie strictly between 0 and 1")
         slice_axis = _number(conf, "slice_axis", 2, int)
         if slice_axis not in (0, 1, 2):

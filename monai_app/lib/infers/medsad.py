@@ -6,7 +6,6 @@ the input file as geometry reference, so spacing, origin and direction equal the
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import tempfile
@@ -29,10 +28,12 @@ LABEL_NAMES = {"lesion": 1}
 class MedSADInfer(InferTask):
     """Segmentation-type task (the stock Slicer plugin lists it) with the single label ``lesion``.
 
-    Request keys: ``image`` (path, filled in by MONAI Label), optional ``threshold`` (0-1),
-    ``slice_axis`` (0/1/2) and ``skip_background`` (bool).
-    Result JSON: ``slice_scores``, ``volume_score``, ``worst_slice``, ``threshold``,
-    ``label_names`` and a few counts, all plain Python types.
+    Request keys: ``image`` (path, filled in by MONAI Label), optional ``threshold`` (lesion-map
+    threshold 0-1), ``slice_threshold``, ``volume_threshold`` (each ``calibrated`` or empty = the
+    checkpoint's operating point), ``slice_axis`` (0/1/2) and ``skip_background`` (bool).
+    Result JSON: ``slice_scores``, ``volume_score``, ``volume_abnormal``, ``worst_slice``,
+    ``abnormal_slices``, the thresholds and ``operating_point`` they came from, ``label_names``
+    and a few counts, all plain Python types.
     """
 
     def __init__(self, cache: ModelCache) -> None:
@@ -41,7 +42,8 @@ class MedSADInfer(InferTask):
             labels=dict(LABEL_NAMES),
             dimension=3,
             description="MedSAD-CLIP: lesion segmentation with per-slice anomaly scores",
-            config={"threshold": cache.serve.threshold, "slice_axis": cache.serve.slice_axis, "skip_background": True},
+            config={"threshold": _shown(cache.serve.threshold), "slice_threshold": CALIBRATED,
+                    "volume_threshold": CALIBRATED, "slice_axis": cache.serve.slice_axis, "skip_background": True},
         )
         self.cache = cache
 
@@ -58,13 +60,17 @@ class MedSADInfer(InferTask):
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"image {image!r} not found")
-        threshold = _threshold(request.get("threshold", self.cache.serve.threshold))
+        thresholds = {key: _threshold(request.get(key), key) for key in ("threshold", "slice_threshold", "volume_threshold")}
+        if thresholds["threshold"] is None:
+            thresholds["threshold"] = self.cache.serve.threshold
         axis = _axis(request.get("slice_axis", self.cache.serve.slice_axis))
         skip = _flag(request.get("skip_background", True), "skip_background")
         start = time.perf_counter()
         predictor = self.cache.get()
-        result = predict_file(predictor, path, axis=axis, skip_background=skip)
-        result = dataclasses.replace(result, threshold=threshold)
+        op = predictor.operating_point.with_overrides(map_threshold=thresholds["threshold"],
+                                                      slice_threshold=thresholds["slice_threshold"],
+                                                      volume_threshold=thresholds["volume_threshold"])
+        result = predict_file(predictor, path, axis=axis, skip_background=skip).with_operating_point(op)
         suffix = volume_suffix(path) or ".png"
         fd, out = tempfile.mkstemp(prefix="medsad_", suffix=suffix)
         os.close(fd)
@@ -76,18 +82,30 @@ class MedSADInfer(InferTask):
             "checkpoint_sha256": self.cache.fingerprint(),
             "latency_s": round(time.perf_counter() - start, 3),
         })
-        logger.info("%s: volume_score %.3f, worst slice %d, %d lesion voxels", path.name,
-                    summary["volume_score"], summary["worst_slice"], summary.get("lesion_voxels", summary.get("lesion_pixels", 0)))
+        logger.info("%s: volume_score %.3f (abnormal: %s), worst slice %d, %d lesion voxels", path.name,
+                    summary["volume_score"], summary["volume_abnormal"], summary["worst_slice"],
+                    summary.get("lesion_voxels", summary.get("lesion_pixels", 0)))
         return out, summary
 
 
-def _threshold(value: Any) -> float:
+#: What a request sends (and Slicer shows) for "the checkpoint's calibrated value".
+CALIBRATED = "calibrated"
+
+
+def _shown(value: float | None) -> float | str:
+    return CALIBRATED if value is None else value
+
+
+def _threshold(value: Any, name: str = "threshold") -> float | None:
+    """A request's threshold: None (the calibrated one) or a number strictly inside (0, 1)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", CALIBRATED)):
+        return None
     try:
         t = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"threshold {value!r}: expected a number between 0 and 1") from None
+        raise ValueError(f"{name} {value!r}: expected a number between 0 and 1, or '{CALIBRATED}'") from None
     if not 0.0 < t < 1.0:
-        raise ValueError(f"threshold {t}: must lie strictly between 0 and 1")
+        raise ValueError(f"{name} {t}: must lie strictly between 0 and 1")
     return t
 
 

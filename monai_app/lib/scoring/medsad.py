@@ -1,6 +1,8 @@
 """Active-learning scoring: run the model over unlabelled images and store, in each image's
-info, ``anomaly_score`` (the volume score) and ``anomaly_uncertainty`` (mean binary entropy,
-in bits, of the per-slice scores of slices with anatomy: 1 = every slice undecided).
+info, ``anomaly_score`` (the calibrated volume score), ``anomaly_abnormal`` (the volume
+decision) and ``anomaly_uncertainty``: the mean binary entropy, in bits, of the *calibrated*
+slice probabilities of the slices with anatomy (a slice scoring exactly at its calibrated
+threshold is 1 bit, undecided; see :func:`medsad_monai.engine.decision.calibrated_probability`).
 
 Images already scored by the current checkpoint (same sha256) are not scored again.
 """
@@ -15,6 +17,7 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
+from medsad_monai.engine.decision import calibrated_probability
 from medsad_monai.engine.inference import VolumeResult, predict_file
 
 from ..model_cache import ModelCache
@@ -29,12 +32,14 @@ def binary_entropy(p: float) -> float:
 
 
 def uncertainty(result: Any) -> float:
-    """Mean binary entropy of the scores of the slices that were not skipped as background."""
+    """Mean binary entropy of the calibrated probabilities of the slices not skipped as background."""
     if isinstance(result, VolumeResult):
         scores = [s for s, skipped in zip(result.slice_scores, result.skipped) if not skipped]
+        threshold = result.op.slice_threshold
     else:
-        scores = [result.score]
-    return float(sum(binary_entropy(s) for s in scores) / len(scores)) if scores else 0.0
+        scores, threshold = [result.score], result.op.volume_threshold
+    probs = [calibrated_probability(s, threshold) for s in scores]
+    return float(sum(binary_entropy(p) for p in probs) / len(probs)) if probs else 0.0
 
 
 class MedSADScoring(ScoringMethod):
@@ -73,6 +78,7 @@ class MedSADScoring(ScoringMethod):
             summary = result.summary()
             entry = {
                 "anomaly_score": float(summary["volume_score"]),
+                "anomaly_abnormal": bool(summary["volume_abnormal"]),
                 "anomaly_uncertainty": round(uncertainty(result), 6),
                 "anomaly_worst_slice": int(summary["worst_slice"]),
                 "anomaly_model": model,

@@ -1,0 +1,332 @@
+"""Fit the operating point on validation data (never test): ``medsad calibrate`` and end of training.
+
+The validation volumes (or images) run through the one inference path
+(:class:`~medsad_monai.engine.inference.Predictor`) at their own resolution; then, in order:
+
+1. **Lesion map** — ``map_threshold`` × ``min_lesion_voxels`` on a grid, maximising the Dice of
+   all validation voxels pooled (lesion-free volumes included, so their false positives count);
+   ties go to the smaller size filter and the threshold nearer 0.5.
+2. **Slice score** — with that mask, each candidate slice score (``slice_score="auto"``: all of
+   :data:`~medsad_monai.engine.decision.SLICE_SCORES`; otherwise the one named) is ranked by its
+   slice AUROC on the validation slices (background slices left out, as at inference); the best
+   wins, then ``slice_threshold`` maximises the slice balanced accuracy.
+3. **Volume score** — the same on validation volumes: the best-ranking volume score, then the
+   threshold of best balanced accuracy, placed in the middle of the widest gap between the
+   classes. Without both lesion-free and lesion volumes in validation, a volume is called
+   abnormal when any post-processed lesion remains, and the block says why.
+
+The result is an :class:`~medsad_monai.engine.decision.OperatingPoint` with the objective in
+words and the validation cases and figures it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from medsad_monai.data.layouts import Sample, load_image_2d, load_mask_2d
+from medsad_monai.data.volumes import load_volume, normalize_intensity
+from medsad_monai.engine.decision import (
+    SLICE_SCORES,
+    VOLUME_SCALE,
+    VOLUME_SCORES,
+    OperatingPoint,
+    lesion_mask,
+    slice_scores,
+    volume_score,
+)
+from medsad_monai.engine.metrics import auroc, best_threshold, dice_score
+
+__all__ = ["CaseOutput", "iter_cases", "predict_cases", "fit_operating_point", "calibrate_checkpoint",
+           "MAP_THRESHOLDS", "MIN_LESION_SIZES"]
+
+logger = logging.getLogger(__name__)
+
+MAP_THRESHOLDS: tuple[float, ...] = tuple(round(0.3 + 0.05 * i, 2) for i in range(14))  # 0.30 … 0.95
+MIN_LESION_SIZES: tuple[int, ...] = (0, 4, 8, 16, 32, 64)
+
+
+@dataclass
+class CaseOutput:
+    """One validation volume (a 2-D image is an (H, W, 1) volume) and the model's raw outputs."""
+
+    name: str
+    probability: np.ndarray  # 3-D float32 lesion probability on the case's own grid
+    truth: np.ndarray  # 3-D bool ground truth, same shape
+    model_scores: np.ndarray  # (n_slices,) the model's image scores
+    skipped: np.ndarray  # (n_slices,) background slices not run
+    axis: int
+    tags: dict[str, str] = field(default_factory=dict)
+    image: np.ndarray | None = None  # the normalised input (kept for report overlays)
+
+    def image_slice(self, index: int) -> np.ndarray | None:
+        return None if self.image is None else np.take(self.image, index, axis=self.axis)
+
+    @property
+    def slice_labels(self) -> np.ndarray:
+        other = tuple(i for i in range(3) if i != self.axis)
+        return self.truth.any(axis=other)
+
+    @property
+    def evaluated(self) -> np.ndarray:
+        """Slices that count in slice metrics: those run, and any lesion slice."""
+        return ~self.skipped | self.slice_labels
+
+    @property
+    def abnormal(self) -> bool:
+        return bool(self.truth.any())
+
+
+def _cases_of(samples: Sequence[Sample]) -> list[tuple[str, Path, Path | None, bool]]:
+    """(name, image, mask, is_volume) per case: volume slices grouped by their volume."""
+    seen: dict[str, tuple[str, Path, Path | None, bool]] = {}
+    for s in samples:
+        key = str(s.image)
+        if key not in seen:
+            mask = s.masks[0] if s.masks else None
+            seen[key] = (s.group, Path(s.image), mask, s.slice_index is not None)
+    return list(seen.values())
+
+
+def iter_cases(predictor: Any, samples: Sequence[Sample], slice_axis: int = 2,
+               tags: dict[str, dict[str, str]] | None = None, desc: str = "predicting",
+               keep_image: bool = True) -> Iterator[CaseOutput]:
+    """Run every volume / image of ``samples`` through ``predictor`` (the inference path), one
+    case at a time, with a progress bar on a terminal."""
+    cases = _cases_of(samples)
+    bar = tqdm(cases, desc=desc, disable=len(cases) < 2 or not sys.stderr.isatty(), leave=False)
+    for name, image, mask_path, is_volume in bar:
+        case_tags = (tags or {}).get(name, {})
+        if is_volume:
+            array, _ = load_volume(image)
+            truth = (np.asarray(load_volume(mask_path)[0]) > 0) if mask_path else np.zeros(array.shape, bool)
+            if truth.shape != array.shape:
+                raise ValueError(f"label {str(mask_path)!r} has shape {truth.shape}, its image {array.shape}")
+            volume = normalize_intensity(array)
+            result = predictor.predict_volume(volume, axis=slice_axis)
+            yield CaseOutput(name, result.probability, truth, np.asarray(result.model_scores, float),
+                             np.asarray(result.skipped, bool), slice_axis, case_tags,
+                             volume if keep_image else None)
+        else:
+            img = load_image_2d(image)
+            truth = load_mask_2d([mask_path] if mask_path else [], img.shape[:2]) > 0
+            result = predictor.predict_image(img)
+            grey = img if img.ndim == 2 else img.mean(axis=-1)
+            yield CaseOutput(name, result.probability[..., None], truth[..., None],
+                             np.asarray([result.model_score], float), np.zeros(1, bool), 2, case_tags,
+                             grey[..., None] if keep_image else None)
+
+
+def predict_cases(predictor: Any, samples: Sequence[Sample], slice_axis: int = 2,
+                  tags: dict[str, dict[str, str]] | None = None, desc: str = "predicting") -> list[CaseOutput]:
+    """All cases of ``samples`` with the model's outputs (without the input images)."""
+    return list(iter_cases(predictor, samples, slice_axis, tags=tags, desc=desc, keep_image=False))
+
+
+def _grid_dice(cases: Sequence[CaseOutput], thresholds: Sequence[float], sizes: Sequence[int]) -> np.ndarray:
+    """Pooled Dice (T, M) of every (map threshold, minimum lesion size) pair over all cases."""
+    inter = np.zeros((len(thresholds), len(sizes)))
+    pred = np.zeros_like(inter)
+    truth_total = sum(int(c.truth.sum()) for c in cases)
+    structure = ndimage.generate_binary_structure(3, 1)  # face connectivity, as RemoveSmallObjects(connectivity=1)
+    for c in cases:
+        for i, t in enumerate(thresholds):
+            binary = c.probability >= t
+            labels, n = ndimage.label(binary, structure=structure)
+            if n == 0:
+                continue
+            size = np.bincount(labels.ravel(), minlength=n + 1)
+            hits = np.bincount(labels.ravel(), weights=c.truth.ravel().astype(np.float64), minlength=n + 1)
+            size[0], hits[0] = 0, 0
+            for j, m in enumerate(sizes):
+                keep = size >= max(m, 1)
+                pred[i, j] += size[keep].sum()
+                inter[i, j] += hits[keep].sum()
+    denom = pred + truth_total
+    return np.where(denom > 0, 2 * inter / np.maximum(denom, 1), 1.0)
+
+
+def _pick_map(dice: np.ndarray, thresholds: Sequence[float], sizes: Sequence[int]) -> tuple[float, int, float]:
+    best = float(dice.max())
+    ties = [(j, abs(thresholds[i] - 0.5), i) for i, j in zip(*np.nonzero(dice >= best - 1e-9))]
+    j, _, i = min(ties)
+    return float(thresholds[i]), int(sizes[j]), best
+
+
+def _slice_table(cases: Sequence[CaseOutput], kind: str, op: OperatingPoint) -> tuple[np.ndarray, np.ndarray]:
+    scores, labels = [], []
+    for c in cases:
+        mask = lesion_mask(c.probability, op)
+        s = slice_scores(kind, c.probability, mask, c.model_scores, c.skipped, c.axis)
+        keep = c.evaluated
+        scores.append(s[keep])
+        labels.append(c.slice_labels[keep])
+    return np.concatenate(scores), np.concatenate(labels)
+
+
+def _volume_table(cases: Sequence[CaseOutput], kind: str, op: OperatingPoint) -> tuple[np.ndarray, np.ndarray]:
+    scores, labels = [], []
+    for c in cases:
+        mask = lesion_mask(c.probability, op)
+        s = slice_scores(op.slice_score, c.probability, mask, c.model_scores, c.skipped, c.axis)
+        scores.append(volume_score(kind, c.probability, mask, s))
+        labels.append(c.abnormal)
+    return np.asarray(scores), np.asarray(labels, bool)
+
+
+def _choose(candidates: Sequence[str], table, cases, op) -> tuple[str, dict[str, float | None]]:
+    """The candidate of best AUROC (ties: the first listed)."""
+    aurocs = {k: auroc(*table(cases, k, op)) for k in candidates}
+    ranked = [k for k in candidates if aurocs[k] is not None]
+    if not ranked:
+        return candidates[0], aurocs
+    return max(ranked, key=lambda k: (aurocs[k], -candidates.index(k))), aurocs
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 4)
+
+
+def fit_operating_point(
+    cases: Sequence[CaseOutput],
+    *,
+    slice_score: str = "auto",
+    source: str = "validation",
+    thresholds: Sequence[float] = MAP_THRESHOLDS,
+    sizes: Sequence[int] = MIN_LESION_SIZES,
+) -> OperatingPoint:
+    """Fit the operating point on ``cases`` (validation data only; see the module docstring).
+
+    Args:
+        cases: validation volumes / images with the model's outputs (:func:`predict_cases`).
+        slice_score: ``auto`` (the best-ranking of :data:`SLICE_SCORES` on validation) or one of them.
+        source: recorded in the operating point (``validation`` or ``calibrate``).
+
+    Raises:
+        ValueError: no cases, or an unknown ``slice_score``.
+    """
+    if not cases:
+        raise ValueError("calibration needs at least one validation volume or image")
+    if slice_score != "auto" and slice_score not in SLICE_SCORES:
+        raise ValueError(f"slice_score {slice_score!r}: expected auto or one of {', '.join(SLICE_SCORES)}")
+    grid = _grid_dice(cases, thresholds, sizes)
+    t, m, dice = _pick_map(grid, thresholds, sizes)
+    op = OperatingPoint(map_threshold=t, min_lesion_voxels=m, source=source)
+
+    candidates = list(SLICE_SCORES) if slice_score == "auto" else [slice_score]
+    kind, slice_aurocs = _choose(candidates, _slice_table, cases, op)
+    s_scores, s_labels = _slice_table(cases, kind, op)
+    s_thr, s_bal = best_threshold(s_scores, s_labels)
+    op = dataclasses.replace(op, slice_score=kind, slice_threshold=s_thr if s_thr is not None else 0.5)
+
+    v_kind, volume_aurocs = _choose(list(VOLUME_SCORES), _volume_table, cases, op)
+    v_scores, v_labels = _volume_table(cases, v_kind, op)
+    v_thr, v_bal = best_threshold(v_scores, v_labels)
+    volume_note = "threshold of best balanced accuracy on validation volumes, mid-gap"
+    if v_thr is None:
+        v_kind = "lesion_volume"
+        least = max(m, 1) * t  # the smallest mass a lesion that survives post-processing can have
+        v_thr = float(np.clip(least / (least + VOLUME_SCALE), 1e-4, 1 - 1e-4))
+        volume_note = ("validation holds only one class of volumes: a volume is abnormal when any post-processed "
+                       "lesion remains")
+        v_scores, v_labels = _volume_table(cases, v_kind, op)
+    op = OperatingPoint(
+        map_threshold=t, min_lesion_voxels=m, slice_score=kind, slice_threshold=op.slice_threshold,
+        volume_score=v_kind, volume_threshold=v_thr, source=source,
+        objective={
+            "map": "pooled Dice of all validation voxels (lesion-free volumes included) over map_threshold "
+                   f"{list(thresholds)} x min_lesion_voxels {list(sizes)}",
+            "slice": f"slice score of best validation slice AUROC among {candidates}; threshold of best slice "
+                     "balanced accuracy",
+            "volume": f"volume score of best validation volume AUROC among {list(VOLUME_SCORES)}; {volume_note}",
+        },
+        validation={
+            "cases": [c.name for c in cases],
+            "n_volumes": len(cases),
+            "n_lesion_volumes": int(sum(c.abnormal for c in cases)),
+            "n_slices": int(s_labels.size),
+            "n_lesion_slices": int(s_labels.sum()),
+            "dice_pooled": _r(dice),
+            "slice_auroc": {k: _r(v) for k, v in slice_aurocs.items()},
+            "slice_balanced_accuracy": _r(s_bal),
+            "volume_auroc": {k: _r(v) for k, v in volume_aurocs.items()},
+            "volume_balanced_accuracy": _r(v_bal),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    logger.info("operating point (%s, %d validation cases): map %.2f, min lesion %d voxels, slice %s >= %.3f, "
+                "volume %s >= %.3f; pooled Dice %.3f", source, len(cases), op.map_threshold, op.min_lesion_voxels,
+                op.slice_score, op.slice_threshold, op.volume_score, op.volume_threshold, dice)
+    return op
+
+
+def calibrate_checkpoint(
+    ckpt: str | os.PathLike,
+    data: str,
+    *,
+    split: str = "all",
+    layout: str | None = None,
+    slice_axis: int = 2,
+    slice_score: str | None = None,
+    batch_size: int = 8,
+    clip_pretrained: str | None = None,
+    device: str | None = None,
+    out: str | os.PathLike | None = None,
+) -> OperatingPoint:
+    """``medsad calibrate``: fit the operating point of ``ckpt`` on ``data`` and store it.
+
+    Args:
+        ckpt: a checkpoint of ``medsad train``.
+        data: the validation data: ``split="all"`` uses every non-test case of the folder (a
+            user's own validation set); ``split="val"`` the run's saved validation split.
+        slice_score: ``auto`` / a slice score name; default: the model config's ``slice_score``.
+        out: write the calibrated checkpoint here instead of updating ``ckpt`` in place.
+
+    Returns:
+        The fitted operating point (also written into the checkpoint).
+    """
+    from medsad_monai.checkpoint import read_checkpoint, write_calibration
+    from medsad_monai.engine.datasets import Split
+    from medsad_monai.engine.inference import Predictor
+    from medsad_monai.engine.train import training_pool
+
+    samples, _ = training_pool(data, layout, slice_axis)
+    if split == "val":
+        split_file = Path(ckpt).parent / "split.json"
+        if not split_file.exists():
+            raise FileNotFoundError(f"--split val needs the run's {split_file} (written by medsad train)")
+        samples = Split.from_json(split_file).select(samples, "val")
+    elif split != "all":
+        raise ValueError(f"--split must be all or val (never test), got {split!r}")
+    if not samples:
+        raise ValueError(f"no validation cases in {data} (split {split})")
+    predictor = Predictor.from_checkpoint(ckpt, clip_pretrained=clip_pretrained, batch_size=batch_size, device=device)
+    kind = slice_score or getattr(getattr(predictor.model, "config", None), "slice_score", "auto")
+    cases = predict_cases(predictor, samples, slice_axis, desc="calibrating")
+    op = fit_operating_point(cases, slice_score=kind, source="calibrate")
+    target = Path(ckpt)
+    if out is not None:
+        import shutil
+
+        target = Path(out)
+        if target.resolve() != Path(ckpt).resolve():
+            read_checkpoint(ckpt)  # refuse to copy something that is not a checkpoint
+            shutil.copyfile(ckpt, target)
+    write_calibration(target, op)
+    return op
+
+
+def case_dice(case: CaseOutput, op: OperatingPoint) -> float:
+    """Dice of one case's post-processed mask against its ground truth."""
+    return dice_score(lesion_mask(case.probability, op), case.truth)

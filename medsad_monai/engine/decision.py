@@ -1,0 +1,211 @@
+"""The operating point: how a lesion probability map becomes a mask, slice and volume decisions.
+
+A model gives, per slice, a lesion probability map and a score. What a user reads is a
+*decision*: which voxels are lesion, which slices are abnormal, whether the volume is. The
+:class:`OperatingPoint` holds every number of that decision; it is fitted on validation data
+(:mod:`medsad_monai.engine.calibration`), stored in the checkpoint's ``calibration`` block and
+applied here by every front-end (``medsad infer``/``evaluate``, the MONAI Label app, Slicer):
+
+1. **Lesion mask**: ``probability >= map_threshold``, then connected lesions smaller than
+   ``min_lesion_voxels`` removed with MONAI's ``RemoveSmallObjects`` (3-D components for a
+   volume, 2-D for an image) — nnU-Net's post-processing, chosen on validation, never on test.
+2. **Slice score** (``slice_score``), one of:
+
+   - ``model``: the model's own image score (the paper: P(abnormal) from the class token);
+   - ``peak``: the peak of the 5×5-smoothed probability map of the slice;
+   - ``lesion_area``: the probability mass of the *post-processed* lesion pixels of the slice,
+     ``a / (a + AREA_SCALE)`` — zero where post-processing left nothing.
+
+   A slice is abnormal when its score is ``>= slice_threshold``.
+3. **Volume score** (``volume_score``): ``lesion_volume`` — the probability mass of the
+   post-processed lesion voxels, ``v / (v + VOLUME_SCALE)`` — or ``max_slice`` — the highest
+   slice score. The volume is abnormal when its score is ``>= volume_threshold``.
+
+The scales only map a count into [0, 1] for display; every decision is a threshold on a
+monotone score, so rankings (AUROC) do not depend on them. The default operating point
+(``source="default"``) is the behaviour of checkpoints written before calibration existed:
+0.5 everywhere, no size filter, the model's score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import RemoveSmallObjects
+from scipy import ndimage
+
+__all__ = [
+    "AREA_SCALE",
+    "VOLUME_SCALE",
+    "SLICE_SCORES",
+    "VOLUME_SCORES",
+    "OperatingPoint",
+    "lesion_mask",
+    "slice_scores",
+    "volume_score",
+    "calibrated_probability",
+]
+
+#: Pixels at which a ``lesion_area`` slice score reaches 0.5.
+AREA_SCALE = 20.0
+#: Voxels at which a ``lesion_volume`` volume score reaches 0.5.
+VOLUME_SCALE = 200.0
+SLICE_SCORES: tuple[str, ...] = ("model", "peak", "lesion_area")
+VOLUME_SCORES: tuple[str, ...] = ("lesion_volume", "max_slice")
+
+
+def _unit(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} {value!r}: expected a number between 0 and 1") from None
+    if not 0.0 < v < 1.0:
+        raise ValueError(f"{name} {v}: must lie strictly between 0 and 1")
+    return v
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Every number that turns model outputs into decisions (see the module docstring).
+
+    Args:
+        map_threshold: lesion probability at which a voxel is lesion.
+        min_lesion_voxels: connected lesions with fewer voxels are removed (0 = keep all).
+        slice_score: how a slice is scored (:data:`SLICE_SCORES`).
+        slice_threshold: a slice is abnormal when its score is ``>=`` this.
+        volume_score: how a volume is scored (:data:`VOLUME_SCORES`).
+        volume_threshold: a volume is abnormal when its score is ``>=`` this.
+        source: ``default`` (not calibrated: the 0.5 fallback), ``validation`` (fitted at the
+            end of training) or ``calibrate`` (fitted by ``medsad calibrate``); ``override``
+            is added when a request or option replaced a value.
+        objective: what each value maximised, in words.
+        validation: the validation cases and the figures reached on them.
+    """
+
+    map_threshold: float = 0.5
+    min_lesion_voxels: int = 0
+    slice_score: str = "model"
+    slice_threshold: float = 0.5
+    volume_score: str = "max_slice"
+    volume_threshold: float = 0.5
+    source: str = "default"
+    objective: dict[str, str] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("map_threshold", "slice_threshold", "volume_threshold"):
+            object.__setattr__(self, name, _unit(name, getattr(self, name)))
+        if int(self.min_lesion_voxels) != self.min_lesion_voxels or self.min_lesion_voxels < 0:
+            raise ValueError(f"min_lesion_voxels {self.min_lesion_voxels!r}: expected a whole number >= 0")
+        object.__setattr__(self, "min_lesion_voxels", int(self.min_lesion_voxels))
+        if self.slice_score not in SLICE_SCORES:
+            raise ValueError(f"slice_score {self.slice_score!r}: expected one of {', '.join(SLICE_SCORES)}")
+        if self.volume_score not in VOLUME_SCORES:
+            raise ValueError(f"volume_score {self.volume_score!r}: expected one of {', '.join(VOLUME_SCORES)}")
+
+    @property
+    def calibrated(self) -> bool:
+        return self.source != "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python dict (the checkpoint's ``calibration`` block; JSON and weights_only safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "OperatingPoint":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown calibration key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+    def with_overrides(self, **values: Any) -> "OperatingPoint":
+        """A copy with the given values replaced (``None`` values are ignored); marks the source."""
+        changes = {k: v for k, v in values.items() if v is not None}
+        if not changes:
+            return self
+        changed = {k: v for k, v in changes.items() if getattr(self, k) != v}
+        source = self.source if not changed or self.source.endswith("+override") else f"{self.source}+override"
+        return dataclasses.replace(self, **changes, source=source)
+
+    def summary(self) -> dict[str, Any]:
+        """The values a result JSON reports (without the validation detail)."""
+        return {k: getattr(self, k) for k in ("map_threshold", "min_lesion_voxels", "slice_score", "slice_threshold",
+                                               "volume_score", "volume_threshold", "source")}
+
+
+def lesion_mask(probability: np.ndarray, op: OperatingPoint) -> np.ndarray:
+    """Binary lesion mask (uint8, same shape): threshold, then drop lesions below the minimum size.
+
+    Components are 3-D for a volume and 2-D for an image (face connectivity), removed with
+    MONAI's ``RemoveSmallObjects``.
+    """
+    mask = np.asarray(probability) >= op.map_threshold
+    if op.min_lesion_voxels > 1 and mask.any():
+        with warnings.catch_warnings():  # scikit-image 0.26 deprecates the min_size that MONAI 1.6 passes
+            warnings.filterwarnings("ignore", message=".*min_size.*deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*min_size.*deprecated", category=DeprecationWarning)
+            kept = RemoveSmallObjects(min_size=op.min_lesion_voxels, connectivity=1)(torch.from_numpy(mask[None]))
+        mask = np.asarray(kept[0], dtype=bool)
+    return mask.astype(np.uint8)
+
+
+def _per_slice(values: np.ndarray, axis: int) -> np.ndarray:
+    other = tuple(i for i in range(values.ndim) if i != axis)
+    return values.sum(axis=other)
+
+
+def slice_scores(
+    kind: str,
+    probability: np.ndarray,
+    mask: np.ndarray,
+    model_scores: list[float] | np.ndarray,
+    skipped: list[bool] | np.ndarray,
+    axis: int,
+) -> np.ndarray:
+    """Per-slice scores (n_slices,) of ``kind`` for a 3-D ``probability`` / post-processed ``mask``.
+
+    Skipped (background) slices score 0.
+    """
+    if kind == "model":
+        scores = np.asarray(model_scores, dtype=np.float64)
+    elif kind == "peak":
+        size = [5, 5, 5]
+        size[axis] = 1
+        smoothed = ndimage.uniform_filter(np.asarray(probability, dtype=np.float32), size=size, mode="constant")
+        other = tuple(i for i in range(3) if i != axis)
+        scores = smoothed.max(axis=other).astype(np.float64)
+    elif kind == "lesion_area":
+        area = _per_slice(np.where(mask > 0, probability, 0.0).astype(np.float64), axis)
+        scores = area / (area + AREA_SCALE)
+    else:
+        raise ValueError(f"slice_score {kind!r}: expected one of {', '.join(SLICE_SCORES)}")
+    scores = np.clip(scores, 0.0, 1.0)
+    scores[np.asarray(skipped, dtype=bool)] = 0.0
+    return scores
+
+
+def volume_score(kind: str, probability: np.ndarray, mask: np.ndarray, scores: np.ndarray) -> float:
+    """The volume's (or image's) score of ``kind`` from its post-processed mask or slice scores."""
+    if kind == "lesion_volume":
+        mass = float(np.where(mask > 0, probability, 0.0).sum(dtype=np.float64))
+        return mass / (mass + VOLUME_SCALE)
+    if kind == "max_slice":
+        return float(np.max(scores)) if len(scores) else 0.0
+    raise ValueError(f"volume_score {kind!r}: expected one of {', '.join(VOLUME_SCORES)}")
+
+
+def calibrated_probability(score: float, threshold: float) -> float:
+    """A score mapped piecewise-linearly so that its decision threshold lands on 0.5.
+
+    ``[0, threshold] -> [0, 0.5]`` and ``[threshold, 1] -> [0.5, 1]``: monotone, so rankings are
+    kept, and "how sure" reads the same whatever the calibrated threshold (active learning's
+    uncertainty uses it).
+    """
+    s, t = float(np.clip(score, 0.0, 1.0)), float(threshold)
+    return 0.5 * s / t if s < t else 0.5 + 0.5 * (s - t) / (1.0 - t)

@@ -1,0 +1,196 @@
+"""The operating point: fitted on validation data, stored in the checkpoint, used everywhere."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from medsad_monai.checkpoint import operating_point_of, read_checkpoint, write_calibration
+from medsad_monai.engine.calibration import CaseOutput, fit_operating_point
+from medsad_monai.engine.decision import OperatingPoint, lesion_mask, slice_scores
+from medsad_monai.engine.inference import Predictor, VolumeResult
+from medsad_monai.engine.metrics import best_threshold, dice_score
+
+
+def _case(name: str, rng: np.random.Generator, lesion: bool, speckles: int) -> CaseOutput:
+    """A 3-D case: a true lesion (prob ~0.8) on a few slices and small false-positive speckles
+    (prob 0.9, 2 voxels each) on others, as a model with false positives would give."""
+    shape = (24, 24, 12)
+    prob = (0.2 * rng.random(shape)).astype(np.float32)
+    truth = np.zeros(shape, bool)
+    if lesion:
+        truth[8:14, 9:15, 4:8] = True
+        prob[truth] = 0.75 + 0.1 * rng.random(int(truth.sum()))
+    for _ in range(speckles):
+        x, y, z = rng.integers(2, 20), rng.integers(2, 20), rng.choice([0, 1, 10, 11])
+        prob[x:x + 2, y, z] = 0.9
+    scores = prob.reshape(-1, shape[2]).max(axis=0)  # a saturated "model" score: every slice has a peak
+    return CaseOutput(name, prob, truth, scores, np.zeros(shape[2], bool), 2)
+
+
+@pytest.fixture(scope="module")
+def cases():
+    rng = np.random.default_rng(0)
+    return [_case(f"v{i}", rng, lesion=i < 3, speckles=4) for i in range(5)]
+
+
+def test_operating_point_refuses_bad_values_by_name():
+    with pytest.raises(ValueError, match="map_threshold 1.5"):
+        OperatingPoint(map_threshold=1.5)
+    with pytest.raises(ValueError, match="min_lesion_voxels"):
+        OperatingPoint(min_lesion_voxels=-1)
+    with pytest.raises(ValueError, match="slice_score 'nope'"):
+        OperatingPoint(slice_score="nope")
+    with pytest.raises(ValueError, match="unknown calibration key"):
+        OperatingPoint.from_dict({"map_treshold": 0.4})
+    op = OperatingPoint(map_threshold=0.6, min_lesion_voxels=8, source="validation")
+    assert OperatingPoint.from_dict(json.loads(json.dumps(op.to_dict()))) == op
+    assert op.with_overrides(map_threshold=0.3).source == "validation+override"
+    assert op.with_overrides(map_threshold=None) is op
+
+
+def test_lesion_mask_removes_components_below_the_minimum_size():
+    prob = np.zeros((10, 10, 6), np.float32)
+    prob[1:4, 1:4, 1:3] = 0.9  # 18 voxels
+    prob[7, 7, 4] = 0.8  # 1 voxel
+    prob[7:9, 1, 1] = 0.7  # 2 voxels
+    assert lesion_mask(prob, OperatingPoint()).sum() == 21
+    kept = lesion_mask(prob, OperatingPoint(min_lesion_voxels=3))
+    assert kept.sum() == 18 and kept[1:4, 1:4, 1:3].all()
+    assert lesion_mask(prob, OperatingPoint(map_threshold=0.75, min_lesion_voxels=2)).sum() == 18
+
+
+def test_fit_removes_speckles_and_separates_volumes(cases):
+    op = fit_operating_point(cases, slice_score="auto")
+    assert op.source == "validation" and op.calibrated
+    assert op.min_lesion_voxels > 2  # the 2-voxel speckles go
+    assert 0.3 <= op.map_threshold < 0.75  # the true lesion stays
+    for c in cases:
+        mask = lesion_mask(c.probability, op)
+        assert (mask.astype(bool) == c.truth).all()
+    # the reported pooled Dice is what the product's own post-processing gives
+    pooled = dice_score(np.concatenate([lesion_mask(c.probability, op).ravel() for c in cases]),
+                        np.concatenate([c.truth.ravel() for c in cases]))
+    assert op.validation["dice_pooled"] == pytest.approx(pooled, abs=1e-4)
+    # the saturated model score ranks worse than the post-processed lesion area, so auto picks the latter
+    assert op.validation["slice_auroc"]["model"] < op.validation["slice_auroc"]["lesion_area"]
+    assert op.slice_score != "model"
+    results = [VolumeResult(c.probability, list(c.model_scores), list(c.skipped), 2, op) for c in cases]
+    assert [r.volume_abnormal for r in results] == [c.abnormal for c in cases]
+    assert max(r.volume_score for r, c in zip(results, cases) if not c.abnormal) < \
+        min(r.volume_score for r, c in zip(results, cases) if c.abnormal)
+    assert op.validation["cases"] == [c.name for c in cases]
+
+
+def test_fit_keeps_the_model_score_when_asked(cases):
+    op = fit_operating_point(cases, slice_score="model")
+    assert op.slice_score == "model"
+    with pytest.raises(ValueError, match="slice_score"):
+        fit_operating_point(cases, slice_score="bogus")
+    with pytest.raises(ValueError, match="at least one"):
+        fit_operating_point([])
+
+
+def test_one_class_validation_calls_any_remaining_lesion_abnormal():
+    rng = np.random.default_rng(1)
+    op = fit_operating_point([_case("a", rng, True, 0), _case("b", rng, True, 0)])
+    assert "only one class" in op.objective["volume"]
+    empty = VolumeResult(np.zeros((8, 8, 4), np.float32), [0.0] * 4, [False] * 4, 2, op)
+    assert not empty.volume_abnormal
+
+
+def test_best_threshold_sits_mid_gap_and_is_undefined_for_one_class():
+    t, bal = best_threshold([0.1, 0.2, 0.6, 0.9], [0, 0, 1, 1])
+    assert bal == 1.0 and t == pytest.approx(0.4)
+    assert best_threshold([0.1, 0.2], [1, 1]) == (None, None)
+
+
+def test_slice_scores_follow_their_definition():
+    prob = np.zeros((6, 6, 3), np.float32)
+    prob[2:4, 2:4, 1] = 0.8
+    mask = (prob >= 0.5).astype(np.uint8)
+    area = slice_scores("lesion_area", prob, mask, [0.9, 0.9, 0.9], [False] * 3, 2)
+    assert area[0] == 0 and area[2] == 0 and area[1] == pytest.approx(3.2 / (3.2 + 20))
+    assert list(slice_scores("model", prob, mask, [0.1, 0.2, 0.3], [False, True, False], 2)) == [0.1, 0.0, 0.3]
+
+
+def test_checkpoint_carries_calibration_and_old_ones_fall_back_loudly(tiny_checkpoint, tmp_path, caplog):
+    import shutil
+
+    old = tmp_path / "old.pt"
+    shutil.copy2(tiny_checkpoint, old)
+    with caplog.at_level(logging.WARNING):
+        assert operating_point_of(read_checkpoint(old), old) == OperatingPoint()
+    assert "uncalibrated 0.5" in caplog.text
+    op = OperatingPoint(map_threshold=0.65, min_lesion_voxels=16, slice_score="lesion_area", slice_threshold=0.3,
+                        volume_score="lesion_volume", volume_threshold=0.4, source="calibrate")
+    before = read_checkpoint(old)["state_dict"]
+    write_calibration(old, op)
+    after = read_checkpoint(old)
+    assert operating_point_of(after, old) == op
+    assert all((before[k] == after["state_dict"][k]).all() for k in before)  # weights untouched
+    predictor = Predictor.from_checkpoint(old, batch_size=2, device="cpu")
+    assert predictor.operating_point == op
+    overridden = Predictor.from_checkpoint(old, batch_size=2, device="cpu", threshold=0.4)
+    assert overridden.threshold == 0.4 and overridden.operating_point.min_lesion_voxels == 16
+
+
+def test_calibrate_cli_stores_the_block_and_never_uses_test(tiny_checkpoint, tiny_volumes, tmp_path, capsys):
+    from medsad_monai.cli import main
+
+    out = tmp_path / "calibrated.pt"
+    assert main(["calibrate", "--ckpt", str(tiny_checkpoint), "--data", str(tiny_volumes), "--out", str(out),
+                 "--batch-size", "4", "--device", "cpu"]) == 0
+    op = operating_point_of(read_checkpoint(out), out)
+    assert op.source == "calibrate"
+    assert op.validation["cases"] == [f"case_{i:03d}" for i in range(6)]  # imagesTr only, never imagesTs
+    assert "calibration" not in read_checkpoint(tiny_checkpoint)  # the original is left as it was
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--ckpt", str(tiny_checkpoint), "--data", str(tiny_volumes), "--split", "test"])
+
+
+def test_evaluate_reports_slice_and_volume_decisions_at_the_operating_point(tiny_checkpoint, tiny_volumes, tmp_path):
+    import shutil
+
+    from medsad_monai.engine.evaluate import evaluate_checkpoint
+
+    ckpt = tmp_path / "calibrated.pt"
+    shutil.copy2(tiny_checkpoint, ckpt)
+    op = OperatingPoint(map_threshold=0.4, min_lesion_voxels=4, slice_score="lesion_area", slice_threshold=0.3,
+                        volume_score="lesion_volume", volume_threshold=0.5, source="calibrate")
+    write_calibration(ckpt, op)
+    metrics = evaluate_checkpoint(ckpt, str(tiny_volumes), tmp_path / "report", split="all", batch_size=4,
+                                  device="cpu")
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    per_case = report["meta"]["per_case"]
+    assert report["meta"]["operating_point"] == op.summary()
+    assert sorted(per_case) == [f"case_{i:03d}" for i in range(6)]
+    normal = [n for n, c in per_case.items() if not c["abnormal"]]
+    assert normal == ["case_002", "case_005"]
+    assert metrics["fp_voxels"] == {n: per_case[n]["predicted_voxels"] for n in normal}
+    assert metrics["n_volumes"] == 6 and metrics["n_lesion_free_volumes"] == 2
+    scores = {n: c["score"] for n, c in per_case.items()}
+    assert metrics["volume_ranking_separates"] == (max(scores[n] for n in normal)
+                                                   < min(s for n, s in scores.items() if n not in normal))
+    assert all(c["volume_abnormal"] == (c["score"] >= 0.5) for c in per_case.values())
+    assert metrics["score_threshold"] == 0.3 and metrics["threshold"] == 0.4
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Volumes" in md and "## Operating point (calibrate)" in md and "case_005" in md
+
+
+def test_active_learning_uncertainty_is_measured_on_calibrated_scores():
+    from medsad_monai.engine.decision import calibrated_probability
+    from monai_app.lib.scoring.medsad import uncertainty
+
+    assert calibrated_probability(0.2, 0.2) == 0.5
+    assert calibrated_probability(0.0, 0.2) == 0.0 and calibrated_probability(1.0, 0.2) == 1.0
+    assert calibrated_probability(0.1, 0.2) < calibrated_probability(0.3, 0.2) < calibrated_probability(0.9, 0.2)
+    op = OperatingPoint(slice_threshold=0.2, source="calibrate")
+    prob = np.zeros((4, 4, 3), np.float32)
+    at_threshold = VolumeResult(prob, [0.2, 0.2, 0.2], [False] * 3, 2, op)
+    assert uncertainty(at_threshold) == pytest.approx(1.0)  # every slice undecided at its calibrated threshold
+    sure = VolumeResult(prob, [0.0, 1.0, 0.0], [False] * 3, 2, op)
+    assert uncertainty(sure) < 0.01
