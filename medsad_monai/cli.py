@@ -234,6 +234,13 @@ def ensure_demo_checkpoint(data: str | Path, out: str | Path, max_minutes: float
     ckpt = Path(out) / "run" / "best.pt"
     if ckpt.exists():
         print(f"using the demo checkpoint {ckpt}")
+        from medsad_monai.checkpoint import read_checkpoint
+
+        if not read_checkpoint(ckpt).get("calibration"):  # written before calibration existed
+            from medsad_monai.engine.calibration import calibrate_checkpoint
+
+            print(f"calibrating it on its validation volumes ({ckpt.parent / 'split.json'})", flush=True)
+            calibrate_checkpoint(ckpt, str(data), split="val")
         return ckpt
     print(f"no demo checkpoint yet: training the tiny preset on {data} (≤ {max_minutes} min, CPU)", flush=True)
     train(TrainOptions(data=str(data), out=str(ckpt.parent), max_minutes=max_minutes, **DEMO_RECIPE))

@@ -65,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         served.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ckpt, served)
         print(f"published {ckpt} -> {served}")
+    from medsad_monai.checkpoint import read_checkpoint
+
+    if not read_checkpoint(served).get("calibration"):
+        print(f"note: the served model {served} has no calibration block and decides at 0.5; fit it with "
+              f"`medsad calibrate --ckpt {served} --data {args.data}` or delete it to re-publish {ckpt}")
     os.environ.setdefault("MONAI_LABEL_TRACKING_ENABLED", "false")
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(ROOT / "monai_app"),
            "--studies", str(studies), "--host", args.host, "--port", str(args.port),
