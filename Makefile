@@ -10,10 +10,10 @@ STAMP  := $(VENV)/.medsad-installed
 
 venv: $(STAMP)
 
-$(STAMP): requirements/core.txt requirements/server.txt requirements/monailabel.txt requirements/slicer.txt requirements/test.txt pyproject.toml
+$(STAMP): requirements/core.txt requirements/server.txt requirements/monailabel.txt requirements/slicer.txt requirements/test.txt requirements/sample-nodeps.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/core.txt -r requirements/server.txt -r requirements/slicer.txt -r requirements/test.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/monailabel.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/monailabel.txt -r requirements/sample-nodeps.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 

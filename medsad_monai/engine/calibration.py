@@ -46,7 +46,7 @@ from medsad_monai.engine.decision import (
     slice_scores,
     volume_score,
 )
-from medsad_monai.engine.metrics import auroc, best_threshold, dice_score
+from medsad_monai.engine.metrics import auroc, best_threshold
 
 __all__ = ["CaseOutput", "iter_cases", "predict_cases", "fit_operating_point", "calibrate_checkpoint",
            "MAP_THRESHOLDS", "MIN_LESION_SIZES"]
@@ -326,7 +326,3 @@ def calibrate_checkpoint(
     write_calibration(target, op)
     return op
 
-
-def case_dice(case: CaseOutput, op: OperatingPoint) -> float:
-    """Dice of one case's post-processed mask against its ground truth."""
-    return dice_score(lesion_mask(case.probability, op), case.truth)

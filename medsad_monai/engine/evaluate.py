@@ -131,12 +131,12 @@ def evaluate_checkpoint(
             if len(labels):
                 group.slices.update(prob, truth.astype(np.uint8), scores, labels.astype(np.uint8), pred=pred)
             group.volumes.append(record)
-        for i in np.flatnonzero(labels):
-            sl = [slice(None)] * 3
-            sl[case.axis] = int(np.flatnonzero(case.evaluated)[i])
-            keeper.offer(CaseRecord(name=f"{case.name}_s{sl[case.axis]:03d}", image=case.image_slice(sl[case.axis]),
-                                    prob=prob[i] * pred[i], mask=truth[i].astype(np.float32), score=float(scores[i]),
-                                    label=1), dice_score(pred[i], truth[i]))
+        evaluated = np.flatnonzero(case.evaluated)
+        for i in np.flatnonzero(labels):  # lesion slices: candidates for the best/worst overlays
+            k = int(evaluated[i])
+            keeper.offer(CaseRecord(name=f"{case.name}_s{k:03d}", image=case.image_slice(k), prob=prob[i] * pred[i],
+                                    mask=truth[i].astype(np.float32), score=float(scores[i]), label=1),
+                         dice_score(pred[i], truth[i]))
     metrics = overall.compute(op)
     metrics["groups"] = {name: g.compute(op) for name, g in sorted(groups.items())}
     meta = {
