@@ -49,6 +49,7 @@ __all__ = [
     "slice_scores",
     "volume_score",
     "calibrated_probability",
+    "check_threshold",
 ]
 
 #: Pixels at which a ``lesion_area`` slice score reaches 0.5.
@@ -59,7 +60,8 @@ SLICE_SCORES: tuple[str, ...] = ("model", "peak", "lesion_area")
 VOLUME_SCORES: tuple[str, ...] = ("lesion_volume", "max_slice")
 
 
-def _unit(name: str, value: Any) -> float:
+def check_threshold(name: str, value: Any) -> float:
+    """``value`` as a threshold strictly inside (0, 1), or ValueError naming ``name`` and the value."""
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -99,7 +101,7 @@ class OperatingPoint:
 
     def __post_init__(self) -> None:
         for name in ("map_threshold", "slice_threshold", "volume_threshold"):
-            object.__setattr__(self, name, _unit(name, getattr(self, name)))
+            object.__setattr__(self, name, check_threshold(name, getattr(self, name)))
         if int(self.min_lesion_voxels) != self.min_lesion_voxels or self.min_lesion_voxels < 0:
             raise ValueError(f"min_lesion_voxels {self.min_lesion_voxels!r}: expected a whole number >= 0")
         object.__setattr__(self, "min_lesion_voxels", int(self.min_lesion_voxels))

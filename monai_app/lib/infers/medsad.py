@@ -16,6 +16,7 @@ from typing import Any
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from medsad_monai.data.volumes import volume_suffix
+from medsad_monai.engine.decision import check_threshold
 from medsad_monai.engine.inference import predict_file, save_mask
 
 from ..model_cache import ModelCache
@@ -100,13 +101,7 @@ def _threshold(value: Any, name: str = "threshold") -> float | None:
     """A request's threshold: None (the calibrated one) or a number strictly inside (0, 1)."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", CALIBRATED)):
         return None
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} {value!r}: expected a number between 0 and 1, or '{CALIBRATED}'") from None
-    if not 0.0 < t < 1.0:
-        raise ValueError(f"{name} {t}: must lie strictly between 0 and 1")
-    return t
+    return check_threshold(name, value)
 
 
 def _axis(value: Any) -> int:
