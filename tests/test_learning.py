@@ -11,8 +11,11 @@ test volumes are read once, by ``evaluate_checkpoint``.
 Asserted on the new subjects of the training anatomy: the held-out lesion Dice floor
 ``DICE_BOUND``, the slice balanced-accuracy floor ``BALANCED_BOUND`` at the calibrated operating
 point and the volume AUROC floor ``VOLUME_AUROC_BOUND``. The unseen-anatomy figures are printed
-beside them; they are far from the project's targets (README) and not asserted yet. A broken
-loss, augmentation, split, selection or calibration falls far below the floors. The budget is in
+beside them; they are far from the project's targets (README) and not asserted yet. The floors
+sit below the spread of quiet runs of the same recipe (seen-anatomy Dice 0.44-0.55, balanced
+accuracy 0.62-0.81: the operating point fitted on 3 validation volumes moves between runs); a
+broken loss, augmentation, split, selection or calibration gives Dice near 0 and balanced
+accuracy near 0.5. The budget is in
 minutes of training, so a slower machine trains fewer epochs; nothing here asserts wall-clock
 time.
 """
@@ -29,8 +32,8 @@ from medsad_monai.engine.evaluate import evaluate_checkpoint
 from medsad_monai.engine.train import TrainOptions, train
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "volumes"
-DICE_BOUND = 0.45
-BALANCED_BOUND = 0.7
+DICE_BOUND = 0.40
+BALANCED_BOUND = 0.55
 VOLUME_AUROC_BOUND = 0.6
 
 
