@@ -32,7 +32,7 @@ from medsad_monai.engine.evaluate import evaluate_checkpoint
 from medsad_monai.engine.train import TrainOptions, train
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "volumes"
-DICE_BOUND = 0.40
+DICE_BOUND = 0.35
 BALANCED_BOUND = 0.55
 VOLUME_AUROC_BOUND = 0.6
 
