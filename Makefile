@@ -1,5 +1,5 @@
 # MedSAD — the two commands:  `make run` (main job)  and  `make test` (test suite).
-# Both create .venv and install the pinned stack on first use (pip, no uv: see shared/DESIGN.md §6).
+# Both create .venv and install the pinned stack on first use (pip, no uv: see docs/maintainers.md).
 
 PYTHON ?= python3
 VENV   := .venv

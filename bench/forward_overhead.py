@@ -1,7 +1,7 @@
 """MedSAD eval forward vs. the bare open_clip image encoder on the same backbone.
 
 Prints per-run medians and, on the last line, ``overhead_ratio=<medsad / bare>``.
-Target (shared/DESIGN.md §8): <= 1.10. Ratios, not absolute times, are what we track.
+Target (docs/maintainers.md, performance budget): <= 1.10. Ratios, not absolute times, are what we track.
 
     python bench/forward_overhead.py [--model ViT-B-16] [--batch 8] [--runs 7] [--preset full]
 """

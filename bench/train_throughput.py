@@ -3,7 +3,7 @@
 A training step is what ``medsad train`` does per batch: forward of the full model (frozen
 backbone, adapters, prompts, TPCA, SegDecoder), ``MedSADLoss`` (BCE + DiceFocal + MCLoss),
 backward and an Adam step. The bare forward is the open_clip image encoder alone in inference
-mode. Target (shared/DESIGN.md §8): ``train_step_over_forward`` <= 2.0. Prints medians of
+mode. Target (docs/maintainers.md, performance budget): ``train_step_over_forward`` <= 2.0. Prints medians of
 interleaved runs and the ratio on the last line:
 
     train_step_over_forward=<step / bare forward>

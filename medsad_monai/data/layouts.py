@@ -4,7 +4,7 @@ Every reader turns a folder into a flat list of :class:`Sample`. Files are paire
 (file name without extension), never by sort order or string replacement. Files and folders
 whose names start with ``.`` (e.g. macOS ``._x.nii.gz`` in Decathlon tarballs) are ignored.
 
-Layouts (see DESIGN.md §3):
+Layouts:
 
 - ``bmad``: ``<root>/{train,valid,test}/{good,Ungood}/img/*.png``; masks in
   ``.../Ungood/anomaly_mask/<stem>.*`` (or ``.../Ungood/label/``, BMAD's other spelling).

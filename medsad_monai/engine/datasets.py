@@ -144,7 +144,7 @@ class LoadSliced(MapTransform):
 class PaintLesionsd(Randomizable, MapTransform):
     """With probability ``prob``, paint synthetic lesions on a *normal* slice (augmentation).
 
-    Gives the variety of many lesions instead of a fixed handful (shared/DESIGN.md §7).
+    Gives the variety of many lesions instead of a fixed handful (docs/maintainers.md).
     ``styles`` restricts the lesion styles (keep a held-out style out of training).
     """
 
