@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MedSADConfig", "ABLATIONS"]
+__all__ = ["MedSADConfig", "ABLATIONS", "strict_from_dict"]
 
 #: Paper Table 3 ablations: preset name -> (learnable_prompt, use_tpca, mc_loss).
 ABLATIONS: dict[str, tuple[bool, bool, bool]] = {
@@ -15,6 +15,15 @@ ABLATIONS: dict[str, tuple[bool, bool, bool]] = {
     "adapt_prompt_tpca": (True, True, False),
     "full": (True, True, True),
 }
+
+
+def strict_from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
+    """``cls(**data)`` for a dataclass, refusing unknown keys with a message naming ``what``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} key(s) {unknown}; known keys: {sorted(known)}")
+    return cls(**data)
 
 
 @dataclass
@@ -209,11 +218,7 @@ class MedSADConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MedSADConfig":
         """Build from a dict, rejecting unknown keys with a clear message."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown MedSAD config key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+        return strict_from_dict(cls, data, "MedSAD config")
 
     def replace(self, **changes: Any) -> "MedSADConfig":
         """A copy with ``changes`` applied (validated)."""

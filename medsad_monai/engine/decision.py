@@ -39,6 +39,8 @@ import torch
 from monai.transforms import RemoveSmallObjects
 from scipy import ndimage
 
+from medsad_monai.config import strict_from_dict
+
 __all__ = [
     "AREA_SCALE",
     "VOLUME_SCALE",
@@ -120,11 +122,8 @@ class OperatingPoint:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "OperatingPoint":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown calibration key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+        """Build from a ``calibration`` block, rejecting unknown keys."""
+        return strict_from_dict(cls, data, "calibration")
 
     def with_overrides(self, **values: Any) -> "OperatingPoint":
         """A copy with the given values replaced (``None`` values are ignored); marks the source."""
