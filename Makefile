@@ -10,11 +10,13 @@ STAMP  := $(VENV)/.medsad-installed
 
 venv: $(STAMP)
 
-$(STAMP): requirements/core.txt requirements/server.txt requirements/monailabel.txt requirements/slicer.txt requirements/test.txt requirements/sample-nodeps.txt pyproject.toml
+$(STAMP): Makefile requirements/core.txt requirements/server.txt requirements/monailabel.txt requirements/slicer.txt requirements/test.txt requirements/sample-nodeps.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/core.txt -r requirements/server.txt -r requirements/slicer.txt -r requirements/test.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/monailabel.txt -r requirements/sample-nodeps.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@# sample-data generator only: subject S1 lives in pycortex's source distribution (read, never built)
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: pycortex==1.4.0 -d $(VENV)/share/medsad-sample
 	@touch $(STAMP)
 
 test: venv

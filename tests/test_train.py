@@ -131,21 +131,24 @@ def test_output_inside_the_data_folder_is_refused(tiny_volumes):
     assert not (tiny_volumes / "run").exists()
 
 
-def test_strong_augmentation_keeps_shapes_range_and_binary_masks(tiny_volumes):
+@pytest.mark.parametrize("augment", ["strong", "intensity"])
+def test_augmentation_keeps_shapes_range_and_binary_masks(tiny_volumes, augment):
     from medsad_monai.data.layouts import read_layout
     from medsad_monai.engine.datasets import slice_dataset
 
     samples = [s for s in read_layout(tiny_volumes).samples if s.label == 1][:6]
     plain = slice_dataset(samples, 64, train=True, augment="paper", seed=1)
-    strong = slice_dataset(samples, 64, train=True, augment="strong", seed=1)
+    augmented = slice_dataset(samples, 64, train=True, augment=augment, seed=1)
     changed = 0
     for i in range(len(samples)):
-        a, b = plain[i], strong[i]
+        a, b = plain[i], augmented[i]
         assert b["image"].shape == (3, 64, 64) and b["mask"].shape == (1, 64, 64)
         assert float(b["image"].min()) >= 0.0 and float(b["image"].max()) <= 1.0
         assert set(torch.unique(torch.as_tensor(b["mask"])).tolist()) <= {0.0, 1.0}
+        if augment == "intensity":  # intensity only: the geometry (the flip draw included) is the paper's
+            assert torch.equal(torch.as_tensor(a["mask"]), torch.as_tensor(b["mask"]))
         changed += int(not torch.allclose(torch.as_tensor(a["image"]), torch.as_tensor(b["image"])))
-    assert changed >= 3  # the strong pipeline really transforms
+    assert changed >= 3  # the pipeline really transforms
     with pytest.raises(ValueError, match="augment"):
         slice_dataset(samples, 64, train=True, augment="heavy")
 

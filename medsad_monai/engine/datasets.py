@@ -22,8 +22,10 @@ from monai.transforms import (
     RandBiasFieldd,
     RandFlipd,
     RandGaussianNoised,
+    RandGaussianSmoothd,
     Randomizable,
     RandScaleIntensityd,
+    RandSimulateLowResolutiond,
 )
 
 from medsad_monai.data.layouts import Sample, load_image_2d, load_mask_2d
@@ -32,7 +34,7 @@ from medsad_monai.data.preprocess import prepare_mask, prepare_slice
 from medsad_monai.data.volumes import load_volume, normalize_intensity, take_slice
 from medsad_monai.engine.inference import is_background
 
-AUGMENTS: tuple[str, ...] = ("paper", "strong")
+AUGMENTS: tuple[str, ...] = ("paper", "intensity", "strong")
 
 __all__ = ["AUGMENTS", "Split", "make_split", "load_sample", "slice_dataset", "drop_background", "LoadSliced", "PaintLesionsd"]
 
@@ -209,8 +211,10 @@ def slice_dataset(
     """A MONAI ``Dataset`` of model-sized slices: ``image`` (3, S, S) in [0, 1], ``mask`` (1, S, S).
 
     Training adds random horizontal flips (paper §4.2) and, if asked, on-the-fly synthetic
-    lesions on normal slices. ``augment="strong"`` adds MONAI's random affine (rotation, scale,
-    shift), gamma, bias field, intensity scale and noise, for small datasets of few subjects.
+    lesions on normal slices. ``augment="intensity"`` adds MONAI's random contrast (gamma),
+    intensity scale, bias field, noise, blur and lower resolution — what changes between
+    scanners and protocols, not anatomy; ``augment="strong"`` adds a random affine (rotation,
+    scale, shift) to the paper's flips and a milder intensity set.
     Normalisation is the model's own (``model.normalize``).
     """
     if augment not in AUGMENTS:
@@ -229,6 +233,16 @@ def slice_dataset(
             RandAdjustContrastd(keys=["image"], prob=0.5, gamma=(0.7, 1.4)),
             RandScaleIntensityd(keys=["image"], prob=0.3, factors=0.1),
             RandGaussianNoised(keys=["image"], prob=0.3, std=0.02),
+            _Clip01(),
+        ]
+    if train and augment == "intensity":
+        transforms += [
+            RandAdjustContrastd(keys=["image"], prob=0.5, gamma=(0.6, 1.6)),
+            RandScaleIntensityd(keys=["image"], prob=0.5, factors=0.25),
+            RandBiasFieldd(keys=["image"], prob=0.3, coeff_range=(0.0, 0.2)),
+            RandGaussianSmoothd(keys=["image"], prob=0.2, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
+            RandSimulateLowResolutiond(keys=["image"], prob=0.2, zoom_range=(0.5, 1.0)),
+            RandGaussianNoised(keys=["image"], prob=0.2, std=0.03),
             _Clip01(),
         ]
     compose = Compose(transforms)
