@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from medsad_monai.config import MedSADConfig
+from medsad_monai.data.volumes import INTENSITY_METHODS
 from medsad_monai.engine.decision import OperatingPoint
 from medsad_monai.networks.medsad_clip import MedSADCLIP
 from medsad_monai.networks.unet_baseline import UNetBaseline
@@ -22,6 +23,7 @@ __all__ = [
     "read_checkpoint",
     "atomic_torch_save",
     "operating_point_of",
+    "intensity_of",
     "write_calibration",
 ]
 
@@ -60,7 +62,8 @@ def _saved_backbone_prefix(config: MedSADConfig) -> str | None:
     return None
 
 
-def save_checkpoint(model: MedSADCLIP | UNetBaseline, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(model: MedSADCLIP | UNetBaseline, path: str | os.PathLike, extra: dict[str, Any] | None = None,
+                    intensity: str = "percentile") -> Path:
     """Save what is needed to rebuild ``model`` (MedSAD-CLIP, or the UNet baseline whole).
 
     Holds the config, the backbone identity (arch, pretrained tag or path + sha256), every
@@ -71,13 +74,18 @@ def save_checkpoint(model: MedSADCLIP | UNetBaseline, path: str | os.PathLike, e
         model: the model.
         path: destination file (written atomically).
         extra: plain-Python / tensor metadata (epoch, metrics, optimizer state …).
+        intensity: the per-volume intensity normalisation the model was trained with
+            (:func:`medsad_monai.data.volumes.normalize_intensity`); inference uses the same.
     """
+    if intensity not in INTENSITY_METHODS:
+        raise ValueError(f"intensity {intensity!r}: expected one of {', '.join(INTENSITY_METHODS)}")
     if isinstance(model, UNetBaseline):
         payload = {
             "format": CHECKPOINT_FORMAT,
             "model": "unet",
             "config": model.config_dict(),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "intensity": intensity,
             "extra": extra or {},
         }
         atomic_torch_save(payload, path)
@@ -94,6 +102,7 @@ def save_checkpoint(model: MedSADCLIP | UNetBaseline, path: str | os.PathLike, e
         "config": model.config.to_dict(),
         "backbone": dict(model.backbone.identity),
         "state_dict": state,
+        "intensity": intensity,
         "extra": extra or {},
     }
     atomic_torch_save(payload, path)
@@ -191,6 +200,16 @@ def operating_point_of(payload: dict[str, Any], path: str | os.PathLike = "check
         return OperatingPoint.from_dict(dict(block))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint {str(path)!r} has an invalid calibration block: {exc}") from exc
+
+
+def intensity_of(payload: dict[str, Any], path: str | os.PathLike = "checkpoint") -> str:
+    """The checkpoint's per-volume intensity normalisation (``percentile`` for checkpoints
+    written before the choice existed: what they were trained with)."""
+    method = payload.get("intensity", "percentile")
+    if method not in INTENSITY_METHODS:
+        raise ValueError(f"checkpoint {str(path)!r} names an unknown intensity normalisation {method!r} "
+                         f"(this version knows {', '.join(INTENSITY_METHODS)})")
+    return method
 
 
 def write_calibration(path: str | os.PathLike, op: OperatingPoint) -> Path:

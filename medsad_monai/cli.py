@@ -51,6 +51,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment", default="paper", choices=["paper", "intensity", "strong"],
                    help="paper = horizontal flips; intensity = + MONAI gamma, intensity scale, bias field, "
                         "blur, low resolution, noise (scanner differences); strong = + affine, milder intensity")
+    p.add_argument("--intensity", default="percentile", choices=["percentile", "foreground"],
+                   help="per-volume intensity normalisation, stored in the checkpoint and used by inference: "
+                        "percentile = 0.5-99.5th percentiles; foreground = background to 0, the median of the "
+                        "tissue (above Otsu) to 0.5 (robust to skull and scalp)")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     p.add_argument("--record-samples", action="store_true", help="write the training samples each rank saw")
@@ -133,6 +137,7 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, max_minutes=args.max_minutes,
         resume=args.resume, val_fraction=args.val_fraction, slice_axis=args.slice_axis,
         synthetic_lesions=args.synthetic_lesions, synthetic_styles=[s for s in args.synthetic_styles.split(",") if s], augment=args.augment,
+        intensity=args.intensity,
         lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, fp_weight=args.fp_weight,
         fp_start=args.fp_start, num_workers=args.num_workers, device=args.device, record_samples=args.record_samples,
     )

@@ -3,7 +3,7 @@
 1. makes sure a demo checkpoint exists (``demo/run/best.pt``; trains the ``tiny`` preset on
    ``sample_data/volumes`` with MedSAD's own training code if it is missing, and says so);
 2. makes a datastore ``demo/studies`` from copies of the sample volumes (never the committed
-   files): the 10 training volumes with their labels as ``final`` labels, the 6 test volumes
+   files): the training volumes with their labels as ``final`` labels, the test volumes
    unlabelled (for active learning). An existing ``demo/studies`` is kept as it is, with the
    labels users saved;
 3. publishes the checkpoint to ``demo/model/medsad.pt`` (if not there yet) and starts

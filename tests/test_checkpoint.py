@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from medsad_monai.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from medsad_monai.checkpoint import intensity_of, load_checkpoint, read_checkpoint, save_checkpoint
+from medsad_monai.data.volumes import normalize_intensity
 from medsad_monai.networks import MedSADCLIP
 
 
@@ -101,3 +103,22 @@ def test_failed_write_keeps_the_previous_checkpoint(tiny_config, tmp_path, monke
     monkeypatch.undo()
     assert read_checkpoint(path)["extra"]["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_the_intensity_normalisation_travels_with_the_checkpoint(tiny_config, tmp_path):
+    from medsad_monai.engine.inference import Predictor
+
+    model = MedSADCLIP(tiny_config)
+    path = save_checkpoint(model, tmp_path / "m.pt", intensity="foreground")
+    assert read_checkpoint(path)["intensity"] == "foreground"
+    predictor = Predictor.from_checkpoint(path)
+    assert predictor.intensity == "foreground"
+    volume = np.random.default_rng(0).uniform(0, 900, (8, 8, 4)).astype(np.float32) + 100.0
+    assert np.array_equal(predictor.normalize_volume(volume), normalize_intensity(volume, method="foreground"))
+    old = read_checkpoint(path)
+    del old["intensity"]  # written before the choice existed: trained on percentile-normalised volumes
+    assert intensity_of(old) == "percentile"
+    with pytest.raises(ValueError, match="unknown intensity normalisation 'zscore'"):
+        intensity_of({**old, "intensity": "zscore"}, "m.pt")
+    with pytest.raises(ValueError, match="intensity 'zscore'"):
+        save_checkpoint(model, tmp_path / "n.pt", intensity="zscore")

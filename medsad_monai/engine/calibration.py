@@ -36,7 +36,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from medsad_monai.data.layouts import Sample, load_image_2d, load_mask_2d
-from medsad_monai.data.volumes import load_volume, normalize_intensity
+from medsad_monai.data.volumes import load_volume
 from medsad_monai.engine.decision import (
     SLICE_SCORES,
     VOLUME_SCALE,
@@ -113,7 +113,7 @@ def iter_cases(predictor: Any, samples: Sequence[Sample], slice_axis: int = 2,
             truth = (np.asarray(load_volume(mask_path)[0]) > 0) if mask_path else np.zeros(array.shape, bool)
             if truth.shape != array.shape:
                 raise ValueError(f"label {str(mask_path)!r} has shape {truth.shape}, its image {array.shape}")
-            volume = normalize_intensity(array)
+            volume = predictor.normalize_volume(array)
             result = predictor.predict_volume(volume, axis=slice_axis)
             yield CaseOutput(name, result.probability, truth, np.asarray(result.model_scores, float),
                              np.asarray(result.skipped, bool), slice_axis, case_tags,

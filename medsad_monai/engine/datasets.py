@@ -31,7 +31,7 @@ from monai.transforms import (
 from medsad_monai.data.layouts import Sample, load_image_2d, load_mask_2d
 from medsad_monai.data.lesions import estimate_brain_mask, paint_lesions
 from medsad_monai.data.preprocess import prepare_mask, prepare_slice
-from medsad_monai.data.volumes import load_volume, normalize_intensity, take_slice
+from medsad_monai.data.volumes import INTENSITY_METHODS, load_volume, normalize_intensity, take_slice
 from medsad_monai.engine.inference import is_background
 
 AUGMENTS: tuple[str, ...] = ("paper", "intensity", "strong")
@@ -92,9 +92,9 @@ def make_split(samples: Sequence[Sample], val_fraction: float, seed: int) -> Spl
 
 
 @functools.lru_cache(maxsize=8)
-def _volume(path: str) -> np.ndarray:
+def _volume(path: str, intensity: str = "percentile") -> np.ndarray:
     array, _ = load_volume(path)
-    return normalize_intensity(array)
+    return normalize_intensity(array, method=intensity)
 
 
 @functools.lru_cache(maxsize=8)
@@ -103,10 +103,11 @@ def _label_volume(path: str) -> np.ndarray:
     return (np.asarray(array) > 0).astype(np.uint8)
 
 
-def load_sample(sample: Sample, slice_axis: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """A sample's image in [0, 1] ((H, W) for volume slices, (H, W, 3) for 2-D) and its mask."""
+def load_sample(sample: Sample, slice_axis: int = 2, intensity: str = "percentile") -> tuple[np.ndarray, np.ndarray]:
+    """A sample's image in [0, 1] ((H, W) for volume slices, normalised per volume with
+    ``intensity``; (H, W, 3) for 2-D) and its mask."""
     if sample.slice_index is not None:
-        image = take_slice(_volume(str(sample.image)), slice_axis, sample.slice_index)
+        image = take_slice(_volume(str(sample.image), intensity), slice_axis, sample.slice_index)
         if sample.masks:
             mask = take_slice(_label_volume(str(sample.masks[0])), slice_axis, sample.slice_index)
         else:
@@ -116,14 +117,14 @@ def load_sample(sample: Sample, slice_axis: int = 2) -> tuple[np.ndarray, np.nda
     return image, load_mask_2d(list(sample.masks), image.shape[:2])
 
 
-def drop_background(samples: Sequence[Sample], slice_axis: int = 2) -> list[Sample]:
+def drop_background(samples: Sequence[Sample], slice_axis: int = 2, intensity: str = "percentile") -> list[Sample]:
     """Remove volume slices without anatomy (the same rule inference uses to skip slices)."""
     kept = []
     for s in samples:
         if s.slice_index is None:
             kept.append(s)
             continue
-        image = take_slice(_volume(str(s.image)), slice_axis, s.slice_index)
+        image = take_slice(_volume(str(s.image), intensity), slice_axis, s.slice_index)
         if s.label == 1 or not is_background(image):
             kept.append(s)
     return kept
@@ -132,13 +133,14 @@ def drop_background(samples: Sequence[Sample], slice_axis: int = 2) -> list[Samp
 class LoadSliced(MapTransform):
     """``{"sample": Sample}`` -> ``image`` (H, W[, 3]) float, ``mask`` (H, W), ``label``."""
 
-    def __init__(self, slice_axis: int = 2) -> None:
+    def __init__(self, slice_axis: int = 2, intensity: str = "percentile") -> None:
         super().__init__(keys=["sample"])
         self.slice_axis = slice_axis
+        self.intensity = intensity
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         sample: Sample = data["sample"]
-        image, mask = load_sample(sample, self.slice_axis)
+        image, mask = load_sample(sample, self.slice_axis, self.intensity)
         return {"image": image, "mask": mask, "label": float(sample.label), "name": _name(sample),
                 "group": sample.group}
 
@@ -207,6 +209,7 @@ def slice_dataset(
     synthetic_styles: Sequence[str] = ("A", "C"),
     augment: str = "paper",
     seed: int = 0,
+    intensity: str = "percentile",
 ) -> Dataset:
     """A MONAI ``Dataset`` of model-sized slices: ``image`` (3, S, S) in [0, 1], ``mask`` (1, S, S).
 
@@ -215,11 +218,14 @@ def slice_dataset(
     intensity scale, bias field, noise, blur and lower resolution — what changes between
     scanners and protocols, not anatomy; ``augment="strong"`` adds a random affine (rotation,
     scale, shift) to the paper's flips and a milder intensity set.
-    Normalisation is the model's own (``model.normalize``).
+    Volumes are normalised per volume with ``intensity`` (:func:`normalize_intensity`); the
+    model's own normalisation (``model.normalize``) follows inside the model.
     """
     if augment not in AUGMENTS:
         raise ValueError(f"augment={augment!r}; expected one of {AUGMENTS}")
-    transforms: list[Any] = [LoadSliced(slice_axis)]
+    if intensity not in INTENSITY_METHODS:
+        raise ValueError(f"intensity={intensity!r}; expected one of {INTENSITY_METHODS}")
+    transforms: list[Any] = [LoadSliced(slice_axis, intensity)]
     if train and synthetic_lesions > 0:
         transforms.append(PaintLesionsd(synthetic_lesions, synthetic_styles))
     transforms.append(_ToModelSized(size))
@@ -241,7 +247,7 @@ def slice_dataset(
             RandScaleIntensityd(keys=["image"], prob=0.5, factors=0.25),
             RandBiasFieldd(keys=["image"], prob=0.3, coeff_range=(0.0, 0.2)),
             RandGaussianSmoothd(keys=["image"], prob=0.2, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
-            RandSimulateLowResolutiond(keys=["image"], prob=0.2, zoom_range=(0.5, 1.0)),
+            RandSimulateLowResolutiond(keys=["image"], prob=0.2, zoom_range=(0.5, 1.0), upsample_mode="bilinear"),
             RandGaussianNoised(keys=["image"], prob=0.2, std=0.03),
             _Clip01(),
         ]

@@ -26,7 +26,7 @@ from torch import nn
 
 from medsad_monai.data.layouts import IMAGE_SUFFIXES, load_image_2d
 from medsad_monai.data.preprocess import prepare_slice, restore_slice
-from medsad_monai.data.volumes import load_volume, normalize_intensity, save_volume_like, volume_suffix
+from medsad_monai.data.volumes import INTENSITY_METHODS, load_volume, normalize_intensity, save_volume_like, volume_suffix
 from medsad_monai.engine.decision import OperatingPoint, lesion_mask, slice_scores, volume_score
 
 __all__ = [
@@ -177,6 +177,8 @@ class Predictor:
         device: torch device; default CUDA when available.
         operating_point: how outputs become decisions (a checkpoint's ``calibration`` block);
             default: the uncalibrated 0.5 fallback.
+        intensity: the per-volume intensity normalisation the model was trained with (a
+            checkpoint's ``intensity``); :meth:`normalize_volume` applies it.
     """
 
     def __init__(
@@ -186,9 +188,13 @@ class Predictor:
         threshold: float | None = None,
         device: str | torch.device | None = None,
         operating_point: OperatingPoint | None = None,
+        intensity: str = "percentile",
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if intensity not in INTENSITY_METHODS:
+            raise ValueError(f"intensity {intensity!r}: expected one of {', '.join(INTENSITY_METHODS)}")
+        self.intensity = intensity
         op = operating_point or OperatingPoint()
         self.operating_point = op.with_overrides(map_threshold=threshold)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -203,12 +209,17 @@ class Predictor:
     def from_checkpoint(cls, path: str | os.PathLike, clip_pretrained: str | None = None, **kwargs: Any) -> "Predictor":
         """Load a checkpoint written by ``medsad train`` (see :mod:`medsad_monai.checkpoint`),
         with its calibrated operating point (or the 0.5 fallback, said in the log)."""
-        from medsad_monai.checkpoint import load_checkpoint, operating_point_of
+        from medsad_monai.checkpoint import intensity_of, load_checkpoint, operating_point_of
 
         model, payload = load_checkpoint(path, clip_pretrained=clip_pretrained)
         if kwargs.get("operating_point") is None:
             kwargs["operating_point"] = operating_point_of(payload, path)
+        kwargs.setdefault("intensity", intensity_of(payload, path))
         return cls(model, **kwargs)
+
+    def normalize_volume(self, volume: np.ndarray) -> np.ndarray:
+        """A raw volume mapped to [0, 1] the way this model's training volumes were."""
+        return normalize_intensity(volume, method=self.intensity)
 
     @torch.no_grad()
     def predict_slices(self, slices: Sequence[np.ndarray]) -> list[tuple[np.ndarray, float]]:
@@ -353,7 +364,7 @@ def predict_file(
         if volume.shape[axis] < 2:
             raise ValueError(f"{str(path)!r} has a single slice along axis {axis} (shape {volume.shape}); "
                              "send a single slice as a 2-D PNG image, or pick another slice axis")
-        return predictor.predict_volume(normalize_intensity(volume), axis=axis, skip_background=skip_background,
+        return predictor.predict_volume(predictor.normalize_volume(volume), axis=axis, skip_background=skip_background,
                                         progress=progress, cancel=cancel)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"unsupported input {str(path)!r}: use .nii/.nii.gz/.nrrd volumes or .png/.jpg images")

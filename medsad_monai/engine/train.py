@@ -34,6 +34,7 @@ from medsad_monai.checkpoint import read_checkpoint, save_checkpoint
 from medsad_monai.configs import load_preset
 from medsad_monai.data.layouts import read_layout
 from medsad_monai.data.lesions import RANDOM_LOOK, STYLES
+from medsad_monai.data.volumes import INTENSITY_METHODS
 from medsad_monai.engine import distributed as dist_utils
 from medsad_monai.engine.datasets import slice_dataset, Split, drop_background, make_split
 from medsad_monai.engine.metrics import MetricAccumulator
@@ -74,6 +75,7 @@ class TrainOptions:
     synthetic_lesions: float = 0.0
     synthetic_styles: list[str] = field(default_factory=lambda: ["A", "C"])
     augment: str = "paper"
+    intensity: str = "percentile"
     lr_schedule: str | None = None
     ema_decay: float | None = None
     fp_weight: float | None = None
@@ -89,6 +91,8 @@ class TrainOptions:
             raise ValueError(f"--max-minutes must be positive, got {self.max_minutes}")
         if not 0.0 <= self.synthetic_lesions <= 1.0:
             raise ValueError(f"--synthetic-lesions is a probability in [0, 1], got {self.synthetic_lesions}")
+        if self.intensity not in INTENSITY_METHODS:
+            raise ValueError(f"--intensity must be one of {', '.join(INTENSITY_METHODS)}, got {self.intensity!r}")
         known = [*STYLES, RANDOM_LOOK, "mixed"]
         bad = [s for s in self.synthetic_styles if s not in known]
         if bad or (self.synthetic_lesions > 0 and not self.synthetic_styles):
@@ -230,8 +234,8 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     samples, layout = training_pool(opts.data, opts.layout, opts.slice_axis)
     split_path = out / "split.json"
     split = Split.from_json(split_path) if opts.resume and split_path.exists() else make_split(samples, opts.val_fraction, opts.seed)
-    train_samples = drop_background(split.select(samples, "train"), opts.slice_axis)
-    val_samples = drop_background(split.select(samples, "val"), opts.slice_axis)
+    train_samples = drop_background(split.select(samples, "train"), opts.slice_axis, opts.intensity)
+    val_samples = drop_background(split.select(samples, "val"), opts.slice_axis, opts.intensity)
 
     model, loss_fn, cfg = build_model(opts)
     if resume_payload is not None:
@@ -252,9 +256,9 @@ def train(opts: TrainOptions) -> dict[str, Any]:
 
     train_ds = slice_dataset(train_samples, size, train=True, slice_axis=opts.slice_axis,
                             synthetic_lesions=opts.synthetic_lesions, synthetic_styles=opts.synthetic_styles,
-                            augment=opts.augment,
+                            augment=opts.augment, intensity=opts.intensity,
                             seed=opts.seed + ctx.rank)
-    val_ds = slice_dataset(val_samples, size, train=False, slice_axis=opts.slice_axis)
+    val_ds = slice_dataset(val_samples, size, train=False, slice_axis=opts.slice_axis, intensity=opts.intensity)
     sampler = dist_utils.sampler(train_ds, ctx, seed=opts.seed)
     train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                               num_workers=opts.num_workers, drop_last=len(train_ds) > batch_size)
@@ -349,9 +353,10 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                 extra = {"epoch": epoch, "best_selection": best, "best_epoch": best_epoch, "val_metrics": _plain(metrics),
                          "optimizer": optimizer.state_dict(), "model": opts.model, "seed": opts.seed}
                 last_extra = extra if ema is None else {**extra, "ema_state_dict": _trainable_state(ema.module, model)}
-                save_checkpoint(model, out / "last.pt", extra=last_extra)
+                save_checkpoint(model, out / "last.pt", extra=last_extra, intensity=opts.intensity)
                 if is_best:
-                    save_checkpoint(selected, out / "best.pt", extra={k: v for k, v in extra.items() if k != "optimizer"})
+                    save_checkpoint(selected, out / "best.pt", extra={k: v for k, v in extra.items() if k != "optimizer"},
+                                    intensity=opts.intensity)
                 _write_rows(out / "metrics.csv", rows)
                 _plot_curves(rows, out / "curves.png")
                 logger.info("epoch %d: loss %.4f val dice %s auroc %s%s", epoch, row["train_loss"], row["val_dice"],

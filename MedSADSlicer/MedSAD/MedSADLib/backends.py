@@ -132,12 +132,11 @@ class LocalBackend:
         ``threshold`` (lesion map) overrides the checkpoint's calibrated one."""
         threshold = _check_threshold(threshold)
         predictor = self._load()
-        from medsad_monai.data.volumes import normalize_intensity
         from medsad_monai.engine.inference import InferenceCancelled
 
         volume = np.ascontiguousarray(np.asarray(array_kji, dtype=np.float32).transpose(2, 1, 0))  # -> (I, J, K)
         try:
-            out = predictor.predict_volume(normalize_intensity(volume), axis=2, progress=progress, cancel=cancel)
+            out = predictor.predict_volume(predictor.normalize_volume(volume), axis=2, progress=progress, cancel=cancel)
         except InferenceCancelled as err:
             raise MedSADError(f"cancelled: {err}") from err
         except ValueError as err:
