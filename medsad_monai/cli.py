@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from medsad_monai.log_setup import configure_logging
+
 __all__ = ["main", "build_parser"]
 
 logger = logging.getLogger("medsad")
@@ -248,7 +250,11 @@ def ensure_demo_checkpoint(data: str | Path, out: str | Path, max_minutes: float
             print(f"calibrating it on its validation volumes ({ckpt.parent / 'split.json'})", flush=True)
             calibrate_checkpoint(ckpt, str(data), split="val")
         return ckpt
-    print(f"no demo checkpoint yet: training the tiny preset on {data} (≤ {max_minutes} min, CPU)", flush=True)
+    import datetime
+
+    ready = (datetime.datetime.now() + datetime.timedelta(minutes=max_minutes + 1)).strftime("%H:%M")
+    print(f"no demo checkpoint yet: training the tiny preset on {data} for at most {max_minutes:g} min, then "
+          f"calibrating it (done by about {ready}); one line per epoch follows", flush=True)
     train(TrainOptions(data=str(data), out=str(ckpt.parent), max_minutes=max_minutes, **DEMO_RECIPE))
     if not ckpt.exists():
         raise RuntimeError(f"demo training ended without a validation-selected checkpoint in {ckpt.parent}")
@@ -278,9 +284,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``medsad`` console script. Errors become one clear line, exit code 2."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("root").setLevel(logging.ERROR)  # open_clip's "initialized randomly" is explicit here
+    configure_logging(verbose=args.verbose)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-minutes", type=float,
                         help="training budget if no demo checkpoint exists (default: medsad_monai.cli.DEMO_MINUTES)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("root").setLevel(logging.ERROR)  # open_clip's "initialized randomly": the tiny demo is random-init
+    from medsad_monai.log_setup import configure_logging
+
+    configure_logging()
 
     from medsad_monai.cli import ensure_demo_checkpoint
 

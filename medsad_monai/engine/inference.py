@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from medsad_monai.data.layouts import IMAGE_SUFFIXES, load_image_2d
 from medsad_monai.data.preprocess import prepare_slice, restore_slice
@@ -325,7 +327,9 @@ def infer_path(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for path in inputs:
+    bar = tqdm(inputs, desc="infer", unit="file", disable=len(inputs) < 2 or not sys.stderr.isatty())
+    for path in bar:
+        bar.set_postfix_str(path.name)
         mask_path, scores_path = _outputs_for(path, out)
         if mask_path.resolve() == path.resolve() or scores_path.resolve() == path.resolve():
             raise ValueError(f"refusing to overwrite input {str(path)!r}; choose another --out folder")
@@ -335,7 +339,8 @@ def infer_path(
         tmp = scores_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(summary, indent=2))
         os.replace(tmp, scores_path)
-        logger.info("%s: volume_score=%.3f worst_slice=%d", path.name, summary["volume_score"], summary["worst_slice"])
+        logger.info("%s: volume_score=%.3f%s worst_slice=%d", path.name, summary["volume_score"],
+                    " (abnormal)" if summary.get("volume_abnormal") else "", summary["worst_slice"])
         results.append(summary)
     return results
 

@@ -359,8 +359,11 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                                     intensity=opts.intensity)
                 _write_rows(out / "metrics.csv", rows)
                 _plot_curves(rows, out / "curves.png")
-                logger.info("epoch %d: loss %.4f val dice %s auroc %s%s", epoch, row["train_loss"], row["val_dice"],
-                            row["val_image_auroc"], " (best)" if is_best else "")
+                left = deadline - time.monotonic()
+                budget = f", {max(left, 0.0) / 60:.1f} min of the budget left" if math.isfinite(left) else ""
+                logger.info("epoch %d/%d: loss %.4f, val dice %s, val auroc %s%s (%.0f s%s)", epoch, epochs,
+                            row["train_loss"], row["val_dice"], row["val_image_auroc"], " (best)" if is_best else "",
+                            row["seconds"], budget)
             dist_utils.barrier(ctx)
             if stop_reason != "epochs":
                 logger.info("stopping after epoch %d: %s reached", epoch, stop_reason)
