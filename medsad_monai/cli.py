@@ -53,10 +53,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment", default="paper", choices=["paper", "intensity", "strong"],
                    help="paper = horizontal flips; intensity = + MONAI gamma, intensity scale, bias field, "
                         "blur, low resolution, noise (scanner differences); strong = + affine, milder intensity")
-    p.add_argument("--intensity", default="percentile", choices=["percentile", "foreground"],
-                   help="per-volume intensity normalisation, stored in the checkpoint and used by inference: "
-                        "percentile = 0.5-99.5th percentiles; foreground = background to 0, the median of the "
-                        "tissue (above Otsu) to 0.5 (robust to skull and scalp)")
+    p.add_argument("--intensity", default="foreground", choices=["foreground", "percentile"],
+                   help="per-volume intensity normalisation, stored in the checkpoint and used by inference "
+                        "(docs/data.md): foreground (default) = background to 0, the median of the tissue "
+                        "(above Otsu) to 0.5, robust to skull and scalp; percentile = 0.5-99.5th percentiles")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     p.add_argument("--record-samples", action="store_true", help="write the training samples each rank saw")
@@ -228,7 +228,8 @@ def _demo_volume(data: Path) -> Path:
 #: averaged (EMA 0.99), seed 0, one data-loading worker (slice loading and lesion painting overlap
 #: the training step), a time budget of DEMO_MINUTES on 2 CPU cores.
 DEMO_RECIPE: dict = {"preset": "tiny", "epochs": 200, "batch_size": 8, "synthetic_lesions": 0.8,
-                     "synthetic_styles": ["A", "C", "R"], "ema_decay": 0.99, "seed": 0, "num_workers": 1}
+                     "synthetic_styles": ["A", "C", "R"], "ema_decay": 0.99, "seed": 0, "num_workers": 1,
+                     "intensity": "foreground"}
 DEMO_MINUTES = 9.0
 
 

@@ -413,7 +413,7 @@ def normalize_intensity(volume: np.ndarray, lower: float = 0.5, upper: float = 9
     if method == "foreground":
         from skimage.filters import threshold_otsu
 
-        foreground = volume[volume > threshold_otsu(volume)]
+        foreground = volume[volume > threshold_otsu(volume.ravel())]
         median = float(np.median(foreground)) if foreground.size else hi
         if median <= lo:
             return np.zeros_like(volume)

@@ -75,7 +75,7 @@ class TrainOptions:
     synthetic_lesions: float = 0.0
     synthetic_styles: list[str] = field(default_factory=lambda: ["A", "C"])
     augment: str = "paper"
-    intensity: str = "percentile"
+    intensity: str = "foreground"
     lr_schedule: str | None = None
     ema_decay: float | None = None
     fp_weight: float | None = None
