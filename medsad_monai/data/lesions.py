@@ -52,15 +52,31 @@ def estimate_tissue(image: np.ndarray, brain_mask: np.ndarray) -> dict[str, floa
     return {"gm": float(gm), "wm": float(max(wm, gm + 1e-3))}
 
 
-def estimate_brain_mask(image: np.ndarray, threshold: float = 0.05) -> np.ndarray:
-    """Foreground mask of a skull-stripped image: ``image > threshold``, holes filled,
-    largest connected component kept. Returns uint8."""
-    mask = ndimage.binary_fill_holes(image > threshold)
+def _largest_component(mask: np.ndarray) -> np.ndarray:
     labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = np.bincount(labels.ravel())[1:]
-        mask = labels == (int(np.argmax(sizes)) + 1)
-    return mask.astype(np.uint8)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == (int(np.argmax(sizes)) + 1)
+
+
+def estimate_brain_mask(image: np.ndarray, threshold: float = 0.05) -> np.ndarray:
+    """Where lesions may be painted on a T1-like slice: the brain, also when the slice keeps
+    skull and scalp.
+
+    The head is ``image > threshold`` (holes filled, largest component). Inside it, tissue
+    brighter than 0.6 × the head's median, opened to cut the thin bridges between brain and
+    scalp, largest component, closed and holes filled: on a head with its skull, the dark skull
+    separates the brain from the scalp, orbits and face; on a skull-stripped slice it is the
+    brain itself. Returns uint8.
+    """
+    head = _largest_component(ndimage.binary_fill_holes(image > threshold))
+    if head.sum() < 64:
+        return head.astype(np.uint8)
+    tissue = image > 0.6 * float(np.median(image[head]))
+    inner = _largest_component(ndimage.binary_opening(tissue & head, structure=np.ones((3, 3)), iterations=2))
+    inner = ndimage.binary_fill_holes(ndimage.binary_closing(inner, structure=np.ones((3, 3)), iterations=3))
+    return (inner & head).astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=256)

@@ -175,6 +175,30 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(fh))
 
 
+def _tensorboard(out: Path, start_epoch: int):
+    """A TensorBoard writer on the run folder (``tensorboard --logdir runs/``); on resume, events
+    of epochs after the resumed one are dropped (``purge_step``)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(out), purge_step=start_epoch if start_epoch > 1 else None)
+
+
+def _log_scalars(board, row: dict[str, Any], lr: float) -> None:
+    """One epoch's ``metrics.csv`` row as TensorBoard scalars (``train/*``, ``val/*``, ``lr``)."""
+    if board is None:
+        return
+    epoch = int(row["epoch"])
+    for key, value in row.items():
+        if key in ("epoch", "seconds") or value in ("", None):
+            continue
+        value = float(value)
+        if math.isfinite(value):
+            board.add_scalar(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key, value, epoch)
+    board.add_scalar("lr", lr, epoch)
+    board.add_scalar("seconds_per_epoch", float(row["seconds"]), epoch)
+    board.flush()
+
+
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as fh:
@@ -283,6 +307,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
         best, best_epoch = float(extra["best_selection"]), int(extra["best_epoch"])
         rows = [r for r in rows if int(r["epoch"]) < start_epoch]
         logger.info("resuming after epoch %d (best val epoch %d)", start_epoch - 1, best_epoch)
+    board = _tensorboard(out, start_epoch) if ctx.is_main else None
     started = time.monotonic()
     deadline = started + opts.max_minutes * 60 if opts.max_minutes else math.inf
     schedule = cfg.get("lr_schedule", "constant")
@@ -358,6 +383,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                     save_checkpoint(selected, out / "best.pt", extra={k: v for k, v in extra.items() if k != "optimizer"},
                                     intensity=opts.intensity)
                 _write_rows(out / "metrics.csv", rows)
+                _log_scalars(board, row, float(optimizer.param_groups[0]["lr"]))
                 _plot_curves(rows, out / "curves.png")
                 left = deadline - time.monotonic()
                 budget = f", {max(left, 0.0) / 60:.1f} min of the budget left" if math.isfinite(left) else ""
@@ -368,6 +394,8 @@ def train(opts: TrainOptions) -> dict[str, Any]:
             if stop_reason != "epochs":
                 logger.info("stopping after epoch %d: %s reached", epoch, stop_reason)
                 break
+    if board is not None:
+        board.close()
     calibration = None
     if ctx.is_main and (out / "best.pt").exists():
         calibration = calibrate_run(out / "best.pt", split.select(samples, "val"), opts.slice_axis, ctx.device,
