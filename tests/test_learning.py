@@ -12,8 +12,8 @@ Asserted on the new subjects of the training anatomy: the held-out lesion Dice f
 ``DICE_BOUND``, the slice balanced-accuracy floor ``BALANCED_BOUND`` at the calibrated operating
 point and the volume AUROC floor ``VOLUME_AUROC_BOUND``; on the unseen anatomy, the Dice floor
 ``UNSEEN_DICE_BOUND`` and the slice AUROC floor ``UNSEEN_AUROC_BOUND``. The floors sit well below
-quiet runs of the same recipe (10-minute runs, seed 0: seen-anatomy Dice 0.69-0.72, balanced
-accuracy 0.88, volume AUROC 0.80; unseen-anatomy Dice 0.45-0.47, slice AUROC 0.79-0.81; the
+quiet runs of the same recipe (10-minute runs, seed 0: seen-anatomy Dice 0.69-0.74, balanced
+accuracy 0.86-0.88, volume AUROC 0.80; unseen-anatomy Dice 0.45-0.47, slice AUROC 0.79-0.82; the
 operating point fitted on 3 validation volumes moves between runs); a broken loss,
 augmentation, normalisation, split, selection or calibration gives Dice near 0 and balanced
 accuracy near 0.5, and training on one anatomy source gave unseen-anatomy Dice 0.006-0.13.
