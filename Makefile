@@ -16,7 +16,7 @@ $(STAMP): Makefile requirements/core.txt requirements/server.txt requirements/mo
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/monailabel.txt -r requirements/sample-nodeps.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@# sample-data generator only: subject S1 lives in pycortex's source distribution (read, never built)
-	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: pycortex==1.4.0 -d $(VENV)/share/medsad-sample
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --no-binary pycortex pycortex==1.4.0 -d $(VENV)/share/medsad-sample
 	@touch $(STAMP)
 
 test: venv

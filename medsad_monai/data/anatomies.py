@@ -9,7 +9,7 @@ from a dataset host):
 - ``pycortex_s1``: subject S1 of pycortex 1.4.0 (BSD-2-Clause), a real 1 mm T1 head scan
   (FreeSurfer-conformed 256³, skull, scalp and neck kept) in the subject's own scanner space,
   read from the pycortex *source distribution* (``filestore/db/S1/anatomicals/raw.nii.gz``;
-  ``make venv`` runs ``pip download --no-deps --no-binary :all: pycortex==1.4.0`` into
+  ``make venv`` runs ``pip download --no-deps --no-binary pycortex pycortex==1.4.0`` into
   ``.venv/share/medsad-sample``), block-averaged to 2 mm and cropped to the head.
 
 Each source gives ``(T1 in [0, 1], brain mask, GM probability, WM probability, affine)``; the
@@ -100,7 +100,7 @@ def pycortex_sdist_path() -> Path:
     path = folder / f"pycortex-{PYCORTEX_VERSION}.tar.gz"
     if not path.is_file():
         raise FileNotFoundError(
-            f"the pycortex_s1 anatomy reads {path}; get it with: pip download --no-deps --no-binary :all: "
+            f"the pycortex_s1 anatomy reads {path}; get it with: pip download --no-deps --no-binary pycortex "
             f"pycortex=={PYCORTEX_VERSION} -d {folder}   (or set MEDSAD_SAMPLE_SOURCES to its folder)")
     return path
 
