@@ -11,6 +11,7 @@ per-epoch training lines among them) reaches the handler.
 from __future__ import annotations
 
 import logging
+import sys
 
 __all__ = ["configure_logging", "ThirdPartyNoise"]
 
@@ -32,6 +33,22 @@ class ThirdPartyNoise(logging.Filter):
         return not any(message.startswith(m) for m in self.MESSAGES)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (as ``logging.lastResort``
+    does), so a replaced or closed stderr (pytest's capture, a notebook) never breaks logging."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(verbose: bool = False) -> logging.Handler:
     """One stderr handler on the root logger at INFO (DEBUG with ``verbose``), with
     :class:`ThirdPartyNoise` on it; replaces a handler an earlier call installed."""
@@ -39,7 +56,7 @@ def configure_logging(verbose: bool = False) -> logging.Handler:
     for handler in list(root.handlers):
         if getattr(handler, "_medsad", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
     handler.addFilter(ThirdPartyNoise())
     handler._medsad = True  # type: ignore[attr-defined]
