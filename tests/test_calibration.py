@@ -194,3 +194,27 @@ def test_active_learning_uncertainty_is_measured_on_calibrated_scores():
     assert uncertainty(at_threshold) == pytest.approx(1.0)  # every slice undecided at its calibrated threshold
     sure = VolumeResult(prob, [0.0, 1.0, 0.0], [False] * 3, 2, op)
     assert uncertainty(sure) < 0.01
+
+
+def test_near_ties_go_to_the_mask_based_score_and_clear_wins_to_the_best():
+    """Validation AUROCs within AUROC_TIE are a tie, broken towards the score read from the lesion
+    mask; a score that ranks clearly better still wins, whatever its place in the preference."""
+    from medsad_monai.engine import calibration
+
+    def table(aurocs):
+        def fake(cases, kind, op):
+            # scores whose AUROC is exactly aurocs[kind]: n positives above a fraction of negatives
+            n = 1000
+            labels = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+            scores = np.r_[np.full(n, 0.5), np.where(np.arange(n) < aurocs[kind] * n, 0.0, 1.0)]
+            return scores, labels
+        return fake
+
+    kinds = ["model", "peak", "lesion_area"]
+    near = {"model": 0.974, "peak": 0.973, "lesion_area": 0.967}  # within 0.01: a tie
+    kind, aurocs = calibration._choose(kinds, table(near), [], None)
+    assert kind == "lesion_area" and aurocs["model"] == pytest.approx(0.974, abs=1e-3)
+    clear = {"model": 0.99, "peak": 0.95, "lesion_area": 0.96}
+    assert calibration._choose(kinds, table(clear), [], None)[0] == "model"
+    volume = {"lesion_volume": 0.80, "max_slice": 0.805}
+    assert calibration._choose(["lesion_volume", "max_slice"], table(volume), [], None)[0] == "lesion_volume"

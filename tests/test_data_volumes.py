@@ -323,3 +323,33 @@ def test_check_data_reports_a_corrupt_image_volume(tmp_path: Path) -> None:
     big.write_bytes(big.read_bytes()[:-40])
     report = check_data(root)
     assert not report.ok and any("case_2_0000.nii.gz" in p for p in report.problems)
+
+
+def test_volume_cache_is_bounded_by_bytes_and_rereads_a_changed_file(tmp_path: Path) -> None:
+    """More volumes than any count bound stay cached while they fit; a label saved again is
+    read again (the MONAI Label app trains on labels users resubmit); the byte bound evicts."""
+    import os
+    import time
+
+    from medsad_monai.engine import datasets
+
+    paths = []
+    for i in range(12):
+        p = tmp_path / f"label_{i}.nii.gz"
+        nib.save(nib.Nifti1Image(np.full((8, 8, 4), i % 2, np.uint8), np.eye(4)), str(p))
+        paths.append(str(p))
+    cache = datasets._ArrayCache(max_bytes=12 * 8 * 8 * 4)
+    old = datasets._CACHE
+    datasets._CACHE = cache
+    try:
+        for _ in range(2):
+            for p in paths:
+                datasets._label_volume(p)
+        assert (cache.misses, cache.hits) == (12, 12)
+        nib.save(nib.Nifti1Image(np.ones((8, 8, 4), np.uint8), np.eye(4)), paths[0])
+        os.utime(paths[0], ns=(time.time_ns(), time.time_ns() + 10**9))
+        assert datasets._label_volume(paths[0]).all()
+        assert cache.misses == 13
+        assert cache._bytes <= cache.max_bytes  # the stale entry was evicted, not kept beside the new one
+    finally:
+        datasets._CACHE = old

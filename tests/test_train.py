@@ -204,3 +204,30 @@ def test_bad_recipe_options_are_refused_before_training(tiny_volumes, tmp_path, 
     with pytest.raises(ValueError, match=match):
         train(_opts(tiny_volumes, tmp_path / "run", **kw))
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_validation_draws_from_every_anatomy_source():
+    """Stratified by lesion status, then round-robin over the ``anatomy`` of each case: with two
+    sources the two lesion volumes of validation come from both, for every seed; without
+    sources the split is the plain lesion-stratified one."""
+    from pathlib import Path
+
+    from medsad_monai.data.layouts import Sample
+    from medsad_monai.engine.datasets import make_split
+
+    def sample(case: str, label: int) -> Sample:
+        return Sample(Path(f"{case}.nii.gz"), (), label, case, None, 0)
+
+    lesion = [f"a{i}" for i in range(8)] + ["b0", "b1", "b2"]
+    normal = ["a8", "a9", "b3"]
+    samples = [sample(c, 1) for c in lesion] + [sample(c, 0) for c in normal]
+    sources = {c: c[0] for c in lesion + normal}
+    for seed in range(6):
+        split = make_split(samples, 0.2, seed, sources=sources)
+        val_lesion = [g for g in split.val_groups if g in lesion]
+        assert len(val_lesion) == 2 and {g[0] for g in val_lesion} == {"a", "b"}, (seed, split.val_groups)
+        assert len([g for g in split.val_groups if g in normal]) == 1
+        assert not set(split.train_groups) & set(split.val_groups)
+        assert set(split.train_groups) | set(split.val_groups) == set(lesion + normal)
+    plain = [make_split(samples, 0.2, seed).val_groups for seed in range(6)]
+    assert any({g[0] for g in v if g in lesion} == {"a"} for v in plain)  # what stratifying prevents

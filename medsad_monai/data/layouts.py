@@ -18,6 +18,7 @@ Layouts:
 from __future__ import annotations
 
 __all__ = [
+    "case_tags",
     "LAYOUTS",
     "IMAGE_SUFFIXES",
     "Sample",
@@ -28,7 +29,9 @@ __all__ = [
     "load_mask_2d",
 ]
 
+import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -413,3 +416,21 @@ def load_mask_2d(paths: Sequence[str | Path], shape: tuple[int, int]) -> np.ndar
                              f"{merged.shape[::-1]}; masks must match their image pixel for pixel")
         merged |= mask
     return merged.astype(np.uint8)
+
+
+def case_tags(data: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """Per-case tags of a volumes layout, from its ``dataset.json`` (the ``medsad.cases`` entries
+    of ``medsad make-sample-data``: ``style``, ``anatomy``, ``source``); ``{}`` without them.
+
+    Evaluation reports figures per tag; training draws validation volumes from every
+    ``anatomy``.
+    """
+    meta = Path(data) / "dataset.json"
+    if not meta.is_file():
+        return {}
+    try:
+        cases = json.loads(meta.read_text()).get("medsad", {}).get("cases", [])
+    except (ValueError, AttributeError):
+        return {}
+    keys = ("anatomy", "style", "source")
+    return {c["case"]: {k: str(c[k]) for k in keys if k in c} for c in cases if isinstance(c, dict) and "case" in c}

@@ -398,7 +398,7 @@ def normalize_intensity(volume: np.ndarray, lower: float = 0.5, upper: float = 9
     - ``foreground``: the ``lower`` percentile (background) goes to 0 and the median of the
       foreground — voxels above the Otsu threshold (scikit-image) — to
       :data:`FOREGROUND_MEDIAN`; clipped to ``[0, 1]``. Invariant to a scanner's gain and offset
-      and much less sensitive to skull and scalp (docs/decisions.md: the measurement).
+      and much less sensitive to skull and scalp (docs/data.md: the measurement).
 
     A constant volume maps to zeros.
     """

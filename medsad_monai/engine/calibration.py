@@ -9,7 +9,9 @@ The validation volumes (or images) run through the one inference path
 2. **Slice score** — with that mask, each candidate slice score (``slice_score="auto"``: all of
    :data:`~medsad_monai.engine.decision.SLICE_SCORES`; otherwise the one named) is ranked by its
    slice AUROC on the validation slices (background slices left out, as at inference); the best
-   wins, then ``slice_threshold`` maximises the slice balanced accuracy.
+   wins — scores within :data:`AUROC_TIE` of it are tied and the mask-based ``lesion_area``
+   goes first, the model's own (often saturated) score last (:data:`PREFERENCE`) — then
+   ``slice_threshold`` maximises the slice balanced accuracy.
 3. **Volume score** — the same on validation volumes: the best-ranking volume score, then the
    threshold of best balanced accuracy, placed in the middle of the widest gap between the
    classes. Without both lesion-free and lesion volumes in validation, a volume is called
@@ -185,13 +187,25 @@ def _volume_table(cases: Sequence[CaseOutput], kind: str, op: OperatingPoint) ->
     return np.asarray(scores), np.asarray(labels, bool)
 
 
+#: Slice / volume scores in order of preference when validation cannot tell them apart: the
+#: scores read from the post-processed lesion mask first (a flagged slice then shows its lesion,
+#: and their thresholds sit on a count, not on the saturated top of a probability), the model's
+#: own image score last.
+PREFERENCE: tuple[str, ...] = ("lesion_area", "peak", "model", "lesion_volume", "max_slice")
+#: Validation AUROCs closer than this are a tie: on a few validation volumes it is one or two slices.
+AUROC_TIE = 0.01
+
+
 def _choose(candidates: Sequence[str], table, cases, op) -> tuple[str, dict[str, float | None]]:
-    """The candidate of best AUROC (ties: the first listed)."""
+    """The candidate of best validation AUROC; candidates within :data:`AUROC_TIE` of the best
+    are tied and the first in :data:`PREFERENCE` wins."""
     aurocs = {k: auroc(*table(cases, k, op)) for k in candidates}
     ranked = [k for k in candidates if aurocs[k] is not None]
     if not ranked:
         return candidates[0], aurocs
-    return max(ranked, key=lambda k: (aurocs[k], -candidates.index(k))), aurocs
+    best = max(aurocs[k] for k in ranked)
+    tied = [k for k in ranked if aurocs[k] >= best - AUROC_TIE]
+    return min(tied, key=lambda k: PREFERENCE.index(k) if k in PREFERENCE else len(PREFERENCE)), aurocs
 
 
 def _r(x: float | None) -> float | None:
@@ -247,9 +261,11 @@ def fit_operating_point(
         objective={
             "map": "pooled Dice of all validation voxels (lesion-free volumes included) over map_threshold "
                    f"{list(thresholds)} x min_lesion_voxels {list(sizes)}",
-            "slice": f"slice score of best validation slice AUROC among {candidates}; threshold of best slice "
+            "slice": f"slice score of best validation slice AUROC among {candidates} (within {AUROC_TIE} a tie, "
+                     f"broken in the order {[k for k in PREFERENCE if k in candidates]}); threshold of best slice "
                      "balanced accuracy",
-            "volume": f"volume score of best validation volume AUROC among {list(VOLUME_SCORES)}; {volume_note}",
+            "volume": f"volume score of best validation volume AUROC among {list(VOLUME_SCORES)} (within {AUROC_TIE} a "
+                      f"tie, broken in the order {[k for k in PREFERENCE if k in VOLUME_SCORES]}); {volume_note}",
         },
         validation={
             "cases": [c.name for c in cases],

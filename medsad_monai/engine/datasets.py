@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,8 +65,14 @@ class Split:
         return [s for s in samples if s.group in groups]
 
 
-def make_split(samples: Sequence[Sample], val_fraction: float, seed: int) -> Split:
+def make_split(samples: Sequence[Sample], val_fraction: float, seed: int,
+               sources: dict[str, str] | None = None) -> Split:
     """Split by group (volume / patient / image stem), stratified by whether a group has lesions.
+
+    Within each stratum the validation groups are drawn in turn from each ``sources`` value
+    (e.g. the anatomy source or site of every group, from ``dataset.json``), so validation
+    holds more than one source whenever it can: an operating point fitted on validation then
+    sees every kind of scan it will be used on, not only the most common one.
 
     Raises:
         ValueError: fewer than two groups, or a fraction outside (0, 1).
@@ -78,29 +84,87 @@ def make_split(samples: Sequence[Sample], val_fraction: float, seed: int) -> Spl
     if len(groups) < 2:
         raise ValueError(f"need at least 2 groups (volumes/images) to split, found {len(groups)}")
     rng = np.random.default_rng(seed)
+    source_of = {g: (sources or {}).get(g, "") for g in groups}
     train, val = [], []
     for stratum in (sorted(g for g in groups if g in abnormal), sorted(g for g in groups if g not in abnormal)):
         order = [stratum[i] for i in rng.permutation(len(stratum))]
         n_val = int(round(len(order) * val_fraction))
         if stratum and n_val == 0 and len(order) > 1:
             n_val = 1
-        val += order[:n_val]
-        train += order[n_val:]
+        queues: dict[str, list[str]] = {}
+        for g in order:  # sources in order of first appearance (seeded), groups in seeded order
+            queues.setdefault(source_of[g], []).append(g)
+        picked: list[str] = []
+        while len(picked) < n_val:
+            for queue in queues.values():
+                if queue and len(picked) < n_val:
+                    picked.append(queue.pop(0))
+        val += picked
+        train += [g for g in order if g not in picked]
     if not train or not val:
         raise ValueError(f"split left an empty side (train {len(train)}, val {len(val)} groups)")
     return Split(seed, val_fraction, sorted(train), sorted(val))
 
 
-@functools.lru_cache(maxsize=8)
+#: Memory the decoded training volumes may hold (the sample data's 14 volumes take ~110 MB).
+VOLUME_CACHE_BYTES = int(os.environ.get("MEDSAD_VOLUME_CACHE_MB", "2048")) * 2**20
+
+
+class _ArrayCache:
+    """Least-recently-used cache of decoded volumes, bounded by bytes rather than by count.
+
+    A count bound thrashes as soon as a training set has more volumes than the bound: with
+    shuffled slices nearly every miss decodes (and normalises) a whole volume again for one
+    slice. Volumes larger than the bound are returned without being kept.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple, make: Callable[[], np.ndarray]) -> np.ndarray:
+        if key in self._items:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
+        self.misses += 1
+        value = make()
+        if value.nbytes <= self.max_bytes:
+            self._items[key] = value
+            self._bytes += value.nbytes
+            while self._bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
+
+def _file_key(path: str) -> tuple:
+    """The path with its modification time and size: a label saved again is read again."""
+    st = os.stat(path)
+    return path, st.st_mtime_ns, st.st_size
+
+
+_CACHE = _ArrayCache(VOLUME_CACHE_BYTES)
+
+
 def _volume(path: str, intensity: str = "percentile") -> np.ndarray:
-    array, _ = load_volume(path)
-    return normalize_intensity(array, method=intensity)
+    def make() -> np.ndarray:
+        return normalize_intensity(load_volume(path)[0], method=intensity)
+
+    return _CACHE.get(("image", *_file_key(path), intensity), make)
 
 
-@functools.lru_cache(maxsize=8)
 def _label_volume(path: str) -> np.ndarray:
-    array, _ = load_volume(path)
-    return (np.asarray(array) > 0).astype(np.uint8)
+    def make() -> np.ndarray:
+        return (np.asarray(load_volume(path)[0]) > 0).astype(np.uint8)
+
+    return _CACHE.get(("label", *_file_key(path)), make)
 
 
 def load_sample(sample: Sample, slice_axis: int = 2, intensity: str = "percentile") -> tuple[np.ndarray, np.ndarray]:

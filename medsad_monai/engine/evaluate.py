@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 import medsad_monai
-from medsad_monai.data.layouts import read_layout
+from medsad_monai.data.layouts import case_tags, read_layout
 from medsad_monai.engine.calibration import CaseOutput, iter_cases
 from medsad_monai.engine.datasets import Split
 from medsad_monai.engine.decision import OperatingPoint
@@ -41,20 +41,6 @@ def select_split(ckpt: str | os.PathLike, data: str, split: str, layout: str | N
         index = read_layout(data, layout, slice_axis=slice_axis)
         return index.samples, index.layout
     raise ValueError(f"--split must be test, val or all, got {split!r}")
-
-
-def case_tags(data: str | os.PathLike) -> dict[str, dict[str, str]]:
-    """Per-case tags for per-group figures, from a volumes layout's ``dataset.json`` (the
-    ``medsad.cases`` entries of ``medsad make-sample-data``: ``style``, ``anatomy``, ``source``)."""
-    meta = Path(data) / "dataset.json"
-    if not meta.is_file():
-        return {}
-    try:
-        cases = json.loads(meta.read_text()).get("medsad", {}).get("cases", [])
-    except (ValueError, AttributeError):
-        return {}
-    keys = ("anatomy", "style", "source")
-    return {c["case"]: {k: str(c[k]) for k in keys if k in c} for c in cases if isinstance(c, dict) and "case" in c}
 
 
 class _Group:

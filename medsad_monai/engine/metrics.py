@@ -2,7 +2,7 @@
 
 Per 2D image (a slice) a model gives a lesion probability map ``prob`` (H, W) in [0, 1] and an
 image anomaly score in [0, 1]. :class:`MetricAccumulator` streams batches of those against the
-ground truth and reports (DESIGN §3):
+ground truth and reports (docs/decisions.md, "What the report says"):
 
 - ``dice``: mean per-image Dice at ``threshold`` over the abnormal images (label 1) whose mask
   has lesion pixels, computed with :func:`monai.metrics.compute_dice`;
@@ -10,7 +10,7 @@ ground truth and reports (DESIGN §3):
   false positives count);
 - ``accuracy``, ``balanced_accuracy``, ``sensitivity``, ``specificity`` of ``score >= threshold``
   against the image label, and ``baseline_accuracy``: the accuracy of always predicting the
-  majority class (DESIGN §7: slice accuracy means little without it);
+  majority class (slice accuracy means little without it; docs/maintainers.md);
 - ``image_auroc``: :func:`monai.metrics.compute_roc_auc` of score against label;
 - ``pixel_auroc``: streamed from per-class histograms of the pixel probabilities (see
   :func:`auroc_from_histograms`); no pixel is kept after :meth:`MetricAccumulator.update`;
@@ -20,7 +20,7 @@ Conventions (decided here, used everywhere):
 
 - A pixel or an image is predicted positive when its value is ``>= threshold``.
 - An undefined metric is ``None`` (JSON ``null``), never 0 and never NaN, and ``reasons[name]``
-  says why in a sentence. DESIGN §3 speaks of NaN; ``None`` is its JSON-safe spelling.
+  says why in a sentence (``None`` is the JSON-safe spelling of NaN).
 - :func:`dice_score` of two empty masks is 1.0 (perfect agreement), of an empty ground truth
   with a non-empty prediction 0.0. The ``dice`` metric never meets that case: it averages over
   abnormal images with a non-empty mask only; abnormal images with an empty mask are counted in
@@ -211,7 +211,8 @@ class MetricAccumulator:
     histograms.
 
     Args:
-        threshold: the operating point for Dice and accuracy (DESIGN: 0.5).
+        threshold: the operating point for Dice and accuracy (default 0.5; ``medsad evaluate`` passes the
+            checkpoint's calibrated one, docs/decisions.md).
         sweep: further thresholds for ``threshold_sweep``.
         pixel_bins: number of equal-width bins over [0, 1] for the streamed pixel AUROC.
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from medsad_monai.checkpoint import read_checkpoint, save_checkpoint
 from medsad_monai.configs import load_preset
-from medsad_monai.data.layouts import read_layout
+from medsad_monai.data.layouts import case_tags, read_layout
 from medsad_monai.data.lesions import RANDOM_LOOK, STYLES
 from medsad_monai.data.volumes import INTENSITY_METHODS
 from medsad_monai.engine import distributed as dist_utils
@@ -257,7 +257,11 @@ def train(opts: TrainOptions) -> dict[str, Any]:
 
     samples, layout = training_pool(opts.data, opts.layout, opts.slice_axis)
     split_path = out / "split.json"
-    split = Split.from_json(split_path) if opts.resume and split_path.exists() else make_split(samples, opts.val_fraction, opts.seed)
+    sources = {case: tags["anatomy"] for case, tags in case_tags(opts.data).items() if "anatomy" in tags}
+    if opts.resume and split_path.exists():
+        split = Split.from_json(split_path)
+    else:
+        split = make_split(samples, opts.val_fraction, opts.seed, sources=sources)
     train_samples = drop_background(split.select(samples, "train"), opts.slice_axis, opts.intensity)
     val_samples = drop_background(split.select(samples, "val"), opts.slice_axis, opts.intensity)
 
@@ -271,7 +275,8 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     lr = float(cfg["lr"]) if opts.lr is None else opts.lr
     if ctx.is_main:
         split.to_json(split_path, layout=layout, data=str(data_path), slice_axis=opts.slice_axis,
-                      n_train_samples=len(train_samples), n_val_samples=len(val_samples))
+                      n_train_samples=len(train_samples), n_val_samples=len(val_samples),
+                      stratified_by=["lesion"] + (["anatomy"] if sources else []))
         (out / "config.json").write_text(json.dumps(
             {"model": opts.model, "config": cfg, "options": dataclasses.asdict(opts)}, indent=2))
     logger.info("train %d slices / val %d slices (%d / %d groups), image size %d, %d epochs, batch %d, lr %g",

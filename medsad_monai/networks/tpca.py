@@ -19,7 +19,7 @@ class TokenPatchCrossAttention(nn.Module):
     uniform map is 1, independent of the grid size), padding tokens are zeroed, and the result is
     concatenated with the patch features (the residual) and reshaped to the patch grid.
 
-    The shared design also lists a value projection ``W_v``; in this head-averaged-map form the
+    The paper's TPCA has a value projection ``W_v``; in this head-averaged-map form the
     attention *values* are never read, so a ``W_v`` would be a parameter without gradient and is
     left out deliberately.
 

@@ -24,8 +24,8 @@ panel plots ``result.slice_scores`` with matplotlib. PIL puts the two panels and
 
 Run from the repository (CPU only; nothing is downloaded)::
 
-    .venv/bin/python docs/make_slicer_screenshot.py
-    .venv/bin/python docs/make_slicer_screenshot.py --slice largest --out /tmp/shot.png
+    .venv/bin/python tools/make_slicer_screenshot.py
+    .venv/bin/python tools/make_slicer_screenshot.py --slice largest --out /tmp/shot.png
 """
 
 from __future__ import annotations
