@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from medsad_monai.atomic import atomic_write
 from medsad_monai.config import MedSADConfig
 from medsad_monai.data.volumes import INTENSITY_METHODS
 from medsad_monai.engine.decision import OperatingPoint
@@ -38,19 +38,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
     A crash mid-write leaves the previous file intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def _saved_backbone_prefix(config: MedSADConfig) -> str | None:

@@ -231,3 +231,18 @@ def test_validation_draws_from_every_anatomy_source():
         assert set(split.train_groups) | set(split.val_groups) == set(lesion + normal)
     plain = [make_split(samples, 0.2, seed).val_groups for seed in range(6)]
     assert any({g[0] for g in v if g in lesion} == {"a"} for v in plain)  # what stratifying prevents
+
+
+def test_train_takes_samples_instead_of_a_folder(tiny_volumes, tmp_path):
+    """What the MONAI Label trainer uses: a list of samples, no folder of links; the test split is refused."""
+    from medsad_monai.data.layouts import read_layout
+
+    index = read_layout(str(tiny_volumes))
+    chosen = [s for s in index.samples if s.split != "test" and s.group in {"case_000", "case_001", "case_002", "case_003"}]
+    run = tmp_path / "run"
+    summary = train(_opts("datastore:final labels", run, epochs=1), samples=chosen)
+    split = json.loads((run / "split.json").read_text())
+    assert set(split["train_groups"]) | set(split["val_groups"]) == {"case_000", "case_001", "case_002", "case_003"}
+    assert split["data"].endswith("datastore:final labels") and summary["last_epoch"] == 1
+    with pytest.raises(ValueError, match="test-split"):
+        train(_opts("x", tmp_path / "run2", epochs=1), samples=chosen + read_layout(str(tiny_volumes), split="test").samples)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from medsad_monai.data.check import CheckReport, SplitCounts, check_data
+from medsad_monai.data.images import IMAGE_SUFFIXES, load_image_2d, load_mask_2d
 from medsad_monai.data.layouts import (
-    IMAGE_SUFFIXES,
     LAYOUTS,
     DatasetIndex,
     Sample,
+    case_tags,
     detect_layout,
-    load_image_2d,
-    load_mask_2d,
     read_layout,
 )
 from medsad_monai.data.volumes import (
@@ -36,6 +35,7 @@ __all__ = [
     "Sample",
     "SplitCounts",
     "VOLUME_SUFFIXES",
+    "case_tags",
     "check_data",
     "check_label_matches",
     "detect_layout",

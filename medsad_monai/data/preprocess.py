@@ -15,7 +15,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Resize, SpatialPad
 
-__all__ = ["SliceGeometry", "prepare_slice", "prepare_mask", "restore_slice"]
+__all__ = ["SliceGeometry", "is_background", "prepare_slice", "prepare_mask", "restore_slice"]
 
 
 @dataclass(frozen=True)
@@ -82,3 +82,9 @@ def restore_slice(output: torch.Tensor, geometry: SliceGeometry) -> torch.Tensor
     top, left = geometry.pad_top, geometry.pad_left
     x = x[:, top : top + geometry.height, left : left + geometry.width]
     return x[0] if squeeze else x
+
+
+def is_background(slice2d: np.ndarray, level: float = 0.02, min_fraction: float = 0.01) -> bool:
+    """True when fewer than ``min_fraction`` of the pixels exceed ``level`` (normalised [0, 1]):
+    a slice without anatomy, skipped by training, validation and inference alike."""
+    return float((np.asarray(slice2d) > level).mean()) < min_fraction

@@ -196,10 +196,10 @@ def make_sample_data(
                       tuple(second_anatomy))
     children = np.random.SeedSequence(seed).spawn(len(plan) + 1)
     cases, entries = [], {"train": [], "test": []}
-    for index, ((split, style, anatomy), child) in enumerate(zip(plan, children)):
+    for index, ((split, style, source), child) in enumerate(zip(plan, children)):
         name = f"case_{index:03d}"
         subject_rng, lesion_rng = (np.random.default_rng(s) for s in child.spawn(2))
-        vol, brain, affine, tissue = _subject(subject_rng, resolution_mm, anatomy)
+        vol, brain, affine, tissue = _subject(subject_rng, resolution_mm, source)
         label = np.zeros(vol.shape, dtype=np.uint8)
         if style != "none":
             vol, label = paint_lesions(vol, brain, lesion_rng, style=style, max_lesions=max_lesions, tissue=tissue)
@@ -209,7 +209,7 @@ def make_sample_data(
         _save_nifti(label, affine, out / "volumes" / f"labels{sub}" / f"{name}.nii.gz")
         entries[split].append({"image": f"./images{sub}/{name}.nii.gz", "label": f"./labels{sub}/{name}.nii.gz"})
         n_lesions = int(ndimage.label(label)[1])
-        cases.append({"case": name, "split": split, "style": style, "anatomy": anatomy,
+        cases.append({"case": name, "split": split, "style": style, "anatomy": source,
                       "lesion_voxels": int(label.sum()),
                       "lesion_components": n_lesions, "image": image, "label": label})
     counts = export_bmad(cases, out / "bmad", np.random.default_rng(children[-1]),

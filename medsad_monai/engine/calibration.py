@@ -37,7 +37,8 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from medsad_monai.data.layouts import Sample, load_image_2d, load_mask_2d
+from medsad_monai.data.images import load_image_2d, load_mask_2d
+from medsad_monai.data.layouts import Sample
 from medsad_monai.data.volumes import load_volume
 from medsad_monai.engine.decision import (
     SLICE_SCORES,

@@ -28,11 +28,11 @@ from monai.transforms import (
     RandSimulateLowResolutiond,
 )
 
-from medsad_monai.data.layouts import Sample, load_image_2d, load_mask_2d
+from medsad_monai.data.images import load_image_2d, load_mask_2d
+from medsad_monai.data.layouts import Sample
 from medsad_monai.data.lesions import estimate_brain_mask, paint_lesions
-from medsad_monai.data.preprocess import prepare_mask, prepare_slice
+from medsad_monai.data.preprocess import is_background, prepare_mask, prepare_slice
 from medsad_monai.data.volumes import INTENSITY_METHODS, load_volume, normalize_intensity, take_slice
-from medsad_monai.engine.inference import is_background
 
 AUGMENTS: tuple[str, ...] = ("paper", "intensity", "strong")
 

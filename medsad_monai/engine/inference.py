@@ -26,8 +26,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from medsad_monai.data.layouts import IMAGE_SUFFIXES, load_image_2d
-from medsad_monai.data.preprocess import prepare_slice, restore_slice
+from medsad_monai.atomic import atomic_write_text
+from medsad_monai.data.images import IMAGE_SUFFIXES, load_image_2d
+from medsad_monai.data.preprocess import is_background, prepare_slice, restore_slice
 from medsad_monai.data.volumes import INTENSITY_METHODS, load_volume, normalize_intensity, save_volume_like, volume_suffix
 from medsad_monai.engine.decision import OperatingPoint, lesion_mask, slice_scores, volume_score
 
@@ -50,11 +51,6 @@ CancelFn = Callable[[], bool]
 
 class InferenceCancelled(RuntimeError):
     """Raised when the caller's cancel callback asks to stop."""
-
-
-def is_background(slice2d: np.ndarray, level: float = 0.02, min_fraction: float = 0.01) -> bool:
-    """True when fewer than ``min_fraction`` of the pixels exceed ``level`` (normalised [0, 1])."""
-    return float((np.asarray(slice2d) > level).mean()) < min_fraction
 
 
 @dataclass
@@ -336,9 +332,7 @@ def infer_path(
         result = predict_file(predictor, path, axis=axis, skip_background=skip_background, progress=progress)
         save_mask(result, path, mask_path)
         summary = {"input": str(path), "mask": str(mask_path), "scores": str(scores_path), **result.summary()}
-        tmp = scores_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, scores_path)
+        atomic_write_text(scores_path, json.dumps(summary, indent=2))
         logger.info("%s: volume_score=%.3f%s worst_slice=%d", path.name, summary["volume_score"],
                     " (abnormal)" if summary.get("volume_abnormal") else "", summary["worst_slice"])
         results.append(summary)

@@ -22,13 +22,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medsad_monai.atomic import atomic_write_text
 from medsad_monai.engine.metrics import dice_score
 
 __all__ = ["CaseKeeper", "CaseRecord", "write_report"]
@@ -256,19 +256,6 @@ def _markdown(metrics: dict[str, Any], meta: dict[str, Any], overlays: dict[str,
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # -------------------------------------------------------------------- overlays
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:80] or "case"
@@ -354,6 +341,6 @@ def write_report(
             written[key] = path
 
     json_path, md_path = out / "report.json", out / "report.md"
-    _atomic_write_text(json_path, json.dumps({"meta": meta, "metrics": metrics}, indent=2, allow_nan=False) + "\n")
-    _atomic_write_text(md_path, _markdown(metrics, meta, written))
+    atomic_write_text(json_path, json.dumps({"meta": meta, "metrics": metrics}, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(md_path, _markdown(metrics, meta, written))
     return {"json": json_path, "markdown": md_path, **written}

@@ -15,10 +15,10 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from medsad_monai.atomic import atomic_write
 from medsad_monai.checkpoint import read_checkpoint, save_checkpoint
 from medsad_monai.configs import load_preset
-from medsad_monai.data.layouts import case_tags, read_layout
+from medsad_monai.data.layouts import Sample, case_tags, read_layout
 from medsad_monai.data.lesions import RANDOM_LOOK, STYLES
 from medsad_monai.data.volumes import INTENSITY_METHODS
 from medsad_monai.engine import distributed as dist_utils
@@ -162,10 +163,8 @@ def _plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
         ax2.plot(epochs, col(name), "o-" if "baseline" not in name else "--", label=label)
     ax2.set_ylim(0, 1), ax2.set_xlabel("epoch"), ax2.set_title("validation"), ax2.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=90))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -200,12 +199,12 @@ def _log_scalars(board, row: dict[str, Any], lr: float) -> None:
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
+    def write(fh) -> None:
         writer = csv.DictWriter(fh, CSV_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
+
+    atomic_write(path, write, binary=False, newline="")
 
 
 class _Interrupt:
@@ -244,8 +243,15 @@ def _prepare_run(opts: TrainOptions, out: Path, is_main: bool) -> dict[str, Any]
     return None
 
 
-def train(opts: TrainOptions) -> dict[str, Any]:
-    """Train per ``opts``; returns a summary (best/last epoch and their validation metrics)."""
+def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[str, Any]:
+    """Train per ``opts``; returns a summary (best/last epoch and their validation metrics).
+
+    Args:
+        opts: the options; ``opts.data`` is the data folder, read with its layout.
+        samples: train on these samples instead of reading ``opts.data`` (e.g. the labelled
+            volumes of a MONAI Label datastore); ``opts.data`` then only names the data in the
+            run record (and is never written to). Test-split samples are refused.
+    """
     opts.validate()
     ctx = dist_utils.setup(opts.device)
     out = Path(opts.out)
@@ -255,9 +261,16 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     resume_payload = _prepare_run(opts, out, ctx.is_main)
     set_determinism(seed=opts.seed + ctx.rank)
 
-    samples, layout = training_pool(opts.data, opts.layout, opts.slice_axis)
+    if samples is None:
+        samples, layout = training_pool(opts.data, opts.layout, opts.slice_axis)
+        sources = {case: tags["anatomy"] for case, tags in case_tags(opts.data).items() if "anatomy" in tags}
+    else:
+        samples, layout, sources = list(samples), opts.layout or "samples", {}
+        if not samples:
+            raise ValueError("train(samples=...) was given no samples")
+        if any(s.split == "test" for s in samples):
+            raise ValueError("train(samples=...) was given test-split samples; training never sees the test split")
     split_path = out / "split.json"
-    sources = {case: tags["anatomy"] for case, tags in case_tags(opts.data).items() if "anatomy" in tags}
     if opts.resume and split_path.exists():
         split = Split.from_json(split_path)
     else:
