@@ -1,4 +1,4 @@
-"""The ``medsad`` command: train | evaluate | calibrate | infer | check-data | make-sample-data | demo."""
+"""The ``medsad`` command: train | evaluate | calibrate | infer | export-bundle | check-data | make-sample-data | demo."""
 
 from __future__ import annotations
 
@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_eval_infer(sub)
+    p = sub.add_parser("export-bundle", help="write a checkpoint as a MONAI bundle (configs/metadata.json, "
+                                             "configs/inference.json, models/model.pt, docs/README.md, LICENSE)")
+    p.add_argument("--ckpt", required=True, help="a MedSAD checkpoint (best.pt of a run, calibrated or not)")
+    p.add_argument("--out", required=True, help="bundle folder (new or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the bundle files of an existing non-empty --out (other files are kept)")
     p = sub.add_parser("check-data", help="validate a dataset folder and print counts")
     p.add_argument("data")
     p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
@@ -194,6 +200,17 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     print(json.dumps({"operating_point": op.summary(), "validation": op.validation}, indent=2))
     print(f"calibration stored in {args.out or args.ckpt}")
+    return 0
+
+
+def _export_bundle(args: argparse.Namespace) -> int:
+    from medsad_monai.bundle import BUNDLE_FILES, export_bundle
+
+    out = export_bundle(args.ckpt, args.out, overwrite=args.overwrite)
+    for name in BUNDLE_FILES:
+        print(out / name)
+    print(f"run it: cd {out} && python -m monai.bundle run --config_file configs/inference.json "
+          f"--meta_file configs/metadata.json --input VOLUME_OR_FOLDER --output_dir OUT_DIR")
     return 0
 
 
@@ -277,7 +294,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "train": _train, "evaluate": _evaluate, "calibrate": _calibrate, "infer": _infer, "check-data": _check_data,
+    "train": _train, "evaluate": _evaluate, "calibrate": _calibrate, "infer": _infer, "export-bundle": _export_bundle,
+    "check-data": _check_data,
     "make-sample-data": _make_sample_data, "demo": _demo,
 }
 

@@ -5,8 +5,10 @@
         [--conf preset tiny|full|…] [--conf threshold 0.5 (default: calibrated)] [--conf slice_axis 2]
 
 Laid out like MONAI Label's radiology app: ``lib/configs`` (``--conf`` parsing, task config),
-``lib/infers``, ``lib/trainers``, ``lib/scoring``, ``lib/activelearning``. Every task calls
-``medsad_monai`` (the one model, inference and training path).
+``lib/infers``, ``lib/trainers``, ``lib/scoring``, ``lib/activelearning``; ``lib/serve_config``
+holds the served configuration and the one validator of each request/``--conf`` value,
+``lib/images`` the readers of client files, ``lib/errors`` the error types and their HTTP codes.
+Every task calls ``medsad_monai`` (the one model, inference and training path).
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ class MyApp(MONAILabelApp):
     def init_scoring_methods(self) -> dict[str, Any]:
         return self.task.scoring_method()
 
-    # MONAI Label has no exception handler: answer bad requests with a JSON message instead.
+    # MONAI Label has no exception handler: answer with a JSON message instead (lib/errors.py:
+    # 422 for input errors, 404 unknown image, 503 no model, 500 + traceback in the log otherwise).
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         with as_http_errors(f"infer {request.get('model')!r} on {request.get('image')!r}"):
             return super().infer(request, datastore)

@@ -15,7 +15,6 @@ The demo model is trained on synthetic lesions: not for clinical use.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import sys

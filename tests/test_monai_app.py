@@ -295,3 +295,77 @@ def test_infer_on_an_uploaded_png_returns_a_png_mask_of_its_size(client, tmp_pat
     params = client.post("/infer/medsad?output=json", data={"params": "{}"},
                          files={"file": ("slice.png", picture.read_bytes(), "image/png")}).json()
     assert len(params["slice_scores"]) == 1 and params["label_names"] == {"lesion": 1}
+
+
+def _served_app():
+    from monailabel.interfaces.utils.app import app_instance
+
+    return app_instance()
+
+
+def test_the_reported_checkpoint_sha256_names_the_model_that_made_the_mask_across_a_hot_reload(client, monkeypatch):
+    import os
+    import shutil
+    import sys
+
+    from medsad_monai.checkpoint import write_calibration
+    from medsad_monai.engine.decision import OperatingPoint
+
+    infer_module = sys.modules[type(_served_app()._infers["medsad"]).__module__]
+    old_sha = hashlib.sha256(client.checkpoint.read_bytes()).hexdigest()[:16]
+    new_op = OperatingPoint(map_threshold=0.3, source="calibrate")
+    real_save_mask = infer_module.save_mask
+    published = []
+
+    def save_then_publish(result, *args, **kwargs):
+        """The mask is made; a training run publishes new weights before the result is reported."""
+        out = real_save_mask(result, *args, **kwargs)
+        if not published:
+            staged = client.checkpoint.with_name("staged.pt")
+            shutil.copyfile(client.checkpoint, staged)
+            write_calibration(staged, new_op)
+            os.replace(staged, client.checkpoint)
+            published.append(hashlib.sha256(client.checkpoint.read_bytes()).hexdigest()[:16])
+        return out
+
+    monkeypatch.setattr(infer_module, "save_mask", save_then_publish)
+    res = client.post("/infer/medsad?image=case_001&output=json", data={"params": "{}"})
+    assert res.status_code == 200, res.text
+    first = res.json()
+    assert published and published[0] != old_sha
+    assert first["checkpoint_sha256"] == old_sha  # the model that ran, not the one published meanwhile
+    assert first["operating_point"]["source"] == "default" and first["threshold"] == 0.5
+    second, _ = _infer(client, "case_001")  # the next request runs (and names) the new model
+    assert second["checkpoint_sha256"] == published[0]
+    assert second["operating_point"] == new_op.summary() and second["threshold"] == 0.3
+
+
+@pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory"), ValueError("operands could not be broadcast")])
+def test_an_internal_error_is_a_500_with_a_traceback_in_the_log_and_a_bad_value_a_422(client, monkeypatch, caplog,
+                                                                                    error):
+    import logging
+
+    predictor = _served_app().task.cache.get().predictor
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(predictor, "predict_volume", broken)
+    with caplog.at_level(logging.ERROR):
+        res = client.post("/infer/medsad?image=case_000&output=json", data={"params": "{}"})
+        scoring = client.post("/scoring/medsad_anomaly?run_sync=true")
+    assert res.status_code == 500, res.text
+    detail = res.json()["detail"]
+    assert f"{type(error).__name__}: {error}" in detail and "not a problem with the request" in detail
+    assert scoring.status_code == 500, scoring.text  # not filed under "failed" images either
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[1] is error]
+    assert len(logged) == 2 and all(r.levelno == logging.ERROR for r in logged)
+    for key, value in [("threshold", 1.5), ("slice_threshold", "high"), ("slice_axis", 3), ("skip_background", "maybe")]:
+        bad = client.post("/infer/medsad?image=case_000&output=json", data={"params": json.dumps({key: value})})
+        assert bad.status_code == 422, bad.text
+        assert f"{key} {value!r}" in bad.json()["detail"] or f"{key} {value}" in bad.json()["detail"]
+    bad = client.post("/train/medsad?run_sync=true", json={"max_epochs": 1, "val_split": 1.5})
+    assert bad.status_code == 422 and "val_split 1.5" in bad.json()["detail"]
+    bad = client.post("/scoring/medsad_anomaly?run_sync=true", json={"images": "some"})
+    assert bad.status_code == 422 and "images 'some'" in bad.json()["detail"]
+    assert client.get("/info/").status_code == 200  # still serving

@@ -1,5 +1,6 @@
-"""MedSADLib (the Qt-free part of the Slicer module) and the Segment Editor effect's apply
-step, against the real MRML classes of the ``slicer-core`` wheel (no fakes)."""
+"""MedSADLib (the Qt-free part of the Slicer module) and the Segment Editor effect's Qt-free
+part (its slice geometry and its one write path), against the real MRML classes of the
+``slicer-core`` wheel."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ vtk = pytest.importorskip("vtk")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "MedSADSlicer" / "MedSAD"), str(ROOT / "MedSADSlicer" / "SegmentEditorMedSAD")]
 
-from MedSADLib import LocalBackend, MedSADError, MedSADLogic, ServerBackend  # noqa: E402
-from MedSADLib import nodes  # noqa: E402
-from SegmentEditorMedSADLib.apply import apply_result_to_segment  # noqa: E402
+from MedSADLib import (LocalBackend, MedSADError, MedSADLogic, MedSADParameters, MedSADResult,  # noqa: E402
+                       ServerBackend, describe_decision, make_backend)
+from MedSADLib import backends, nodes  # noqa: E402
+from SegmentEditorMedSADLib.apply import (EffectTarget, LogicTarget, apply_result_to_segment,  # noqa: E402
+                                          write_mask)
+from SegmentEditorMedSADLib.geometry import current_slice, slice_axis_index  # noqa: E402
 
 SHAPE_KJI = (10, 40, 48)
 
@@ -236,6 +240,12 @@ def test_remote_backend_against_a_real_monai_label_server(scene, app_studies, ti
         np.testing.assert_allclose(remote.slice_scores, local.slice_scores, atol=1e-5)
         np.testing.assert_array_equal(remote.mask, local.mask)
         assert remote.backend == "server" and remote.info["label_names"] == {"lesion": 1}
+        # the same call, the same decision: the operating point and where it came from
+        assert remote.source == local.source == "default+override"
+        assert (remote.volume_abnormal, remote.volume_threshold) == (local.volume_abnormal, local.volume_threshold)
+        calibrated = logic.run(volume, ServerBackend(url))
+        assert calibrated.source == "default" and calibrated.threshold == calibrated.calibrated_threshold == 0.5
+        assert not calibrated.can_rethreshold and "not calibrated" in describe_decision(calibrated)
         outputs = logic.create_outputs(volume, remote)
         np.testing.assert_array_equal(nodes.segment_array(scene, outputs.segmentation, volume), remote.mask)
         before = _ids(scene)
@@ -248,12 +258,19 @@ def test_remote_backend_against_a_real_monai_label_server(scene, app_studies, ti
     json.dumps(remote.info)
 
 
-def _editor(scene, volume, intensity_range=None):
+# --------------------------------------------------------------------------- the effect's write path
+
+def _editor(scene, volume, intensity_range=None, geometry_volume=None):
+    """A Segment Editor over ``volume`` (the segmentation's geometry from ``geometry_volume``,
+    default the volume) with segments Lesion (selected), Region and Other."""
     logic = slicer.vtkSlicerSegmentationsModuleLogic()
     logic.SetMRMLScene(scene)
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "edit")
-    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segmentation.CreateDefaultDisplayNodes()
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(geometry_volume or volume)
     segment_id = segmentation.GetSegmentation().AddEmptySegment("", "Lesion")
+    for name in ("Region", "Other"):
+        segmentation.GetSegmentation().AddEmptySegment("", name)
     editor_node = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
     if intensity_range is not None:
         editor_node.SetSourceVolumeIntensityMask(True)
@@ -267,14 +284,42 @@ def _editor(scene, volume, intensity_range=None):
     return editor, segmentation, segment_id
 
 
-def test_effect_apply_honours_the_editable_intensity_range_and_undo(scene, local):
+def _segment(scene, segmentation, volume, name="Lesion"):
+    """A segment on the volume's grid, (K, J, I) uint8."""
+    segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName(name)
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(segment_id)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation, ids, labelmap, volume)
+    array = (slicer.util.arrayFromVolume(labelmap) > 0).astype(np.uint8)
+    scene.RemoveNode(labelmap)
+    return array
+
+
+def _fill(segmentation, volume, name, mask):
+    segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName(name)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        nodes.oriented_image(mask, volume), segmentation, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+
+
+def _known_mask():
+    mask = np.zeros(SHAPE_KJI, np.uint8)
+    mask[2:7, 10:30, 10:38] = 1  # larger than the bright blob (rows 15:22, columns 20:28 of slices 3:6)
+    return mask
+
+
+def _known_result(mask=None):
+    """A server-like result (a fixed binary mask) with a known mask."""
+    mask = _known_mask() if mask is None else mask
+    return MedSADResult(slice_scores=[float(m.mean()) for m in mask], mask=mask, threshold=0.5, backend="server",
+                        info={"operating_point": {"source": "default", "map_threshold": 0.5}})
+
+
+def test_effect_apply_honours_the_editable_intensity_range_and_undo(scene):
     volume = _volume(scene)
-    result = MedSADLogic(scene).run(volume, local, threshold=0.5)
-    result.mask = np.zeros(SHAPE_KJI, np.uint8)
-    result.mask[2:7, 10:30, 10:38] = 1  # a known mask, larger than the bright blob
-    result.probability, result.redecide = None, None
+    result = _known_result()
     editor, segmentation, segment_id = _editor(scene, volume, intensity_range=(900, 1000))
-    offered = apply_result_to_segment(editor, segment_id, volume, result)
+    offered = apply_result_to_segment(LogicTarget(editor, segment_id), volume, result)
     assert offered == int(result.mask.sum())
     array = slicer.util.arrayFromVolume(volume)
     got = nodes.segment_array(scene, segmentation, volume)
@@ -286,19 +331,412 @@ def test_effect_apply_honours_the_editable_intensity_range_and_undo(scene, local
     assert nodes.segment_array(scene, segmentation, volume).sum() == 0
 
 
-def test_effect_apply_on_the_current_slice_leaves_other_slices(scene, local):
+def test_effect_apply_honours_the_editable_area(scene):
     volume = _volume(scene)
-    result = MedSADLogic(scene).run(volume, local, threshold=0.5)
-    result.mask = np.zeros(SHAPE_KJI, np.uint8)
-    result.mask[2:7, 10:30, 10:38] = 1
-    result.probability, result.redecide = None, None
+    editor, segmentation, _ = _editor(scene, volume)
+    region = np.zeros(SHAPE_KJI, np.uint8)
+    region[:, :20, :] = 1  # the upper half of the rows
+    _fill(segmentation, volume, "Region", region)
+    editor_node = editor.GetSegmentEditorNode()
+    editor_node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
+    editor_node.SetMaskSegmentID(segmentation.GetSegmentation().GetSegmentIdBySegmentName("Region"))
+    editor_node.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
+    write_mask(LogicTarget(editor), volume, _known_mask())
+    np.testing.assert_array_equal(_segment(scene, segmentation, volume), _known_mask() & region)
+    np.testing.assert_array_equal(_segment(scene, segmentation, volume, "Region"), region)
+
+
+@pytest.mark.parametrize("overwrite", ["all", "none"])
+def test_effect_apply_overwrites_other_segments_as_the_editor_says(scene, overwrite):
+    volume = _volume(scene)
+    editor, segmentation, _ = _editor(scene, volume)
+    other = np.zeros(SHAPE_KJI, np.uint8)
+    other[:, 25:35, :] = 1  # overlaps the mask's rows 25:30
+    _fill(segmentation, volume, "Other", other)
+    mode = {"all": slicer.vtkMRMLSegmentEditorNode.OverwriteAllSegments,
+            "none": slicer.vtkMRMLSegmentEditorNode.OverwriteNone}[overwrite]
+    editor.GetSegmentEditorNode().SetOverwriteMode(mode)
+    mask = _known_mask()
+    write_mask(LogicTarget(editor), volume, mask)
+    np.testing.assert_array_equal(_segment(scene, segmentation, volume), mask)
+    expected_other = other & (1 - mask) if overwrite == "all" else other
+    np.testing.assert_array_equal(_segment(scene, segmentation, volume, "Other"), expected_other)
+    editor.Undo()  # one undo step restores both segments
+    assert _segment(scene, segmentation, volume).sum() == 0
+    np.testing.assert_array_equal(_segment(scene, segmentation, volume, "Other"), other)
+
+
+@pytest.mark.parametrize("slice_", [(2, 4), (0, 20), (1, 12)], ids=["K", "I", "J"])
+def test_effect_apply_on_the_current_slice_changes_that_slice_only(scene, slice_):
+    volume = _volume(scene)
     editor, segmentation, segment_id = _editor(scene, volume)
-    apply_result_to_segment(editor, segment_id, volume, result, slice_index=4)
-    got = nodes.segment_array(scene, segmentation, volume)
-    np.testing.assert_array_equal(got[4], result.mask[4])
-    assert got[[k for k in range(SHAPE_KJI[0]) if k != 4]].sum() == 0
+    before = np.zeros(SHAPE_KJI, np.uint8)
+    before[1:9, 5:35, 5:43] = 1  # the segment already has voxels on every slice
+    _fill(segmentation, volume, "Lesion", before)
+    mask = _known_mask()
+    write_mask(LogicTarget(editor, segment_id), volume, mask, slice_)
+    axis, index = slice_
+    where = [slice(None)] * 3
+    where[2 - axis] = index  # (K, J, I) order
+    expected = before.copy()
+    expected[tuple(where)] = mask[tuple(where)]
+    np.testing.assert_array_equal(_segment(scene, segmentation, volume), expected)
+    editor.Undo()
+    np.testing.assert_array_equal(_segment(scene, segmentation, volume), before)
     with pytest.raises(MedSADError, match="outside"):
-        apply_result_to_segment(editor, segment_id, volume, result, slice_index=99)
+        write_mask(LogicTarget(editor, segment_id), volume, mask, (axis, 99))
+
+
+def test_effect_apply_on_a_segmentation_of_another_geometry(scene):
+    """The segmentation's grid (the editor's) is larger than the volume's and shifted: the mask
+    and the slice are resampled onto it, and the intensity mask still applies."""
+    volume = _volume(scene)
+    padded = np.zeros((SHAPE_KJI[0] + 4, SHAPE_KJI[1] + 4, SHAPE_KJI[2] + 4), np.float32)
+    geometry = _volume(scene, "geometry", padded)
+    ijk_to_ras = _matrix(nodes.ijk_to_ras(volume))
+    geometry.SetOrigin(*(ijk_to_ras @ np.array([-2.0, -2.0, -2.0, 1.0]))[:3])
+    editor, segmentation, segment_id = _editor(scene, volume, intensity_range=(900, 1000), geometry_volume=geometry)
+    mask = _known_mask()
+    write_mask(LogicTarget(editor, segment_id), volume, mask, (2, 4))
+    array = slicer.util.arrayFromVolume(volume)
+    expected = np.zeros_like(mask)
+    expected[4] = mask[4] & (array[4] >= 900) & (array[4] <= 1000)
+    assert expected.sum() > 0
+    np.testing.assert_array_equal(_segment(scene, segmentation, volume), expected)
+
+
+class _ScriptedEffectStandIn:
+    """What ``qSlicerSegmentEditorScriptedEffect`` does for the calls ``EffectTarget`` makes, in
+    Slicer >= 5.10 (``qSlicerSegmentEditorAbstractEffect.cxx``): forward to the editor widget's
+    ``vtkSlicerSegmentEditorLogic`` (per-segment effect, masking on)."""
+
+    def __init__(self, editor):
+        self.editor = editor
+
+    def parameterSetNode(self):
+        return self.editor.GetSegmentEditorNode()
+
+    def defaultModifierLabelmap(self):
+        return self.editor.GetModifierLabelmap() if self.editor.ResetModifierLabelmapToDefault() else None
+
+    def saveStateForUndo(self):
+        self.editor.SaveStateForUndo()
+
+    def modifySelectedSegmentByLabelmap(self, modifier, mode, extent=None):
+        node = self.parameterSetNode()
+        self.editor.ModifySegmentByLabelmap(node.GetSegmentationNode(), node.GetSelectedSegmentID(), modifier, mode,
+                                            extent or [0, -1, 0, -1, 0, -1], True, False)
+
+
+def test_the_effect_target_writes_like_the_logic_target(scene):
+    volume = _volume(scene)
+    mask = _known_mask()
+    results = []
+    for make_target in (lambda editor: LogicTarget(editor),
+                        lambda editor: EffectTarget(_ScriptedEffectStandIn(editor),
+                                                    modes=slicer.vtkSlicerSegmentEditorLogic)):
+        editor, segmentation, _ = _editor(scene, volume, intensity_range=(900, 1000))
+        assert editor.GetSegmentEditorNode().GetSegmentationNode() is segmentation
+        before = np.zeros(SHAPE_KJI, np.uint8)
+        before[:, :5, :] = 1
+        _fill(segmentation, volume, "Lesion", before)
+        write_mask(make_target(editor), volume, mask, (2, 4))
+        write_mask(make_target(editor), volume, mask)
+        results.append(_segment(scene, segmentation, volume))
+        editor.Undo()
+        editor.Undo()  # one undo step per write
+        np.testing.assert_array_equal(_segment(scene, segmentation, volume), before)
+    np.testing.assert_array_equal(results[0], results[1])
+    assert results[0].sum() > 0
+
+
+def test_write_mask_refuses_what_it_cannot_place(scene):
+    volume = _volume(scene)
+    editor, segmentation, _ = _editor(scene, volume)
+    with pytest.raises(MedSADError, match="not on"):
+        write_mask(LogicTarget(editor), volume, np.zeros((3, 3, 3), np.uint8))
+    editor.GetSegmentEditorNode().SetSelectedSegmentID(None)
+    with pytest.raises(MedSADError, match="no segment selected"):
+        write_mask(LogicTarget(editor), volume, _known_mask())
+
+
+# --------------------------------------------------------------------------- the slice a view shows
+
+def _slice_to_ras(normal, centre, in_plane=None):
+    """A SliceToRAS for a plane through ``centre`` with ``normal`` (in-plane axes completed)."""
+    normal = np.asarray(normal, float) / np.linalg.norm(normal)
+    x = np.asarray(in_plane if in_plane is not None else np.cross([0.3, 0.5, 0.81], normal), float)
+    x -= normal * np.dot(x, normal)
+    x /= np.linalg.norm(x)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, np.cross(normal, x), normal, centre
+    return m
+
+
+@pytest.mark.parametrize("view,normal,axis", [("axial", (0, 0, 1), 2), ("sagittal", (1, 0, 0), 0),
+                                              ("coronal", (0, 1, 0), 1)])
+def test_slice_axis_index_for_the_standard_views(view, normal, axis):
+    """An LPS-like volume (I to the left, J to the back) with anisotropic spacing."""
+    ijk_to_ras = np.array([[-0.9, 0, 0, 30.0], [0, -0.8, 0, 40.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
+    dims = (48, 40, 10)
+    voxel = np.array([20, 13, 4, 1.0])
+    centre = (ijk_to_ras @ voxel)[:3]
+    centre += 0.3 * np.array([0.9, 0.8, 3.0])  # off the voxel centre, within the voxel
+    ras_to_ijk = np.linalg.inv(ijk_to_ras)
+    assert slice_axis_index(_slice_to_ras(normal, centre), ras_to_ijk, dims) == (axis, int(voxel[axis]))
+    assert slice_axis_index(_slice_to_ras(-np.asarray(normal), centre), ras_to_ijk, dims) == (axis, int(voxel[axis]))
+    far = (ijk_to_ras @ np.array([60, 50, 14, 1.0]))[:3]
+    with pytest.raises(MedSADError, match="outside the volume"):
+        slice_axis_index(_slice_to_ras(normal, far), ras_to_ijk, dims)
+
+
+def test_slice_axis_index_refuses_an_oblique_view():
+    ijk_to_ras = np.diag([0.9, 0.8, 3.0, 1.0])
+    ras_to_ijk = np.linalg.inv(ijk_to_ras)
+    centre = (ijk_to_ras @ np.array([20, 13, 4, 1.0]))[:3]
+    with pytest.raises(MedSADError, match=r"oblique.*54\.7°.*Rotate to volume plane"):
+        slice_axis_index(_slice_to_ras((1, 1, 1), centre), ras_to_ijk, (48, 40, 10))
+    tilted = (np.sin(np.deg2rad(0.5)), 0, np.cos(np.deg2rad(0.5)))  # within the 1° tolerance
+    assert slice_axis_index(_slice_to_ras(tilted, centre), ras_to_ijk, (48, 40, 10)) == (2, 4)
+    with pytest.raises(MedSADError, match="oblique"):
+        slice_axis_index(_slice_to_ras(tilted, centre), ras_to_ijk, (48, 40, 10), tolerance_deg=0.1)
+
+
+def test_current_slice_of_real_slice_nodes_on_an_oblique_volume(scene):
+    """The test volume is rotated 20° about S: an axial view shows its K slices; sagittal and
+    coronal views do not until 'Rotate to volume plane' (vtkMRMLSliceNode.RotateToVolumePlane)."""
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+    red = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    red.SetLayoutName("Red")
+    volume = _volume(scene)
+    voxel = (20, 13, 4)  # (I, J, K)
+    ras = nodes.ijk_to_ras(volume).MultiplyPoint((*voxel, 1.0))[:3]
+    for orientation, axis in (("Axial", 2), ("Sagittal", 0), ("Coronal", 1)):
+        assert red.SetOrientation(orientation)
+        red.JumpSliceByCentering(*ras)
+        if orientation != "Axial":
+            with pytest.raises(MedSADError, match="20.0° from"):
+                current_slice(red, volume)
+            red.RotateToVolumePlane(volume)
+            red.JumpSliceByCentering(*ras)
+        assert current_slice(red, volume) == (axis, voxel[axis]), orientation
+
+    # under a linear transform the view is compared with the transformed volume
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    moved = vtk.vtkMatrix4x4()
+    moved.SetElement(2, 3, 3.0 * 2)  # two K slices up
+    transform.SetMatrixTransformToParent(moved)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    red.SetOrientation("Axial")
+    red.JumpSliceByCentering(*ras)
+    assert current_slice(red, volume) == (2, voxel[2] - 2)
+    with pytest.raises(MedSADError, match="no slice view"):
+        current_slice(None, volume)
+
+
+# --------------------------------------------------------------------------- one backend interface
+
+def test_both_backends_are_called_the_same_way(scene, local, tiny_checkpoint):
+    import inspect
+
+    local_signature = inspect.signature(LocalBackend.run)
+    assert list(local_signature.parameters) == ["self", "volume_node", "threshold", "progress", "cancel"]
+    assert inspect.signature(ServerBackend.run) == local_signature
+    volume = _volume(scene)
+    # the logic has no backend switch: anything with that run() is a backend
+    calls = []
+
+    class Recording:
+        name = "recording"
+
+        def run(self, volume_node, threshold=None, progress=None, cancel=None):
+            calls.append((volume_node, threshold, progress, cancel))
+            return local.run(volume_node, threshold, progress, cancel)
+
+    progress, cancel = (lambda done, total: None), (lambda: False)
+    result = MedSADLogic(scene).run(volume, Recording(), threshold=0.4, progress=progress, cancel=cancel)
+    assert calls == [(volume, 0.4, progress, cancel)] and result.threshold == 0.4
+
+    class WrongShape(Recording):
+        def run(self, volume_node, threshold=None, progress=None, cancel=None):
+            return _known_result(np.zeros((2, 2, 2), np.uint8))
+
+    with pytest.raises(MedSADError, match="shape"):
+        MedSADLogic(scene).run(volume, WrongShape())
+    with pytest.raises(MedSADError, match="not a MedSAD backend"):
+        MedSADLogic(scene).run(volume, object())
+
+
+def test_make_backend_is_shared_and_caches_the_local_model(tmp_path, tiny_checkpoint):
+    import shutil
+
+    backends.clear_backend_cache()
+    ckpt = tmp_path / "model.pt"
+    shutil.copy2(tiny_checkpoint, ckpt)
+    first = make_backend("local", str(ckpt), "")
+    assert isinstance(first, LocalBackend) and make_backend("local", str(ckpt), "") is first
+    other = tmp_path / "other.pt"
+    shutil.copy2(tiny_checkpoint, other)
+    assert make_backend("local", str(other), "") is not first  # one model at a time
+    server = make_backend("server", "", "")
+    assert isinstance(server, ServerBackend) and server.url == backends.DEFAULT_SERVER_URL
+    for kind, checkpoint, url, needle in (("local", "", "", "no checkpoint"),
+                                          ("local", str(tmp_path / "x.pt"), "", "not found"),
+                                          ("cloud", "", "", "unknown backend"), ("server", "", "ftp://x", "http")):
+        with pytest.raises(MedSADError, match=needle):
+            make_backend(kind, checkpoint, url)
+    backends.clear_backend_cache()
+
+
+def test_one_run_checks_the_volume_once_and_copies_the_voxels_once(scene, local, monkeypatch):
+    import tracemalloc
+
+    array = (np.random.default_rng(1).random(SHAPE_KJI) * 1000).astype(np.int16)
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "int16")
+    image = vtk.vtkImageData()
+    image.SetDimensions(SHAPE_KJI[2], SHAPE_KJI[1], SHAPE_KJI[0])
+    image.AllocateScalars(vtk.VTK_SHORT, 1)
+    volume.SetAndObserveImageData(image)
+    slicer.util.updateVolumeFromArray(volume, array)
+
+    # the one copy: (K, J, I) int16 -> (I, J, K) float32, allocating one float32 volume
+    tracemalloc.start()
+    ijk = nodes.voxels_ijk(volume)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert ijk.dtype == np.float32 and ijk.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(ijk, array.transpose(2, 1, 0))
+    assert ijk.nbytes <= peak < 1.5 * ijk.nbytes
+    assert np.shares_memory(nodes.volume_array(volume), slicer.util.arrayFromVolume(volume))  # a view, no copy
+
+    counts = {"check": 0, "copy": 0}
+    check, copy = MedSADLogic.check_volume, nodes.voxels_ijk
+
+    def counting_check(self, node):
+        counts["check"] += 1
+        return check(self, node)
+
+    def counting_copy(node):
+        counts["copy"] += 1
+        return copy(node)
+
+    monkeypatch.setattr(MedSADLogic, "check_volume", counting_check)
+    monkeypatch.setattr(nodes, "voxels_ijk", counting_copy)
+    logic = MedSADLogic(scene)
+    result = logic.run(volume, local)
+    logic.create_outputs(volume, result)
+    assert counts == {"check": 1, "copy": 1}
+
+
+# --------------------------------------------------------------------------- the module's state in the scene
+
+def _save_scene(scene, folder):
+    """Save the scene like Slicer's 'Save': every storable node to a file, then the .mrml."""
+    for i in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(i)
+        if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is None and node.AddDefaultStorageNode():
+            extension = {"vtkMRMLSegmentationNode": "seg.nrrd",
+                         "vtkMRMLTableNode": "tsv"}.get(node.GetClassName(), "nrrd")
+            storage = node.GetStorageNode()
+            storage.SetFileName(str(folder / f"{node.GetID()}.{extension}"))
+            assert storage.WriteData(node), node.GetName()
+    scene.SetRootDirectory(str(folder))
+    scene.SetURL(str(folder / "scene.mrml"))
+    assert scene.Commit()
+    return folder / "scene.mrml"
+
+
+def _load_scene(path):
+    scene = slicer.vtkMRMLScene()
+    slicer.vtkSlicerSegmentationsModuleLogic().SetMRMLScene(scene)  # segmentation converters
+    scene.SetURL(str(path))
+    assert scene.Connect()
+    return scene
+
+
+def test_parameter_node_defaults_and_validation(scene):
+    assert MedSADParameters.find(scene) is None
+    params = MedSADParameters.get_or_create(scene, backend="server", checkpoint="", server_url="http://host:9000")
+    assert MedSADParameters.get_or_create(scene).node is params.node  # one per scene (singleton)
+    assert params.node.GetAttribute("ModuleName") == "MedSAD" and params.node.GetSingletonTag() == "MedSAD"
+    assert (params.backend, params.server_url, params.threshold, params.input_volume) == ("server", "http://host:9000",
+                                                                                           None, None)
+    assert not params.ready()
+    with pytest.raises(MedSADError, match="threshold"):
+        params.threshold = 1.5
+    with pytest.raises(MedSADError, match="backend"):
+        params.backend = "cloud"
+    params.node.SetParameter("threshold", "nonsense")  # a scene edited by hand
+    assert params.threshold is None
+    params.server_url = ""
+    assert params.server_url == backends.DEFAULT_SERVER_URL
+    events = []
+    params.node.AddObserver(vtk.vtkCommand.ModifiedEvent, lambda *_: events.append(1))
+    with params.modify():
+        params.backend = "local"
+        params.checkpoint = "/models/best.pt"
+        params.threshold = 0.25
+    assert len(events) == 1 and params.threshold == 0.25 and params.checkpoint == "/models/best.pt"
+
+
+def test_parameter_node_round_trip_through_a_saved_scene(scene, local, tmp_path):
+    volume = _volume(scene)
+    logic = MedSADLogic(scene)
+    result = logic.run(volume, local)
+    outputs = logic.create_outputs(volume, result)
+    params = MedSADParameters.get_or_create(scene)
+    with params.modify():
+        params.input_volume = volume
+        params.backend = "local"
+        params.checkpoint = local.checkpoint
+        params.server_url = "http://127.0.0.1:8123"
+        params.threshold = 0.35
+        params.output_segmentation = outputs.segmentation
+        params.output_table = outputs.table
+    saved = params.as_dict()
+    decision = logic.stored_decision(outputs.segmentation)
+    assert "Last result" in decision and f"K={result.worst_slice}" in decision
+
+    reloaded = _load_scene(_save_scene(scene, tmp_path))
+    again = MedSADParameters.find(reloaded)
+    assert again is not None and again.as_dict() == saved
+    assert MedSADParameters.get_or_create(reloaded).node is again.node
+    volume2, segmentation2, table2 = again.input_volume, again.output_segmentation, again.output_table
+    assert (volume2.GetName(), segmentation2.GetName(), table2.GetName()) == (
+        volume.GetName(), outputs.segmentation.GetName(), outputs.table.GetName())
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume2), slicer.util.arrayFromVolume(volume))
+    np.testing.assert_array_equal(nodes.segment_array(reloaded, segmentation2, volume2), result.mask)
+    logic2 = MedSADLogic(reloaded)
+    assert logic2.worst_slice(table2) == result.worst_slice
+    assert logic2.outputs_belong_to(table2, volume2) and logic2.outputs_belong_to(segmentation2, volume2)
+    assert logic2.stored_decision(segmentation2) == decision
+    assert again.ready()
+
+
+# --------------------------------------------------------------------------- the calibrated decision
+
+def test_the_decision_is_described_with_its_operating_point(scene, local):
+    volume = _volume(scene)
+    logic = MedSADLogic(scene)
+    result = logic.run(volume, local)
+    assert result.source == "default" and result.calibrated_threshold == 0.5 and result.can_rethreshold
+    text = describe_decision(result)
+    verdict = "ABNORMAL" if result.volume_abnormal else "normal"
+    assert text.startswith(f"Volume {verdict}: score {result.volume_score:.3f}")
+    assert f"threshold {result.volume_threshold:.3f}" in text and "not calibrated" in text
+    assert f"lesion threshold {result.threshold:.2f}" in text
+    outputs = logic.create_outputs(volume, result)
+    logic.rethreshold(volume, result, 0.3, outputs)
+    assert result.threshold == 0.3 and result.source == "default+override"
+    assert "set by hand" in describe_decision(result)
+    assert outputs.segmentation.GetAttribute("MedSAD.source") == "default+override"
+    logic.rethreshold(volume, result, None, outputs)  # back to the calibrated threshold
+    assert result.threshold == 0.5 and result.source == "default"
+    # a server result keeps its mask and says so
+    fixed = _known_result()
+    fixed_outputs = logic.create_outputs(volume, fixed)
+    assert logic.rethreshold(volume, fixed, 0.2, fixed_outputs) is fixed and fixed.threshold == 0.5
+    assert "run again" in describe_decision(fixed)
 
 
 def test_progress_is_reported_and_cancel_stops_without_new_nodes(scene, local):
@@ -311,3 +749,12 @@ def test_progress_is_reported_and_cancel_stops_without_new_nodes(scene, local):
     with pytest.raises(MedSADError, match="cancelled"):
         logic.run(volume, local, cancel=lambda: True)
     assert _ids(scene) == before
+
+
+def test_the_shared_gui_helpers_import_without_the_slicer_application():
+    """``MedSADLib.gui`` (settings and install dialogs, shared by the module and the effect)
+    imports Qt only where it shows something."""
+    from MedSADLib import gui
+
+    assert gui.missing_modules(["json", "medsad_no_such_module"]) == ["medsad_no_such_module"]
+    assert set(gui.LOCAL_PACKAGES) >= {"torch", "monai", "open_clip"} and "--no-deps" in gui.SERVER_REQUIREMENT

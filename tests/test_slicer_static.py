@@ -23,6 +23,7 @@ MEDSAD_PY = SLICER_DIR / "MedSAD" / "MedSAD.py"
 UI_FILE = SLICER_DIR / "MedSAD" / "Resources" / "UI" / "MedSAD.ui"
 EFFECT_PY = SLICER_DIR / "SegmentEditorMedSAD" / "SegmentEditorMedSADLib" / "SegmentEditorEffect.py"
 LIB_DIR = SLICER_DIR / "MedSAD" / "MedSADLib"
+EFFECT_LIB_DIR = SLICER_DIR / "SegmentEditorMedSAD" / "SegmentEditorMedSADLib"
 
 EXTENSION_VARIABLES = ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                        "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS")
@@ -32,7 +33,8 @@ ICONS = {SLICER_DIR / "MedSAD" / "Resources" / "Icons" / "MedSAD.png": (128, 128
 EXPECTED_WIDGETS = {
     "MedSAD": "qMRMLWidget", "inputVolumeSelector": "qMRMLNodeComboBox", "backendComboBox": "QComboBox",
     "checkpointPathLineEdit": "ctkPathLineEdit", "serverUrlLineEdit": "QLineEdit",
-    "thresholdSliderWidget": "ctkSliderWidget", "applyButton": "QPushButton", "cancelButton": "QPushButton",
+    "thresholdSliderWidget": "ctkSliderWidget", "calibratedThresholdCheckBox": "QCheckBox",
+    "applyButton": "QPushButton", "cancelButton": "QPushButton",
     "progressBar": "QProgressBar", "statusLabel": "QLabel", "scoresTableView": "qMRMLTableView",
     "goToWorstSliceButton": "QPushButton", "exportSegButton": "QPushButton",
     "outputSegmentationSelector": "qMRMLNodeComboBox", "installDependenciesButton": "QPushButton",
@@ -125,8 +127,9 @@ def ui_widgets(ui_path: Path) -> dict[str, str]:
 
 
 def unknown_ui_names(py_text: str, widget_names: Iterable[str]) -> list[str]:
-    """``self.ui.<name>`` uses whose name is no widget of the .ui."""
-    return sorted(set(re.findall(r"self\.ui\.(\w+)", py_text)) - set(widget_names))
+    """``self.ui.<name>`` (and ``widget.ui.<name>`` in the self-test) uses whose name is no
+    widget of the .ui."""
+    return sorted(set(re.findall(r"\b(?:self|widget)\.ui\.(\w+)", py_text)) - set(widget_names))
 
 
 def top_level_names(path: Path) -> set[str]:
@@ -169,15 +172,86 @@ def _local_module(dotted: str) -> Path | None:
 
 
 def unresolved_imports(path: Path) -> list[str]:
-    """``from X import y`` in ``path`` where X is an extension module that does not define y."""
+    """``from X import y`` in ``path`` where X is an extension module that does not define y
+    (nor, for a package, has a submodule y)."""
     missing = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             target = _local_module(node.module)
             if target is not None:
                 defined = top_level_names(target)
+                if target.name == "__init__.py":
+                    defined |= {p.stem for p in target.parent.glob("*.py")}
                 missing += [f"{node.module}.{a.name}" for a in node.names if a.name != "*" and a.name not in defined]
     return missing
+
+
+def imported_modules(path: Path, package: str) -> set[str]:
+    """Absolute names of every module that ``path`` (a module of ``package``) imports, at module
+    level or inside functions; relative imports resolved, ``from P import m`` counted as P.m."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # the packages are flat: "." is the package, ".." lies outside it
+                base = package if node.level == 1 else ""
+                module = ".".join(p for p in (base, node.module) if p)
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{a.name}" for a in node.names if a.name != "*")
+    return names
+
+
+def package_import_graph(package_dir: Path) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports (``pkg`` for ``__init__``)."""
+    package = package_dir.name
+    modules = {package if p.name == "__init__.py" else f"{package}.{p.stem}": p for p in package_dir.glob("*.py")}
+    return {name: {m for m in imported_modules(path, package) if m in modules and m != name}
+            for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import circle (``[a, b, ..., a]``) among the modules other than the package's
+    ``__init__`` (importing a submodule always runs ``__init__`` first: that is no circle); []
+    when there is none."""
+    packages = {name for name in graph if "." not in name}
+    edges = {name: {m for m in targets if m not in packages} for name, targets in graph.items() if name not in packages}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(name: str) -> list[str]:
+        state[name] = 1
+        stack.append(name)
+        for target in sorted(edges.get(name, ())):
+            if state.get(target) == 1:
+                return stack[stack.index(target):] + [target]
+            if target not in state:
+                cycle = visit(target)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[name] = 2
+        return []
+
+    for name in sorted(edges):
+        if name not in state:
+            cycle = visit(name)
+            if cycle:
+                return cycle
+    return []
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """Top-level names of the modules ``path`` imports at module level (not inside functions)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -265,8 +339,8 @@ def test_ui_connects_the_scene_to_every_mrml_widget():
 
 def test_slicer_files_define_the_classes_slicer_looks_up_by_name():
     assert {"MedSAD", "MedSADWidget", "MedSADTest"} <= top_level_names(MEDSAD_PY)
-    assert {"runTest", "test_local_backend_on_synthetic_volume", "test_bad_input_keeps_scene"} <= class_members(
-        MEDSAD_PY, "MedSADTest")
+    assert {"runTest", "test_local_backend_on_synthetic_volume", "test_bad_input_keeps_scene",
+            "test_widget_follows_the_parameter_node"} <= class_members(MEDSAD_PY, "MedSADTest")
     registration = SLICER_DIR / "SegmentEditorMedSAD" / "SegmentEditorMedSAD.py"
     assert "SegmentEditorMedSAD" in top_level_names(registration)
     effect_api = {"clone", "icon", "helpText", "setupOptionsFrame", "setMRMLDefaults", "updateGUIFromMRML",
@@ -280,15 +354,62 @@ def test_imports_from_the_extension_name_what_it_defines(path):
 
 
 def test_widget_and_effect_use_only_what_medsadlib_defines():
-    logic, result, outputs = (class_members(LIB_DIR / "logic.py", "MedSADLogic"),
-                              class_members(LIB_DIR / "backends.py", "MedSADResult"),
-                              class_members(LIB_DIR / "logic.py", "OutputNodes"))
+    logic, result, outputs, parameters = (class_members(LIB_DIR / "logic.py", "MedSADLogic"),
+                                          class_members(LIB_DIR / "results.py", "MedSADResult"),
+                                          class_members(LIB_DIR / "logic.py", "OutputNodes"),
+                                          class_members(LIB_DIR / "parameters.py", "MedSADParameters"))
+    gui = top_level_names(LIB_DIR / "gui.py")
     for path in (MEDSAD_PY, EFFECT_PY):
         text = path.read_text()
         assert unknown_attributes(text, r"\blogic|MedSADLogic\([^()]*\)", logic) == [], path.name
         assert unknown_attributes(text, r"\b_?result", result) == [], path.name
         assert unknown_attributes(text, r"\b_?outputs", outputs) == [], path.name
-    assert unknown_attributes(EFFECT_PY.read_text(), r"\bMedSAD", top_level_names(MEDSAD_PY)) == []
+        assert unknown_attributes(text, r"(?<![\w.])_?parameters|(?<![\w.])params", parameters) == [], path.name
+        assert unknown_attributes(text, r"(?<![\w.])gui", gui) == [], path.name
+    assert re.search(r"\bparams\.\w+", EFFECT_PY.read_text()) and re.search(r"\bgui\.\w+", EFFECT_PY.read_text())
+
+
+def test_the_effect_does_not_import_the_widget_module():
+    """The effect shares settings, dialogs and backends through MedSADLib, not through MedSAD.py."""
+    effect_lib = [p for p in EFFECT_LIB_DIR.glob("*.py")]
+    for path in [EFFECT_PY, *effect_lib]:
+        modules = {m.split(".")[0] for m in imported_modules(path, "SegmentEditorMedSADLib")}
+        assert "MedSAD" not in modules, path.name
+
+
+def test_no_import_circles_among_the_lib_modules():
+    for package_dir in (LIB_DIR, EFFECT_LIB_DIR):
+        graph = package_import_graph(package_dir)
+        assert len(graph) >= 3, graph
+        assert find_cycle(graph) == [], package_dir.name
+    graph = package_import_graph(LIB_DIR)
+    # results is the root: it imports no other module of the package; gui is a leaf nothing imports
+    assert graph["MedSADLib.results"] == set()
+    assert not any("MedSADLib.gui" in targets for targets in graph.values())
+
+
+def test_find_cycle_reports_the_old_nodes_backends_circle(tmp_path):
+    package = tmp_path / "DemoLib"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .backends import Backend\nfrom .nodes import helper\n")
+    (package / "backends.py").write_text("from .nodes import helper\nclass Backend: ...\n")
+    (package / "nodes.py").write_text("def helper():\n    from .backends import Backend\n    return Backend\n")
+    graph = package_import_graph(package)
+    assert graph["DemoLib.nodes"] == {"DemoLib.backends"}
+    assert find_cycle(graph) in (["DemoLib.backends", "DemoLib.nodes", "DemoLib.backends"],
+                                 ["DemoLib.nodes", "DemoLib.backends", "DemoLib.nodes"])
+    (package / "nodes.py").write_text("def helper():\n    return 1\n")
+    assert find_cycle(package_import_graph(package)) == []
+
+
+def test_the_lib_modules_import_no_qt_at_module_level():
+    """MedSADLib and the effect's Lib import under plain Python (slicer-core): only the effect
+    class and the widget need Qt; ``gui`` imports it inside its functions."""
+    for path in [*LIB_DIR.glob("*.py"), *EFFECT_LIB_DIR.glob("*.py")]:
+        if path.name == "SegmentEditorEffect.py":
+            continue
+        assert not module_level_imports(path) & {"qt", "ctk", "PythonQt", "SegmentEditorEffects"}, path.name
+    assert "import gui" not in (LIB_DIR / "__init__.py").read_text()
 
 
 def test_unknown_attributes_reports_an_api_drift():

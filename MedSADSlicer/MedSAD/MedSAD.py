@@ -1,26 +1,26 @@
 """MedSAD Slicer module: a thin Qt layer over the Qt-free ``MedSADLib``.
 
-The widget reads its inputs from ``Resources/UI/MedSAD.ui``, calls ``MedSADLib.MedSADLogic``
-and shows the result (segment "Lesion", per-slice score table and plot). Everything that can run
-without the Slicer application lives in ``MedSADLib`` and is tested under pytest; this file and the
-``.ui`` are checked statically there (``tests/test_slicer_static.py``) and by ``MedSADTest`` inside
-Slicer.
+The widget reads its inputs from ``Resources/UI/MedSAD.ui``; its state lives in the scene's
+MedSAD parameter node (``MedSADLib.parameters.MedSADParameters``: input volume, backend,
+checkpoint, server URL, threshold, output segmentation and table), so it is saved with the scene
+and restored on reload, as in Slicer's scripted-module template. Runs go through
+``MedSADLib.MedSADLogic``; backends come from ``MedSADLib.make_backend`` and the settings and
+install dialogs from ``MedSADLib.gui``, which the "MedSAD" Segment Editor effect shares.
 
-Module-level helpers (settings, dependency install, backend cache) are shared with the
-"MedSAD" Segment Editor effect, which imports this module.
+Everything that can run without the Slicer application lives in ``MedSADLib`` and is tested
+under pytest; this file and the ``.ui`` are checked statically there
+(``tests/test_slicer_static.py``) and by ``MedSADTest`` inside Slicer.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import site
-import sys
 import traceback
 
 import qt
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleTest,
@@ -28,128 +28,21 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from MedSADLib import LocalBackend, MedSADError, MedSADLogic, ServerBackend
-
-SETTINGS_BACKEND = "MedSAD/backend"
-SETTINGS_CHECKPOINT = "MedSAD/checkpoint"
-SETTINGS_SERVER_URL = "MedSAD/serverUrl"
-BACKEND_LOCAL = "local"
-BACKEND_SERVER = "server"
-BACKENDS = (BACKEND_LOCAL, BACKEND_SERVER)  # in the order of backendComboBox's items
-DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
-
-# import name -> pip requirement, for the local backend (medsad_monai is installed from a clone)
-LOCAL_PACKAGES = {"torch": "torch", "torchvision": "torchvision", "monai": "monai", "open_clip": "open_clip_torch",
-                  "nibabel": "nibabel", "nrrd": "pynrrd"}
-# monailabel's declared dependencies pull a CUDA build of sam2; the client needs only requests.
-SERVER_REQUIREMENT = "monailabel==0.8.5 --no-deps"
-
-_backendCache: dict[tuple, LocalBackend] = {}
-
-
-# --------------------------------------------------------------------------- shared helpers
-
-def readBackendSettings() -> tuple[str, str, str]:
-    """(backend kind, checkpoint path, server URL) as last chosen in the MedSAD module."""
-    settings = qt.QSettings()
-    kind = str(settings.value(SETTINGS_BACKEND, BACKEND_LOCAL))
-    checkpoint = str(settings.value(SETTINGS_CHECKPOINT, "") or "")
-    url = str(settings.value(SETTINGS_SERVER_URL, "") or "") or DEFAULT_SERVER_URL
-    return (kind if kind in BACKENDS else BACKEND_LOCAL), checkpoint, url
-
-
-def writeBackendSettings(kind: str, checkpoint: str, url: str) -> None:
-    settings = qt.QSettings()
-    settings.setValue(SETTINGS_BACKEND, kind)
-    settings.setValue(SETTINGS_CHECKPOINT, checkpoint)
-    settings.setValue(SETTINGS_SERVER_URL, url)
-
-
-def makeBackend(kind: str, checkpoint: str, url: str) -> LocalBackend | ServerBackend:
-    """A backend for the chosen settings. A local backend is kept per checkpoint file (and its
-    modification time), so the model loads once for the module and the Segment Editor effect."""
-    if kind == BACKEND_SERVER:
-        return ServerBackend(url or DEFAULT_SERVER_URL)
-    if not checkpoint:
-        raise MedSADError("no checkpoint chosen: select a MedSAD checkpoint (.pt from 'medsad train') "
-                          "in the MedSAD module, or switch to the MONAI Label server backend")
-    if not os.path.isfile(checkpoint):
-        raise MedSADError(f"checkpoint {checkpoint!r} not found: select an existing .pt file in the MedSAD module")
-    key = (os.path.abspath(checkpoint), os.path.getmtime(checkpoint))
-    if key not in _backendCache:
-        _backendCache.clear()  # one model in memory at a time
-        _backendCache[key] = LocalBackend(checkpoint, batch_size=8)
-    return _backendCache[key]
-
-
-def _missingModules(names) -> list[str]:
-    importlib.invalidate_caches()
-    missing = []
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - a broken install counts as missing
-            missing.append(name)
-    return missing
-
-
-def _activateNewSitePackages() -> None:
-    """Process .pth files written by pip since start-up (editable installs use them)."""
-    for path in list(sys.path):
-        if path.endswith("site-packages") and os.path.isdir(path):
-            site.addsitedir(path)
-    importlib.invalidate_caches()
-
-
-def _installLocalPackages() -> bool:
-    missing = _missingModules(LOCAL_PACKAGES)
-    if missing:
-        requirements = " ".join(LOCAL_PACKAGES[name] for name in missing)
-        if not slicer.util.confirmOkCancelDisplay(
-                f"The local backend needs Python packages that are not installed in Slicer: {', '.join(missing)}.\n\n"
-                f"Install them now with pip ({requirements})? PyTorch is a download of several GB; if you use "
-                "Slicer's PyTorch extension, install PyTorch with it first so that the build matches your GPU.",
-                "MedSAD: install Python packages"):
-            return False
-        with slicer.util.WaitCursor():
-            slicer.util.pip_install(requirements)
-    if _missingModules(["medsad_monai"]):
-        if not slicer.util.confirmOkCancelDisplay(
-                "The local backend needs the MedSAD model package (medsad_monai), installed from a clone of the "
-                "MedSAD repository (https://github.com/medsad/medsad).\n\nChoose that folder (the one with "
-                "pyproject.toml) to install it with 'pip install -e'?", "MedSAD: install the model package"):
-            return False
-        repo = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "MedSAD repository folder")
-        if not repo:
-            return False
-        if not os.path.isfile(os.path.join(repo, "pyproject.toml")):
-            raise MedSADError(f"{repo!r} has no pyproject.toml: choose the root folder of the MedSAD repository")
-        with slicer.util.WaitCursor():
-            slicer.util.pip_install(["-e", repo])
-        _activateNewSitePackages()
-    still = _missingModules(list(LOCAL_PACKAGES) + ["medsad_monai"])
-    if still:
-        raise MedSADError(f"still not importable after installing: {', '.join(still)}; restart Slicer and try again")
-    return True
-
-
-def _installServerPackages() -> bool:
-    if not slicer.util.confirmOkCancelDisplay(
-            "The MONAI Label server backend needs the 'monailabel' client, which is not installed in Slicer.\n\n"
-            f"Install it now with pip ({SERVER_REQUIREMENT})?", "MedSAD: install Python packages"):
-        return False
-    with slicer.util.WaitCursor():
-        slicer.util.pip_install(SERVER_REQUIREMENT)
-    if _missingModules(["monailabel.client"]):
-        raise MedSADError("monailabel.client is still not importable after installing; restart Slicer and try again")
-    return True
-
-
-def ensureDependencies(kind: str) -> bool:
-    """True when the backend's Python packages import; else offer to install them (False: declined)."""
-    if kind == BACKEND_SERVER:
-        return not _missingModules(["monailabel.client"]) or _installServerPackages()
-    return not _missingModules(["torch", "medsad_monai"]) or _installLocalPackages()
+from MedSADLib import (
+    BACKEND_LOCAL,
+    BACKENDS,
+    DEFAULT_SERVER_URL,
+    CancelFlag,
+    LocalBackend,
+    MedSADError,
+    MedSADLogic,
+    MedSADParameters,
+    ServerBackend,
+    describe_decision,
+    make_backend,
+)
+from MedSADLib import gui
+from MedSADLib.logic import VOLUME_ATTRIBUTE
 
 
 # --------------------------------------------------------------------------- module
@@ -177,17 +70,19 @@ class MedSAD(ScriptedLoadableModule):
 # --------------------------------------------------------------------------- widget
 
 class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Inputs → Run → results (segmentation, table, plot); all computation in ``MedSADLogic``."""
+    """Inputs → Run → results (segmentation, table, plot, decision); state in the parameter node."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._result = None
+        self._parameters = None  # MedSADParameters of the scene
+        self._updatingGUI = False
+        self._result = None  # the last run's in-memory result (probabilities: re-threshold without re-running)
         self._outputs = None
         self._resultVolume = None
         self._running = False
-        self._cancelRequested = False
+        self._cancel = CancelFlag()
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -197,83 +92,157 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = MedSADLogic(slicer.mrmlScene)
 
-        self.ui.backendComboBox.connect("currentIndexChanged(int)", self.onBackendChanged)
-        self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.onSettingsEdited)
-        self.ui.serverUrlLineEdit.connect("textChanged(QString)", self.onSettingsEdited)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
+        self.ui.backendComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
+        self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.updateParameterNodeFromGUI)
+        self.ui.serverUrlLineEdit.connect("textChanged(QString)", self.updateParameterNodeFromGUI)
+        self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
         self.ui.thresholdSliderWidget.connect("valueChanged(double)", self.onThresholdChanged)
+        self.ui.calibratedThresholdCheckBox.connect("toggled(bool)", self.onCalibratedToggled)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.goToWorstSliceButton.connect("clicked(bool)", self.onGoToWorstSliceButton)
         self.ui.exportSegButton.connect("clicked(bool)", self.onExportSegButton)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependenciesButton)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self._loadSettings()
-
-    def enter(self):
-        self._loadSettings()  # the Segment Editor effect may have changed the backend
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
 
     def cleanup(self):
         self.removeObservers()
 
-    def _loadSettings(self) -> None:
-        kind, checkpoint, url = readBackendSettings()
-        widgets = (self.ui.backendComboBox, self.ui.checkpointPathLineEdit, self.ui.serverUrlLineEdit)
-        blocked = [widget.blockSignals(True) for widget in widgets]
-        self.ui.backendComboBox.currentIndex = BACKENDS.index(kind)
-        self.ui.checkpointPathLineEdit.currentPath = checkpoint
-        self.ui.serverUrlLineEdit.text = "" if url == DEFAULT_SERVER_URL else url
-        for widget, wasBlocked in zip(widgets, blocked):
-            widget.blockSignals(wasBlocked)
-        self.onBackendChanged()
+    def enter(self):
+        self.initializeParameterNode()  # the Segment Editor effect may have changed the backend
+
+    def exit(self):
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+        self._forgetResult()
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # ----------------------------------------------------------------- parameter node
+
+    def initializeParameterNode(self):
+        """The scene's MedSAD parameter node (created with the last session's backend choice);
+        an input volume is picked when none is set."""
+        parameters = gui.parameters(slicer.mrmlScene)
+        if parameters.input_volume is None:
+            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if volume is not None and not volume.IsA("vtkMRMLLabelMapVolumeNode"):
+                parameters.input_volume = volume
+        self.setParameterNode(parameters)
+
+    def setParameterNode(self, parameters):
+        if self._parameters is not None:
+            self.removeObserver(self._parameters.node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self._parameters = parameters
+        if parameters is not None:
+            self.addObserver(parameters.node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self.updateGUIFromParameterNode()
+
+    def updateGUIFromParameterNode(self, caller=None, event=None):
+        parameters = self._parameters
+        if parameters is None or self._updatingGUI:
+            return
+        self._updatingGUI = True
+        try:
+            self.ui.inputVolumeSelector.setCurrentNode(parameters.input_volume)
+            self.ui.backendComboBox.currentIndex = BACKENDS.index(parameters.backend)
+            if self.ui.checkpointPathLineEdit.currentPath.strip() != parameters.checkpoint:
+                self.ui.checkpointPathLineEdit.currentPath = parameters.checkpoint
+            url = parameters.server_url
+            if (self.ui.serverUrlLineEdit.text.strip() or DEFAULT_SERVER_URL) != url:  # not while the user types it
+                self.ui.serverUrlLineEdit.text = "" if url == DEFAULT_SERVER_URL else url
+            self.ui.outputSegmentationSelector.setCurrentNode(parameters.output_segmentation)
+            self.ui.scoresTableView.setMRMLTableNode(parameters.output_table)
+            threshold = parameters.threshold
+            self.ui.calibratedThresholdCheckBox.checked = threshold is None
+            if threshold is None and self._hasLiveResult():
+                threshold = self._result.threshold
+            if threshold is not None:
+                self.ui.thresholdSliderWidget.value = threshold
+            local = parameters.backend == BACKEND_LOCAL
+            for widget in (self.ui.checkpointLabel, self.ui.checkpointPathLineEdit):
+                widget.visible = local
+            for widget in (self.ui.serverUrlLabel, self.ui.serverUrlLineEdit):
+                widget.visible = not local
+        finally:
+            self._updatingGUI = False
+        if not self._running:
+            self._updateStatus()
+        self.updateButtons()
+
+    def updateParameterNodeFromGUI(self, *_):
+        parameters = self._parameters
+        if parameters is None or self._updatingGUI:
+            return
+        with parameters.modify():
+            parameters.input_volume = self.ui.inputVolumeSelector.currentNode()
+            parameters.backend = BACKENDS[max(0, self.ui.backendComboBox.currentIndex)]
+            parameters.checkpoint = self.ui.checkpointPathLineEdit.currentPath
+            parameters.server_url = self.ui.serverUrlLineEdit.text
+            parameters.output_segmentation = self.ui.outputSegmentationSelector.currentNode()
+        gui.remember(parameters)
+
+    def onInputVolumeChanged(self, volume):
+        parameters = self._parameters
+        if parameters is None or self._updatingGUI:
+            return
+        with parameters.modify():
+            parameters.input_volume = volume
+            # Don't overwrite another volume's results unless they are chosen again.
+            for field in ("output_segmentation", "output_table"):
+                node = getattr(parameters, field)
+                if (node is not None and node.GetAttribute(VOLUME_ATTRIBUTE) is not None
+                        and not self.logic.outputs_belong_to(node, volume)):
+                    setattr(parameters, field, None)
 
     # ----------------------------------------------------------------- state
 
-    def _backendChoice(self) -> tuple[str, str, str]:
-        kind = BACKENDS[max(0, self.ui.backendComboBox.currentIndex)]
-        url = self.ui.serverUrlLineEdit.text.strip() or DEFAULT_SERVER_URL
-        return kind, self.ui.checkpointPathLineEdit.currentPath.strip(), url
+    def _forgetResult(self):
+        self._result = self._outputs = self._resultVolume = None
 
     def _hasLiveResult(self) -> bool:
-        """A result whose volume and output nodes are still in the scene."""
-        if self._result is None or self._outputs is None:
+        """An in-memory result whose volume and output nodes are still the module's."""
+        parameters = self._parameters
+        if self._result is None or self._outputs is None or parameters is None:
             return False
         nodes = (self._resultVolume, self._outputs.segmentation, self._outputs.table)
-        return all(node is not None and slicer.mrmlScene.IsNodePresent(node) for node in nodes)
+        return (all(node is not None and slicer.mrmlScene.IsNodePresent(node) for node in nodes)
+                and parameters.output_segmentation is self._outputs.segmentation
+                and parameters.output_table is self._outputs.table)
+
+    def _resultsVolume(self):
+        """The volume the module's output table was made from (the input volume if unknown)."""
+        parameters = self._parameters
+        table = parameters.output_table if parameters is not None else None
+        volumeId = table.GetAttribute(VOLUME_ATTRIBUTE) if table is not None else None
+        volume = slicer.mrmlScene.GetNodeByID(volumeId) if volumeId else None
+        return volume if volume is not None else (parameters.input_volume if parameters is not None else None)
 
     def updateButtons(self, *_):
-        kind, checkpoint, _url = self._backendChoice()
-        ready = self.ui.inputVolumeSelector.currentNode() is not None and (kind == BACKEND_SERVER or bool(checkpoint))
+        parameters = self._parameters
+        ready = parameters is not None and parameters.ready()
         self.ui.applyButton.enabled = ready and not self._running
         self.ui.cancelButton.enabled = self._running
-        live = self._hasLiveResult() and not self._running
-        self.ui.goToWorstSliceButton.enabled = live
-        self.ui.exportSegButton.enabled = live
+        hasTable = parameters is not None and parameters.output_table is not None and self._resultsVolume() is not None
+        self.ui.goToWorstSliceButton.enabled = hasTable and not self._running
+        self.ui.exportSegButton.enabled = (parameters is not None and parameters.output_segmentation is not None
+                                           and not self._running)
 
-    def onInputVolumeChanged(self, volume) -> None:
-        # Don't overwrite the last result's segmentation with another volume's unless chosen again.
-        if (self._outputs is not None and volume is not self._resultVolume
-                and self.ui.outputSegmentationSelector.currentNode() is self._outputs.segmentation):
-            self.ui.outputSegmentationSelector.setCurrentNode(None)
-        self.updateButtons()
-
-    def onBackendChanged(self, *_):
-        local = self._backendChoice()[0] == BACKEND_LOCAL
-        for widget in (self.ui.checkpointLabel, self.ui.checkpointPathLineEdit):
-            widget.visible = local
-        for widget in (self.ui.serverUrlLabel, self.ui.serverUrlLineEdit):
-            widget.visible = not local
-        self.onSettingsEdited()
-
-    def onSettingsEdited(self, *_):
-        writeBackendSettings(*self._backendChoice())
-        self.updateButtons()
-
-    def onSceneStartClose(self, caller, event):
-        self._result = self._outputs = self._resultVolume = None
-        self.ui.scoresTableView.setMRMLTableNode(None)
-        self.ui.statusLabel.text = ""
-        self.updateButtons()
+    def _updateStatus(self):
+        parameters = self._parameters
+        if self._hasLiveResult():
+            self.ui.statusLabel.text = describe_decision(self._result)
+        elif parameters is not None and parameters.output_segmentation is not None:
+            self.ui.statusLabel.text = self.logic.stored_decision(parameters.output_segmentation)
+        else:
+            self.ui.statusLabel.text = ""
 
     # ----------------------------------------------------------------- run
 
@@ -284,7 +253,7 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _setRunning(self, running: bool) -> None:
         self._running = running
-        self._cancelRequested = False
+        self._cancel = CancelFlag()
         if running:
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = "Running…"
@@ -292,29 +261,26 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.processEvents()
 
     def onCancelButton(self):
-        self._cancelRequested = True
+        self._cancel.request()
         self.ui.statusLabel.text = "Cancelling after the current batch…"
 
     def onApplyButton(self):
-        volume = self.ui.inputVolumeSelector.currentNode()
-        kind, checkpoint, url = self._backendChoice()
-        writeBackendSettings(kind, checkpoint, url)
+        parameters = self._parameters
+        volume = parameters.input_volume
         try:
-            self.logic.check_volume(volume)
-            if not ensureDependencies(kind):
+            if not gui.ensure_dependencies(parameters.backend):
                 self.ui.statusLabel.text = "Not run: the backend's Python packages are not installed."
                 return
-            backend = makeBackend(kind, checkpoint, url)
+            backend = make_backend(parameters.backend, parameters.checkpoint, parameters.server_url)
             self._setRunning(True)
-            # the model's calibrated thresholds; the slider then re-thresholds the result
-            result = self.logic.run(volume, backend, threshold=None,
-                                    progress=self._onProgress, cancel=lambda: self._cancelRequested)
-            reuse = self._outputs if self._hasLiveResult() and self._resultVolume is volume else None
-            outputs = self.logic.create_outputs(volume, result,
-                                                segmentation_node=self.ui.outputSegmentationSelector.currentNode(),
-                                                table_node=reuse.table if reuse else None)
+            # threshold None: the model's calibrated operating point; the slider then re-decides the result
+            result = self.logic.run(volume, backend, threshold=parameters.threshold,
+                                    progress=self._onProgress, cancel=self._cancel)
+            table = parameters.output_table if self.logic.outputs_belong_to(parameters.output_table, volume) else None
+            outputs = self.logic.create_outputs(volume, result, segmentation_node=parameters.output_segmentation,
+                                                table_node=table)
         except MedSADError as err:
-            cancelled = self._cancelRequested
+            cancelled = self._cancel()
             self._setRunning(False)
             self.ui.statusLabel.text = "Cancelled." if cancelled else f"Failed: {err}"
             if not cancelled:
@@ -326,57 +292,59 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = f"Failed: {err}"
             slicer.util.errorDisplay(f"MedSAD failed unexpectedly: {err}", detailedText=traceback.format_exc())
             return
-        self._setRunning(False)
-        self._showResult(volume, result, outputs)
-
-    def _showResult(self, volume, result, outputs) -> None:
+        gui.remember(parameters)
         self._result, self._outputs, self._resultVolume = result, outputs, volume
-        self.ui.outputSegmentationSelector.setCurrentNode(outputs.segmentation)
-        self.ui.scoresTableView.setMRMLTableNode(outputs.table)
+        self._setRunning(False)
+        with parameters.modify():  # the parameter node's observer then shows the result and its decision
+            parameters.output_segmentation = outputs.segmentation
+            parameters.output_table = outputs.table
+        self.updateGUIFromParameterNode()
         slicer.modules.plots.logic().ShowChartInLayout(outputs.plot_chart)
-        if abs(self.ui.thresholdSliderWidget.value - result.threshold) > 1e-6:
-            wasBlocked = self.ui.thresholdSliderWidget.blockSignals(True)
-            self.ui.thresholdSliderWidget.value = result.threshold
-            self.ui.thresholdSliderWidget.blockSignals(wasBlocked)
-        self._updateStatus()
-        self.updateButtons()
-
-    def _updateStatus(self) -> None:
-        result = self._result
-        abnormal = sum(result.abnormal())
-        verdict = "ABNORMAL" if result.volume_abnormal else "normal"
-        source = (result.info.get("operating_point") or {}).get("source", "default")
-        text = (f"Volume {verdict} (score {result.volume_score:.3f}, threshold {result.volume_threshold:.3f}); "
-                f"most anomalous slice K={result.worst_slice}; {abnormal} of {len(result.slice_scores)} slices "
-                f"at or above {result.slice_threshold:.3f}; lesion threshold {result.threshold:.2f} "
-                f"({'calibrated' if source != 'default' else 'not calibrated: 0.5'}).")
-        if result.probability is None:
-            text += " The server's mask is fixed: run again to segment at another threshold."
-        self.ui.statusLabel.text = text
 
     # ----------------------------------------------------------------- results
 
-    def onThresholdChanged(self, value: float) -> None:
-        if self._running or not self._hasLiveResult():
+    def _rethreshold(self, threshold):
+        """Re-decide the in-memory result at ``threshold`` (None: calibrated) and show it."""
+        if self._running:
+            return
+        if not self._hasLiveResult():
+            self._updateStatus()
             return
         try:
-            self.logic.rethreshold(self._resultVolume, self._result, value, self._outputs)
+            self.logic.rethreshold(self._resultVolume, self._result, threshold, self._outputs)
         except MedSADError as err:
             slicer.util.errorDisplay(str(err))
             return
-        self._updateStatus()
+        self.updateGUIFromParameterNode()
+
+    def onThresholdChanged(self, value: float) -> None:
+        if self._updatingGUI or self._parameters is None:
+            return
+        self._parameters.threshold = value  # set by hand: overrides the calibrated threshold
+        self._rethreshold(value)
+
+    def onCalibratedToggled(self, checked: bool) -> None:
+        if self._updatingGUI or self._parameters is None:
+            return
+        threshold = None if checked else self.ui.thresholdSliderWidget.value
+        self._parameters.threshold = threshold
+        self._rethreshold(threshold)
 
     def onGoToWorstSliceButton(self):
-        if not self._hasLiveResult():
+        volume, table = self._resultsVolume(), self._parameters.output_table
+        try:
+            k = self.logic.worst_slice(table)
+        except MedSADError as err:
+            slicer.util.errorDisplay(str(err))
             return
-        slicer.util.setSliceViewerLayers(background=self._resultVolume)
-        x, y, z = self.logic.worst_slice_ras(self._resultVolume, self._result)
+        slicer.util.setSliceViewerLayers(background=volume)
+        x, y, z = self.logic.worst_slice_ras(volume, k)
         slicer.modules.markups.logic().JumpSlicesToLocation(x, y, z, True)
 
     def onExportSegButton(self):
-        if not self._hasLiveResult():
+        segmentation = self._parameters.output_segmentation
+        if segmentation is None:
             return
-        segmentation = self._outputs.segmentation
         default = os.path.join(qt.QDir.homePath(), f"{segmentation.GetName()}.seg.nrrd")
         path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Export lesion segmentation", default,
                                               "Segmentation (*.seg.nrrd)")
@@ -392,9 +360,9 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = f"Saved {path}"
 
     def onInstallDependenciesButton(self):
-        kind = self._backendChoice()[0]
+        kind = self._parameters.backend if self._parameters is not None else BACKEND_LOCAL
         try:
-            if ensureDependencies(kind):
+            if gui.ensure_dependencies(kind):
                 self.ui.statusLabel.text = f"The Python packages of the {kind} backend are installed."
         except MedSADError as err:
             slicer.util.errorDisplay(str(err))
@@ -409,7 +377,7 @@ class MedSADTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        missing = _missingModules(["torch", "medsad_monai"])
+        missing = gui.missing_modules(["torch", "medsad_monai"])
         if missing:
             self.delayDisplay(f"Skipping test_local_backend_on_synthetic_volume: {', '.join(missing)} not installed "
                               "(use 'Install Python packages…' in the MedSAD module)")
@@ -418,6 +386,8 @@ class MedSADTest(ScriptedLoadableModuleTest):
             self.test_local_backend_on_synthetic_volume()
         self.setUp()
         self.test_bad_input_keeps_scene()
+        self.setUp()
+        self.test_widget_follows_the_parameter_node()
 
     def test_local_backend_on_synthetic_volume(self):
         import tempfile
@@ -449,6 +419,8 @@ class MedSADTest(ScriptedLoadableModuleTest):
 
         self.assertEqual(len(result.slice_scores), slices)
         self.assertTrue(0 <= result.worst_slice < slices)
+        self.assertEqual(result.source, "default")  # an uncalibrated checkpoint: the 0.5 fallback
+        self.assertIn("not calibrated", describe_decision(result))
         self.assertEqual(outputs.table.GetNumberOfRows(), slices)
         volumeGeometry = slicer.vtkSegmentationConverter.SerializeImageGeometry(ijk_to_ras(volume), volume.GetImageData())
         segmentationGeometry = outputs.segmentation.GetSegmentation().GetConversionParameter(
@@ -462,6 +434,7 @@ class MedSADTest(ScriptedLoadableModuleTest):
         rasToIjk = np.linalg.inv(slicer.util.arrayFromVTKMatrix(ijk_to_ras(volume)))
         k = (rasToIjk @ (*logic.worst_slice_ras(volume, result), 1.0))[2]
         self.assertAlmostEqual(k, result.worst_slice, places=3)
+        self.assertEqual(logic.worst_slice(outputs.table), result.worst_slice)
         self.delayDisplay("Test passed")
 
     def test_bad_input_keeps_scene(self):
@@ -470,5 +443,43 @@ class MedSADTest(ScriptedLoadableModuleTest):
         before = slicer.mrmlScene.GetNumberOfNodes()
         with self.assertRaises(MedSADError):
             logic.run(None, ServerBackend(DEFAULT_SERVER_URL))
+        with self.assertRaises(MedSADError):
+            make_backend(BACKEND_LOCAL, "", "")  # no checkpoint chosen
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        self.delayDisplay("Test passed")
+
+    def test_widget_follows_the_parameter_node(self):
+        """The widget shows the parameter node's state and writes its edits back into it."""
+        import numpy as np
+
+        self.delayDisplay("The module's state lives in its parameter node")
+        settings = qt.QSettings()
+        saved = {key: settings.value(key) for key in (gui.SETTINGS_BACKEND, gui.SETTINGS_CHECKPOINT,
+                                                      gui.SETTINGS_SERVER_URL)}
+        try:
+            volume = slicer.util.addVolumeFromArray(np.zeros((4, 8, 8), np.float32), name="MedSADTestParameters")
+            slicer.util.selectModule("MedSAD")
+            widget = slicer.util.getModuleWidget("MedSAD")
+            parameters = MedSADParameters.find(slicer.mrmlScene)
+            self.assertIsNotNone(parameters)
+            with parameters.modify():
+                parameters.input_volume = volume
+                parameters.backend = "server"
+                parameters.server_url = "http://127.0.0.1:8123"
+                parameters.threshold = 0.3
+            self.assertIs(widget.ui.inputVolumeSelector.currentNode(), volume)
+            self.assertEqual(widget.ui.backendComboBox.currentIndex, BACKENDS.index("server"))
+            self.assertEqual(widget.ui.serverUrlLineEdit.text, "http://127.0.0.1:8123")
+            self.assertFalse(widget.ui.calibratedThresholdCheckBox.checked)
+            self.assertAlmostEqual(widget.ui.thresholdSliderWidget.value, 0.3)
+            widget.ui.calibratedThresholdCheckBox.checked = True
+            self.assertIsNone(parameters.threshold)
+            widget.ui.backendComboBox.currentIndex = BACKENDS.index(BACKEND_LOCAL)
+            self.assertEqual(parameters.backend, BACKEND_LOCAL)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    settings.remove(key)
+                else:
+                    settings.setValue(key, value)
         self.delayDisplay("Test passed")

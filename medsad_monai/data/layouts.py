@@ -19,6 +19,8 @@ from __future__ import annotations
 
 __all__ = [
     "case_tags",
+    "volume_samples",
+    "image_sample",
     "LAYOUTS",
     "IMAGE_SUFFIXES",
     "Sample",
@@ -291,11 +293,9 @@ def _read_sricl(root: Path, split: str | None) -> DatasetIndex:
     problems: list[str] = []
     for stem, image in images.items():
         try:
-            label = int(_read_binary_mask(masks[stem]).any())
+            samples.append(image_sample(image, masks[stem], stem))
         except (OSError, ValueError) as err:
             problems.append(f"{masks[stem]}: skipped, unreadable mask ({err})")
-            continue
-        samples.append(Sample(image, (masks[stem],), label, stem, None))
     return DatasetIndex(samples, "sricl", problems)
 
 
@@ -325,23 +325,40 @@ def _pair_volumes(images_dir: Path, labels_dir: Path) -> tuple[dict[str, Path], 
     return pairs, labels, problems
 
 
+def volume_samples(image: str | Path, label: str | Path, case: str, slice_axis: int = 2,
+                   split: str | None = None) -> list[Sample]:
+    """One sample per slice of a labelled volume (an empty label slice is a normal sample).
+
+    Raises:
+        ValueError: naming the label: unreadable, or its geometry differs from the image's.
+    """
+    image, label_path = Path(image), Path(label)
+    image_shape, image_geom = read_volume_header(image)
+    label_array, label_geom = load_volume(label_path)
+    check_label_matches(image_geom, label_geom, image_shape, label_array.shape, label_path)
+    other = tuple(a for a in range(3) if a != slice_axis)
+    has_lesion = np.any(label_array > 0, axis=other)
+    return [Sample(image, (label_path,), int(flag), case, split, k) for k, flag in enumerate(has_lesion.tolist())]
+
+
+def image_sample(image: str | Path, mask: str | Path, stem: str) -> Sample:
+    """The sample of a 2-D image and its mask (abnormal when the mask has a foreground pixel).
+
+    Raises:
+        ValueError: naming the mask if it cannot be read.
+    """
+    return Sample(Path(image), (Path(mask),), int(_read_binary_mask(Path(mask)).any()), stem, None)
+
+
 def _read_volumes(root: Path, slice_axis: int, test: bool) -> DatasetIndex:
     kind = "Ts" if test else "Tr"
     pairs, labels, problems = _pair_volumes(root / f"images{kind}", root / f"labels{kind}")
     samples: list[Sample] = []
     for case, image in sorted(pairs.items()):
-        label_path = labels[case]
         try:
-            image_shape, image_geom = read_volume_header(image)
-            label, label_geom = load_volume(label_path)
-            check_label_matches(image_geom, label_geom, image_shape, label.shape, label_path)
+            samples += volume_samples(image, labels[case], case, slice_axis, "test" if test else None)
         except ValueError as err:
             problems.append(f"case {case!r} skipped: {err}")
-            continue
-        other = tuple(a for a in range(3) if a != slice_axis)
-        has_lesion = np.any(label > 0, axis=other)
-        samples += [Sample(image, (label_path,), int(flag), case, "test" if test else None, k)
-                    for k, flag in enumerate(has_lesion.tolist())]
     return DatasetIndex(samples, "volumes", problems, slice_axis)
 
 

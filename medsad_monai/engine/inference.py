@@ -39,6 +39,9 @@ __all__ = [
     "ImageResult",
     "is_background",
     "infer_path",
+    "InputImage",
+    "read_input",
+    "predict_input",
     "predict_file",
     "save_mask",
 ]
@@ -339,19 +342,22 @@ def infer_path(
     return results
 
 
-def predict_file(
-    predictor: Predictor,
-    path: str | os.PathLike,
-    axis: int = 2,
-    skip_background: bool = True,
-    progress: ProgressFn | None = None,
-    cancel: CancelFn | None = None,
-) -> VolumeResult | ImageResult:
-    """Predict one NIfTI/NRRD volume or 2-D PNG/JPG image file.
+@dataclass(frozen=True)
+class InputImage:
+    """A read input file: a 3-D volume (raw intensities, file voxel order) or a 2-D image
+    ``(H, W, 3)`` in [0, 1]."""
+
+    path: Path
+    array: np.ndarray
+    is_volume: bool
+
+
+def read_input(path: str | os.PathLike, axis: int = 2) -> InputImage:
+    """Read a NIfTI/NRRD volume (to be run slice-wise along ``axis``) or a 2-D PNG/JPG image.
 
     Raises:
-        ValueError: naming the file: unsupported type, unreadable, not 3-D, a single slice
-            along ``axis``, NaN/inf voxels.
+        ValueError: naming the file: unsupported type, unreadable or truncated, not 3-D, NaN/inf
+            voxels, a single slice along ``axis``.
     """
     path = Path(path)
     if volume_suffix(path) is not None:
@@ -363,11 +369,44 @@ def predict_file(
         if volume.shape[axis] < 2:
             raise ValueError(f"{str(path)!r} has a single slice along axis {axis} (shape {volume.shape}); "
                              "send a single slice as a 2-D PNG image, or pick another slice axis")
-        return predictor.predict_volume(predictor.normalize_volume(volume), axis=axis, skip_background=skip_background,
-                                        progress=progress, cancel=cancel)
+        return InputImage(path, volume, True)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"unsupported input {str(path)!r}: use .nii/.nii.gz/.nrrd volumes or .png/.jpg images")
-    return predictor.predict_image(load_image_2d(path))
+    return InputImage(path, load_image_2d(path), False)
+
+
+def predict_input(
+    predictor: Predictor,
+    image: InputImage,
+    axis: int = 2,
+    skip_background: bool = True,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> VolumeResult | ImageResult:
+    """The predictor's result for a read input (:func:`read_input`): a volume is normalised with
+    the checkpoint's intensity method and run slice-wise along ``axis``."""
+    if image.is_volume:
+        return predictor.predict_volume(predictor.normalize_volume(image.array), axis=axis,
+                                        skip_background=skip_background, progress=progress, cancel=cancel)
+    return predictor.predict_image(image.array)
+
+
+def predict_file(
+    predictor: Predictor,
+    path: str | os.PathLike,
+    axis: int = 2,
+    skip_background: bool = True,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> VolumeResult | ImageResult:
+    """Predict one NIfTI/NRRD volume or 2-D PNG/JPG image file (:func:`read_input`, then
+    :func:`predict_input`).
+
+    Raises:
+        ValueError: naming the file: unsupported type, unreadable, not 3-D, a single slice
+            along ``axis``, NaN/inf voxels.
+    """
+    return predict_input(predictor, read_input(path, axis), axis, skip_background, progress, cancel)
 
 
 def save_mask(result: VolumeResult | ImageResult, input_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:

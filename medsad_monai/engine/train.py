@@ -255,8 +255,8 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
     opts.validate()
     ctx = dist_utils.setup(opts.device)
     out = Path(opts.out)
-    data_path = Path(opts.data).resolve()
-    if out.resolve() == data_path or data_path in out.resolve().parents:
+    data_path = Path(opts.data).resolve() if samples is None else None
+    if data_path is not None and (out.resolve() == data_path or data_path in out.resolve().parents):
         raise ValueError(f"--out {out} lies inside the data folder {data_path}; the data folder is never written to")
     resume_payload = _prepare_run(opts, out, ctx.is_main)
     set_determinism(seed=opts.seed + ctx.rank)
@@ -287,7 +287,7 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
     batch_size = int(cfg["batch_size"]) if opts.batch_size is None else opts.batch_size
     lr = float(cfg["lr"]) if opts.lr is None else opts.lr
     if ctx.is_main:
-        split.to_json(split_path, layout=layout, data=str(data_path), slice_axis=opts.slice_axis,
+        split.to_json(split_path, layout=layout, data=str(data_path or opts.data), slice_axis=opts.slice_axis,
                       n_train_samples=len(train_samples), n_val_samples=len(val_samples),
                       stratified_by=["lesion"] + (["anatomy"] if sources else []))
         (out / "config.json").write_text(json.dumps(

@@ -1,5 +1,11 @@
-"""Turn MedSAD errors into HTTP answers with a message (MONAI Label has no handler of its own:
-an exception inside a task would otherwise reach the client as a bare 500 text page)."""
+"""Error types of the app and how they become HTTP answers (MONAI Label has no handler of its own:
+an exception inside a task would otherwise reach the client as a bare 500 text page).
+
+Only what the client can fix is answered as the client's fault: :class:`InputError` (a bad request
+value, an unreadable or unsuitable upload, a datastore whose labels cannot train) is 422,
+:class:`NotFoundError` (an unknown image id) 404. A missing model is 503. Anything else is a fault
+of the server: 500, logged with its traceback.
+"""
 
 from __future__ import annotations
 
@@ -13,36 +19,66 @@ from monailabel.interfaces.exception import MONAILabelException
 logger = logging.getLogger(__name__)
 
 
+class InputError(ValueError):
+    """Bad input the client can fix: a request value, an uploaded file, the datastore's labels
+    (answered with 422); the message names the key or the file and says what is allowed."""
+
+
+class NotFoundError(InputError):
+    """The request names an image that does not exist (answered with 404)."""
+
+
+class ConfError(InputError):
+    """A bad ``--conf`` value (or a checkpoint that contradicts one); the message names the key."""
+
+
 class NoModelError(RuntimeError):
     """No trained model is available yet (answered with 503)."""
 
 
-class ConfError(ValueError):
-    """A bad ``--conf`` value; the message names the key."""
+@contextlib.contextmanager
+def as_input_error() -> Iterator[None]:
+    """Re-raise a ``ValueError`` of the enclosed call as :class:`InputError` (same message).
+
+    Wrap only calls whose every ``ValueError`` is about the input they were given (the volume and
+    image readers of :mod:`medsad_monai.data`, label/geometry checks).
+    """
+    try:
+        yield
+    except InputError:
+        raise
+    except ValueError as err:
+        raise InputError(str(err)) from err
 
 
 @contextlib.contextmanager
 def as_http_errors(action: str) -> Iterator[None]:
     """Re-raise errors of ``action`` as :class:`fastapi.HTTPException` with a readable detail.
 
-    ``FileNotFoundError`` -> 404, ``ValueError`` (bad input) -> 422, :class:`NoModelError` -> 503,
-    MONAI Label's own errors -> 400, anything else -> 500. The server keeps serving.
+    :class:`NotFoundError` -> 404, :class:`InputError` -> 422, :class:`NoModelError` -> 503,
+    MONAI Label's own errors -> 400, anything else (including a plain ``ValueError`` or
+    ``FileNotFoundError`` from inside the model or the app) -> 500 with the traceback in the log.
+    The server keeps serving.
     """
     try:
         yield
     except HTTPException:
         raise
-    except FileNotFoundError as err:
+    except NotFoundError as err:
         raise _http(404, action, err) from err
+    except InputError as err:
+        raise _http(422, action, err) from err
     except NoModelError as err:
         raise _http(503, action, err) from err
-    except ValueError as err:
-        raise _http(422, action, err) from err
     except MONAILabelException as err:
         raise _http(400, action, err.msg) from err
     except Exception as err:  # noqa: BLE001 - the server must answer, not crash
-        logger.exception("%s failed", action)
-        raise _http(500, action, f"{type(err).__name__}: {err}") from err
+        logger.exception("%s failed with an internal error", action)
+        raise HTTPException(
+            status_code=500,
+            detail=f"{action}: internal server error ({type(err).__name__}: {err}); "
+                   "not a problem with the request: see the server log",
+        ) from err
 
 
 def _http(status: int, action: str, err: object) -> HTTPException:

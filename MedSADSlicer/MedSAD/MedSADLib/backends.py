@@ -1,97 +1,29 @@
 """Where the model runs: a local checkpoint (``medsad_monai``, needs torch) or a MONAI Label
-server (``monailabel.client``, no torch). Both return a :class:`MedSADResult` whose arrays are in
-Slicer's ``arrayFromVolume`` order (K, J, I): one score per K slice."""
+server (``monailabel.client``, no torch), and the factory that the module and the Segment
+Editor effect share.
+
+Both backends implement :class:`~MedSADLib.results.Backend`, called the same way:
+``backend.run(volume_node, threshold, progress, cancel) -> MedSADResult``.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from . import nodes
+from .results import Backend, CancelFn, MedSADError, MedSADResult, ProgressFn, check_threshold
+
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int, int], None]
-CancelFn = Callable[[], bool]
-
-
-class MedSADError(RuntimeError):
-    """A problem the user can act on; the message says what and where."""
-
-
-@dataclass
-class MedSADResult:
-    """Per-slice anomaly scores and the lesion mask of one volume.
-
-    The decisions come from the model's calibrated operating point (``medsad calibrate``; the
-    0.5 fallback for an uncalibrated checkpoint), as in ``medsad infer`` and the server.
-
-    Args:
-        slice_scores: one calibrated score per K slice (Slicer's slice index).
-        mask: (K, J, I) uint8 post-processed lesion mask at ``threshold``.
-        threshold: the lesion-map threshold of ``mask``.
-        slice_threshold: a slice is abnormal when its score is at or above it.
-        volume_score: the volume's calibrated score.
-        volume_abnormal: the volume decision (``volume_score >= volume_threshold``).
-        volume_threshold: the volume decision threshold.
-        probability: (K, J, I) float32 lesion probability when the backend returns it (local);
-            then the mask can be re-thresholded without re-running.
-        backend: ``"local"`` or ``"server"``.
-        info: anything else the backend reported (plain types), e.g. ``operating_point``.
-        redecide: local backend only: re-decides everything at another lesion-map threshold.
-    """
-
-    slice_scores: list[float]
-    mask: np.ndarray
-    threshold: float
-    slice_threshold: float = 0.5
-    volume_score: float = 0.0
-    volume_abnormal: bool = False
-    volume_threshold: float = 0.5
-    probability: np.ndarray | None = None
-    backend: str = "local"
-    info: dict[str, Any] = field(default_factory=dict)
-    redecide: Callable[[float], "MedSADResult"] | None = None
-
-    @property
-    def worst_slice(self) -> int:
-        """K index of the most anomalous slice."""
-        return int(np.argmax(self.slice_scores)) if self.slice_scores else 0
-
-    def abnormal(self, threshold: float | None = None) -> list[bool]:
-        """Per-slice flags at ``threshold`` (default: the calibrated slice threshold)."""
-        t = self.slice_threshold if threshold is None else threshold
-        return [s >= t for s in self.slice_scores]
-
-    def mask_at(self, threshold: float) -> np.ndarray:
-        """The post-processed mask at another lesion-map threshold (local backend); a server
-        result keeps its mask (the server returns a binary mask: re-run to change it)."""
-        if self.redecide is not None:
-            return self.redecide(threshold).mask
-        return self.mask
-
-    @classmethod
-    def from_summary(cls, summary: dict[str, Any], mask: np.ndarray, **kwargs: Any) -> "MedSADResult":
-        """Build from a result summary (``medsad_monai``'s or the server's JSON)."""
-        return cls(slice_scores=[float(s) for s in summary["slice_scores"]], mask=mask,
-                   threshold=float(summary.get("threshold", 0.5)),
-                   slice_threshold=float(summary.get("slice_threshold", summary.get("threshold", 0.5))),
-                   volume_score=float(summary.get("volume_score", max(summary["slice_scores"], default=0.0))),
-                   volume_abnormal=bool(summary.get("volume_abnormal", False)),
-                   volume_threshold=float(summary.get("volume_threshold", 0.5)), **kwargs)
-
-
-def _check_threshold(threshold: float | None) -> float | None:
-    if threshold is None:
-        return None
-    t = float(threshold)
-    if not 0.0 < t < 1.0:
-        raise MedSADError(f"threshold {t} must lie strictly between 0 and 1")
-    return t
+BACKEND_LOCAL = "local"
+BACKEND_SERVER = "server"
+BACKENDS = (BACKEND_LOCAL, BACKEND_SERVER)  # in the order of the backend combo boxes' items
+DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 
 
 class LocalBackend:
@@ -100,7 +32,7 @@ class LocalBackend:
     The model is loaded on first use and kept for later runs.
     """
 
-    name = "local"
+    name = BACKEND_LOCAL
 
     def __init__(self, checkpoint: str | os.PathLike, batch_size: int = 8, device: str | None = None) -> None:
         self.checkpoint = str(checkpoint)
@@ -126,33 +58,37 @@ class LocalBackend:
                 raise MedSADError(f"checkpoint {self.checkpoint!r} does not load: {err}") from err
         return self._predictor
 
-    def run(self, array_kji: np.ndarray, threshold: float | None = None, progress: ProgressFn | None = None,
+    def run(self, volume_node: Any, threshold: float | None = None, progress: ProgressFn | None = None,
             cancel: CancelFn | None = None) -> MedSADResult:
-        """Run a (K, J, I) voxel array (as ``arrayFromVolume`` returns it) slice by slice along K;
-        ``threshold`` (lesion map) overrides the checkpoint's calibrated one."""
-        threshold = _check_threshold(threshold)
+        """Run the volume slice by slice along K on the checkpoint's model; ``threshold`` (lesion
+        map) overrides the checkpoint's calibrated one. The voxels are copied once, to the
+        (I, J, K) float32 array ``medsad_monai`` reads."""
+        threshold = check_threshold(threshold)
         predictor = self._load()
         from medsad_monai.engine.inference import InferenceCancelled
 
-        volume = np.ascontiguousarray(np.asarray(array_kji, dtype=np.float32).transpose(2, 1, 0))  # -> (I, J, K)
+        volume = nodes.voxels_ijk(volume_node)
         try:
             out = predictor.predict_volume(predictor.normalize_volume(volume), axis=2, progress=progress, cancel=cancel)
         except InferenceCancelled as err:
             raise MedSADError(f"cancelled: {err}") from err
         except ValueError as err:
             raise MedSADError(str(err)) from err
-        return _local_result(out.with_operating_point(out.op.with_overrides(map_threshold=threshold)), self)
+        return _local_result(out, self, threshold)
 
 
-def _local_result(out: Any, backend: LocalBackend) -> MedSADResult:
-    """A ``medsad_monai`` VolumeResult (I, J, K) -> MedSADResult (K, J, I) that can re-decide."""
-    summary = out.summary()
+def _local_result(out: Any, backend: LocalBackend, threshold: float | None) -> MedSADResult:
+    """A ``medsad_monai`` VolumeResult (I, J, K) at the model's operating point -> MedSADResult
+    (K, J, I) at ``threshold`` (None: the calibrated one) that can re-decide at another."""
+    decided = out.with_operating_point(out.op.with_overrides(map_threshold=threshold))
+    summary = decided.summary()
     return MedSADResult.from_summary(
-        summary, np.ascontiguousarray(out.mask.transpose(2, 1, 0)),
+        summary, np.ascontiguousarray(decided.mask.transpose(2, 1, 0)),
         probability=np.ascontiguousarray(out.probability.transpose(2, 1, 0)), backend=backend.name,
         info={"checkpoint": backend.checkpoint, "skipped_slices": int(sum(out.skipped)),
               "operating_point": summary["operating_point"]},
-        redecide=lambda t: _local_result(out.with_operating_point(out.op.with_overrides(map_threshold=t)), backend),
+        calibrated_threshold=float(out.op.map_threshold),
+        redecide=lambda t: _local_result(out, backend, t),
     )
 
 
@@ -163,7 +99,7 @@ class ServerBackend:
     read back the same way. Needs no torch.
     """
 
-    name = "server"
+    name = BACKEND_SERVER
 
     def __init__(self, url: str, model: str = "medsad", timeout: float = 600.0) -> None:
         if not url or not url.startswith(("http://", "https://")):
@@ -174,14 +110,15 @@ class ServerBackend:
 
     def run(self, volume_node: Any, threshold: float | None = None, progress: ProgressFn | None = None,
             cancel: CancelFn | None = None) -> MedSADResult:
-        threshold = _check_threshold(threshold)
+        """Send the volume (slices along K: start the server with ``--conf slice_axis 2``);
+        ``threshold`` is sent as the request's lesion-map threshold, None keeps the server's."""
+        threshold = check_threshold(threshold)
         try:
             from monailabel.client import MONAILabelClient
             from monailabel.client.client import MONAILabelClientException
         except ImportError as err:
             raise MedSADError(f"the server backend needs the monailabel client ({err}): "
                               "pip install --no-deps monailabel==0.8.5") from err
-        from . import nodes
 
         if cancel is not None and cancel():
             raise MedSADError("cancelled before the request was sent")
@@ -210,5 +147,43 @@ class ServerBackend:
         if len(scores) != mask.shape[0]:
             raise MedSADError(f"server returned {len(scores)} slice scores for a volume of {mask.shape[0]} slices; "
                               "start the server with --conf slice_axis 2")
-        info = {k: v for k, v in params.items() if k not in ("slice_scores",)}
-        return MedSADResult.from_summary(params, mask, probability=None, backend=self.name, info=info)
+        info = {k: v for k, v in params.items() if k != "slice_scores"}
+        op = params.get("operating_point") or {}
+        calibrated = op.get("map_threshold") if threshold is None else None  # an override hides the calibrated one
+        return MedSADResult.from_summary(params, mask, probability=None, backend=self.name, info=info,
+                                         calibrated_threshold=None if calibrated is None else float(calibrated))
+
+
+# --------------------------------------------------------------------------- factory
+
+_local_cache: dict[tuple[str, float, int], LocalBackend] = {}
+
+
+def make_backend(kind: str, checkpoint: str = "", url: str = "", batch_size: int = 8) -> Backend:
+    """The backend for a choice of the module's parameters (``kind`` one of :data:`BACKENDS`).
+
+    A local backend is kept per checkpoint file (path and modification time), so the model loads
+    once for the module and the Segment Editor effect; one model is held at a time.
+
+    Raises:
+        MedSADError: unknown kind, no or a missing checkpoint, a malformed server URL.
+    """
+    if kind == BACKEND_SERVER:
+        return ServerBackend(url or DEFAULT_SERVER_URL)
+    if kind != BACKEND_LOCAL:
+        raise MedSADError(f"unknown backend {kind!r}: expected one of {', '.join(BACKENDS)}")
+    if not checkpoint:
+        raise MedSADError("no checkpoint chosen: select a MedSAD checkpoint (.pt from 'medsad train') "
+                          "in the MedSAD module, or switch to the MONAI Label server backend")
+    if not os.path.isfile(checkpoint):
+        raise MedSADError(f"checkpoint {checkpoint!r} not found: select an existing .pt file in the MedSAD module")
+    key = (os.path.abspath(checkpoint), os.path.getmtime(checkpoint), int(batch_size))
+    if key not in _local_cache:
+        _local_cache.clear()  # one model in memory at a time
+        _local_cache[key] = LocalBackend(checkpoint, batch_size=batch_size)
+    return _local_cache[key]
+
+
+def clear_backend_cache() -> None:
+    """Forget the cached local model (frees its memory)."""
+    _local_cache.clear()

@@ -1,20 +1,23 @@
 """``MedSADLogic``: check the input, run a backend, build and update the output nodes.
 
 Every check happens before any node is created, and a failure while creating outputs removes
-what was created: on error the scene keeps exactly the nodes it had.
+what was created: on error the scene keeps exactly the nodes it had. A run checks the volume
+once (:meth:`MedSADLogic.run`); the backend copies its voxels at most once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from . import nodes
-from .backends import LocalBackend, MedSADError, MedSADResult, ServerBackend
+from .results import Backend, CancelFn, MedSADError, MedSADResult, ProgressFn, check_threshold
 
 logger = logging.getLogger(__name__)
+
+#: attribute of the output segmentation and table: the ID of the volume they were made from
+VOLUME_ATTRIBUTE = "MedSAD.volumeID"
 
 
 @dataclass
@@ -35,8 +38,9 @@ class MedSADLogic:
             raise MedSADError("no MRML scene given")
         self.scene = scene
 
-    def check_volume(self, volume_node: Any) -> None:
-        """Raise :class:`MedSADError` unless ``volume_node`` is a 3-D scalar volume."""
+    def check_volume(self, volume_node: Any) -> tuple[int, int, int]:
+        """The (K, J, I) shape of ``volume_node``; raises :class:`MedSADError` unless it is a
+        3-D scalar volume with voxels."""
         if volume_node is None:
             raise MedSADError("no input volume selected")
         if not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
@@ -51,38 +55,40 @@ class MedSADLogic:
         if min(dims) < 2:
             raise MedSADError(f"{volume_node.GetName()!r} is 2-D (dimensions {tuple(dims)}); MedSAD needs a 3-D volume "
                               "with at least 2 slices (run 2-D images with `medsad infer`)")
+        return nodes.volume_shape(volume_node)
 
-    def run(self, volume_node: Any, backend: LocalBackend | ServerBackend, threshold: float | None = None,
-            progress: Callable[[int, int], None] | None = None,
-            cancel: Callable[[], bool] | None = None) -> MedSADResult:
+    def run(self, volume_node: Any, backend: Backend, threshold: float | None = None,
+            progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> MedSADResult:
         """Run ``volume_node`` through ``backend`` (slices along K). Creates no nodes.
 
+        Every backend is called the same way (:class:`~MedSADLib.results.Backend`).
         ``threshold`` (lesion map) overrides the model's calibrated one; None keeps it.
 
         Raises:
             MedSADError: bad input, a backend failure (checkpoint, server), or cancel.
         """
-        self.check_volume(volume_node)
-        if isinstance(backend, LocalBackend):
-            result = backend.run(nodes.volume_array(volume_node), threshold, progress, cancel)
-        elif isinstance(backend, ServerBackend):
-            result = backend.run(volume_node, threshold, progress, cancel)
-        else:
-            raise MedSADError(f"unknown backend {backend!r}")
-        expected = nodes.volume_array(volume_node).shape
-        if result.mask.shape != expected:
-            raise MedSADError(f"backend returned a mask of shape {result.mask.shape} for a volume of {expected}")
-        logger.info("%s: volume score %.3f, worst slice %d (%s backend)", volume_node.GetName(), result.volume_score,
-                    result.worst_slice, result.backend)
+        shape = self.check_volume(volume_node)
+        check_threshold(threshold)
+        if not callable(getattr(backend, "run", None)):
+            raise MedSADError(f"{backend!r} is not a MedSAD backend")
+        result = backend.run(volume_node, threshold, progress, cancel)
+        if result.mask.shape != shape:
+            raise MedSADError(f"backend returned a mask of shape {result.mask.shape} for a volume of {shape}")
+        logger.info("%s: volume score %.3f (%s), worst slice %d (%s backend, %s)", volume_node.GetName(),
+                    result.volume_score, "abnormal" if result.volume_abnormal else "normal", result.worst_slice,
+                    result.backend, result.source)
         return result
 
     def create_outputs(self, volume_node: Any, result: MedSADResult, segmentation_node: Any = None,
                        table_node: Any = None) -> OutputNodes:
-        """Segmentation (segment ``Lesion`` in the volume's geometry), scores table and plot.
+        """Segmentation (segment ``Lesion`` in the volume's geometry), scores table and plot,
+        for a result of :meth:`run` on ``volume_node`` (not checked again: only that the mask
+        fits the volume).
 
-        Given nodes are reused (updated in place); new ones are named after the volume.
+        Given nodes are reused (updated in place); new ones are named after the volume. The
+        decision is stored as ``MedSAD.*`` attributes of the segmentation (saved with the scene).
         """
-        self.check_volume(volume_node)
+        self._check_fits(volume_node, result)
         before = {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
         try:
             name = volume_node.GetName()
@@ -96,35 +102,83 @@ class MedSADLogic:
                 if node is not None and node.GetID() not in before:
                     self.scene.RemoveNode(node)
             raise
-        for key, value in (("MedSAD.volumeScore", result.volume_score), ("MedSAD.worstSlice", result.worst_slice),
-                           ("MedSAD.volumeAbnormal", result.volume_abnormal), ("MedSAD.threshold", result.threshold),
-                           ("MedSAD.sliceThreshold", result.slice_threshold), ("MedSAD.backend", result.backend)):
-            seg.SetAttribute(key, str(value))
+        for node in (seg, table):
+            node.SetAttribute(VOLUME_ATTRIBUTE, volume_node.GetID())
+        _store_decision(seg, result)
         return OutputNodes(seg, table, series, chart)
 
-    def rethreshold(self, volume_node: Any, result: MedSADResult, threshold: float, outputs: OutputNodes) -> MedSADResult:
-        """Apply a new lesion-map threshold without running the model again: with the local
-        backend the mask, slice scores, flags and volume decision are re-decided (post-processing
-        included); a server result keeps its mask. Updates ``result`` and the nodes."""
-        if not 0.0 < threshold < 1.0:
-            raise MedSADError(f"threshold {threshold} must lie strictly between 0 and 1")
-        if result.redecide is not None:
-            new = result.redecide(float(threshold))
-            for name in ("mask", "slice_scores", "volume_score", "volume_abnormal", "info"):
-                setattr(result, name, getattr(new, name))
-            nodes.set_segment(self.scene, volume_node, result.mask, outputs.segmentation)
-            nodes.update_scores(outputs.table, result.slice_scores, result.abnormal())
-        result.threshold = float(threshold)
-        outputs.segmentation.SetAttribute("MedSAD.threshold", str(result.threshold))
-        outputs.segmentation.SetAttribute("MedSAD.volumeAbnormal", str(result.volume_abnormal))
+    def rethreshold(self, volume_node: Any, result: MedSADResult, threshold: float | None,
+                    outputs: OutputNodes) -> MedSADResult:
+        """Apply a new lesion-map threshold (None: the model's calibrated one) without running
+        the model again: with the local backend the mask, slice scores, flags and volume decision
+        are re-decided (post-processing included) and the nodes updated. A result that cannot
+        re-decide (server: a binary mask) is returned unchanged: run again for a new mask."""
+        threshold = check_threshold(threshold)
+        if threshold is None:
+            threshold = result.calibrated_threshold
+        if not result.can_rethreshold or threshold is None:
+            return result
+        self._check_fits(volume_node, result)
+        new = result.redecide(float(threshold))
+        for name in ("mask", "threshold", "slice_scores", "volume_score", "volume_abnormal", "info"):
+            setattr(result, name, getattr(new, name))
+        nodes.set_segment(self.scene, volume_node, result.mask, outputs.segmentation)
+        nodes.update_scores(outputs.table, result.slice_scores, result.abnormal())
+        _store_decision(outputs.segmentation, result)
         return result
 
-    def worst_slice_ras(self, volume_node: Any, result: MedSADResult) -> tuple[float, float, float]:
-        """RAS of the centre of the most anomalous slice (for ``JumpSlicesToLocation``)."""
-        return nodes.slice_centre_ras(volume_node, result.worst_slice)
+    def worst_slice_ras(self, volume_node: Any, result: MedSADResult | int) -> tuple[float, float, float]:
+        """RAS of the centre of the most anomalous slice (of a result, or a K index; for
+        ``JumpSlicesToLocation``)."""
+        k = result if isinstance(result, int) else result.worst_slice
+        return nodes.slice_centre_ras(volume_node, k)
+
+    def worst_slice(self, table_node: Any) -> int:
+        """K index of the highest score in a scores table (works after the scene is reloaded,
+        when the in-memory result is gone)."""
+        scores = nodes.table_scores(table_node)
+        if not scores:
+            name = repr(table_node.GetName()) if table_node is not None else "no table"
+            raise MedSADError(f"{name} has no scores: run MedSAD first")
+        return max(range(len(scores)), key=scores.__getitem__)
+
+    def outputs_belong_to(self, node: Any, volume_node: Any) -> bool:
+        """True when ``node`` (an output segmentation or table) was made from ``volume_node``."""
+        return (node is not None and volume_node is not None
+                and node.GetAttribute(VOLUME_ATTRIBUTE) == volume_node.GetID())
+
+    def stored_decision(self, segmentation_node: Any) -> str:
+        """The decision stored with an output segmentation (after a scene reload the in-memory
+        result is gone, the attributes are not); empty when it has none."""
+        get = (lambda key: segmentation_node.GetAttribute(f"MedSAD.{key}")) if segmentation_node is not None else None
+        if get is None or get("volumeScore") is None:
+            return ""
+        verdict = "ABNORMAL" if get("volumeAbnormal") == "True" else "normal"
+        return (f"Last result ({get('backend')} backend): volume {verdict}, score {float(get('volumeScore')):.3f} "
+                f"(threshold {float(get('volumeThreshold') or 0.5):.3f}; operating point "
+                f"{get('source') or 'default'}, lesion threshold {float(get('threshold')):.2f}); most anomalous "
+                f"slice K={get('worstSlice')}. Run again to re-threshold: the probabilities are not saved with "
+                "the scene.")
 
     def export_seg_nrrd(self, segmentation_node: Any, path: str) -> None:
         """Write the segmentation as ``.seg.nrrd`` with Slicer's own storage node."""
         if segmentation_node is None:
             raise MedSADError("no segmentation to export: run MedSAD first")
         nodes.write_segmentation(segmentation_node, path)
+
+    @staticmethod
+    def _check_fits(volume_node: Any, result: MedSADResult) -> None:
+        if volume_node is None or volume_node.GetImageData() is None:
+            raise MedSADError("no input volume: the result has nothing to be placed on")
+        shape = nodes.volume_shape(volume_node)
+        if result.mask.shape != shape:
+            raise MedSADError(f"the result ({result.mask.shape}) is not of {volume_node.GetName()!r} {shape}")
+
+
+def _store_decision(segmentation_node: Any, result: MedSADResult) -> None:
+    """The decision as attributes of the segmentation node (saved with the scene)."""
+    for key, value in (("volumeScore", result.volume_score), ("volumeThreshold", result.volume_threshold),
+                       ("volumeAbnormal", result.volume_abnormal), ("worstSlice", result.worst_slice),
+                       ("threshold", result.threshold), ("sliceThreshold", result.slice_threshold),
+                       ("source", result.source), ("backend", result.backend)):
+        segmentation_node.SetAttribute(f"MedSAD.{key}", str(value))

@@ -11,7 +11,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .backends import MedSADError
+from .results import MedSADError
 
 SEGMENT_NAME = "Lesion"
 SEGMENT_COLOR = (0.9, 0.15, 0.1)
@@ -25,8 +25,20 @@ def ijk_to_ras(volume_node: Any) -> vtk.vtkMatrix4x4:
 
 
 def volume_array(volume_node: Any) -> np.ndarray:
-    """The voxels as (K, J, I), like ``slicer.util.arrayFromVolume``."""
+    """The voxels as (K, J, I), like ``slicer.util.arrayFromVolume``: a view, not a copy."""
     return np.asarray(slicer.util.arrayFromVolume(volume_node))
+
+
+def volume_shape(volume_node: Any) -> tuple[int, int, int]:
+    """(K, J, I) dimensions of the volume's voxels."""
+    i, j, k = volume_node.GetImageData().GetDimensions()
+    return k, j, i
+
+
+def voxels_ijk(volume_node: Any) -> np.ndarray:
+    """The voxels as a C-contiguous (I, J, K) float32 array (the order ``medsad_monai`` reads):
+    one copy of the volume, made here, whatever the volume's scalar type."""
+    return volume_array(volume_node).transpose(2, 1, 0).astype(np.float32, order="C")
 
 
 def oriented_image(mask_kji: np.ndarray, volume_node: Any) -> Any:
@@ -114,6 +126,14 @@ def update_scores(table_node: Any, scores: Sequence[float], abnormal: Sequence[b
     table_node.Modified()
 
 
+def table_scores(table_node: Any) -> list[float]:
+    """The ``score`` column of a scores table (empty when there is none)."""
+    column = table_node.GetTable().GetColumnByName("score") if table_node is not None else None
+    if column is None:
+        return []
+    return [float(column.GetValue(k)) for k in range(column.GetNumberOfTuples())]
+
+
 def scores_plot(scene: Any, table_node: Any, series: Any = None, chart: Any = None,
                 title: str = "MedSAD anomaly score per slice") -> tuple[Any, Any]:
     """A line plot of ``score`` over ``slice`` from the table, in a chart node. A series already
@@ -184,7 +204,7 @@ def read_mask(path: str, volume_node: Any) -> np.ndarray:
     a = np.array([[expected.GetElement(i, j) for j in range(4)] for i in range(4)])
     b = np.array([[got.GetElement(i, j) for j in range(4)] for i in range(4)])
     array = volume_array(node)
-    if array.shape != volume_array(volume_node).shape or not np.allclose(a, b, atol=1e-4):
+    if array.shape != volume_shape(volume_node) or not np.allclose(a, b, atol=1e-4):
         raise MedSADError("the returned mask does not lie on the input volume's grid "
                           f"(shape {array.shape}, IJK-to-RAS {np.round(b, 4).tolist()})")
     return (array > 0).astype(np.uint8)

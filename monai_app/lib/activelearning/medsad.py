@@ -10,6 +10,7 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
+from ..errors import InputError
 from ..scoring.medsad import MedSADScoring
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class MedSADUncertain(Strategy):
                 continue
             candidates.append((float(info["anomaly_uncertainty"]), float(info.get("anomaly_score", 0.0)), image_id))
         if not candidates:
-            raise ValueError(f"none of the {len(unlabeled)} unlabelled images could be scored: {report['failed']}")
+            raise InputError(f"none of the {len(unlabeled)} unlabelled images could be scored: {report['failed']}")
         candidates.sort(key=lambda c: (-c[0], -c[1], c[2]))
         u, s, image_id = candidates[0]
         logger.info("medsad_uncertain: %s (uncertainty %.3f, score %.3f) of %d", image_id, u, s, len(candidates))

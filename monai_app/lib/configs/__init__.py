@@ -1,3 +1,4 @@
-from .medsad import MedSADTaskConfig, ServeConfig
+from ..serve_config import ServeConfig
+from .medsad import MedSADTaskConfig
 
 __all__ = ["MedSADTaskConfig", "ServeConfig"]

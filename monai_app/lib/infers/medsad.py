@@ -16,10 +16,12 @@ from typing import Any
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from medsad_monai.data.volumes import volume_suffix
-from medsad_monai.engine.decision import check_threshold
-from medsad_monai.engine.inference import predict_file, save_mask
+from medsad_monai.engine.inference import save_mask
 
+from ..errors import NotFoundError
+from ..images import predict, read_image
 from ..model_cache import ModelCache
+from ..serve_config import CALIBRATED, InferParams
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +33,12 @@ class MedSADInfer(InferTask):
 
     Request keys: ``image`` (path, filled in by MONAI Label), optional ``threshold`` (lesion-map
     threshold 0-1), ``slice_threshold``, ``volume_threshold`` (each ``calibrated`` or empty = the
-    checkpoint's operating point), ``slice_axis`` (0/1/2) and ``skip_background`` (bool).
+    checkpoint's operating point), ``slice_axis`` (0/1/2) and ``skip_background`` (bool), validated
+    by :class:`lib.serve_config.InferParams`.
     Result JSON: ``slice_scores``, ``volume_score``, ``volume_abnormal``, ``worst_slice``,
-    ``abnormal_slices``, the thresholds and ``operating_point`` they came from, ``label_names``
-    and a few counts, all plain Python types.
+    ``abnormal_slices``, the thresholds and ``operating_point`` they came from, ``label_names``,
+    ``checkpoint_sha256`` (of the checkpoint whose model made this mask) and a few counts, all
+    plain Python types.
     """
 
     def __init__(self, cache: ModelCache) -> None:
@@ -57,21 +61,19 @@ class MedSADInfer(InferTask):
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         image = str(request.get("image") or "")
         if not image:
-            raise FileNotFoundError("unknown image id (not in the datastore) and no file uploaded")
+            raise NotFoundError("unknown image id (not in the datastore) and no file uploaded")
         path = Path(image)
         if not path.is_file():
-            raise FileNotFoundError(f"image {image!r} not found")
-        thresholds = {key: _threshold(request.get(key), key) for key in ("threshold", "slice_threshold", "volume_threshold")}
-        if thresholds["threshold"] is None:
-            thresholds["threshold"] = self.cache.serve.threshold
-        axis = _axis(request.get("slice_axis", self.cache.serve.slice_axis))
-        skip = _flag(request.get("skip_background", True), "skip_background")
+            raise NotFoundError(f"image {image!r} not found")
+        params = InferParams.from_request(request, self.cache.serve)
         start = time.perf_counter()
-        predictor = self.cache.get()
-        op = predictor.operating_point.with_overrides(map_threshold=thresholds["threshold"],
-                                                      slice_threshold=thresholds["slice_threshold"],
-                                                      volume_threshold=thresholds["volume_threshold"])
-        result = predict_file(predictor, path, axis=axis, skip_background=skip).with_operating_point(op)
+        data = read_image(path, params.slice_axis)
+        loaded = self.cache.get()
+        predictor = loaded.predictor
+        op = predictor.operating_point.with_overrides(map_threshold=params.threshold,
+                                                      slice_threshold=params.slice_threshold,
+                                                      volume_threshold=params.volume_threshold)
+        result = predict(predictor, data, params.slice_axis, params.skip_background).with_operating_point(op)
         suffix = volume_suffix(path) or ".png"
         fd, out = tempfile.mkstemp(prefix="medsad_", suffix=suffix)
         os.close(fd)
@@ -80,7 +82,7 @@ class MedSADInfer(InferTask):
         summary.update({
             "label_names": dict(LABEL_NAMES),
             "model": "medsad",
-            "checkpoint_sha256": self.cache.fingerprint(),
+            "checkpoint_sha256": loaded.fingerprint,
             "latency_s": round(time.perf_counter() - start, 3),
         })
         logger.info("%s: volume_score %.3f (abnormal: %s), worst slice %d, %d lesion voxels", path.name,
@@ -89,36 +91,5 @@ class MedSADInfer(InferTask):
         return out, summary
 
 
-#: What a request sends (and Slicer shows) for "the checkpoint's calibrated value".
-CALIBRATED = "calibrated"
-
-
 def _shown(value: float | None) -> float | str:
     return CALIBRATED if value is None else value
-
-
-def _threshold(value: Any, name: str = "threshold") -> float | None:
-    """A request's threshold: None (the calibrated one) or a number strictly inside (0, 1)."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", CALIBRATED)):
-        return None
-    return check_threshold(name, value)
-
-
-def _axis(value: Any) -> int:
-    try:
-        axis = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"slice_axis {value!r}: expected 0, 1 or 2") from None
-    if axis not in (0, 1, 2):
-        raise ValueError(f"slice_axis {axis}: expected 0, 1 or 2")
-    return axis
-
-
-def _flag(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("true", "1", "yes"):
-        return True
-    if str(value).lower() in ("false", "0", "no"):
-        return False
-    raise ValueError(f"{name} {value!r}: expected true or false")

@@ -18,9 +18,12 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from medsad_monai.engine.decision import calibrated_probability
-from medsad_monai.engine.inference import VolumeResult, predict_file
+from medsad_monai.engine.inference import VolumeResult
 
+from ..errors import InputError
+from ..images import predict, read_image
 from ..model_cache import ModelCache
+from ..serve_config import check_choice, check_flag
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +54,15 @@ class MedSADScoring(ScoringMethod):
         self.cache = cache
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
-        which = request.get("images", "unlabeled")
-        if which not in ("unlabeled", "all"):
-            raise ValueError(f"images {which!r}: expected 'unlabeled' or 'all'")
-        force = str(request.get("force", "false")).lower() in ("1", "true", "yes")
+        which = check_choice("images", request.get("images", "unlabeled"), ("unlabeled", "all"))
+        force = check_flag("force", request.get("force", False))
         ids = datastore.list_images() if which == "all" else datastore.get_unlabeled_images()
         return self.score(datastore, ids, force=force)
 
     def score(self, datastore: Datastore, image_ids: list[str], force: bool = False) -> dict[str, Any]:
-        predictor = self.cache.get()
-        model = self.cache.fingerprint()
+        loaded = self.cache.get()  # one model for the whole run: every entry names the one that scored it
+        model = loaded.fingerprint
+        axis = self.cache.serve.slice_axis
         scored: dict[str, Any] = {}
         skipped, failed = [], {}
         for image_id in sorted(image_ids):
@@ -70,11 +72,12 @@ class MedSADScoring(ScoringMethod):
                 continue
             start = time.perf_counter()
             try:
-                result = predict_file(predictor, datastore.get_image_uri(image_id), axis=self.cache.serve.slice_axis)
-            except ValueError as err:  # one unreadable image must not stop the others
+                data = read_image(datastore.get_image_uri(image_id), axis)
+            except InputError as err:  # one unreadable image must not stop the others
                 logger.warning("scoring %s failed: %s", image_id, err)
                 failed[image_id] = str(err)
                 continue
+            result = predict(loaded.predictor, data, axis)  # a model error is the server's: HTTP 500
             summary = result.summary()
             entry = {
                 "anomaly_score": float(summary["volume_score"]),

@@ -14,25 +14,51 @@ import os
 import shutil
 import time
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
-from medsad_monai.configs import PRESETS, load_preset
-from medsad_monai.data.layouts import IMAGE_SUFFIXES
+from medsad_monai.configs import load_preset
+from medsad_monai.data.images import IMAGE_SUFFIXES
+from medsad_monai.data.layouts import image_sample, volume_samples
 from medsad_monai.data.volumes import volume_suffix
 from medsad_monai.engine.train import TrainOptions, train
 
+from ..errors import InputError, as_input_error
 from ..model_cache import ModelCache
+from ..serve_config import (
+    check_batch_size,
+    check_count,
+    check_device,
+    check_fraction,
+    check_minutes,
+    check_positive,
+    check_preset,
+    check_probability,
+    check_seed,
+)
 
 logger = logging.getLogger(__name__)
+
+#: The validator of each training option (``device`` is checked on its own: it may come from ``--conf``).
+OPTION_CHECKS = MappingProxyType({
+    "max_epochs": check_count,
+    "batch_size": check_batch_size,
+    "lr": check_positive,
+    "val_split": check_fraction,
+    "preset": check_preset,
+    "max_minutes": check_minutes,
+    "synthetic_lesions": check_probability,
+    "seed": check_seed,
+})
 
 
 class MedSADTrain(TrainTask):
     """Train/publish task. Request keys (defaults shown in ``/info``): ``max_epochs``,
     ``batch_size``, ``lr``, ``val_split``, ``preset``, ``max_minutes`` (0 = no limit),
-    ``synthetic_lesions``, ``seed``, ``device``."""
+    ``synthetic_lesions``, ``seed``, ``device`` (each checked by :mod:`lib.serve_config`)."""
 
     def __init__(self, cache: ModelCache) -> None:
         super().__init__("MedSAD-CLIP: train on the final labels of the datastore")
@@ -70,31 +96,28 @@ class MedSADTrain(TrainTask):
         opts = self._options(request)
         datalist = datastore.datalist()
         if len(datalist) < 2:
-            raise ValueError(f"training needs final labels for at least 2 images (split by volume); "
+            raise InputError(f"training needs final labels for at least 2 images (split by volume); "
                              f"the datastore has {len(datalist)}")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run = self.runs_dir / stamp
         n = 1
         while run.exists():
             run, n = self.runs_dir / f"{stamp}-{n}", n + 1
-        data = run.with_name(run.name + "_data")
-        layout = _link_dataset(datalist, data)
-        logger.info("training on %d labelled images (%s layout) into %s", len(datalist), layout, run)
+        samples, layout = _samples(datalist, self.cache.serve.slice_axis)
+        logger.info("training on %d labelled images (%s) into %s", len(datalist), layout, run)
         started = time.time()
-        try:
-            summary = train(TrainOptions(
-                data=str(data), out=str(run), layout=layout, preset=opts["preset"],
-                clip_model=self.cache.serve.clip_model, clip_pretrained=self.cache.serve.clip_pretrained,
-                epochs=opts["max_epochs"], batch_size=opts["batch_size"], lr=opts["lr"], seed=opts["seed"],
-                max_minutes=opts["max_minutes"] or None, val_fraction=opts["val_split"],
-                slice_axis=self.cache.serve.slice_axis, synthetic_lesions=opts["synthetic_lesions"],
-                device=opts["device"],
-            ))
-        finally:
-            shutil.rmtree(data, ignore_errors=True)
+        summary = train(TrainOptions(
+            data=f"MONAI Label datastore ({len(datalist)} final labels)", out=str(run), layout=layout,
+            preset=opts["preset"], clip_model=self.cache.serve.clip_model,
+            clip_pretrained=self.cache.serve.clip_pretrained, epochs=opts["max_epochs"],
+            batch_size=opts["batch_size"], lr=opts["lr"], seed=opts["seed"],
+            max_minutes=opts["max_minutes"] or None, val_fraction=opts["val_split"],
+            slice_axis=self.cache.serve.slice_axis, synthetic_lesions=opts["synthetic_lesions"],
+            device=opts["device"],
+        ), samples=samples)
         best = run / "best.pt"
         if not best.is_file():
-            raise ValueError(f"training finished without a validation-selected checkpoint in {run} "
+            raise InputError(f"training finished without a validation-selected checkpoint in {run} "
                              "(no validation metric was defined: label more volumes with lesions)")
         self._publish(best)
         result = {
@@ -119,54 +142,27 @@ class MedSADTrain(TrainTask):
 
     def _options(self, request: dict[str, Any]) -> dict[str, Any]:
         opts = {**self._config, **{k: request[k] for k in self._config if k in request}}
-        try:
-            opts["max_epochs"] = int(opts["max_epochs"])
-            opts["batch_size"] = int(opts["batch_size"])
-            opts["lr"] = float(opts["lr"])
-            opts["val_split"] = float(opts["val_split"])
-            opts["max_minutes"] = float(opts["max_minutes"])
-            opts["synthetic_lesions"] = float(opts["synthetic_lesions"])
-            opts["seed"] = int(opts["seed"])
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"bad training option: {err}") from None
-        for key in ("max_epochs", "batch_size"):
-            if opts[key] < 1:
-                raise ValueError(f"{key} {opts[key]}: must be at least 1")
-        if not opts["lr"] > 0:
-            raise ValueError(f"lr {opts['lr']}: must be positive")
-        if not 0.0 < opts["val_split"] < 1.0:
-            raise ValueError(f"val_split {opts['val_split']}: must lie strictly between 0 and 1")
-        if opts["max_minutes"] < 0:
-            raise ValueError(f"max_minutes {opts['max_minutes']}: must be 0 (no limit) or positive")
-        if opts["preset"] not in PRESETS:
-            raise ValueError(f"preset {opts['preset']!r}: choose one of {', '.join(PRESETS)}")
-        device = request.get("device") or self.cache.serve.device
-        opts["device"] = device if isinstance(device, str) and device else None
-        if opts["device"] and opts["device"].startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ValueError(f"device {opts['device']!r}: this server has no CUDA device; use cpu")
+        opts = {key: OPTION_CHECKS[key](key, value) for key, value in opts.items()}
+        opts["device"] = check_device("device", request.get("device") or self.cache.serve.device,
+                                      require_available=True)
         return opts
 
 
-def _link_dataset(datalist: list[dict[str, str]], folder: Path) -> str:
-    """Lay the datastore's (image, final label) pairs out as a ``volumes`` (Decathlon) or ``sricl``
-    (2-D images) folder of symbolic links; the datastore's files are never written to."""
+def _samples(datalist: list[dict[str, str]], slice_axis: int) -> tuple[list, str]:
+    """The training samples of the datastore's (image, final label) pairs, read in place (the
+    datastore's files are never written to): every slice of a volume, or one sample per 2-D image."""
     volumes = [volume_suffix(Path(d["image"])) is not None for d in datalist]
     images = [Path(d["image"]).suffix.lower() in IMAGE_SUFFIXES for d in datalist]
-    if all(volumes):
-        layout, image_dir, label_dir = "volumes", folder / "imagesTr", folder / "labelsTr"
-    elif all(images):
-        layout, image_dir, label_dir = "sricl", folder / "images", folder / "masks"
-    else:
-        raise ValueError("the datastore mixes volumes and 2-D images; train on one kind at a time")
-    image_dir.mkdir(parents=True)
-    label_dir.mkdir(parents=True)
+    if not (all(volumes) or all(images)):
+        raise InputError("the datastore mixes volumes and 2-D images; train on one kind at a time")
+    samples = []
     for item in datalist:
         image, label = Path(item["image"]), Path(item["label"])
         suffix = volume_suffix(image) or image.suffix
-        stem = image.name[: -len(suffix)]  # the datastore's image id: split.json names real cases
-        (image_dir / (stem + (volume_suffix(image) or image.suffix))).symlink_to(image.resolve())
-        (label_dir / (stem + (volume_suffix(label) or label.suffix))).symlink_to(label.resolve())
-    return layout
+        case = image.name[: -len(suffix)]  # the datastore's image id: split.json names real cases
+        with as_input_error():
+            if all(volumes):
+                samples += volume_samples(image, label, case, slice_axis)
+            else:
+                samples.append(image_sample(image, label, case))
+    return samples, "volumes" if all(volumes) else "sricl"

@@ -1,0 +1,180 @@
+"""The types every other ``MedSADLib`` module shares: the error, the result, the progress and
+cancel callbacks and the backend interface. This module imports nothing from the package, so
+no two ``MedSADLib`` modules import each other in a circle (``tests/test_slicer_static.py``
+checks it).
+
+Arrays are in Slicer's ``arrayFromVolume`` order (K, J, I): one score per K slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+#: ``progress(done, total)``: called as slices (or the server request) complete.
+ProgressFn = Callable[[int, int], None]
+#: ``cancel()``: polled between batches; True stops the run with a :class:`MedSADError`.
+CancelFn = Callable[[], bool]
+
+
+class MedSADError(RuntimeError):
+    """A problem the user can act on; the message says what and where."""
+
+
+class CancelFlag:
+    """A :data:`CancelFn` that a button sets: ``flag.request()``, then the run stops."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self) -> None:
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+@dataclass
+class MedSADResult:
+    """Per-slice anomaly scores and the lesion mask of one volume.
+
+    The decisions come from the model's calibrated operating point (``medsad calibrate``; the
+    0.5 fallback for an uncalibrated checkpoint), as in ``medsad infer`` and the server.
+
+    Args:
+        slice_scores: one calibrated score per K slice (Slicer's slice index).
+        mask: (K, J, I) uint8 post-processed lesion mask at ``threshold``.
+        threshold: the lesion-map threshold of ``mask``.
+        slice_threshold: a slice is abnormal when its score is at or above it.
+        volume_score: the volume's calibrated score.
+        volume_abnormal: the volume decision (``volume_score >= volume_threshold``).
+        volume_threshold: the volume decision threshold.
+        probability: (K, J, I) float32 lesion probability when the backend returns it (local);
+            then the mask can be re-thresholded without re-running.
+        backend: ``"local"`` or ``"server"``.
+        info: anything else the backend reported (plain types), notably ``operating_point``
+            (``map_threshold``, ``slice_threshold``, ``volume_threshold``, ``source``...).
+        calibrated_threshold: the lesion-map threshold of the model's own operating point
+            (before any override): where "Calibrated" goes back to.
+        redecide: local backend only: re-decides everything at another lesion-map threshold.
+    """
+
+    slice_scores: list[float]
+    mask: np.ndarray
+    threshold: float
+    slice_threshold: float = 0.5
+    volume_score: float = 0.0
+    volume_abnormal: bool = False
+    volume_threshold: float = 0.5
+    probability: np.ndarray | None = None
+    backend: str = "local"
+    info: dict[str, Any] = field(default_factory=dict)
+    calibrated_threshold: float | None = None
+    redecide: Callable[[float], "MedSADResult"] | None = None
+
+    @property
+    def worst_slice(self) -> int:
+        """K index of the most anomalous slice."""
+        return int(np.argmax(self.slice_scores)) if self.slice_scores else 0
+
+    @property
+    def operating_point(self) -> dict[str, Any]:
+        """The operating point the decisions were made at (empty when the backend gave none)."""
+        return dict(self.info.get("operating_point") or {})
+
+    @property
+    def source(self) -> str:
+        """Where the thresholds came from: ``default`` (not calibrated: 0.5), ``calibrate``,
+        ``validation``..., with ``+override`` when a threshold was set by hand."""
+        return str(self.operating_point.get("source", "default"))
+
+    @property
+    def can_rethreshold(self) -> bool:
+        """True when another lesion-map threshold can be applied without running again."""
+        return self.redecide is not None
+
+    def abnormal(self, threshold: float | None = None) -> list[bool]:
+        """Per-slice flags at ``threshold`` (default: the calibrated slice threshold)."""
+        t = self.slice_threshold if threshold is None else threshold
+        return [s >= t for s in self.slice_scores]
+
+    def at(self, threshold: float | None) -> "MedSADResult":
+        """This result decided at another lesion-map threshold (None: the model's calibrated
+        one), when it can re-decide (local backend); otherwise (a server's binary mask) itself."""
+        t = self.calibrated_threshold if threshold is None else float(threshold)
+        if t is None or self.redecide is None or abs(t - self.threshold) < 1e-12:
+            return self
+        return self.redecide(t)
+
+    def mask_at(self, threshold: float | None) -> np.ndarray:
+        """The post-processed mask at another lesion-map threshold (see :meth:`at`)."""
+        return self.at(threshold).mask
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any], mask: np.ndarray, **kwargs: Any) -> "MedSADResult":
+        """Build from a result summary (``medsad_monai``'s ``VolumeResult.summary()`` or the
+        server's result JSON): scores, thresholds, decision and ``operating_point``."""
+        info = dict(kwargs.pop("info", {}) or {})
+        if "operating_point" in summary:
+            info.setdefault("operating_point", dict(summary["operating_point"]))
+        return cls(slice_scores=[float(s) for s in summary["slice_scores"]], mask=mask,
+                   threshold=float(summary.get("threshold", 0.5)),
+                   slice_threshold=float(summary.get("slice_threshold", summary.get("threshold", 0.5))),
+                   volume_score=float(summary.get("volume_score", max(summary["slice_scores"], default=0.0))),
+                   volume_abnormal=bool(summary.get("volume_abnormal", False)),
+                   volume_threshold=float(summary.get("volume_threshold", 0.5)), info=info, **kwargs)
+
+
+def describe_source(source: str) -> str:
+    """Plain words for an operating point's ``source``."""
+    base, _, override = source.partition("+")
+    words = {"default": "not calibrated: the 0.5 default", "calibrate": "calibrated with 'medsad calibrate'",
+             "validation": "calibrated on the validation split"}.get(base, f"calibrated ({base})")
+    return words + (", lesion threshold set by hand" if override else "")
+
+
+def describe_decision(result: MedSADResult) -> str:
+    """The model's decision in one paragraph: the volume verdict with its score and operating
+    threshold, where the thresholds came from, the most anomalous slice and how many slices are
+    abnormal. Shown by the module and the Segment Editor effect."""
+    verdict = "ABNORMAL" if result.volume_abnormal else "normal"
+    op = result.operating_point
+    relation = "≥" if result.volume_abnormal else "<"
+    kind = f" ({op['volume_score']})" if op.get("volume_score") else ""
+    min_voxels = int(op.get("min_lesion_voxels") or 0)
+    size = f", minimum lesion {min_voxels} voxels" if min_voxels > 1 else ""
+    abnormal = sum(result.abnormal())
+    text = (f"Volume {verdict}: score {result.volume_score:.3f} {relation} threshold {result.volume_threshold:.3f}"
+            f"{kind}. Operating point: {describe_source(result.source)}; lesion threshold {result.threshold:.2f}"
+            f"{size}. Most anomalous slice K={result.worst_slice}; {abnormal} of {len(result.slice_scores)} slices "
+            f"at or above {result.slice_threshold:.3f}.")
+    if not result.can_rethreshold:
+        text += (f" The {result.backend} result's mask is fixed at {result.threshold:.2f}: run again to segment "
+                 "at another threshold.")
+    return text
+
+
+def check_threshold(threshold: float | None) -> float | None:
+    """``None`` (the model's calibrated threshold) or a number strictly inside (0, 1)."""
+    if threshold is None:
+        return None
+    t = float(threshold)
+    if not 0.0 < t < 1.0:
+        raise MedSADError(f"threshold {t} must lie strictly between 0 and 1")
+    return t
+
+
+class Backend(Protocol):
+    """Where the model runs. Every backend is called the same way; ``MedSADLogic.run`` checks
+    the volume node first, so a backend may assume a 3-D scalar volume."""
+
+    name: str
+
+    def run(self, volume_node: Any, threshold: float | None = None, progress: ProgressFn | None = None,
+            cancel: CancelFn | None = None) -> MedSADResult:
+        """Run ``volume_node`` slice by slice along K; ``threshold`` (lesion map) overrides the
+        model's calibrated one, ``None`` keeps it. Raises :class:`MedSADError`."""
+        ...
