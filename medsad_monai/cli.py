@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from medsad_monai.demo import DEMO_MINUTES
 from medsad_monai.log_setup import configure_logging
 
 __all__ = ["main", "build_parser"]
@@ -228,63 +229,13 @@ def _make_sample_data(args: argparse.Namespace) -> int:
     return synthetic_main(["--out", args.out, "--seed", str(args.seed)])
 
 
-def _demo_volume(data: Path) -> Path:
-    """The held-out sample volume with the largest lesion (the most telling one to look at)."""
-    from medsad_monai.data.volumes import load_volume
-
-    labels = sorted((data / "labelsTs").glob("*.nii*"))
-    if not labels:
-        raise FileNotFoundError(f"no test labels in {data / 'labelsTs'}; run `medsad make-sample-data` first")
-    best = max(labels, key=lambda p: int((load_volume(p)[0] > 0).sum()))
-    return data / "imagesTs" / best.name
-
-
-#: The recipe of the demo model, of the README's learning figure and of tests/test_learning.py:
-#: the ``tiny`` preset on the sample volumes, synthetic lesions painted on 80 % of the normal
-#: training slices (styles A and C and random looks; style B stays unseen), batch 8, weights
-#: averaged (EMA 0.99), seed 0, one data-loading worker (slice loading and lesion painting overlap
-#: the training step), a time budget of DEMO_MINUTES on 2 CPU cores.
-DEMO_RECIPE: dict = {"preset": "tiny", "epochs": 200, "batch_size": 8, "synthetic_lesions": 0.8,
-                     "synthetic_styles": ["A", "C", "R"], "ema_decay": 0.99, "seed": 0, "num_workers": 1,
-                     "intensity": "foreground"}
-DEMO_MINUTES = 9.0
-
-
-def ensure_demo_checkpoint(data: str | Path, out: str | Path, max_minutes: float = DEMO_MINUTES) -> Path:
-    """``OUT/run/best.pt``: trains the tiny preset on ``data`` (the sample volumes) if it is missing.
-
-    Used by ``medsad demo`` and by the MONAI Label demo server (``make run``).
-    """
-    from medsad_monai.engine.train import TrainOptions, train
-
-    ckpt = Path(out) / "run" / "best.pt"
-    if ckpt.exists():
-        print(f"using the demo checkpoint {ckpt}")
-        from medsad_monai.checkpoint import read_checkpoint
-
-        if not read_checkpoint(ckpt).get("calibration"):  # written before calibration existed
-            from medsad_monai.engine.calibration import calibrate_checkpoint
-
-            print(f"calibrating it on its validation volumes ({ckpt.parent / 'split.json'})", flush=True)
-            calibrate_checkpoint(ckpt, str(data), split="val")
-        return ckpt
-    import datetime
-
-    ready = (datetime.datetime.now() + datetime.timedelta(minutes=max_minutes + 1)).strftime("%H:%M")
-    print(f"no demo checkpoint yet: training the tiny preset on {data} for at most {max_minutes:g} min, then "
-          f"calibrating it (done by about {ready}); one line per epoch follows", flush=True)
-    train(TrainOptions(data=str(data), out=str(ckpt.parent), max_minutes=max_minutes, **DEMO_RECIPE))
-    if not ckpt.exists():
-        raise RuntimeError(f"demo training ended without a validation-selected checkpoint in {ckpt.parent}")
-    return ckpt
-
-
 def _demo(args: argparse.Namespace) -> int:
+    from medsad_monai.demo import demo_volume, ensure_demo_checkpoint
     from medsad_monai.engine.inference import Predictor, infer_path
 
     out = Path(args.out)
     ckpt = ensure_demo_checkpoint(args.data, out, args.max_minutes)
-    volume = _demo_volume(Path(args.data))
+    volume = demo_volume(Path(args.data))
     predictor = Predictor.from_checkpoint(ckpt)
     for r in infer_path(predictor, volume, out / "infer"):
         print(f"{volume.name}: volume_score={r['volume_score']:.3f} worst_slice={r['worst_slice']} "

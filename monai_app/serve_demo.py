@@ -49,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(ROOT / "sample_data" / "volumes"))
     parser.add_argument("--demo-dir", default=str(ROOT / "demo"))
     parser.add_argument("--max-minutes", type=float,
-                        help="training budget if no demo checkpoint exists (default: medsad_monai.cli.DEMO_MINUTES)")
+                        help="training budget if no demo checkpoint exists (default: medsad_monai.demo.DEMO_MINUTES)")
     args = parser.parse_args(argv)
     from medsad_monai.log_setup import configure_logging
 
     configure_logging()
 
-    from medsad_monai.cli import ensure_demo_checkpoint
+    from medsad_monai.demo import ensure_demo_checkpoint
 
     demo = Path(args.demo_dir).resolve()
     ckpt = ensure_demo_checkpoint(args.data, demo, *([args.max_minutes] if args.max_minutes else []))

@@ -43,3 +43,27 @@ def test_train_then_infer_from_the_command_line(tiny_volumes, tmp_path, capsys):
 def test_unknown_preset_is_rejected_by_the_parser():
     with pytest.raises(SystemExit):
         main(["train", "--data", "x", "--out", "y", "--preset", "huge"])
+
+
+def test_demo_reuses_a_calibrated_checkpoint_and_picks_the_largest_test_lesion(tiny_checkpoint, tiny_volumes, tmp_path, caplog):
+    """`make run` / `medsad demo` start in seconds once the demo model exists: no training, no calibration."""
+    import logging
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    from medsad_monai.checkpoint import write_calibration
+    from medsad_monai.demo import demo_volume, ensure_demo_checkpoint
+    from medsad_monai.engine.decision import OperatingPoint
+
+    ckpt = tmp_path / "demo" / "run" / "best.pt"
+    ckpt.parent.mkdir(parents=True)
+    shutil.copyfile(tiny_checkpoint, ckpt)
+    write_calibration(ckpt, OperatingPoint(map_threshold=0.6, source="validation"))
+    with caplog.at_level(logging.INFO, logger="medsad_monai.demo"):
+        assert ensure_demo_checkpoint(tiny_volumes, tmp_path / "demo") == ckpt
+    assert "using the demo checkpoint" in caplog.text and "training" not in caplog.text
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["best.pt"]
+    sizes = {p.name: int((np.asarray(nib.load(p).dataobj) > 0).sum()) for p in (tiny_volumes / "labelsTs").glob("*.nii*")}
+    assert demo_volume(tiny_volumes).name == max(sizes, key=sizes.get)

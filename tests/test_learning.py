@@ -1,6 +1,6 @@
 """Learning on the committed sample data, in CI: the `tiny` recipe must keep learning *and* decide.
 
-`tiny` trained with the demo recipe (``medsad_monai.cli.DEMO_RECIPE``, a 9-minute budget on 2 CPU
+`tiny` trained with the demo recipe (``medsad_monai.demo.DEMO_RECIPE``, a 9-minute budget on 2 CPU
 cores) on ``sample_data/volumes`` is calibrated on its validation volumes at the end of
 training, then evaluated at that operating point on the held-out test volumes: six new subjects
 of the training anatomy (one with style B, which training never sees; one lesion-free) and four
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from medsad_monai.cli import DEMO_MINUTES, DEMO_RECIPE
+from medsad_monai.demo import DEMO_MINUTES, DEMO_RECIPE
 from medsad_monai.data.layouts import case_tags
 from medsad_monai.engine.evaluate import evaluate_checkpoint
 from medsad_monai.engine.train import TrainOptions, train

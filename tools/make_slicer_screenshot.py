@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--slice {args.slice!r}: use 'worst', 'largest' or a K index")
     checkpoint = args.checkpoint
     if checkpoint is None:
-        from medsad_monai.cli import ensure_demo_checkpoint
+        from medsad_monai.demo import ensure_demo_checkpoint
 
         checkpoint = ensure_demo_checkpoint(ROOT / "sample_data" / "volumes", ROOT / "demo")
     if not args.case.exists():
