@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.medsad-installed
 
-.PHONY: run demo-cli test venv bench clean-venv
+.PHONY: run demo-cli test lint venv bench clean-venv
 
 venv: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): Makefile requirements/core.txt requirements/server.txt requirements/mo
 
 test: venv
 	$(PY) -m pytest -q
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 run: venv
 	MONAI_LABEL_TRACKING_ENABLED=false $(PY) monai_app/serve_demo.py

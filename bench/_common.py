@@ -20,5 +20,7 @@ def model_bench_args(doc: str | None, runs: int) -> argparse.Namespace:
 
 def header(args: argparse.Namespace, size: int, extra: str = "") -> str:
     """The first result line: what ran where."""
-    return (f"device={args.device} model={args.model} preset={args.preset} batch={args.batch} size={size} "
-            f"threads={torch.get_num_threads()} runs={args.runs}{extra}")
+    return (
+        f"device={args.device} model={args.model} preset={args.preset} batch={args.batch} size={size} "
+        f"threads={torch.get_num_threads()} runs={args.runs}{extra}"
+    )

@@ -15,7 +15,6 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-
 from _common import header, model_bench_args  # noqa: E402
 
 from medsad_monai.configs import load_preset  # noqa: E402

@@ -43,10 +43,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    slices = {name: anatomy(name, 2)[0][:, :, int(0.5 * anatomy(name, 2)[0].shape[2])] for name in ("mni152", "pycortex_s1")}
+    slices = {
+        name: anatomy(name, 2)[0][:, :, int(0.5 * anatomy(name, 2)[0].shape[2])] for name in ("mni152", "pycortex_s1")
+    }
     paint = {}
     for name, img in slices.items():
-        paint[name] = _median(lambda img=img: paint_lesions(img, estimate_brain_mask(img), rng, style="mixed"), args.runs)
+        paint[name] = _median(
+            lambda img=img: paint_lesions(img, estimate_brain_mask(img), rng, style="mixed"), args.runs
+        )
     model = MedSADCLIP(load_preset("tiny"))
     loss_fn = MedSADLoss(dice_reduction="lesion_images")
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-3)

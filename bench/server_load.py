@@ -82,8 +82,10 @@ def main() -> int:
     p50 = statistics.median(latencies)
     p95 = latencies[min(len(latencies) - 1, int(round(0.95 * (len(latencies) - 1))))]
     print(f"single request {single:.2f} s; {args.concurrency} concurrent: p50 {p50:.2f} s, p95 {p95:.2f} s")
-    print(f"load_p95_over_single={p95 / single:.2f} p50_s={p50:.2f} p95_s={p95:.2f} single_s={single:.2f} "
-          f"n={args.concurrency} ok={len(latencies)}")
+    print(
+        f"load_p95_over_single={p95 / single:.2f} p50_s={p50:.2f} p95_s={p95:.2f} single_s={single:.2f} "
+        f"n={args.concurrency} ok={len(latencies)}"
+    )
     return 0 if not failures else 1
 
 

@@ -47,7 +47,9 @@ def _run(mode: str, args: dict, queue: mp.Queue) -> None:
     wall = time.perf_counter() - start
     ran = len(result.skipped) - sum(result.skipped)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"mode": mode, "wall_s": wall, "slices_run": ran, "slices": len(result.skipped), "peak_rss_mib": peak_mib})
+    queue.put(
+        {"mode": mode, "wall_s": wall, "slices_run": ran, "slices": len(result.skipped), "peak_rss_mib": peak_mib}
+    )
 
 
 def main() -> None:
@@ -69,8 +71,10 @@ def main() -> None:
         print(json.dumps(results[mode]))
     on, off = results["on"], results["off"]
     per_s = {m: r["slices"] / r["wall_s"] for m, r in results.items()}
-    print(f"skip_speedup={off['wall_s'] / on['wall_s']:.2f} rss_ratio={on['peak_rss_mib'] / off['peak_rss_mib']:.2f} "
-          f"slices_per_s_on={per_s['on']:.2f} slices_per_s_off={per_s['off']:.2f}")
+    print(
+        f"skip_speedup={off['wall_s'] / on['wall_s']:.2f} rss_ratio={on['peak_rss_mib'] / off['peak_rss_mib']:.2f} "
+        f"slices_per_s_on={per_s['on']:.2f} slices_per_s_off={per_s['off']:.2f}"
+    )
 
 
 if __name__ == "__main__":

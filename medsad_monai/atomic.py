@@ -16,8 +16,9 @@ from typing import IO, Any
 __all__ = ["atomic_write", "atomic_write_text"]
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], Any], *, binary: bool = True,
-                 newline: str | None = None) -> Path:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[IO[Any]], Any], *, binary: bool = True, newline: str | None = None
+) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``.
 
     Args:

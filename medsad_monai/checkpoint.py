@@ -50,8 +50,12 @@ def _saved_backbone_prefix(config: MedSADConfig) -> str | None:
     return None
 
 
-def save_checkpoint(model: MedSADCLIP | UNetBaseline, path: str | os.PathLike, extra: dict[str, Any] | None = None,
-                    intensity: str = "percentile") -> Path:
+def save_checkpoint(
+    model: MedSADCLIP | UNetBaseline,
+    path: str | os.PathLike,
+    extra: dict[str, Any] | None = None,
+    intensity: str = "percentile",
+) -> Path:
     """Save what is needed to rebuild ``model`` (MedSAD-CLIP, or the UNet baseline whole).
 
     Holds the config, the backbone identity (arch, pretrained tag or path + sha256), every
@@ -114,9 +118,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"checkpoint {str(path)!r} cannot be read (corrupt or not a torch file): {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(
-            f"{str(path)!r} is not a MedSAD checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})"
-        )
+        raise ValueError(f"{str(path)!r} is not a MedSAD checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
     return payload
 
 
@@ -181,8 +183,12 @@ def operating_point_of(payload: dict[str, Any], path: str | os.PathLike = "check
     (written before calibration existed) gets the 0.5 fallback, and the log says so."""
     block = payload.get("calibration")
     if not block:
-        logger.warning("%s has no calibration block: using the uncalibrated 0.5 thresholds "
-                       "(run `medsad calibrate --ckpt %s --data <validation data>` to fit them)", path, path)
+        logger.warning(
+            "%s has no calibration block: using the uncalibrated 0.5 thresholds "
+            "(run `medsad calibrate --ckpt %s --data <validation data>` to fit them)",
+            path,
+            path,
+        )
         return OperatingPoint()
     try:
         return OperatingPoint.from_dict(dict(block))
@@ -195,8 +201,10 @@ def intensity_of(payload: dict[str, Any], path: str | os.PathLike = "checkpoint"
     written before the choice existed: what they were trained with)."""
     method = payload.get("intensity", "percentile")
     if method not in INTENSITY_METHODS:
-        raise ValueError(f"checkpoint {str(path)!r} names an unknown intensity normalisation {method!r} "
-                         f"(this version knows {', '.join(INTENSITY_METHODS)})")
+        raise ValueError(
+            f"checkpoint {str(path)!r} names an unknown intensity normalisation {method!r} "
+            f"(this version knows {', '.join(INTENSITY_METHODS)})"
+        )
     return method
 
 

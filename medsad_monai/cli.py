@@ -1,4 +1,5 @@
-"""The ``medsad`` command: train | evaluate | calibrate | infer | export-bundle | check-data | make-sample-data | demo."""
+"""The ``medsad`` command: train | evaluate | calibrate | infer | reproduce | export-bundle |
+check-data | make-sample-data | demo."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from medsad_monai.configs import DATASETS, PAPER_PRESETS
 from medsad_monai.demo import DEMO_MINUTES
 from medsad_monai.log_setup import configure_logging
 
@@ -24,7 +26,38 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder (best.pt, last.pt, split.json, metrics.csv, curves.png)")
     p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"], help="default: auto-detect")
     p.add_argument("--preset", default="full", choices=["full", "adapt", "adapt_prompt", "adapt_prompt_tpca", "tiny"])
-    p.add_argument("--model", default="medsad", choices=["medsad", "unet"], help="unet = MONAI UNet baseline")
+    p.add_argument(
+        "--dataset",
+        choices=list(DATASETS),
+        help="lay the paper's setting for this dataset over the preset (medsad_monai/configs/datasets/*.json: "
+        "ViT-L-14 at 224, batch 32, 50 epochs, category, layout and data protocol); options given here win",
+    )
+    p.add_argument(
+        "--model",
+        default="medsad",
+        choices=["medsad", "unet"],
+        help="unet = MONAI UNet baseline, at the preset's input size (224 for the paper presets) unless --image-size",
+    )
+    p.add_argument(
+        "--category",
+        help="the prompt's class name ('a photo of a damaged <category>.'; default: the dataset's, else 'brain'); "
+        "stored in the checkpoint, so inference uses the same prompt",
+    )
+    _add_protocol(p, "default: the dataset's, else bmad")
+    p.add_argument(
+        "--seg-projection",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="linear layer from the Seg-adapter features into CLIP's embedding space (not in the paper; "
+        "default on; --no-seg-projection = the paper's equations)",
+    )
+    p.add_argument(
+        "--classifier-projection",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="linear layer from the Det class token into the text space (not in the paper; default on; "
+        "--no-classifier-projection = the paper's equations)",
+    )
     p.add_argument("--clip-model", help="open_clip architecture (default: the preset's)")
     p.add_argument("--clip-pretrained", help="open_clip tag, local weight file, or 'none' (random init)")
     p.add_argument("--image-size", type=int)
@@ -34,30 +67,63 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-minutes", type=float, help="stop (after validating and saving) once this much time passed")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed epoch")
-    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of the training images (by volume / image, stratified by lesion) held out for checkpoint "
+        "selection and calibration; never taken from the test set",
+    )
     p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
-    p.add_argument("--synthetic-lesions", type=float, default=0.0,
-                   help="probability of painting synthetic lesions on a normal training slice (augmentation)")
-    p.add_argument("--synthetic-styles", default="A,C",
-                   help="lesion styles for --synthetic-lesions: A, B, C (the sample-data styles), mixed, or R "
-                        "(random look: bright/dark mixtures on an A/C shape)")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"],
-                   help="default: the preset's (constant = the paper; cosine decays to 0 over epochs or --max-minutes)")
-    p.add_argument("--ema-decay", type=float,
-                   help="average the weights (exponential moving average, e.g. 0.99); validation, best.pt and "
-                        "inference use the average (default: the preset's; 0 = off)")
-    p.add_argument("--fp-weight", type=float,
-                   help="weight of the lesion-free-image term: cross-entropy of the 1 %% most lesion-like pixels of "
-                        "every slice without a lesion (default: the preset's; 0 = off, the paper)")
-    p.add_argument("--fp-start", type=float,
-                   help="fraction of the run after which the lesion-free-image term switches on (default: the preset's)")
-    p.add_argument("--augment", default="paper", choices=["paper", "intensity", "strong"],
-                   help="paper = horizontal flips; intensity = + MONAI gamma, intensity scale, bias field, "
-                        "blur, low resolution, noise (scanner differences); strong = + affine, milder intensity")
-    p.add_argument("--intensity", default="foreground", choices=["foreground", "percentile"],
-                   help="per-volume intensity normalisation, stored in the checkpoint and used by inference "
-                        "(docs/data.md): foreground (default) = background to 0, the median of the tissue "
-                        "(above Otsu) to 0.5, robust to skull and scalp; percentile = 0.5-99.5th percentiles")
+    p.add_argument(
+        "--synthetic-lesions",
+        type=float,
+        default=0.0,
+        help="probability of painting synthetic lesions on a normal training slice (augmentation)",
+    )
+    p.add_argument(
+        "--synthetic-styles",
+        default="A,C",
+        help="lesion styles for --synthetic-lesions: A, B, C (the sample-data styles), mixed, or R "
+        "(random look: bright/dark mixtures on an A/C shape)",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        help="default: the preset's (constant = the paper; cosine decays to 0 over epochs or --max-minutes)",
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        help="average the weights (exponential moving average, e.g. 0.99); validation, best.pt and "
+        "inference use the average (default: the preset's; 0 = off)",
+    )
+    p.add_argument(
+        "--fp-weight",
+        type=float,
+        help="weight of the lesion-free-image term: cross-entropy of the 1 %% most lesion-like pixels of "
+        "every slice without a lesion (default: the preset's; 0 = off, the paper)",
+    )
+    p.add_argument(
+        "--fp-start",
+        type=float,
+        help="fraction of the run after which the lesion-free-image term switches on (default: the preset's)",
+    )
+    p.add_argument(
+        "--augment",
+        default="paper",
+        choices=["paper", "intensity", "strong"],
+        help="paper = horizontal flips; intensity = + MONAI gamma, intensity scale, bias field, "
+        "blur, low resolution, noise (scanner differences); strong = + affine, milder intensity",
+    )
+    p.add_argument(
+        "--intensity",
+        default="foreground",
+        choices=["foreground", "percentile"],
+        help="per-volume intensity normalisation, stored in the checkpoint and used by inference "
+        "(docs/data.md): foreground (default) = background to 0, the median of the tissue "
+        "(above Otsu) to 0.5, robust to skull and scalp; percentile = 0.5-99.5th percentiles",
+    )
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     p.add_argument("--record-samples", action="store_true", help="write the training samples each rank saw")
@@ -71,22 +137,33 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
     p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
+    _add_protocol(p, "default: the protocol the checkpoint was trained under")
     _add_thresholds(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
     p.add_argument("--device")
 
-    p = sub.add_parser("calibrate", help="fit the operating point (thresholds, minimum lesion size) of a "
-                                         "checkpoint on validation data and store it in the checkpoint")
+    p = sub.add_parser(
+        "calibrate",
+        help="fit the operating point (thresholds, minimum lesion size) of a "
+        "checkpoint on validation data and store it in the checkpoint",
+    )
     p.add_argument("--ckpt", required=True)
     p.add_argument("--data", required=True, help="validation data folder (its test part is never used)")
-    p.add_argument("--split", default="all", choices=["all", "val"],
-                   help="all = every non-test case of --data (your own validation set); val = the run's saved "
-                        "validation split (split.json beside the checkpoint)")
+    p.add_argument(
+        "--split",
+        default="all",
+        choices=["all", "val"],
+        help="all = every non-test case of --data (your own validation set); val = the run's saved "
+        "validation split (split.json beside the checkpoint)",
+    )
     p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
     p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
-    p.add_argument("--slice-score", choices=["auto", "model", "peak", "lesion_area"],
-                   help="how slices are scored (default: the model config's: auto for tiny, model for the paper presets)")
+    p.add_argument(
+        "--slice-score",
+        choices=["auto", "model", "peak", "lesion_area"],
+        help="how slices are scored (default: the model config's: auto for tiny, model for the paper presets)",
+    )
     p.add_argument("--out", help="write the calibrated checkpoint here instead of updating --ckpt in place")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
@@ -104,11 +181,70 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device")
 
 
+def _add_protocol(p: argparse.ArgumentParser, default: str) -> None:
+    """``--protocol``, ``--split-lists``, ``--busi-normal`` (docs/reproduce.md)."""
+    p.add_argument(
+        "--protocol",
+        choices=["bmad", "paper"],
+        help="BMAD folders: bmad = train on train/+valid/, test on test/; paper = train on test/, test on "
+        f"valid/ (the paper's counts) ({default})",
+    )
+    p.add_argument(
+        "--split-lists",
+        metavar="DIR",
+        help="busi/sricl: a folder with train.txt and test.txt (one image stem per line), e.g. SR-ICL's lists",
+    )
+    p.add_argument(
+        "--busi-normal",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="BUSI: include normal/ (--no-busi-normal: benign + malignant only, the paper's Breast counts)",
+    )
+
+
 def _add_thresholds(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threshold", type=float,
-                   help="lesion-map threshold (default: the checkpoint's calibrated one; 0.5 if it has none)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="lesion-map threshold (default: the checkpoint's calibrated one; 0.5 if it has none)",
+    )
     p.add_argument("--slice-threshold", type=float, help="slice decision threshold (default: calibrated)")
     p.add_argument("--volume-threshold", type=float, help="volume decision threshold (default: calibrated)")
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's Table 2/3 on one dataset: train and test every preset and seed, then table.md/table.json",
+    )
+    p.add_argument("--dataset", required=True, choices=list(DATASETS))
+    p.add_argument("--data", required=True, help="the dataset folder (BMAD Brain/Retina, SR-ICL lung, BUSI)")
+    p.add_argument(
+        "--clip-pretrained",
+        required=True,
+        help="the ViT-L-14 weights: a local file, an open_clip tag, or 'none' (random init, checks only)",
+    )
+    p.add_argument("--out", required=True, help="results folder (resumable: finished preset/seed runs are kept)")
+    p.add_argument("--presets", default=",".join(PAPER_PRESETS), help="comma-separated (default: all four)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    p.add_argument("--layout", choices=["bmad", "busi", "sricl"], help="default: the dataset's")
+    _add_protocol(p, "default: the dataset's")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        help="busi/sricl without --split-lists: test share of the seeded split written to OUT/split_lists "
+        "(default: the dataset's, 0.25)",
+    )
+    p.add_argument("--val-fraction", type=float, help="default: the dataset's (0.2 of the training images)")
+    p.add_argument("--clip-model", help="override the backbone (checks only; the paper: ViT-L-14)")
+    p.add_argument("--image-size", type=int, help="override the input size (checks only)")
+    p.add_argument("--epochs", type=int, help="override the epochs (checks only; the paper: 50)")
+    p.add_argument("--batch-size", type=int, help="override the batch size (the paper: 32)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--max-minutes", type=float, help="time budget per training run")
+    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--eval-batch-size", type=int, default=32)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,12 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_eval_infer(sub)
-    p = sub.add_parser("export-bundle", help="write a checkpoint as a MONAI bundle (configs/metadata.json, "
-                                             "configs/inference.json, models/model.pt, docs/README.md, LICENSE)")
+    p = sub.add_parser(
+        "export-bundle",
+        help="write a checkpoint as a MONAI bundle (configs/metadata.json, "
+        "configs/inference.json, models/model.pt, docs/README.md, LICENSE)",
+    )
     p.add_argument("--ckpt", required=True, help="a MedSAD checkpoint (best.pt of a run, calibrated or not)")
     p.add_argument("--out", required=True, help="bundle folder (new or empty)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the bundle files of an existing non-empty --out (other files are kept)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the bundle files of an existing non-empty --out (other files are kept)",
+    )
+    _add_reproduce(sub)
     p = sub.add_parser("check-data", help="validate a dataset folder and print counts")
     p.add_argument("data")
     p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
@@ -141,31 +284,91 @@ def _train(args: argparse.Namespace) -> int:
     from medsad_monai.engine.train import TrainOptions, train
 
     opts = TrainOptions(
-        data=args.data, out=args.out, layout=args.layout, preset=args.preset, model=args.model,
-        clip_model=args.clip_model, clip_pretrained=args.clip_pretrained, image_size=args.image_size,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, max_minutes=args.max_minutes,
-        resume=args.resume, val_fraction=args.val_fraction, slice_axis=args.slice_axis,
-        synthetic_lesions=args.synthetic_lesions, synthetic_styles=[s for s in args.synthetic_styles.split(",") if s], augment=args.augment,
+        data=args.data,
+        out=args.out,
+        layout=args.layout,
+        preset=args.preset,
+        model=args.model,
+        dataset=args.dataset,
+        category=args.category,
+        protocol=args.protocol,
+        split_lists=args.split_lists,
+        busi_normal=args.busi_normal,
+        seg_projection=args.seg_projection,
+        classifier_projection=args.classifier_projection,
+        clip_model=args.clip_model,
+        clip_pretrained=args.clip_pretrained,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        max_minutes=args.max_minutes,
+        resume=args.resume,
+        val_fraction=args.val_fraction,
+        slice_axis=args.slice_axis,
+        synthetic_lesions=args.synthetic_lesions,
+        synthetic_styles=[s for s in args.synthetic_styles.split(",") if s],
+        augment=args.augment,
         intensity=args.intensity,
-        lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, fp_weight=args.fp_weight,
-        fp_start=args.fp_start, num_workers=args.num_workers, device=args.device, record_samples=args.record_samples,
+        lr_schedule=args.lr_schedule,
+        ema_decay=args.ema_decay,
+        fp_weight=args.fp_weight,
+        fp_start=args.fp_start,
+        num_workers=args.num_workers,
+        device=args.device,
+        record_samples=args.record_samples,
     )
     summary = train(opts)
     print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=2, default=str))
     return 0
 
 
+def _recorded_protocol(ckpt: str):
+    """The data protocol a checkpoint was trained under (the default one for older checkpoints)."""
+    from medsad_monai.checkpoint import read_checkpoint
+    from medsad_monai.data.protocol import DataProtocol
+
+    return DataProtocol.from_dict(read_checkpoint(ckpt).get("extra", {}).get("data_protocol"))
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from medsad_monai.engine.evaluate import evaluate_checkpoint
 
+    protocol = None
+    if args.protocol is not None or args.split_lists is not None or args.busi_normal is not None:
+        protocol = _recorded_protocol(args.ckpt).replace(
+            bmad_usage=args.protocol, split_lists=args.split_lists, busi_normal=args.busi_normal
+        )
     metrics = evaluate_checkpoint(
-        args.ckpt, args.data, args.out, split=args.split, layout=args.layout, slice_axis=args.slice_axis,
-        threshold=args.threshold, slice_threshold=args.slice_threshold, volume_threshold=args.volume_threshold,
-        batch_size=args.batch_size, clip_pretrained=args.clip_pretrained, device=args.device,
+        args.ckpt,
+        args.data,
+        args.out,
+        split=args.split,
+        layout=args.layout,
+        slice_axis=args.slice_axis,
+        threshold=args.threshold,
+        slice_threshold=args.slice_threshold,
+        volume_threshold=args.volume_threshold,
+        batch_size=args.batch_size,
+        clip_pretrained=args.clip_pretrained,
+        device=args.device,
+        protocol=protocol,
     )
-    keys = ("dice", "dice_global", "image_auroc", "balanced_accuracy", "sensitivity", "specificity",
-            "pixel_auroc", "volume_auroc", "volume_balanced_accuracy", "volume_ranking_separates", "fp_voxels_max",
-            "fp_max_over_mean_lesion")
+    keys = (
+        "dice",
+        "dice_global",
+        "image_auroc",
+        "balanced_accuracy",
+        "sensitivity",
+        "specificity",
+        "pixel_auroc",
+        "volume_auroc",
+        "volume_balanced_accuracy",
+        "volume_ranking_separates",
+        "fp_voxels_max",
+        "fp_max_over_mean_lesion",
+    )
     print(" ".join(f"{k}={_short(metrics.get(k))}" for k in keys))
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
@@ -179,15 +382,22 @@ def _infer(args: argparse.Namespace) -> int:
     from medsad_monai.engine.inference import Predictor, infer_path
 
     predictor = Predictor.from_checkpoint(
-        args.ckpt, clip_pretrained=args.clip_pretrained, batch_size=args.batch_size, device=args.device,
+        args.ckpt,
+        clip_pretrained=args.clip_pretrained,
+        batch_size=args.batch_size,
+        device=args.device,
     )
     predictor.operating_point = predictor.operating_point.with_overrides(
-        map_threshold=args.threshold, slice_threshold=args.slice_threshold, volume_threshold=args.volume_threshold)
-    for r in infer_path(predictor, args.input, args.out, axis=args.slice_axis,
-                        skip_background=not args.no_skip_background):
-        print(f"{r['input']}: volume_score={r['volume_score']:.3f} volume_abnormal={r.get('volume_abnormal')} "
-              f"worst_slice={r['worst_slice']} lesion_voxels={r.get('lesion_voxels', r.get('lesion_pixels'))} "
-              f"-> {r['mask']}")
+        map_threshold=args.threshold, slice_threshold=args.slice_threshold, volume_threshold=args.volume_threshold
+    )
+    for r in infer_path(
+        predictor, args.input, args.out, axis=args.slice_axis, skip_background=not args.no_skip_background
+    ):
+        print(
+            f"{r['input']}: volume_score={r['volume_score']:.3f} volume_abnormal={r.get('volume_abnormal')} "
+            f"worst_slice={r['worst_slice']} lesion_voxels={r.get('lesion_voxels', r.get('lesion_pixels'))} "
+            f"-> {r['mask']}"
+        )
     return 0
 
 
@@ -195,9 +405,16 @@ def _calibrate(args: argparse.Namespace) -> int:
     from medsad_monai.engine.calibration import calibrate_checkpoint
 
     op = calibrate_checkpoint(
-        args.ckpt, args.data, split=args.split, layout=args.layout, slice_axis=args.slice_axis,
-        slice_score=args.slice_score, batch_size=args.batch_size, clip_pretrained=args.clip_pretrained,
-        device=args.device, out=args.out,
+        args.ckpt,
+        args.data,
+        split=args.split,
+        layout=args.layout,
+        slice_axis=args.slice_axis,
+        slice_score=args.slice_score,
+        batch_size=args.batch_size,
+        clip_pretrained=args.clip_pretrained,
+        device=args.device,
+        out=args.out,
     )
     print(json.dumps({"operating_point": op.summary(), "validation": op.validation}, indent=2))
     print(f"calibration stored in {args.out or args.ckpt}")
@@ -210,8 +427,46 @@ def _export_bundle(args: argparse.Namespace) -> int:
     out = export_bundle(args.ckpt, args.out, overwrite=args.overwrite)
     for name in BUNDLE_FILES:
         print(out / name)
-    print(f"run it: cd {out} && python -m monai.bundle run --config_file configs/inference.json "
-          f"--meta_file configs/metadata.json --input VOLUME_OR_FOLDER --output_dir OUT_DIR")
+    print(
+        f"run it: cd {out} && python -m monai.bundle run --config_file configs/inference.json "
+        f"--meta_file configs/metadata.json --input VOLUME_OR_FOLDER --output_dir OUT_DIR"
+    )
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from medsad_monai.engine.reproduce import ReproduceOptions, reproduce
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+    opts = ReproduceOptions(
+        dataset=args.dataset,
+        data=args.data,
+        out=args.out,
+        clip_pretrained=args.clip_pretrained,
+        presets=[p.strip() for p in args.presets.split(",") if p.strip()],
+        seeds=seeds,
+        layout=args.layout,
+        protocol=args.protocol,
+        split_lists=args.split_lists,
+        busi_normal=args.busi_normal,
+        test_fraction=args.test_fraction,
+        val_fraction=args.val_fraction,
+        clip_model=args.clip_model,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_minutes=args.max_minutes,
+        num_workers=args.num_workers,
+        device=args.device,
+        eval_batch_size=args.eval_batch_size,
+    )
+    reproduce(opts)
+    print((Path(args.out) / "table.md").read_text(), end="")
+    print(f"table: {Path(args.out) / 'table.md'} and table.json")
     return 0
 
 
@@ -238,16 +493,24 @@ def _demo(args: argparse.Namespace) -> int:
     volume = demo_volume(Path(args.data))
     predictor = Predictor.from_checkpoint(ckpt)
     for r in infer_path(predictor, volume, out / "infer"):
-        print(f"{volume.name}: volume_score={r['volume_score']:.3f} worst_slice={r['worst_slice']} "
-              f"lesion_voxels={r['lesion_voxels']} -> {r['mask']} (+ {r['scores']})")
+        print(
+            f"{volume.name}: volume_score={r['volume_score']:.3f} worst_slice={r['worst_slice']} "
+            f"lesion_voxels={r['lesion_voxels']} -> {r['mask']} (+ {r['scores']})"
+        )
     print("demo model: trained on synthetic lesions — not for clinical use")
     return 0
 
 
 COMMANDS = {
-    "train": _train, "evaluate": _evaluate, "calibrate": _calibrate, "infer": _infer, "export-bundle": _export_bundle,
+    "train": _train,
+    "evaluate": _evaluate,
+    "calibrate": _calibrate,
+    "infer": _infer,
+    "reproduce": _reproduce,
+    "export-bundle": _export_bundle,
     "check-data": _check_data,
-    "make-sample-data": _make_sample_data, "demo": _demo,
+    "make-sample-data": _make_sample_data,
+    "demo": _demo,
 }
 
 
@@ -258,8 +521,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("interrupted: the last completed epoch/output is kept; re-run with --resume to continue training",
-              file=sys.stderr)
+        print(
+            "interrupted: the last completed epoch/output is kept; re-run with --resume to continue training",
+            file=sys.stderr,
+        )
         return 130
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         if args.verbose:

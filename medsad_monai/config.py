@@ -46,10 +46,23 @@ class MedSADConfig:
             back into the residual stream (MVFA: 0.8 / 0.1 / 0.1).
 
     Prompt:
-        category: the organ / object name filled into the templates.
+        category: the organ / object name filled into the templates (``medsad train
+            --category``; the dataset configs set ``brain``, ``retina``, ``lung``, ``breast``).
+            Stored in the checkpoint's config, so inference encodes the same prompt.
         normal_templates, abnormal_templates: anchor templates with one ``{}`` for the category.
         learnable_prompt: append ``n_ctx`` learnable token vectors to every anchor.
         n_ctx: number of learnable token vectors per state (normal / abnormal).
+
+    Projections not in the paper (docs/model.md, "Deviations from the paper"):
+        seg_projection: a linear layer from the Seg-adapter patch features into CLIP's joint
+            embedding space before TPCA / the similarity map (``MedSADCLIP.seg_proj``). Off =
+            the paper's equations: the adapter output is used as it is (needs
+            ``adapter_bottleneck`` equal to the CLIP embedding width, the default).
+        classifier_projection: a linear layer from the Det-adapter class token into the text
+            space before the comparison with the prototypes (``AnomalyClassifier.proj``). Off =
+            the paper's equations (same width condition).
+        Both default to on, the behaviour of every checkpoint written so far; the default is
+        kept, not measured yet against the paper's form.
 
     Segmentation head:
         use_tpca: Token-Patch Cross-Attention + SegDecoder; off = dot-product similarity map.
@@ -87,8 +100,10 @@ class MedSADConfig:
         fp_start: the fraction of the run (epochs, or ``--max-minutes`` when further along)
             after which that term switches on; earlier it stalls lesion learning.
 
-    Training recipe (defaults of ``medsad train``; paper §4.2):
-        lr, betas, batch_size, epochs.
+    Training recipe (defaults of ``medsad train``):
+        lr, betas, batch_size, epochs: Adam, batch 32 and 50 epochs are the paper's (§4.2);
+            lr 1e-3 and betas (0.5, 0.999) come from MVFA's code (``train_few.py``), not from
+            the paper's text.
         lr_schedule: ``constant`` (the paper) or ``cosine``: the learning rate follows a half
             cosine to 0 over the run's progress, the larger of the epoch fraction and the
             fraction of ``--max-minutes`` used (so a time-limited run still ends at a low rate).
@@ -115,6 +130,9 @@ class MedSADConfig:
     abnormal_templates: list[str] = field(default_factory=lambda: ["a photo of a damaged {}."])
     learnable_prompt: bool = True
     n_ctx: int = 10
+
+    seg_projection: bool = True
+    classifier_projection: bool = True
 
     use_tpca: bool = True
     tpca_heads: int = 8
@@ -153,8 +171,7 @@ class MedSADConfig:
             raise ValueError(f"clip_model must be an open_clip model name, got {self.clip_model!r}")
         if not isinstance(self.clip_pretrained, str) or not self.clip_pretrained:
             raise ValueError(
-                f"clip_pretrained must be an open_clip tag, a local file path or 'none', "
-                f"got {self.clip_pretrained!r}"
+                f"clip_pretrained must be an open_clip tag, a local file path or 'none', got {self.clip_pretrained!r}"
             )
         if self.image_size is not None and self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
@@ -169,6 +186,8 @@ class MedSADConfig:
             templates = getattr(self, name)
             if not templates or any(t.count("{}") != 1 for t in templates):
                 raise ValueError(f"{name} must be non-empty templates with exactly one '{{}}', got {templates}")
+        if not self.category or not isinstance(self.category, str) or "{" in self.category:
+            raise ValueError(f"category must be a non-empty organ / object name, got {self.category!r}")
         if self.n_ctx < 0:
             raise ValueError(f"n_ctx must be >= 0, got {self.n_ctx}")
         if self.tpca_heads <= 0:
@@ -176,14 +195,14 @@ class MedSADConfig:
         if not self.decoder_channels or any(c <= 0 for c in self.decoder_channels):
             raise ValueError(f"decoder_channels must be positive integers, got {self.decoder_channels}")
         if self.decoder_full_res_channels < 0 or (self.decoder_full_res_channels and not self.decoder_skip_channels):
-            raise ValueError(f"decoder_full_res_channels must be >= 0 and needs decoder_skip_channels, got "
-                             f"{self.decoder_full_res_channels} (skip {self.decoder_skip_channels})")
+            raise ValueError(
+                f"decoder_full_res_channels must be >= 0 and needs decoder_skip_channels, got "
+                f"{self.decoder_full_res_channels} (skip {self.decoder_skip_channels})"
+            )
         if self.decoder_skip_channels < 0:
             raise ValueError(f"decoder_skip_channels must be >= 0, got {self.decoder_skip_channels}")
         if self.decoder_norm not in ("batch", "instance", "group", "none"):
-            raise ValueError(
-                f"decoder_norm must be one of batch, instance, group, none; got {self.decoder_norm!r}"
-            )
+            raise ValueError(f"decoder_norm must be one of batch, instance, group, none; got {self.decoder_norm!r}")
         if self.score_fusion not in ("cls", "cls_max_mask"):
             raise ValueError(f"score_fusion must be cls or cls_max_mask, got {self.score_fusion!r}")
         if self.slice_score not in ("model", "auto"):
@@ -216,10 +235,10 @@ class MedSADConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MedSADConfig":
+    def from_dict(cls, data: dict[str, Any]) -> MedSADConfig:
         """Build from a dict, rejecting unknown keys with a clear message."""
         return strict_from_dict(cls, data, "MedSAD config")
 
-    def replace(self, **changes: Any) -> "MedSADConfig":
+    def replace(self, **changes: Any) -> MedSADConfig:
         """A copy with ``changes`` applied (validated)."""
         return self.from_dict({**self.to_dict(), **changes})

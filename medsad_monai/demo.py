@@ -28,9 +28,17 @@ def demo_volume(data: Path) -> Path:
 #: training slices (styles A and C and random looks; style B stays unseen), batch 8, weights
 #: averaged (EMA 0.99), seed 0, one data-loading worker (slice loading and lesion painting overlap
 #: the training step), a time budget of DEMO_MINUTES on 2 CPU cores.
-DEMO_RECIPE: dict = {"preset": "tiny", "epochs": 200, "batch_size": 8, "synthetic_lesions": 0.8,
-                     "synthetic_styles": ["A", "C", "R"], "ema_decay": 0.99, "seed": 0, "num_workers": 1,
-                     "intensity": "foreground"}
+DEMO_RECIPE: dict = {
+    "preset": "tiny",
+    "epochs": 200,
+    "batch_size": 8,
+    "synthetic_lesions": 0.8,
+    "synthetic_styles": ["A", "C", "R"],
+    "ema_decay": 0.99,
+    "seed": 0,
+    "num_workers": 1,
+    "intensity": "foreground",
+}
 DEMO_MINUTES = 9.0
 
 
@@ -55,8 +63,13 @@ def ensure_demo_checkpoint(data: str | Path, out: str | Path, max_minutes: float
     import datetime
 
     ready = (datetime.datetime.now() + datetime.timedelta(minutes=max_minutes + 1)).strftime("%H:%M")
-    logger.info("no demo checkpoint yet: training the tiny preset on %s for at most %g min, then calibrating it "
-                "(done by about %s); one line per epoch follows", data, max_minutes, ready)
+    logger.info(
+        "no demo checkpoint yet: training the tiny preset on %s for at most %g min, then calibrating it "
+        "(done by about %s); one line per epoch follows",
+        data,
+        max_minutes,
+        ready,
+    )
     train(TrainOptions(data=str(data), out=str(ckpt.parent), max_minutes=max_minutes, **DEMO_RECIPE))
     if not ckpt.exists():
         raise RuntimeError(f"demo training ended without a validation-selected checkpoint in {ckpt.parent}")

@@ -4,8 +4,9 @@ The library itself only uses ``logging.getLogger(__name__)``; this sets up one s
 for a program. open_clip warns "No pretrained weights loaded … initialized randomly" on the
 *root* logger whenever a random-init backbone is built — expected for the tiny preset, whose
 checkpoint carries its own weights — so that message, and the INFO chatter libraries send to
-the root logger, are dropped by a filter on the handler. Nothing is silenced by raising a logger's level: every ``medsad_monai`` INFO line (the
-per-epoch training lines among them) reaches the handler.
+the root logger, are dropped by a filter on the handler. Nothing is silenced by raising a
+logger's level: every ``medsad_monai`` INFO line (the per-epoch training lines among them)
+reaches the handler.
 """
 
 from __future__ import annotations

@@ -24,11 +24,10 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
+import medsad_monai
 from lib.configs import MedSADTaskConfig
 from lib.datastore import MedSADDatastore
 from lib.errors import ConfError, as_http_errors
-
-import medsad_monai
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +45,21 @@ class MyApp(MONAILabelApp):
             logger.error("MedSAD app: %s", err)
             raise
         self.task = task
-        logger.info("MedSAD app: checkpoint %s (%s), preset %s, threshold %s, slice axis %d",
-                    task.serve.checkpoint, "present" if task.cache.exists() else "missing: train one first",
-                    task.serve.preset, task.serve.threshold, task.serve.slice_axis)
+        logger.info(
+            "MedSAD app: checkpoint %s (%s), preset %s, threshold %s, slice axis %d",
+            task.serve.checkpoint,
+            "present" if task.cache.exists() else "missing: train one first",
+            task.serve.preset,
+            task.serve.threshold,
+            task.serve.slice_axis,
+        )
         super().__init__(
             app_dir=app_dir,
             studies=studies,
             conf=conf,
             name=f"MedSAD - anomaly detection and lesion segmentation (MONAI Label {monailabel.__version__})",
-            description="MedSAD-CLIP: per-slice anomaly scores and lesion masks (demo model: synthetic lesions, not for clinical use)",
+            description="MedSAD-CLIP: per-slice anomaly scores and lesion masks "
+            "(demo model: synthetic lesions, not for clinical use)",
             version=medsad_monai.__version__,
             labels={"lesion": 1},
         )

@@ -37,8 +37,10 @@ def prepare_studies(sample: Path, studies: Path) -> Path:
     for image in sorted((sample / "imagesTs").glob("*.nii.gz")):
         shutil.copy2(image, tmp / image.name)
     os.replace(tmp, studies)
-    print(f"datastore {studies}: {len(list(studies.glob('*.nii.gz')))} volumes, "
-          f"{len(list((studies / 'labels' / 'final').glob('*.nii.gz')))} with final labels")
+    print(
+        f"datastore {studies}: {len(list(studies.glob('*.nii.gz')))} volumes, "
+        f"{len(list((studies / 'labels' / 'final').glob('*.nii.gz')))} with final labels"
+    )
     return studies
 
 
@@ -48,8 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--data", default=str(ROOT / "sample_data" / "volumes"))
     parser.add_argument("--demo-dir", default=str(ROOT / "demo"))
-    parser.add_argument("--max-minutes", type=float,
-                        help="training budget if no demo checkpoint exists (default: medsad_monai.demo.DEMO_MINUTES)")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help="training budget if no demo checkpoint exists (default: medsad_monai.demo.DEMO_MINUTES)",
+    )
     args = parser.parse_args(argv)
     from medsad_monai.log_setup import configure_logging
 
@@ -68,15 +73,37 @@ def main(argv: list[str] | None = None) -> int:
     from medsad_monai.checkpoint import read_checkpoint
 
     if not read_checkpoint(served).get("calibration"):
-        print(f"note: the served model {served} has no calibration block and decides at 0.5; fit it with "
-              f"`medsad calibrate --ckpt {served} --data {args.data}` or delete it to re-publish {ckpt}")
+        print(
+            f"note: the served model {served} has no calibration block and decides at 0.5; fit it with "
+            f"`medsad calibrate --ckpt {served} --data {args.data}` or delete it to re-publish {ckpt}"
+        )
     os.environ.setdefault("MONAI_LABEL_TRACKING_ENABLED", "false")
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(ROOT / "monai_app"),
-           "--studies", str(studies), "--host", args.host, "--port", str(args.port),
-           "--conf", "models", "medsad", "--conf", "checkpoint", str(served)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(ROOT / "monai_app"),
+        "--studies",
+        str(studies),
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--conf",
+        "models",
+        "medsad",
+        "--conf",
+        "checkpoint",
+        str(served),
+    ]
     print("demo model: trained on synthetic lesions — not for clinical use")
-    print(f"MONAI Label server on http://{args.host}:{args.port}  (Slicer: MONAI Label module, server address "
-          f"http://{args.host}:{args.port}); Ctrl-C stops it", flush=True)
+    print(
+        f"MONAI Label server on http://{args.host}:{args.port}  (Slicer: MONAI Label module, server address "
+        f"http://{args.host}:{args.port}); Ctrl-C stops it",
+        flush=True,
+    )
     os.execv(sys.executable, cmd)
     return 0  # not reached
 

@@ -74,10 +74,14 @@ def tiny_volumes(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_volumes")
     rng = np.random.default_rng(0)
     theta = np.deg2rad(20)
-    affine = np.array([[0.9 * np.cos(theta), -0.8 * np.sin(theta), 0, 10.0],
-                       [0.9 * np.sin(theta), 0.8 * np.cos(theta), 0, -20.0],
-                       [0, 0, 3.0, 5.0],
-                       [0, 0, 0, 1]])
+    affine = np.array(
+        [
+            [0.9 * np.cos(theta), -0.8 * np.sin(theta), 0, 10.0],
+            [0.9 * np.sin(theta), 0.8 * np.cos(theta), 0, -20.0],
+            [0, 0, 3.0, 5.0],
+            [0, 0, 0, 1],
+        ]
+    )
     for split, names in (("Tr", [f"case_{i:03d}" for i in range(6)]), ("Ts", ["case_100", "case_101"])):
         for i, name in enumerate(names):
             _write_case(root / f"tmp{split}", name, (40, 48, 10), affine, rng, with_lesion=i % 3 != 2)
@@ -116,7 +120,9 @@ def app_studies(tiny_volumes, tiny_checkpoint, tmp_path):
         split = "Ts" if name.startswith("case_1") else "Tr"
         shutil.copy2(tiny_volumes / f"images{split}" / f"{name}.nii.gz", studies / f"{name}.nii.gz")
         if name in STUDY_LABELLED:
-            shutil.copy2(tiny_volumes / f"labels{split}" / f"{name}.nii.gz", studies / "labels" / "final" / f"{name}.nii.gz")
+            shutil.copy2(
+                tiny_volumes / f"labels{split}" / f"{name}.nii.gz", studies / "labels" / "final" / f"{name}.nii.gz"
+            )
     checkpoint = tmp_path / "model" / "medsad.pt"
     checkpoint.parent.mkdir()
     shutil.copy2(tiny_checkpoint, checkpoint)

@@ -27,12 +27,29 @@ def monailabel_server(studies: Path, conf: dict[str, str], log: Path, timeout: f
     """Run the MedSAD app with MONAI Label's real server; yields its URL. The process group is
     always stopped by its PID (SIGTERM, then SIGKILL)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", str(studies),
-           "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(APP_DIR),
+        "--studies",
+        str(studies),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     for key, value in {"models": "medsad", **conf}.items():
         cmd += ["--conf", key, value]
-    env = {**os.environ, "MONAI_LABEL_TRACKING_ENABLED": "false", "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = {
+        **os.environ,
+        "MONAI_LABEL_TRACKING_ENABLED": "false",
+        "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    }
     url = f"http://127.0.0.1:{port}"
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)

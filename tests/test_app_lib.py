@@ -24,6 +24,7 @@ LIB = APP_DIR / "lib"
 
 # --- the module graph --------------------------------------------------------------------------------
 
+
 def _app_modules(root: Path = APP_DIR, package: str = "lib") -> dict[str, tuple[bool, ast.Module]]:
     """Dotted name -> (is a package ``__init__``, parsed source) of every module under ``root/package``."""
     modules = {}
@@ -76,7 +77,9 @@ def _assert_acyclic(graph: dict[str, set[str]]) -> None:
 
 def test_the_app_library_has_no_import_circle_and_no_import_hidden_in_a_function():
     modules = _app_modules()
-    assert {"lib.serve_config", "lib.model_cache", "lib.errors", "lib.configs.medsad", "lib.infers.medsad"} <= set(modules)
+    assert {"lib.serve_config", "lib.model_cache", "lib.errors", "lib.configs.medsad", "lib.infers.medsad"} <= set(
+        modules
+    )
     graph, nested = _graph(modules)
     assert nested == [], "app imports must sit at module level (a nested one dodges an import circle)"
     _assert_acyclic(graph)
@@ -105,6 +108,7 @@ def test_the_graph_check_finds_a_circle_and_a_nested_import(tmp_path):
 
 # --- the app library, imported as MONAI Label imports it -------------------------------------------
 
+
 @pytest.fixture
 def app_lib():
     """``lib.errors``, ``lib.serve_config``, ``lib.model_cache`` of monai_app, freshly imported the way
@@ -120,24 +124,35 @@ def app_lib():
         unload_module("lib")
 
 
-@pytest.mark.parametrize("check,good,bad,message", [
-    ("check_threshold", [("0.3", 0.3), (0.7, 0.7)], ["1.5", "0", "abc", None], "between 0 and 1"),
-    ("check_optional_threshold", [("", None), (None, None), ("Calibrated", None), ("0.25", 0.25)], ["1", "x"],
-     "between 0 and 1"),
-    ("check_slice_axis", [(0, 0), ("2", 2), (1.0, 1)], [3, "-1", "x", 1.5, True, None], "expected 0, 1 or 2"),
-    ("check_batch_size", [(1, 1), ("16", 16)], [0, "-2", "x", 2.5, False], ""),
-    ("check_count", [(3, 3)], [0, "x"], ""),
-    ("check_positive", [("1e-4", 1e-4)], [0, "-1", "nan", "x"], ""),
-    ("check_fraction", [("0.2", 0.2)], [0, 1, "1.5", "inf"], ""),
-    ("check_probability", [(0, 0.0), ("1", 1.0)], ["1.5", -0.1], "between 0 and 1"),
-    ("check_minutes", [(0, 0.0), ("2.5", 2.5)], [-1], "0 (no limit) or positive"),
-    ("check_seed", [(-3, -3), ("7", 7)], ["x", 0.5], "integer"),
-    ("check_flag", [(True, True), ("false", False), ("YES", True), (0, False)], ["maybe", None], "true or false"),
-    ("check_preset", [("tiny", "tiny")], ["huge", None], "choose one of"),
-    ("check_device", [("cpu", "cpu"), ("cuda:1", "cuda:1"), ("", None), (None, None)], ["tpu", "cudax", 0],
-     "cpu, cuda or cuda:N"),
-    ("check_models", [("medsad", "medsad"), ("all", "all")], ["segmentation"], "one model"),
-])
+@pytest.mark.parametrize(
+    "check,good,bad,message",
+    [
+        ("check_threshold", [("0.3", 0.3), (0.7, 0.7)], ["1.5", "0", "abc", None], "between 0 and 1"),
+        (
+            "check_optional_threshold",
+            [("", None), (None, None), ("Calibrated", None), ("0.25", 0.25)],
+            ["1", "x"],
+            "between 0 and 1",
+        ),
+        ("check_slice_axis", [(0, 0), ("2", 2), (1.0, 1)], [3, "-1", "x", 1.5, True, None], "expected 0, 1 or 2"),
+        ("check_batch_size", [(1, 1), ("16", 16)], [0, "-2", "x", 2.5, False], ""),
+        ("check_count", [(3, 3)], [0, "x"], ""),
+        ("check_positive", [("1e-4", 1e-4)], [0, "-1", "nan", "x"], ""),
+        ("check_fraction", [("0.2", 0.2)], [0, 1, "1.5", "inf"], ""),
+        ("check_probability", [(0, 0.0), ("1", 1.0)], ["1.5", -0.1], "between 0 and 1"),
+        ("check_minutes", [(0, 0.0), ("2.5", 2.5)], [-1], "0 (no limit) or positive"),
+        ("check_seed", [(-3, -3), ("7", 7)], ["x", 0.5], "integer"),
+        ("check_flag", [(True, True), ("false", False), ("YES", True), (0, False)], ["maybe", None], "true or false"),
+        ("check_preset", [("tiny", "tiny")], ["huge", None], "choose one of"),
+        (
+            "check_device",
+            [("cpu", "cpu"), ("cuda:1", "cuda:1"), ("", None), (None, None)],
+            ["tpu", "cudax", 0],
+            "cpu, cuda or cuda:N",
+        ),
+        ("check_models", [("medsad", "medsad"), ("all", "all")], ["segmentation"], "one model"),
+    ],
+)
 def test_each_validator_returns_the_typed_value_or_an_input_error_naming_the_key(app_lib, check, good, bad, message):
     errors, serve_config, _ = app_lib
     fn = getattr(serve_config, check)
@@ -151,15 +166,19 @@ def test_each_validator_returns_the_typed_value_or_an_input_error_naming_the_key
 
 def test_conf_and_request_values_share_one_validator(app_lib, tmp_path):
     errors, serve_config, _ = app_lib
-    conf = serve_config.ServeConfig.from_conf({"threshold": "calibrated", "slice_axis": "1", "batch_size": "2"}, tmp_path)
+    conf = serve_config.ServeConfig.from_conf(
+        {"threshold": "calibrated", "slice_axis": "1", "batch_size": "2"}, tmp_path
+    )
     assert (conf.threshold, conf.slice_axis, conf.batch_size) == (None, 1, 2)
     assert conf.checkpoint == (tmp_path / "model" / "medsad.pt").resolve()
     for key, value in [("threshold", "1.5"), ("slice_axis", "3"), ("batch_size", "0"), ("device", "tpu")]:
         with pytest.raises(errors.ConfError) as from_conf:
             serve_config.ServeConfig.from_conf({key: value}, tmp_path)
         with pytest.raises(errors.InputError) as from_request:
-            serve_config.InferParams.from_request({key: value}, conf) if key in ("threshold", "slice_axis") else \
-                getattr(serve_config, f"check_{key}")(key, value)
+            serve_config.InferParams.from_request({key: value}, conf) if key in (
+                "threshold",
+                "slice_axis",
+            ) else getattr(serve_config, f"check_{key}")(key, value)
         assert str(from_conf.value) == f"--conf {from_request.value}"
     params = serve_config.InferParams.from_request({"slice_threshold": "0.4", "skip_background": "false"}, conf)
     assert params == serve_config.InferParams(None, 0.4, None, 1, False)
@@ -169,6 +188,7 @@ def test_conf_and_request_values_share_one_validator(app_lib, tmp_path):
 
 
 # --- the served model and its sha256 ----------------------------------------------------------------
+
 
 def _publish_calibrated(checkpoint: Path, map_threshold: float) -> str:
     """Publish a new checkpoint (another calibration) the way training does: written aside, then

@@ -24,9 +24,19 @@ from medsad_monai.cli import main
 # No copy of the schema is installed (no ``meta_schema*.json`` in monai or monailabel) and the
 # tests are offline, so these lists were taken from the schema by hand;
 # ``monai.bundle.verify_metadata`` runs as well whenever a local copy is found.
-REQUIRED_KEYS = ("schema", "version", "monai_version", "pytorch_version", "numpy_version",
-                 "required_packages_version", "task", "description", "authors", "copyright",
-                 "network_data_format")
+REQUIRED_KEYS = (
+    "schema",
+    "version",
+    "monai_version",
+    "pytorch_version",
+    "numpy_version",
+    "required_packages_version",
+    "task",
+    "description",
+    "authors",
+    "copyright",
+    "network_data_format",
+)
 TENSOR_KEYS = ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range")
 
 VOLUME = "imagesTs/case_100.nii.gz"
@@ -55,8 +65,13 @@ def calibrated_ckpt(tiny_checkpoint, tiny_volumes, tmp_path_factory):
     result = predict_file(Predictor.from_checkpoint(path, device="cpu"), tiny_volumes / VOLUME)
     inside = result.probability[result.probability > 0]
     threshold = float(np.clip(np.quantile(inside, 0.8), 0.01, 0.99))
-    op = OperatingPoint(map_threshold=threshold, min_lesion_voxels=3, source="calibrate",
-                        objective={"map": "test"}, validation={"cases": ["case_100"], "n_volumes": 1})
+    op = OperatingPoint(
+        map_threshold=threshold,
+        min_lesion_voxels=3,
+        source="calibrate",
+        objective={"map": "test"},
+        validation={"cases": ["case_100"], "n_volumes": 1},
+    )
     write_calibration(path, op)
     return path
 
@@ -83,8 +98,14 @@ def test_export_writes_every_file_and_model_zoo_metadata(bundle, calibrated_ckpt
     for spec in (image, pred):
         assert not [k for k in TENSOR_KEYS if k not in spec]
         assert spec["spatial_shape"] == [64, 64] and spec["is_patch_data"] is False
-    assert (image["type"], image["format"], image["modality"], image["num_channels"], image["dtype"],
-            image["value_range"]) == ("image", "magnitude", "MR", 3, "float32", [0, 1])
+    assert (
+        image["type"],
+        image["format"],
+        image["modality"],
+        image["num_channels"],
+        image["dtype"],
+        image["value_range"],
+    ) == ("image", "magnitude", "MR", 3, "float32", [0, 1])
     assert (pred["type"], pred["format"], pred["num_channels"]) == ("probabilities", "segmentation", 2)
     assert pred["channel_def"] == {"0": "background", "1": "lesion"}
     # no run folder beside the checkpoint: the training data are unknown -> the generic notice
@@ -95,12 +116,31 @@ def test_export_writes_every_file_and_model_zoo_metadata(bundle, calibrated_ckpt
     saved = torch.load(calibrated_ckpt, weights_only=True)["calibration"]
     op = meta["medsad"]["operating_point"]
     assert (op["map_threshold"], op["min_lesion_voxels"], op["source"]) == (
-        saved["map_threshold"], saved["min_lesion_voxels"], "calibrate")
+        saved["map_threshold"],
+        saved["min_lesion_voxels"],
+        "calibrate",
+    )
     config = json.loads((bundle / "configs" / "inference.json").read_text())
     assert config["operating_point"]["map_threshold"] == saved["map_threshold"]
-    for key in ("bundle_root", "device", "dataset_dir", "input", "output_dir", "checkpoint", "network_def", "network",
-                "preprocessing", "inferer", "postprocessing", "writer", "dataset", "evaluator", "initialize", "run",
-                "finalize"):
+    for key in (
+        "bundle_root",
+        "device",
+        "dataset_dir",
+        "input",
+        "output_dir",
+        "checkpoint",
+        "network_def",
+        "network",
+        "preprocessing",
+        "inferer",
+        "postprocessing",
+        "writer",
+        "dataset",
+        "evaluator",
+        "initialize",
+        "run",
+        "finalize",
+    ):
         assert key in config, key
 
     readme = (bundle / "docs" / "README.md").read_text()
@@ -129,8 +169,12 @@ def test_sample_data_checkpoint_is_marked_synthetic(tiny_checkpoint, tmp_path):
     meta = json.loads((out / "configs" / "metadata.json").read_text())
     assert meta["medsad"]["training_data"]["synthetic"] is True
     assert meta["medsad"]["training_data"]["dataset"] == "MedSAD-synthetic-MNI152"
-    for text in (meta["description"], meta["intended_use"], (out / "LICENSE").read_text(),
-                 (out / "docs" / "README.md").read_text()):
+    for text in (
+        meta["description"],
+        meta["intended_use"],
+        (out / "LICENSE").read_text(),
+        (out / "docs" / "README.md").read_text(),
+    ):
         assert "synthetic demo, not for clinical use" in text.lower()
 
 
@@ -146,9 +190,14 @@ def test_monai_config_parser_reads_the_bundle(bundle, tiny_volumes):
     assert parser.get_parsed_content("checkpoint") == str(bundle / "models" / "model.pt")
 
     # every required property of MONAI's inference workflow is there
-    workflow = ConfigWorkflow(config_file=str(bundle / "configs" / "inference.json"),
-                              meta_file=str(bundle / "configs" / "metadata.json"), logging_file=False,
-                              workflow_type="infer", bundle_root=str(bundle), input=str(tiny_volumes / VOLUME))
+    workflow = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "inference.json"),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=str(bundle),
+        input=str(tiny_volumes / VOLUME),
+    )
     workflow.initialize()
     assert workflow.check_properties() == []
 
@@ -158,8 +207,16 @@ def test_monai_bundle_run_writes_the_mask_of_medsad_infer(bundle, calibrated_ckp
     ref_dir, out_dir = tmp_path / "medsad_infer", tmp_path / "bundle_run"
     assert main(["infer", "--ckpt", str(calibrated_ckpt), "--input", str(volume), "--out", str(ref_dir)]) == 0
 
-    args = ["--config_file", "configs/inference.json", "--meta_file", "configs/metadata.json",
-            "--input", str(volume), "--output_dir", str(out_dir)]
+    args = [
+        "--config_file",
+        "configs/inference.json",
+        "--meta_file",
+        "configs/metadata.json",
+        "--input",
+        str(volume),
+        "--output_dir",
+        str(out_dir),
+    ]
     cmd = [sys.executable, "-m", "monai.bundle", "run", *args]  # MONAI's own command line (needs `fire`)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(cmd, check=False, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)

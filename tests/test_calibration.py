@@ -26,7 +26,7 @@ def _case(name: str, rng: np.random.Generator, lesion: bool, speckles: int) -> C
         prob[truth] = 0.75 + 0.1 * rng.random(int(truth.sum()))
     for _ in range(speckles):
         x, y, z = rng.integers(2, 20), rng.integers(2, 20), rng.choice([0, 1, 10, 11])
-        prob[x:x + 2, y, z] = 0.9
+        prob[x : x + 2, y, z] = 0.9
     scores = prob.reshape(-1, shape[2]).max(axis=0)  # a saturated "model" score: every slice has a peak
     return CaseOutput(name, prob, truth, scores, np.zeros(shape[2], bool), 2)
 
@@ -72,16 +72,19 @@ def test_fit_removes_speckles_and_separates_volumes(cases):
         mask = lesion_mask(c.probability, op)
         assert (mask.astype(bool) == c.truth).all()
     # the reported pooled Dice is what the product's own post-processing gives
-    pooled = dice_score(np.concatenate([lesion_mask(c.probability, op).ravel() for c in cases]),
-                        np.concatenate([c.truth.ravel() for c in cases]))
+    pooled = dice_score(
+        np.concatenate([lesion_mask(c.probability, op).ravel() for c in cases]),
+        np.concatenate([c.truth.ravel() for c in cases]),
+    )
     assert op.validation["dice_pooled"] == pytest.approx(pooled, abs=1e-4)
     # the saturated model score ranks worse than the post-processed lesion area, so auto picks the latter
     assert op.validation["slice_auroc"]["model"] < op.validation["slice_auroc"]["lesion_area"]
     assert op.slice_score != "model"
     results = [VolumeResult(c.probability, list(c.model_scores), list(c.skipped), 2, op) for c in cases]
     assert [r.volume_abnormal for r in results] == [c.abnormal for c in cases]
-    assert max(r.volume_score for r, c in zip(results, cases) if not c.abnormal) < \
-        min(r.volume_score for r, c in zip(results, cases) if c.abnormal)
+    assert max(r.volume_score for r, c in zip(results, cases) if not c.abnormal) < min(
+        r.volume_score for r, c in zip(results, cases) if c.abnormal
+    )
     assert op.validation["cases"] == [c.name for c in cases]
 
 
@@ -125,8 +128,15 @@ def test_checkpoint_carries_calibration_and_old_ones_fall_back_loudly(tiny_check
     with caplog.at_level(logging.WARNING):
         assert operating_point_of(read_checkpoint(old), old) == OperatingPoint()
     assert "uncalibrated 0.5" in caplog.text
-    op = OperatingPoint(map_threshold=0.65, min_lesion_voxels=16, slice_score="lesion_area", slice_threshold=0.3,
-                        volume_score="lesion_volume", volume_threshold=0.4, source="calibrate")
+    op = OperatingPoint(
+        map_threshold=0.65,
+        min_lesion_voxels=16,
+        slice_score="lesion_area",
+        slice_threshold=0.3,
+        volume_score="lesion_volume",
+        volume_threshold=0.4,
+        source="calibrate",
+    )
     before = read_checkpoint(old)["state_dict"]
     write_calibration(old, op)
     after = read_checkpoint(old)
@@ -142,8 +152,24 @@ def test_calibrate_cli_stores_the_block_and_never_uses_test(tiny_checkpoint, tin
     from medsad_monai.cli import main
 
     out = tmp_path / "calibrated.pt"
-    assert main(["calibrate", "--ckpt", str(tiny_checkpoint), "--data", str(tiny_volumes), "--out", str(out),
-                 "--batch-size", "4", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--ckpt",
+                str(tiny_checkpoint),
+                "--data",
+                str(tiny_volumes),
+                "--out",
+                str(out),
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     op = operating_point_of(read_checkpoint(out), out)
     assert op.source == "calibrate"
     assert op.validation["cases"] == [f"case_{i:03d}" for i in range(6)]  # imagesTr only, never imagesTs
@@ -159,11 +185,17 @@ def test_evaluate_reports_slice_and_volume_decisions_at_the_operating_point(tiny
 
     ckpt = tmp_path / "calibrated.pt"
     shutil.copy2(tiny_checkpoint, ckpt)
-    op = OperatingPoint(map_threshold=0.4, min_lesion_voxels=4, slice_score="lesion_area", slice_threshold=0.3,
-                        volume_score="lesion_volume", volume_threshold=0.5, source="calibrate")
+    op = OperatingPoint(
+        map_threshold=0.4,
+        min_lesion_voxels=4,
+        slice_score="lesion_area",
+        slice_threshold=0.3,
+        volume_score="lesion_volume",
+        volume_threshold=0.5,
+        source="calibrate",
+    )
     write_calibration(ckpt, op)
-    metrics = evaluate_checkpoint(ckpt, str(tiny_volumes), tmp_path / "report", split="all", batch_size=4,
-                                  device="cpu")
+    metrics = evaluate_checkpoint(ckpt, str(tiny_volumes), tmp_path / "report", split="all", batch_size=4, device="cpu")
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     per_case = report["meta"]["per_case"]
     assert report["meta"]["operating_point"] == op.summary()
@@ -173,8 +205,9 @@ def test_evaluate_reports_slice_and_volume_decisions_at_the_operating_point(tiny
     assert metrics["fp_voxels"] == {n: per_case[n]["predicted_voxels"] for n in normal}
     assert metrics["n_volumes"] == 6 and metrics["n_lesion_free_volumes"] == 2
     scores = {n: c["score"] for n, c in per_case.items()}
-    assert metrics["volume_ranking_separates"] == (max(scores[n] for n in normal)
-                                                   < min(s for n, s in scores.items() if n not in normal))
+    assert metrics["volume_ranking_separates"] == (
+        max(scores[n] for n in normal) < min(s for n, s in scores.items() if n not in normal)
+    )
     assert all(c["volume_abnormal"] == (c["score"] >= 0.5) for c in per_case.values())
     assert metrics["score_threshold"] == 0.3 and metrics["threshold"] == 0.4
     md = (tmp_path / "report" / "report.md").read_text()
@@ -208,6 +241,7 @@ def test_near_ties_go_to_the_mask_based_score_and_clear_wins_to_the_best():
             labels = np.r_[np.ones(n, bool), np.zeros(n, bool)]
             scores = np.r_[np.full(n, 0.5), np.where(np.arange(n) < aurocs[kind] * n, 0.0, 1.0)]
             return scores, labels
+
         return fake
 
     kinds = ["model", "peak", "lesion_area"]

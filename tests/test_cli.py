@@ -25,8 +25,26 @@ def test_errors_are_one_clear_line_with_exit_code_2(tmp_path, capsys):
 
 def test_train_then_infer_from_the_command_line(tiny_volumes, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(tiny_volumes), "--out", str(run), "--preset", "tiny", "--image-size", "64",
-                 "--epochs", "1", "--batch-size", "8"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tiny_volumes),
+                "--out",
+                str(run),
+                "--preset",
+                "tiny",
+                "--image-size",
+                "64",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
     assert summary["best_epoch"] == 1
@@ -34,8 +52,10 @@ def test_train_then_infer_from_the_command_line(tiny_volumes, tmp_path, capsys):
     assert "medsad_monai.engine.train: epoch 1/1: loss" in captured.err, captured.err[-2000:]
     assert "No pretrained weights loaded" not in captured.err
     out = tmp_path / "pred"
-    assert main(["infer", "--ckpt", str(run / "best.pt"), "--input", str(tiny_volumes / "imagesTs"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(["infer", "--ckpt", str(run / "best.pt"), "--input", str(tiny_volumes / "imagesTs"), "--out", str(out)])
+        == 0
+    )
     assert len(list(out.glob("*_mask.nii.gz"))) == 2
     assert len(list(out.glob("*_scores.json"))) == 2
 
@@ -45,7 +65,9 @@ def test_unknown_preset_is_rejected_by_the_parser():
         main(["train", "--data", "x", "--out", "y", "--preset", "huge"])
 
 
-def test_demo_reuses_a_calibrated_checkpoint_and_picks_the_largest_test_lesion(tiny_checkpoint, tiny_volumes, tmp_path, caplog):
+def test_demo_reuses_a_calibrated_checkpoint_and_picks_the_largest_test_lesion(
+    tiny_checkpoint, tiny_volumes, tmp_path, caplog
+):
     """`make run` / `medsad demo` start in seconds once the demo model exists: no training, no calibration."""
     import logging
     import shutil
@@ -65,5 +87,7 @@ def test_demo_reuses_a_calibrated_checkpoint_and_picks_the_largest_test_lesion(t
         assert ensure_demo_checkpoint(tiny_volumes, tmp_path / "demo") == ckpt
     assert "using the demo checkpoint" in caplog.text and "training" not in caplog.text
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["best.pt"]
-    sizes = {p.name: int((np.asarray(nib.load(p).dataobj) > 0).sum()) for p in (tiny_volumes / "labelsTs").glob("*.nii*")}
+    sizes = {
+        p.name: int((np.asarray(nib.load(p).dataobj) > 0).sum()) for p in (tiny_volumes / "labelsTs").glob("*.nii*")
+    }
     assert demo_volume(tiny_volumes).name == max(sizes, key=sizes.get)

@@ -24,7 +24,7 @@ def _grey(h: int = 8, w: int = 10, value: int = 100) -> np.ndarray:
 def _mask(h: int = 8, w: int = 10, box: tuple[int, int, int, int] | None = (2, 4, 3, 6)) -> np.ndarray:
     m = np.zeros((h, w), dtype=np.uint8)
     if box is not None:
-        m[box[0]:box[1], box[2]:box[3]] = 255
+        m[box[0] : box[1], box[2] : box[3]] = 255
     return m
 
 

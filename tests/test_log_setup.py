@@ -13,10 +13,14 @@ def _record(name: str, level: int, message: str) -> logging.LogRecord:
 
 def test_the_filter_drops_root_chatter_and_open_clips_random_init_warning_only():
     noise = ThirdPartyNoise()
-    assert not noise.filter(_record("root", logging.WARNING, "No pretrained weights loaded for model 'x'. Model initialized randomly."))
+    assert not noise.filter(
+        _record("root", logging.WARNING, "No pretrained weights loaded for model 'x'. Model initialized randomly.")
+    )
     assert noise.filter(_record("root", logging.WARNING, "something else on the root logger"))
     assert not noise.filter(_record("root", logging.INFO, "Using default SimpleTokenizer."))
-    assert noise.filter(_record("root", logging.ERROR, "No pretrained weights loaded for model 'x'."))  # errors always pass
+    assert noise.filter(
+        _record("root", logging.ERROR, "No pretrained weights loaded for model 'x'.")
+    )  # errors always pass
     assert noise.filter(_record("medsad_monai.engine.train", logging.INFO, "epoch 3/200: loss 0.5"))
 
 

@@ -63,7 +63,9 @@ def test_total_is_the_weighted_sum_and_bce_matches_score():
     masks = torch.zeros(4, 1, 8, 8)
     parts = MedSADLoss(bce_weight=2.0, dicefocal_weight=0.5, mc_weight=3.0)(outputs, masks, labels)
     score = image_logits.softmax(1)[:, 1]
-    assert parts["bce"].item() == pytest.approx(torch.nn.functional.binary_cross_entropy(score, labels).item(), rel=1e-5)
+    assert parts["bce"].item() == pytest.approx(
+        torch.nn.functional.binary_cross_entropy(score, labels).item(), rel=1e-5
+    )
     expected = 2.0 * parts["bce"] + 0.5 * parts["dicefocal"] + 3.0 * parts["mc"]
     assert parts["loss"].item() == pytest.approx(expected.item())
 
@@ -88,8 +90,10 @@ def test_lesion_image_dice_averages_per_image_dice_over_images_with_a_lesion():
     batch = MedSADLoss(bce_weight=0, mc_weight=0)
 
     def cost(fn):
-        return (fn({**outputs, "mask_logits": missed}, masks, torch.ones(4))["dicefocal"]
-                - fn({**outputs, "mask_logits": good}, masks, torch.ones(4))["dicefocal"]).item()
+        return (
+            fn({**outputs, "mask_logits": missed}, masks, torch.ones(4))["dicefocal"]
+            - fn({**outputs, "mask_logits": good}, masks, torch.ones(4))["dicefocal"]
+        ).item()
 
     assert cost(loss) > 0.45
     assert cost(batch) < 0.1

@@ -172,7 +172,9 @@ def test_threshold_sweep_dice_rises_until_the_lesion_level_and_accuracy_falls_fo
 )
 def test_bad_inputs_raise_value_error_naming_what_is_wrong(change, message):
     acc = MetricAccumulator()
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
+    ):
         acc.update(*change(*_tiny_set()))
 
 

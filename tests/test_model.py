@@ -156,7 +156,9 @@ def test_decoder_image_skip_is_used_and_required(tiny_config):
     assert not torch.allclose(out, decoder(grid, (64, 64), image.flip(-1)))  # the image matters
     with pytest.raises(ValueError, match="image skip"):
         decoder(grid, (64, 64))
-    assert MedSADCLIP(tiny_config.replace(decoder_skip_channels=0, decoder_full_res_channels=0)).decoder.skip_channels == 0
+    assert (
+        MedSADCLIP(tiny_config.replace(decoder_skip_channels=0, decoder_full_res_channels=0)).decoder.skip_channels == 0
+    )
 
 
 def test_decoder_full_resolution_stage_reads_the_image_at_full_size(tiny_config):
@@ -203,8 +205,10 @@ def test_flip_averaging_makes_eval_predictions_mirror_equivariant(tiny_config, k
     from medsad_monai.networks.unet_baseline import UNetBaseline
 
     torch.manual_seed(0)
-    build = {"medsad": lambda tta: MedSADCLIP(tiny_config.replace(tta_flip=tta)),
-             "unet": lambda tta: UNetBaseline(64, tta_flip=tta)}[kind]
+    build = {
+        "medsad": lambda tta: MedSADCLIP(tiny_config.replace(tta_flip=tta)),
+        "unet": lambda tta: UNetBaseline(64, tta_flip=tta),
+    }[kind]
     model, plain = build(True).eval(), build(False).eval()
     plain.load_state_dict(model.state_dict())
     x = torch.rand(2, 3, 64, 64)

@@ -4,8 +4,8 @@ active learning."""
 
 from __future__ import annotations
 
-import hashlib
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -24,7 +24,8 @@ def _files(studies: Path) -> dict[str, str]:
     """Every file of the datastore folder -> sha256 (lock files excluded)."""
     return {
         str(p.relative_to(studies)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(studies.rglob("*")) if p.is_file() and not p.name.endswith(".lock")
+        for p in sorted(studies.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
     }
 
 
@@ -106,8 +107,15 @@ def test_infer_uses_the_checkpoints_calibration_and_a_request_may_override_it(cl
     from medsad_monai.checkpoint import write_calibration
     from medsad_monai.engine.decision import OperatingPoint
 
-    op = OperatingPoint(map_threshold=0.3, min_lesion_voxels=10, slice_score="lesion_area", slice_threshold=0.25,
-                        volume_score="lesion_volume", volume_threshold=0.6, source="calibrate")
+    op = OperatingPoint(
+        map_threshold=0.3,
+        min_lesion_voxels=10,
+        slice_score="lesion_area",
+        slice_threshold=0.25,
+        volume_score="lesion_volume",
+        volume_threshold=0.6,
+        source="calibrate",
+    )
     write_calibration(client.checkpoint, op)  # the served file changes: the app reloads it
     params, content = _infer(client, "case_001")
     assert params["operating_point"] == op.summary()
@@ -158,8 +166,10 @@ def test_bad_infer_requests_get_a_clear_json_error_and_change_nothing(client, tm
             "nan": lambda: _volume(tmp_path, "x.nii.gz", np.full((16, 16, 4), np.nan, np.float32)),
         }[case]()
         files = {"file": (path.name, path.read_bytes(), "application/gzip")}
-        expect = (422, {"truncated": "cannot read", "four_d": "3-D volume", "one_slice": "single slice",
-                        "nan": "NaN"}[case])
+        expect = (
+            422,
+            {"truncated": "cannot read", "four_d": "3-D volume", "one_slice": "single slice", "nan": "NaN"}[case],
+        )
     res = client.post(url, data={"params": json.dumps(params)}, files=files)
     assert res.status_code == expect[0], res.text
     assert expect[1] in res.json()["detail"]
@@ -203,8 +213,10 @@ def test_scoring_and_active_learning_serve_an_unlabelled_volume(client):
 def test_train_from_final_labels_publishes_a_model_that_infer_uses(client):
     before, _ = _infer(client, "case_004")
     label = client.studies / "labels" / "final"
-    res = client.put("/datastore/label?image=case_004&tag=final",
-                     files={"label": ("case_004.nii.gz", (label / "case_000.nii.gz").read_bytes())})
+    res = client.put(
+        "/datastore/label?image=case_004&tag=final",
+        files={"label": ("case_004.nii.gz", (label / "case_000.nii.gz").read_bytes())},
+    )
     assert res.status_code == 200, res.text
     old = hashlib.sha256(client.checkpoint.read_bytes()).hexdigest()
     res = client.post("/train/medsad?run_sync=true", json={"max_epochs": 1, "batch_size": 8})
@@ -231,11 +243,19 @@ def test_training_with_too_few_labels_is_a_clear_error(client):
     assert "at least 2" in res.json()["detail"]
 
 
-@pytest.mark.parametrize("key,value,needle", [
-    ("threshold", "abc", "threshold"), ("threshold", "1.5", "threshold"), ("slice_axis", "3", "slice_axis"),
-    ("preset", "huge", "preset"), ("models", "segmentation", "models"), ("clip_pretrained", "/no/such.pt", "clip_pretrained"),
-    ("batch_size", "0", "batch_size"), ("device", "tpu", "device"),
-])
+@pytest.mark.parametrize(
+    "key,value,needle",
+    [
+        ("threshold", "abc", "threshold"),
+        ("threshold", "1.5", "threshold"),
+        ("slice_axis", "3", "slice_axis"),
+        ("preset", "huge", "preset"),
+        ("models", "segmentation", "models"),
+        ("clip_pretrained", "/no/such.pt", "clip_pretrained"),
+        ("batch_size", "0", "batch_size"),
+        ("device", "tpu", "device"),
+    ],
+)
 def test_bad_conf_values_name_the_key(app_studies, key, value, needle):
     studies, checkpoint = app_studies
     with pytest.raises(ValueError, match=needle):
@@ -267,8 +287,11 @@ def test_infer_on_an_uploaded_nrrd_keeps_its_format_and_geometry(client, tmp_pat
 
     source = client.studies / "case_001.nii.gz"
     upload = save_volume_like(np.asarray(nib.load(source).dataobj), source, tmp_path / "scan.nrrd")
-    res = client.post("/infer/medsad?output=image", data={"params": "{}"},
-                      files={"file": ("scan.nrrd", upload.read_bytes(), "application/octet-stream")})
+    res = client.post(
+        "/infer/medsad?output=image",
+        data={"params": "{}"},
+        files={"file": ("scan.nrrd", upload.read_bytes(), "application/octet-stream")},
+    )
     assert res.status_code == 200, res.text
     mask_path = tmp_path / "mask.nrrd"
     mask_path.write_bytes(res.content)
@@ -285,15 +308,21 @@ def test_infer_on_an_uploaded_png_returns_a_png_mask_of_its_size(client, tmp_pat
     rng = np.random.default_rng(0)
     picture = tmp_path / "slice.png"
     Image.fromarray((rng.random((70, 90)) * 255).astype(np.uint8)).save(picture)
-    res = client.post("/infer/medsad?output=image", data={"params": "{}"},
-                      files={"file": ("slice.png", picture.read_bytes(), "image/png")})
+    res = client.post(
+        "/infer/medsad?output=image",
+        data={"params": "{}"},
+        files={"file": ("slice.png", picture.read_bytes(), "image/png")},
+    )
     assert res.status_code == 200, res.text
     out = tmp_path / "mask.png"
     out.write_bytes(res.content)
     with Image.open(out) as mask:
         assert mask.size == (90, 70)
-    params = client.post("/infer/medsad?output=json", data={"params": "{}"},
-                         files={"file": ("slice.png", picture.read_bytes(), "image/png")}).json()
+    params = client.post(
+        "/infer/medsad?output=json",
+        data={"params": "{}"},
+        files={"file": ("slice.png", picture.read_bytes(), "image/png")},
+    ).json()
     assert len(params["slice_scores"]) == 1 and params["label_names"] == {"lesion": 1}
 
 
@@ -341,8 +370,9 @@ def test_the_reported_checkpoint_sha256_names_the_model_that_made_the_mask_acros
 
 
 @pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory"), ValueError("operands could not be broadcast")])
-def test_an_internal_error_is_a_500_with_a_traceback_in_the_log_and_a_bad_value_a_422(client, monkeypatch, caplog,
-                                                                                    error):
+def test_an_internal_error_is_a_500_with_a_traceback_in_the_log_and_a_bad_value_a_422(
+    client, monkeypatch, caplog, error
+):
     import logging
 
     predictor = _served_app().task.cache.get().predictor
@@ -360,7 +390,12 @@ def test_an_internal_error_is_a_500_with_a_traceback_in_the_log_and_a_bad_value_
     assert scoring.status_code == 500, scoring.text  # not filed under "failed" images either
     logged = [r for r in caplog.records if r.exc_info and r.exc_info[1] is error]
     assert len(logged) == 2 and all(r.levelno == logging.ERROR for r in logged)
-    for key, value in [("threshold", 1.5), ("slice_threshold", "high"), ("slice_axis", 3), ("skip_background", "maybe")]:
+    for key, value in [
+        ("threshold", 1.5),
+        ("slice_threshold", "high"),
+        ("slice_axis", 3),
+        ("skip_background", "maybe"),
+    ]:
         bad = client.post("/infer/medsad?image=case_000&output=json", data={"params": json.dumps({key: value})})
         assert bad.status_code == 422, bad.text
         assert f"{key} {value!r}" in bad.json()["detail"] or f"{key} {value}" in bad.json()["detail"]

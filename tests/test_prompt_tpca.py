@@ -75,9 +75,7 @@ def test_tpca_map_is_head_averaged_softmax_over_patches_transposed():
     attn = tpca.attention_map(tokens, mask, patches)  # (1, N, T)
     q = tpca.q(tokens).reshape(3, 2, 4)
     k = tpca.k(patches[0]).reshape(4, 2, 4)
-    expected = torch.stack(
-        [torch.softmax(q[:, h] @ k[:, h].T / 2.0, dim=-1) for h in range(2)]
-    ).mean(0)  # (T, N)
+    expected = torch.stack([torch.softmax(q[:, h] @ k[:, h].T / 2.0, dim=-1) for h in range(2)]).mean(0)  # (T, N)
     assert torch.allclose(attn[0], expected.T * 4, atol=1e-5)
     assert torch.allclose(attn[0].sum(0), torch.full((3,), 4.0), atol=1e-5)  # each token sums to N
 

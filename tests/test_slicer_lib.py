@@ -17,12 +17,25 @@ vtk = pytest.importorskip("vtk")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "MedSADSlicer" / "MedSAD"), str(ROOT / "MedSADSlicer" / "SegmentEditorMedSAD")]
 
-from MedSADLib import (LocalBackend, MedSADError, MedSADLogic, MedSADParameters, MedSADResult,  # noqa: E402
-                       ServerBackend, describe_decision, make_backend)
-from MedSADLib import backends, nodes  # noqa: E402
-from SegmentEditorMedSADLib.apply import (EffectTarget, LogicTarget, apply_result_to_segment,  # noqa: E402
-                                          write_mask)
-from SegmentEditorMedSADLib.geometry import current_slice, slice_axis_index  # noqa: E402
+from MedSADLib import (
+    LocalBackend,
+    MedSADError,
+    MedSADLogic,
+    MedSADParameters,
+    MedSADResult,
+    ServerBackend,
+    backends,
+    describe_decision,
+    make_backend,
+    nodes,
+)
+from SegmentEditorMedSADLib.apply import (
+    EffectTarget,
+    LogicTarget,
+    apply_result_to_segment,
+    write_mask,
+)
+from SegmentEditorMedSADLib.geometry import current_slice, slice_axis_index
 
 SHAPE_KJI = (10, 40, 48)
 
@@ -90,15 +103,18 @@ def test_local_run_gives_segment_in_the_volume_geometry_table_and_plot(scene, lo
     np.testing.assert_array_equal(segment, result.mask)
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
     seg_id = outputs.segmentation.GetSegmentation().GetSegmentIdBySegmentName("Lesion")
-    slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(outputs.segmentation, [seg_id], labelmap, volume)
+    slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+        outputs.segmentation, [seg_id], labelmap, volume
+    )
     np.testing.assert_allclose(_matrix(nodes.ijk_to_ras(labelmap)), _matrix(nodes.ijk_to_ras(volume)), atol=1e-6)
 
     table = outputs.table.GetTable()
     assert table.GetNumberOfRows() == SHAPE_KJI[0]
     assert table.GetColumnByName("slice").GetDataTypeAsString() == "int"  # int32, not uint8
     assert [table.GetColumnByName("slice").GetValue(k) for k in range(10)] == list(range(10))
-    np.testing.assert_allclose([table.GetColumnByName("score").GetValue(k) for k in range(10)],
-                               result.slice_scores, atol=1e-6)
+    np.testing.assert_allclose(
+        [table.GetColumnByName("score").GetValue(k) for k in range(10)], result.slice_scores, atol=1e-6
+    )
     assert [table.GetColumnByName("abnormal").GetValue(k) for k in range(10)] == [int(a) for a in result.abnormal()]
     assert outputs.plot_series.GetTableNodeID() == outputs.table.GetID()
     assert outputs.plot_chart.HasPlotSeriesNodeID(outputs.plot_series.GetID())
@@ -106,7 +122,9 @@ def test_local_run_gives_segment_in_the_volume_geometry_table_and_plot(scene, lo
 
     ras = logic.worst_slice_ras(volume, result)
     dims = volume.GetImageData().GetDimensions()
-    expected = _matrix(nodes.ijk_to_ras(volume)) @ np.array([(dims[0] - 1) / 2, (dims[1] - 1) / 2, result.worst_slice, 1])
+    expected = _matrix(nodes.ijk_to_ras(volume)) @ np.array(
+        [(dims[0] - 1) / 2, (dims[1] - 1) / 2, result.worst_slice, 1]
+    )
     np.testing.assert_allclose(ras, expected[:3], atol=1e-6)
 
 
@@ -139,8 +157,15 @@ def test_calibrated_checkpoint_decides_in_slicer_as_in_medsad_monai(scene, tiny_
 
     ckpt = tmp_path / "calibrated.pt"
     shutil.copy2(tiny_checkpoint, ckpt)
-    op = OperatingPoint(map_threshold=0.3, min_lesion_voxels=20, slice_score="lesion_area", slice_threshold=0.2,
-                        volume_score="lesion_volume", volume_threshold=0.5, source="calibrate")
+    op = OperatingPoint(
+        map_threshold=0.3,
+        min_lesion_voxels=20,
+        slice_score="lesion_area",
+        slice_threshold=0.2,
+        volume_score="lesion_volume",
+        volume_threshold=0.5,
+        source="calibrate",
+    )
     write_calibration(ckpt, op)
     volume = _volume(scene)
     logic = MedSADLogic(scene)
@@ -155,9 +180,14 @@ def test_calibrated_checkpoint_decides_in_slicer_as_in_medsad_monai(scene, tiny_
     outputs = logic.create_outputs(volume, result)
     logic.rethreshold(volume, result, 0.6, outputs)
     again = direct.with_operating_point(op.with_overrides(map_threshold=0.6))
-    np.testing.assert_array_equal(nodes.segment_array(scene, outputs.segmentation, volume), again.mask.transpose(2, 1, 0))
-    np.testing.assert_allclose([outputs.table.GetTable().GetColumnByName("score").GetValue(k) for k in range(10)],
-                               again.slice_scores, atol=1e-6)
+    np.testing.assert_array_equal(
+        nodes.segment_array(scene, outputs.segmentation, volume), again.mask.transpose(2, 1, 0)
+    )
+    np.testing.assert_allclose(
+        [outputs.table.GetTable().GetColumnByName("score").GetValue(k) for k in range(10)],
+        again.slice_scores,
+        atol=1e-6,
+    )
     assert outputs.segmentation.GetAttribute("MedSAD.volumeAbnormal") == str(again.volume_abnormal)
 
 
@@ -177,8 +207,11 @@ def test_seg_nrrd_written_by_slicer_reads_back_with_slicerio(scene, local, tmp_p
     voxels = np.asarray(seg["voxels"])  # (I, J, K) on the segmentation's extent
     full = np.zeros(SHAPE_KJI[::-1], np.uint8)
     offset = [int(v) for v in seg.get("referenceImageExtentOffset", [0, 0, 0])]
-    full[offset[0]:offset[0] + voxels.shape[0], offset[1]:offset[1] + voxels.shape[1],
-         offset[2]:offset[2] + voxels.shape[2]] = voxels > 0
+    full[
+        offset[0] : offset[0] + voxels.shape[0],
+        offset[1] : offset[1] + voxels.shape[1],
+        offset[2] : offset[2] + voxels.shape[2],
+    ] = voxels > 0
     np.testing.assert_array_equal(full.transpose(2, 1, 0), result.mask)
     lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
     ijk_to_ras = lps_to_ras @ np.asarray(seg["ijkToLPS"])
@@ -198,10 +231,18 @@ def _vector_volume(scene):
     return node
 
 
-@pytest.mark.parametrize("case,needle", [
-    ("none", "no input volume"), ("flat", "2-D"), ("vector", "components"), ("labelmap", "not a scalar volume"),
-    ("bad_checkpoint", "does not load"), ("missing_checkpoint", "not found"), ("threshold", "threshold"),
-])
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("none", "no input volume"),
+        ("flat", "2-D"),
+        ("vector", "components"),
+        ("labelmap", "not a scalar volume"),
+        ("bad_checkpoint", "does not load"),
+        ("missing_checkpoint", "not found"),
+        ("threshold", "threshold"),
+    ],
+)
 def test_bad_input_raises_a_clear_error_and_keeps_the_scene(scene, local, tmp_path, case, needle):
     volume = _volume(scene)
     backend, threshold, target = local, 0.5, volume
@@ -260,6 +301,7 @@ def test_remote_backend_against_a_real_monai_label_server(scene, app_studies, ti
 
 # --------------------------------------------------------------------------- the effect's write path
 
+
 def _editor(scene, volume, intensity_range=None, geometry_volume=None):
     """A Segment Editor over ``volume`` (the segmentation's geometry from ``geometry_volume``,
     default the volume) with segments Lesion (selected), Region and Other."""
@@ -299,7 +341,11 @@ def _segment(scene, segmentation, volume, name="Lesion"):
 def _fill(segmentation, volume, name, mask):
     segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName(name)
     assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        nodes.oriented_image(mask, volume), segmentation, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+        nodes.oriented_image(mask, volume),
+        segmentation,
+        segment_id,
+        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
+    )
 
 
 def _known_mask():
@@ -311,8 +357,13 @@ def _known_mask():
 def _known_result(mask=None):
     """A server-like result (a fixed binary mask) with a known mask."""
     mask = _known_mask() if mask is None else mask
-    return MedSADResult(slice_scores=[float(m.mean()) for m in mask], mask=mask, threshold=0.5, backend="server",
-                        info={"operating_point": {"source": "default", "map_threshold": 0.5}})
+    return MedSADResult(
+        slice_scores=[float(m.mean()) for m in mask],
+        mask=mask,
+        threshold=0.5,
+        backend="server",
+        info={"operating_point": {"source": "default", "map_threshold": 0.5}},
+    )
 
 
 def test_effect_apply_honours_the_editable_intensity_range_and_undo(scene):
@@ -353,8 +404,10 @@ def test_effect_apply_overwrites_other_segments_as_the_editor_says(scene, overwr
     other = np.zeros(SHAPE_KJI, np.uint8)
     other[:, 25:35, :] = 1  # overlaps the mask's rows 25:30
     _fill(segmentation, volume, "Other", other)
-    mode = {"all": slicer.vtkMRMLSegmentEditorNode.OverwriteAllSegments,
-            "none": slicer.vtkMRMLSegmentEditorNode.OverwriteNone}[overwrite]
+    mode = {
+        "all": slicer.vtkMRMLSegmentEditorNode.OverwriteAllSegments,
+        "none": slicer.vtkMRMLSegmentEditorNode.OverwriteNone,
+    }[overwrite]
     editor.GetSegmentEditorNode().SetOverwriteMode(mode)
     mask = _known_mask()
     write_mask(LogicTarget(editor), volume, mask)
@@ -424,17 +477,25 @@ class _ScriptedEffectStandIn:
 
     def modifySelectedSegmentByLabelmap(self, modifier, mode, extent=None):
         node = self.parameterSetNode()
-        self.editor.ModifySegmentByLabelmap(node.GetSegmentationNode(), node.GetSelectedSegmentID(), modifier, mode,
-                                            extent or [0, -1, 0, -1, 0, -1], True, False)
+        self.editor.ModifySegmentByLabelmap(
+            node.GetSegmentationNode(),
+            node.GetSelectedSegmentID(),
+            modifier,
+            mode,
+            extent or [0, -1, 0, -1, 0, -1],
+            True,
+            False,
+        )
 
 
 def test_the_effect_target_writes_like_the_logic_target(scene):
     volume = _volume(scene)
     mask = _known_mask()
     results = []
-    for make_target in (lambda editor: LogicTarget(editor),
-                        lambda editor: EffectTarget(_ScriptedEffectStandIn(editor),
-                                                    modes=slicer.vtkSlicerSegmentEditorLogic)):
+    for make_target in (
+        lambda editor: LogicTarget(editor),
+        lambda editor: EffectTarget(_ScriptedEffectStandIn(editor), modes=slicer.vtkSlicerSegmentEditorLogic),
+    ):
         editor, segmentation, _ = _editor(scene, volume, intensity_range=(900, 1000))
         assert editor.GetSegmentEditorNode().GetSegmentationNode() is segmentation
         before = np.zeros(SHAPE_KJI, np.uint8)
@@ -462,6 +523,7 @@ def test_write_mask_refuses_what_it_cannot_place(scene):
 
 # --------------------------------------------------------------------------- the slice a view shows
 
+
 def _slice_to_ras(normal, centre, in_plane=None):
     """A SliceToRAS for a plane through ``centre`` with ``normal`` (in-plane axes completed)."""
     normal = np.asarray(normal, float) / np.linalg.norm(normal)
@@ -473,8 +535,9 @@ def _slice_to_ras(normal, centre, in_plane=None):
     return m
 
 
-@pytest.mark.parametrize("view,normal,axis", [("axial", (0, 0, 1), 2), ("sagittal", (1, 0, 0), 0),
-                                              ("coronal", (0, 1, 0), 1)])
+@pytest.mark.parametrize(
+    "view,normal,axis", [("axial", (0, 0, 1), 2), ("sagittal", (1, 0, 0), 0), ("coronal", (0, 1, 0), 1)]
+)
 def test_slice_axis_index_for_the_standard_views(view, normal, axis):
     """An LPS-like volume (I to the left, J to the back) with anisotropic spacing."""
     ijk_to_ras = np.array([[-0.9, 0, 0, 30.0], [0, -0.8, 0, 40.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
@@ -536,6 +599,7 @@ def test_current_slice_of_real_slice_nodes_on_an_oblique_volume(scene):
 
 # --------------------------------------------------------------------------- one backend interface
 
+
 def test_both_backends_are_called_the_same_way(scene, local, tiny_checkpoint):
     import inspect
 
@@ -580,9 +644,12 @@ def test_make_backend_is_shared_and_caches_the_local_model(tmp_path, tiny_checkp
     assert make_backend("local", str(other), "") is not first  # one model at a time
     server = make_backend("server", "", "")
     assert isinstance(server, ServerBackend) and server.url == backends.DEFAULT_SERVER_URL
-    for kind, checkpoint, url, needle in (("local", "", "", "no checkpoint"),
-                                          ("local", str(tmp_path / "x.pt"), "", "not found"),
-                                          ("cloud", "", "", "unknown backend"), ("server", "", "ftp://x", "http")):
+    for kind, checkpoint, url, needle in (
+        ("local", "", "", "no checkpoint"),
+        ("local", str(tmp_path / "x.pt"), "", "not found"),
+        ("cloud", "", "", "unknown backend"),
+        ("server", "", "ftp://x", "http"),
+    ):
         with pytest.raises(MedSADError, match=needle):
             make_backend(kind, checkpoint, url)
     backends.clear_backend_cache()
@@ -630,13 +697,15 @@ def test_one_run_checks_the_volume_once_and_copies_the_voxels_once(scene, local,
 
 # --------------------------------------------------------------------------- the module's state in the scene
 
+
 def _save_scene(scene, folder):
     """Save the scene like Slicer's 'Save': every storable node to a file, then the .mrml."""
     for i in range(scene.GetNumberOfNodes()):
         node = scene.GetNthNode(i)
         if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is None and node.AddDefaultStorageNode():
-            extension = {"vtkMRMLSegmentationNode": "seg.nrrd",
-                         "vtkMRMLTableNode": "tsv"}.get(node.GetClassName(), "nrrd")
+            extension = {"vtkMRMLSegmentationNode": "seg.nrrd", "vtkMRMLTableNode": "tsv"}.get(
+                node.GetClassName(), "nrrd"
+            )
             storage = node.GetStorageNode()
             storage.SetFileName(str(folder / f"{node.GetID()}.{extension}"))
             assert storage.WriteData(node), node.GetName()
@@ -659,8 +728,12 @@ def test_parameter_node_defaults_and_validation(scene):
     params = MedSADParameters.get_or_create(scene, backend="server", checkpoint="", server_url="http://host:9000")
     assert MedSADParameters.get_or_create(scene).node is params.node  # one per scene (singleton)
     assert params.node.GetAttribute("ModuleName") == "MedSAD" and params.node.GetSingletonTag() == "MedSAD"
-    assert (params.backend, params.server_url, params.threshold, params.input_volume) == ("server", "http://host:9000",
-                                                                                           None, None)
+    assert (params.backend, params.server_url, params.threshold, params.input_volume) == (
+        "server",
+        "http://host:9000",
+        None,
+        None,
+    )
     assert not params.ready()
     with pytest.raises(MedSADError, match="threshold"):
         params.threshold = 1.5
@@ -703,7 +776,10 @@ def test_parameter_node_round_trip_through_a_saved_scene(scene, local, tmp_path)
     assert MedSADParameters.get_or_create(reloaded).node is again.node
     volume2, segmentation2, table2 = again.input_volume, again.output_segmentation, again.output_table
     assert (volume2.GetName(), segmentation2.GetName(), table2.GetName()) == (
-        volume.GetName(), outputs.segmentation.GetName(), outputs.table.GetName())
+        volume.GetName(),
+        outputs.segmentation.GetName(),
+        outputs.table.GetName(),
+    )
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume2), slicer.util.arrayFromVolume(volume))
     np.testing.assert_array_equal(nodes.segment_array(reloaded, segmentation2, volume2), result.mask)
     logic2 = MedSADLogic(reloaded)
@@ -714,6 +790,7 @@ def test_parameter_node_round_trip_through_a_saved_scene(scene, local, tmp_path)
 
 
 # --------------------------------------------------------------------------- the calibrated decision
+
 
 def test_the_decision_is_described_with_its_operating_point(scene, local):
     volume = _volume(scene)

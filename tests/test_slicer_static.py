@@ -25,19 +25,37 @@ EFFECT_PY = SLICER_DIR / "SegmentEditorMedSAD" / "SegmentEditorMedSADLib" / "Seg
 LIB_DIR = SLICER_DIR / "MedSAD" / "MedSADLib"
 EFFECT_LIB_DIR = SLICER_DIR / "SegmentEditorMedSAD" / "SegmentEditorMedSADLib"
 
-EXTENSION_VARIABLES = ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
-                       "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS")
-ICONS = {SLICER_DIR / "MedSAD" / "Resources" / "Icons" / "MedSAD.png": (128, 128),
-         SLICER_DIR / "SegmentEditorMedSAD" / "SegmentEditorMedSADLib" / "SegmentEditorEffect.png": (21, 21)}
+EXTENSION_VARIABLES = (
+    "EXTENSION_HOMEPAGE",
+    "EXTENSION_CATEGORY",
+    "EXTENSION_CONTRIBUTORS",
+    "EXTENSION_DESCRIPTION",
+    "EXTENSION_ICONURL",
+    "EXTENSION_SCREENSHOTURLS",
+    "EXTENSION_DEPENDS",
+)
+ICONS = {
+    SLICER_DIR / "MedSAD" / "Resources" / "Icons" / "MedSAD.png": (128, 128),
+    SLICER_DIR / "SegmentEditorMedSAD" / "SegmentEditorMedSADLib" / "SegmentEditorEffect.png": (21, 21),
+}
 # What MedSAD.py relies on in the .ui: widget name -> class.
 EXPECTED_WIDGETS = {
-    "MedSAD": "qMRMLWidget", "inputVolumeSelector": "qMRMLNodeComboBox", "backendComboBox": "QComboBox",
-    "checkpointPathLineEdit": "ctkPathLineEdit", "serverUrlLineEdit": "QLineEdit",
-    "thresholdSliderWidget": "ctkSliderWidget", "calibratedThresholdCheckBox": "QCheckBox",
-    "applyButton": "QPushButton", "cancelButton": "QPushButton",
-    "progressBar": "QProgressBar", "statusLabel": "QLabel", "scoresTableView": "qMRMLTableView",
-    "goToWorstSliceButton": "QPushButton", "exportSegButton": "QPushButton",
-    "outputSegmentationSelector": "qMRMLNodeComboBox", "installDependenciesButton": "QPushButton",
+    "MedSAD": "qMRMLWidget",
+    "inputVolumeSelector": "qMRMLNodeComboBox",
+    "backendComboBox": "QComboBox",
+    "checkpointPathLineEdit": "ctkPathLineEdit",
+    "serverUrlLineEdit": "QLineEdit",
+    "thresholdSliderWidget": "ctkSliderWidget",
+    "calibratedThresholdCheckBox": "QCheckBox",
+    "applyButton": "QPushButton",
+    "cancelButton": "QPushButton",
+    "progressBar": "QProgressBar",
+    "statusLabel": "QLabel",
+    "scoresTableView": "qMRMLTableView",
+    "goToWorstSliceButton": "QPushButton",
+    "exportSegButton": "QPushButton",
+    "outputSegmentationSelector": "qMRMLNodeComboBox",
+    "installDependenciesButton": "QPushButton",
 }
 
 
@@ -90,8 +108,13 @@ def module_files(module_dir: Path) -> tuple[list[str], list[str]]:
     scripts, resources = [], []
     for path in sorted(module_dir.rglob("*")):
         rel = path.relative_to(module_dir)
-        skip = (not path.is_file() or rel.name == "CMakeLists.txt" or path.suffix == ".pyc" or rel.parts[0] == "Testing"
-                or any(part == "__pycache__" or part.startswith(".") for part in rel.parts))
+        skip = (
+            not path.is_file()
+            or rel.name == "CMakeLists.txt"
+            or path.suffix == ".pyc"
+            or rel.parts[0] == "Testing"
+            or any(part == "__pycache__" or part.startswith(".") for part in rel.parts)
+        )
         if not skip:
             (scripts if path.suffix == ".py" else resources).append(rel.as_posix())
     return scripts, resources
@@ -103,15 +126,24 @@ def toplevel_problems(text: str, module_dirs: Iterable[str]) -> list[str]:
     names = [name for name, _ in commands]
     variables = cmake_variables(text)
     problems = [f"{v} is not set" for v in EXTENSION_VARIABLES if not "".join(variables.get(v, [])).strip()]
-    for name, args in (("cmake_minimum_required", None), ("project", ["MedSAD"]),
-                       ("find_package", ["Slicer", "REQUIRED"]), ("include", ["${Slicer_USE_FILE}"]),
-                       ("include", ["${Slicer_EXTENSION_GENERATE_CONFIG}"]), ("include", ["${Slicer_EXTENSION_CPACK}"])):
+    for name, args in (
+        ("cmake_minimum_required", None),
+        ("project", ["MedSAD"]),
+        ("find_package", ["Slicer", "REQUIRED"]),
+        ("include", ["${Slicer_USE_FILE}"]),
+        ("include", ["${Slicer_EXTENSION_GENERATE_CONFIG}"]),
+        ("include", ["${Slicer_EXTENSION_CPACK}"]),
+    ):
         if not any(n == name and (args is None or a == args) for n, a in commands):
             problems.append(f"missing {name}({' '.join(args or [])})")
     subdirs = sorted(args[0] for name, args in commands if name == "add_subdirectory" and args)
     if subdirs != sorted(module_dirs):
         problems.append(f"add_subdirectory lists {subdirs}, module folders are {sorted(module_dirs)}")
-    if "find_package" in names and "add_subdirectory" in names and names.index("find_package") > names.index("add_subdirectory"):
+    if (
+        "find_package" in names
+        and "add_subdirectory" in names
+        and names.index("find_package") > names.index("add_subdirectory")
+    ):
         problems.append("add_subdirectory comes before find_package(Slicer)")
     cpack = [i for i, (n, a) in enumerate(commands) if n == "include" and a == ["${Slicer_EXTENSION_CPACK}"]]
     if cpack and "add_subdirectory" in names and cpack[0] < len(names) - 1 - names[::-1].index("add_subdirectory"):
@@ -120,6 +152,7 @@ def toplevel_problems(text: str, module_dirs: Iterable[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- Python / .ui parsing
+
 
 def ui_widgets(ui_path: Path) -> dict[str, str]:
     """Widget name -> class in a Qt Designer file."""
@@ -150,8 +183,12 @@ def class_members(path: Path, class_name: str) -> set[str]:
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.ClassDef) and node.name == class_name:
             members = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
-            members |= {n.target.id for n in node.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
-            members |= {t.id for n in node.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+            members |= {
+                n.target.id for n in node.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+            }
+            members |= {
+                t.id for n in node.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)
+            }
             return members
     raise AssertionError(f"class {class_name} not found in {path}")
 
@@ -208,8 +245,10 @@ def package_import_graph(package_dir: Path) -> dict[str, set[str]]:
     """Module -> the modules of the same package it imports (``pkg`` for ``__init__``)."""
     package = package_dir.name
     modules = {package if p.name == "__init__.py" else f"{package}.{p.stem}": p for p in package_dir.glob("*.py")}
-    return {name: {m for m in imported_modules(path, package) if m in modules and m != name}
-            for name, path in modules.items()}
+    return {
+        name: {m for m in imported_modules(path, package) if m in modules and m != name}
+        for name, path in modules.items()
+    }
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str]:
@@ -226,7 +265,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
         stack.append(name)
         for target in sorted(edges.get(name, ())):
             if state.get(target) == 1:
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if target not in state:
                 cycle = visit(target)
                 if cycle:
@@ -273,6 +312,7 @@ def _slicer_py_files() -> list[Path]:
 
 # --------------------------------------------------------------------------- (a) Python compiles
 
+
 @pytest.mark.parametrize("path", _slicer_py_files(), ids=lambda p: p.relative_to(SLICER_DIR).as_posix())
 def test_every_slicer_python_file_compiles(path, tmp_path):
     py_compile.compile(str(path), cfile=str(tmp_path / "out.pyc"), doraise=True)
@@ -286,6 +326,7 @@ def test_a_syntax_error_is_reported(tmp_path):
 
 
 # --------------------------------------------------------------------------- (b) the .ui and the widget
+
 
 def test_ui_root_is_a_qmrmlwidget_named_medsad():
     root = ET.parse(UI_FILE).getroot()
@@ -329,9 +370,13 @@ def test_ui_connects_the_scene_to_every_mrml_widget():
     root = ET.parse(UI_FILE).getroot()
     widgets = ui_widgets(UI_FILE)
     mrml = {name for name, cls in widgets.items() if cls.startswith("qMRML") and name != "MedSAD"}
-    connected = {c.findtext("receiver") for c in root.iter("connection")
-                 if c.findtext("sender") == "MedSAD" and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
-                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    connected = {
+        c.findtext("receiver")
+        for c in root.iter("connection")
+        if c.findtext("sender") == "MedSAD"
+        and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
     assert mrml and connected == mrml
     ends = {c.findtext(tag) for c in root.iter("connection") for tag in ("sender", "receiver")}
     assert ends <= set(widgets), f"connections name unknown widgets: {ends - set(widgets)}"
@@ -339,12 +384,24 @@ def test_ui_connects_the_scene_to_every_mrml_widget():
 
 def test_slicer_files_define_the_classes_slicer_looks_up_by_name():
     assert {"MedSAD", "MedSADWidget", "MedSADTest"} <= top_level_names(MEDSAD_PY)
-    assert {"runTest", "test_local_backend_on_synthetic_volume", "test_bad_input_keeps_scene",
-            "test_widget_follows_the_parameter_node"} <= class_members(MEDSAD_PY, "MedSADTest")
+    assert {
+        "runTest",
+        "test_local_backend_on_synthetic_volume",
+        "test_bad_input_keeps_scene",
+        "test_widget_follows_the_parameter_node",
+    } <= class_members(MEDSAD_PY, "MedSADTest")
     registration = SLICER_DIR / "SegmentEditorMedSAD" / "SegmentEditorMedSAD.py"
     assert "SegmentEditorMedSAD" in top_level_names(registration)
-    effect_api = {"clone", "icon", "helpText", "setupOptionsFrame", "setMRMLDefaults", "updateGUIFromMRML",
-                  "updateMRMLFromGUI", "onApply"}
+    effect_api = {
+        "clone",
+        "icon",
+        "helpText",
+        "setupOptionsFrame",
+        "setMRMLDefaults",
+        "updateGUIFromMRML",
+        "updateMRMLFromGUI",
+        "onApply",
+    }
     assert effect_api <= class_members(EFFECT_PY, "SegmentEditorEffect")
 
 
@@ -354,10 +411,12 @@ def test_imports_from_the_extension_name_what_it_defines(path):
 
 
 def test_widget_and_effect_use_only_what_medsadlib_defines():
-    logic, result, outputs, parameters = (class_members(LIB_DIR / "logic.py", "MedSADLogic"),
-                                          class_members(LIB_DIR / "results.py", "MedSADResult"),
-                                          class_members(LIB_DIR / "logic.py", "OutputNodes"),
-                                          class_members(LIB_DIR / "parameters.py", "MedSADParameters"))
+    logic, result, outputs, parameters = (
+        class_members(LIB_DIR / "logic.py", "MedSADLogic"),
+        class_members(LIB_DIR / "results.py", "MedSADResult"),
+        class_members(LIB_DIR / "logic.py", "OutputNodes"),
+        class_members(LIB_DIR / "parameters.py", "MedSADParameters"),
+    )
     gui = top_level_names(LIB_DIR / "gui.py")
     for path in (MEDSAD_PY, EFFECT_PY):
         text = path.read_text()
@@ -396,8 +455,10 @@ def test_find_cycle_reports_the_old_nodes_backends_circle(tmp_path):
     (package / "nodes.py").write_text("def helper():\n    from .backends import Backend\n    return Backend\n")
     graph = package_import_graph(package)
     assert graph["DemoLib.nodes"] == {"DemoLib.backends"}
-    assert find_cycle(graph) in (["DemoLib.backends", "DemoLib.nodes", "DemoLib.backends"],
-                                 ["DemoLib.nodes", "DemoLib.backends", "DemoLib.nodes"])
+    assert find_cycle(graph) in (
+        ["DemoLib.backends", "DemoLib.nodes", "DemoLib.backends"],
+        ["DemoLib.nodes", "DemoLib.backends", "DemoLib.nodes"],
+    )
     (package / "nodes.py").write_text("def helper():\n    return 1\n")
     assert find_cycle(package_import_graph(package)) == []
 
@@ -419,6 +480,7 @@ def test_unknown_attributes_reports_an_api_drift():
 
 # --------------------------------------------------------------------------- (c) module CMake lists
 
+
 @pytest.mark.parametrize("module_dir", MODULE_DIRS, ids=lambda p: p.name)
 def test_module_cmake_lists_exactly_the_files_on_disk(module_dir):
     text = (module_dir / "CMakeLists.txt").read_text()
@@ -426,7 +488,9 @@ def test_module_cmake_lists_exactly_the_files_on_disk(module_dir):
     for variable, on_disk in (("MODULE_PYTHON_SCRIPTS", scripts), ("MODULE_PYTHON_RESOURCES", resources)):
         unlisted, missing = cmake_mismatch(text, variable, on_disk)
         assert (unlisted, missing) == ([], []), (
-            f"{module_dir.name}/CMakeLists.txt {variable}: on disk but not listed {unlisted}; listed but missing {missing}")
+            f"{module_dir.name}/CMakeLists.txt {variable}: on disk but not listed {unlisted}; "
+            f"listed but missing {missing}"
+        )
 
 
 @pytest.mark.parametrize("module_dir", MODULE_DIRS, ids=lambda p: p.name)
@@ -435,8 +499,9 @@ def test_module_cmake_builds_a_scripted_module_of_its_folder_name(module_dir):
     assert cmake_variables(text).get("MODULE_NAME") == [module_dir.name]
     assert (module_dir / f"{module_dir.name}.py").is_file()
     [build] = [args for name, args in cmake_commands(text) if name == "slicermacrobuildscriptedmodule"]
-    assert " ".join(build) == ("NAME ${MODULE_NAME} SCRIPTS ${MODULE_PYTHON_SCRIPTS} "
-                               "RESOURCES ${MODULE_PYTHON_RESOURCES} WITH_GENERIC_TESTS")
+    assert " ".join(build) == (
+        "NAME ${MODULE_NAME} SCRIPTS ${MODULE_PYTHON_SCRIPTS} RESOURCES ${MODULE_PYTHON_RESOURCES} WITH_GENERIC_TESTS"
+    )
 
 
 def test_cmake_mismatch_reports_a_wrong_list():
@@ -453,14 +518,22 @@ def test_cmake_mismatch_reports_a_wrong_list():
 
 
 def test_module_files_skips_caches_and_splits_scripts_from_resources(tmp_path):
-    for rel in ("Demo.py", "DemoLib/a.py", "DemoLib/__pycache__/a.cpython-311.pyc", "Resources/UI/Demo.ui",
-                "CMakeLists.txt", ".hidden", "Testing/Python/t.py"):
+    for rel in (
+        "Demo.py",
+        "DemoLib/a.py",
+        "DemoLib/__pycache__/a.cpython-311.pyc",
+        "Resources/UI/Demo.ui",
+        "CMakeLists.txt",
+        ".hidden",
+        "Testing/Python/t.py",
+    ):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("")
     assert module_files(tmp_path) == (["Demo.py", "DemoLib/a.py"], ["Resources/UI/Demo.ui"])
 
 
 # --------------------------------------------------------------------------- (d) top-level CMake
+
 
 def test_toplevel_cmake_follows_the_extension_template():
     text = (ROOT / "CMakeLists.txt").read_text()
@@ -477,7 +550,7 @@ def test_toplevel_cmake_metadata_values():
     assert variables["EXTENSION_DEPENDS"] == "NA"
     raw = homepage.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
     icon = variables["EXTENSION_ICONURL"]
-    assert icon.startswith(raw) and (ROOT / icon[len(raw):]).is_file(), icon
+    assert icon.startswith(raw) and (ROOT / icon[len(raw) :]).is_file(), icon
     assert variables["EXTENSION_SCREENSHOTURLS"] == raw + "docs/slicer_screenshot.png"
     assert "not for clinical use" in variables["EXTENSION_DESCRIPTION"]
 
@@ -504,6 +577,7 @@ def test_toplevel_problems_reports_a_broken_file():
 
 # --------------------------------------------------------------------------- (e) icons
 
+
 @pytest.mark.parametrize("path, size", ICONS.items(), ids=lambda v: v.name if isinstance(v, Path) else str(v))
 def test_icons_are_pngs_of_the_stated_size(path, size):
     assert png_size(path) == size
@@ -517,5 +591,5 @@ def test_png_size_rejects_a_file_that_is_not_a_png(tmp_path):
     with pytest.raises(ValueError, match="not PNG"):
         png_size(fake)
     fake.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
-    with pytest.raises(Exception):
+    with pytest.raises((OSError, SyntaxError, ValueError)):  # what Pillow raises on a truncated PNG
         png_size(fake)

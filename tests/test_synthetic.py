@@ -89,8 +89,10 @@ def test_random_look_mixes_bright_and_dark_tissue_on_seen_shapes(mni_slice):
         both += bool((inside > wm_mean + 0.1).mean() > 0.1 and (inside < gm_mean - 0.1).mean() > 0.1)
         solidity.append(_largest_solidity(les))
     assert 5 <= both <= 25, f"{both}/30 random-look lesions mix bright and dark parts"
-    b_solidity = [_largest_solidity(paint_lesions(img, brain, np.random.default_rng(s), style="B", max_lesions=1)[1])
-                  for s in range(30)]
+    b_solidity = [
+        _largest_solidity(paint_lesions(img, brain, np.random.default_rng(s), style="B", max_lesions=1)[1])
+        for s in range(30)
+    ]
     assert np.nanmedian(solidity) > np.nanmedian(b_solidity) + 0.03  # A/C shapes, not the held-out B shape
 
 
@@ -158,8 +160,7 @@ def test_make_subject_gives_different_brains_on_the_template_grid():
 
 
 def test_make_sample_data_writes_decathlon_and_bmad_layouts(tmp_path):
-    meta = make_sample_data(tmp_path, seed=3, n_train=3, n_test=2, slice_step=6, unseen_anatomy=(),
-                            second_anatomy=())
+    meta = make_sample_data(tmp_path, seed=3, n_train=3, n_test=2, slice_step=6, unseen_anatomy=(), second_anatomy=())
     vol_dir = tmp_path / "volumes"
     listed = json.loads((vol_dir / "dataset.json").read_text())
     assert listed == meta and listed["labels"] == {"0": "background", "1": "lesion"}

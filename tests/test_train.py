@@ -6,7 +6,6 @@ import csv
 import json
 
 import nibabel as nib
-
 import pytest
 import torch
 
@@ -196,10 +195,13 @@ def test_weight_averaging_validates_and_saves_the_average_and_resumes(tiny_volum
     assert any(not torch.equal(resumed[k], averaged[k]) for k in moved)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(synthetic_lesions=0.5, synthetic_styles=["A", "Q"]), "synthetic-styles"),
-    (dict(ema_decay=1.0), "ema_decay"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(synthetic_lesions=0.5, synthetic_styles=["A", "Q"]), "synthetic-styles"),
+        (dict(ema_decay=1.0), "ema_decay"),
+    ],
+)
 def test_bad_recipe_options_are_refused_before_training(tiny_volumes, tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         train(_opts(tiny_volumes, tmp_path / "run", **kw))
@@ -238,11 +240,16 @@ def test_train_takes_samples_instead_of_a_folder(tiny_volumes, tmp_path):
     from medsad_monai.data.layouts import read_layout
 
     index = read_layout(str(tiny_volumes))
-    chosen = [s for s in index.samples if s.split != "test" and s.group in {"case_000", "case_001", "case_002", "case_003"}]
+    chosen = [
+        s for s in index.samples if s.split != "test" and s.group in {"case_000", "case_001", "case_002", "case_003"}
+    ]
     run = tmp_path / "run"
     summary = train(_opts("datastore:final labels", run, epochs=1), samples=chosen)
     split = json.loads((run / "split.json").read_text())
     assert set(split["train_groups"]) | set(split["val_groups"]) == {"case_000", "case_001", "case_002", "case_003"}
     assert split["data"].endswith("datastore:final labels") and summary["last_epoch"] == 1
     with pytest.raises(ValueError, match="test-split"):
-        train(_opts("x", tmp_path / "run2", epochs=1), samples=chosen + read_layout(str(tiny_volumes), split="test").samples)
+        train(
+            _opts("x", tmp_path / "run2", epochs=1),
+            samples=chosen + read_layout(str(tiny_volumes), split="test").samples,
+        )

@@ -179,8 +179,9 @@ def check_not_blank(rgb: np.ndarray, min_lesion_pixels: int = 20) -> int:
     """Raise unless the render shows some image and some red lesion pixels. Returns their number."""
     grey = rgb.astype(np.float32).mean(axis=2)
     if grey.std() < 10.0 or (grey > 40).mean() < 0.05:
-        raise RuntimeError(f"the slice view render looks blank (std {grey.std():.1f}, "
-                           f"{100 * (grey > 40).mean():.1f}% non-dark pixels)")
+        raise RuntimeError(
+            f"the slice view render looks blank (std {grey.std():.1f}, {100 * (grey > 40).mean():.1f}% non-dark pixels)"
+        )
     r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
     reddish = int(((r - np.maximum(g, b)) > 60).sum())
     if reddish < min_lesion_pixels:
@@ -201,8 +202,9 @@ def pick_slice(spec: str, result: Any) -> int:
     return k
 
 
-def render_slice(case: Path, checkpoint: Path, slice_spec: str, threshold: float,
-                 size: int) -> tuple[np.ndarray, Any, int, str]:
+def render_slice(
+    case: Path, checkpoint: Path, slice_spec: str, threshold: float, size: int
+) -> tuple[np.ndarray, Any, int, str]:
     """Run MedSAD on ``case`` through the Slicer library and render the chosen slice.
     Returns (RGB render, MedSAD result, shown K, volume name)."""
     scene = slicer.vtkMRMLScene()
@@ -237,8 +239,14 @@ def render_slice(case: Path, checkpoint: Path, slice_spec: str, threshold: float
         raise RuntimeError(f"the slice view shows K={got}, expected K={k}")
     rgb = grab(view)
     reddish = check_not_blank(rgb)
-    logger.info("%s: rendered axial slice K=%d (worst slice %d, score %.3f), %d lesion-coloured pixels",
-                volume.GetName(), k, result.worst_slice, result.slice_scores[k], reddish)
+    logger.info(
+        "%s: rendered axial slice K=%d (worst slice %d, score %.3f), %d lesion-coloured pixels",
+        volume.GetName(),
+        k,
+        result.worst_slice,
+        result.slice_scores[k],
+        reddish,
+    )
     return rgb, result, k, volume.GetName()
 
 
@@ -256,8 +264,9 @@ def score_plot(result: Any, k_shown: int, size: tuple[int, int]) -> Any:
     fig, ax = plt.subplots(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
     try:
         ax.plot(np.arange(len(scores)), scores, color="#e6261a", lw=1.6, label="slice score")
-        ax.axhline(result.slice_threshold, color="0.35", ls="--", lw=1.0,
-                   label=f"slice threshold {result.slice_threshold:.2f}")
+        ax.axhline(
+            result.slice_threshold, color="0.35", ls="--", lw=1.0, label=f"slice threshold {result.slice_threshold:.2f}"
+        )
         ax.axvline(worst, color="#1f5fbf", lw=1.0, alpha=0.8)
         ax.plot([worst], [scores[worst]], "o", color="#1f5fbf", ms=7, label=f"worst slice K={worst}")
         if k_shown != worst:
@@ -322,14 +331,26 @@ def save_png(image: Any, out: Path) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--case", type=Path, default=DEFAULT_CASE, help="a 3-D NIfTI volume (default: sample case_010, the largest held-out lesion)")
-    p.add_argument("--checkpoint", type=Path,
-                   help="MedSAD checkpoint (default: demo/run/best.pt, trained on the sample volumes if missing)")
+    p.add_argument(
+        "--case",
+        type=Path,
+        default=DEFAULT_CASE,
+        help="a 3-D NIfTI volume (default: sample case_010, the largest held-out lesion)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="MedSAD checkpoint (default: demo/run/best.pt, trained on the sample volumes if missing)",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output PNG (default: docs/slicer_screenshot.png)")
-    p.add_argument("--slice", default="worst",
-                   help="'worst' (MedSAD's worst slice, default), 'largest' (most Lesion voxels) or a K index")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="lesion-map threshold (default: the checkpoint's calibrated one)")
+    p.add_argument(
+        "--slice",
+        default="worst",
+        help="'worst' (MedSAD's worst slice, default), 'largest' (most Lesion voxels) or a K index",
+    )
+    p.add_argument(
+        "--threshold", type=float, default=None, help="lesion-map threshold (default: the checkpoint's calibrated one)"
+    )
     p.add_argument("--size", type=int, default=512, help="slice view size in pixels (square)")
     p.add_argument("--view-only", action="store_true", help="write only the Slicer slice view, no plot or caption")
     return p
@@ -356,12 +377,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         plot = score_plot(result, k, (args.size, args.size))
         which = "MedSAD's worst slice" if k == result.worst_slice else "shown slice"
-        image = compose(rgb, plot, [
-            f"Left: {name}, axial slice K={k} ({which}) with the \"{SEGMENT_NAME}\" segment, rendered offscreen by "
-            "3D Slicer's own slice view code (vtkMRMLSliceLogic + segmentations displayable manager). "
-            "Right: MedSAD's score for every slice.",
-            CAPTION,
-        ])
+        image = compose(
+            rgb,
+            plot,
+            [
+                f'Left: {name}, axial slice K={k} ({which}) with the "{SEGMENT_NAME}" segment, rendered offscreen by '
+                "3D Slicer's own slice view code (vtkMRMLSliceLogic + segmentations displayable manager). "
+                "Right: MedSAD's score for every slice.",
+                CAPTION,
+            ],
+        )
     size = save_png(image, args.out)
     logger.info("%s: %dx%d px, %.0f KB", args.out, image.width, image.height, size / 1024)
     print(f"wrote {args.out}")

@@ -39,13 +39,13 @@ from MedSADLib import (
     MedSADParameters,
     ServerBackend,
     describe_decision,
+    gui,
     make_backend,
 )
-from MedSADLib import gui
 from MedSADLib.logic import VOLUME_ATTRIBUTE
 
-
 # --------------------------------------------------------------------------- module
+
 
 class MedSAD(ScriptedLoadableModule):
     """Module metadata."""
@@ -68,6 +68,7 @@ class MedSAD(ScriptedLoadableModule):
 
 
 # --------------------------------------------------------------------------- widget
+
 
 class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Inputs → Run → results (segmentation, table, plot, decision); state in the parameter node."""
@@ -198,8 +199,11 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # Don't overwrite another volume's results unless they are chosen again.
             for field in ("output_segmentation", "output_table"):
                 node = getattr(parameters, field)
-                if (node is not None and node.GetAttribute(VOLUME_ATTRIBUTE) is not None
-                        and not self.logic.outputs_belong_to(node, volume)):
+                if (
+                    node is not None
+                    and node.GetAttribute(VOLUME_ATTRIBUTE) is not None
+                    and not self.logic.outputs_belong_to(node, volume)
+                ):
                     setattr(parameters, field, None)
 
     # ----------------------------------------------------------------- state
@@ -213,9 +217,11 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._result is None or self._outputs is None or parameters is None:
             return False
         nodes = (self._resultVolume, self._outputs.segmentation, self._outputs.table)
-        return (all(node is not None and slicer.mrmlScene.IsNodePresent(node) for node in nodes)
-                and parameters.output_segmentation is self._outputs.segmentation
-                and parameters.output_table is self._outputs.table)
+        return (
+            all(node is not None and slicer.mrmlScene.IsNodePresent(node) for node in nodes)
+            and parameters.output_segmentation is self._outputs.segmentation
+            and parameters.output_table is self._outputs.table
+        )
 
     def _resultsVolume(self):
         """The volume the module's output table was made from (the input volume if unknown)."""
@@ -232,8 +238,9 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.enabled = self._running
         hasTable = parameters is not None and parameters.output_table is not None and self._resultsVolume() is not None
         self.ui.goToWorstSliceButton.enabled = hasTable and not self._running
-        self.ui.exportSegButton.enabled = (parameters is not None and parameters.output_segmentation is not None
-                                           and not self._running)
+        self.ui.exportSegButton.enabled = (
+            parameters is not None and parameters.output_segmentation is not None and not self._running
+        )
 
     def _updateStatus(self):
         parameters = self._parameters
@@ -274,11 +281,13 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             backend = make_backend(parameters.backend, parameters.checkpoint, parameters.server_url)
             self._setRunning(True)
             # threshold None: the model's calibrated operating point; the slider then re-decides the result
-            result = self.logic.run(volume, backend, threshold=parameters.threshold,
-                                    progress=self._onProgress, cancel=self._cancel)
+            result = self.logic.run(
+                volume, backend, threshold=parameters.threshold, progress=self._onProgress, cancel=self._cancel
+            )
             table = parameters.output_table if self.logic.outputs_belong_to(parameters.output_table, volume) else None
-            outputs = self.logic.create_outputs(volume, result, segmentation_node=parameters.output_segmentation,
-                                                table_node=table)
+            outputs = self.logic.create_outputs(
+                volume, result, segmentation_node=parameters.output_segmentation, table_node=table
+            )
         except MedSADError as err:
             cancelled = self._cancel()
             self._setRunning(False)
@@ -346,12 +355,13 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if segmentation is None:
             return
         default = os.path.join(qt.QDir.homePath(), f"{segmentation.GetName()}.seg.nrrd")
-        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Export lesion segmentation", default,
-                                              "Segmentation (*.seg.nrrd)")
+        path = qt.QFileDialog.getSaveFileName(
+            slicer.util.mainWindow(), "Export lesion segmentation", default, "Segmentation (*.seg.nrrd)"
+        )
         if not path:
             return
         if not path.lower().endswith(".seg.nrrd"):
-            path = (path[:-len(".nrrd")] if path.lower().endswith(".nrrd") else path) + ".seg.nrrd"
+            path = (path[: -len(".nrrd")] if path.lower().endswith(".nrrd") else path) + ".seg.nrrd"
         try:
             self.logic.export_seg_nrrd(segmentation, path)
         except MedSADError as err:
@@ -370,6 +380,7 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 # --------------------------------------------------------------------------- self-test (inside Slicer)
 
+
 class MedSADTest(ScriptedLoadableModuleTest):
     """Runs in Slicer (Reload and Test); CI checks MedSADLib with slicer-core instead."""
 
@@ -379,8 +390,10 @@ class MedSADTest(ScriptedLoadableModuleTest):
     def runTest(self):
         missing = gui.missing_modules(["torch", "medsad_monai"])
         if missing:
-            self.delayDisplay(f"Skipping test_local_backend_on_synthetic_volume: {', '.join(missing)} not installed "
-                              "(use 'Install Python packages…' in the MedSAD module)")
+            self.delayDisplay(
+                f"Skipping test_local_backend_on_synthetic_volume: {', '.join(missing)} not installed "
+                "(use 'Install Python packages…' in the MedSAD module)"
+            )
         else:
             self.setUp()
             self.test_local_backend_on_synthetic_volume()
@@ -393,6 +406,7 @@ class MedSADTest(ScriptedLoadableModuleTest):
         import tempfile
 
         import numpy as np
+
         from medsad_monai.checkpoint import save_checkpoint
         from medsad_monai.configs import load_preset
         from medsad_monai.networks import MedSADCLIP
@@ -404,7 +418,9 @@ class MedSADTest(ScriptedLoadableModuleTest):
         voxels[:, 8:32, 10:38] = 100.0
         voxels[2, 15:22, 20:28] = 250.0  # a bright "lesion"
         angle = np.deg2rad(20.0)
-        rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
+        rotation = np.array(
+            [[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]]
+        )
         ijkToRas = np.eye(4)
         ijkToRas[:3, :3] = rotation @ np.diag([0.8, 0.9, 3.0])  # anisotropic spacing, oblique directions
         ijkToRas[:3, 3] = (-20.0, 15.0, 7.5)
@@ -422,9 +438,12 @@ class MedSADTest(ScriptedLoadableModuleTest):
         self.assertEqual(result.source, "default")  # an uncalibrated checkpoint: the 0.5 fallback
         self.assertIn("not calibrated", describe_decision(result))
         self.assertEqual(outputs.table.GetNumberOfRows(), slices)
-        volumeGeometry = slicer.vtkSegmentationConverter.SerializeImageGeometry(ijk_to_ras(volume), volume.GetImageData())
+        volumeGeometry = slicer.vtkSegmentationConverter.SerializeImageGeometry(
+            ijk_to_ras(volume), volume.GetImageData()
+        )
         segmentationGeometry = outputs.segmentation.GetSegmentation().GetConversionParameter(
-            slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+            slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+        )
         self.assertEqual(segmentationGeometry, volumeGeometry)
         segmentId = outputs.segmentation.GetSegmentation().GetSegmentIdBySegmentName("Lesion")
         self.assertTrue(segmentId)
@@ -454,8 +473,9 @@ class MedSADTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("The module's state lives in its parameter node")
         settings = qt.QSettings()
-        saved = {key: settings.value(key) for key in (gui.SETTINGS_BACKEND, gui.SETTINGS_CHECKPOINT,
-                                                      gui.SETTINGS_SERVER_URL)}
+        saved = {
+            key: settings.value(key) for key in (gui.SETTINGS_BACKEND, gui.SETTINGS_CHECKPOINT, gui.SETTINGS_SERVER_URL)
+        }
         try:
             volume = slicer.util.addVolumeFromArray(np.zeros((4, 8, 8), np.float32), name="MedSADTestParameters")
             slicer.util.selectModule("MedSAD")

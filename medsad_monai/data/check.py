@@ -128,8 +128,7 @@ def _verify_volumes(samples: list[Sample]) -> list[str]:
     return problems
 
 
-def check_data(root: str | Path, layout: str | None = None, slice_axis: int = 2,
-               verify: bool = True) -> CheckReport:
+def check_data(root: str | Path, layout: str | None = None, slice_axis: int = 2, verify: bool = True) -> CheckReport:
     """Validate a dataset folder and count its samples; never writes into it.
 
     Args:

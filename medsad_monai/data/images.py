@@ -80,7 +80,9 @@ def load_mask_2d(paths: Sequence[str | Path], shape: tuple[int, int]) -> np.ndar
     for path in map(Path, paths):
         mask = _read_binary_mask(path)
         if mask.shape != merged.shape:
-            raise ValueError(f"{path}: mask size {mask.shape[::-1]} (W, H) differs from its image's "
-                             f"{merged.shape[::-1]}; masks must match their image pixel for pixel")
+            raise ValueError(
+                f"{path}: mask size {mask.shape[::-1]} (W, H) differs from its image's "
+                f"{merged.shape[::-1]}; masks must match their image pixel for pixel"
+            )
         merged |= mask
     return merged.astype(np.uint8)

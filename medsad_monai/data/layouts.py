@@ -156,8 +156,7 @@ def detect_layout(root: str | Path) -> str:
     root = _require_dir(Path(root))
     names = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
     found = []
-    if names & set(SPLITS) and any((root / s / c / "img").is_dir()
-                                   for s in SPLITS for c in ("good", "Ungood")):
+    if names & set(SPLITS) and any((root / s / c / "img").is_dir() for s in SPLITS for c in ("good", "Ungood")):
         found.append("bmad")
     if names & set(_BUSI_CLASSES):
         found.append("busi")
@@ -220,8 +219,7 @@ def read_layout(
         raise ValueError(f"{root}: no usable samples for layout {layout!r} (problems: {index.problems[:3]})")
     for problem in index.problems:
         logger.warning("%s", problem)
-    logger.info("%s: %s layout, %d normal, %d abnormal samples",
-                root, layout, index.n_normal, index.n_abnormal)
+    logger.info("%s: %s layout, %d normal, %d abnormal samples", root, layout, index.n_normal, index.n_abnormal)
     return index
 
 
@@ -235,16 +233,14 @@ def _read_bmad(root: Path, split: str | None) -> DatasetIndex:
             images = _by_stem(_image_files(img_dir))
             masks: dict[str, Path] = {}
             if label:
-                mask_dir = next((img_dir.parent / d for d in _BMAD_MASK_DIRS
-                                 if (img_dir.parent / d).is_dir()), None)
+                mask_dir = next((img_dir.parent / d for d in _BMAD_MASK_DIRS if (img_dir.parent / d).is_dir()), None)
                 if mask_dir is None:
                     raise ValueError(f"{img_dir.parent}: no mask folder; expected one of {_BMAD_MASK_DIRS}")
                 masks = _by_stem(_image_files(mask_dir))
                 unmatched = sorted(set(images) ^ set(masks))
                 if unmatched:
                     files = [images.get(s) or masks[s] for s in unmatched]
-                    raise _unmatched_error(f"BMAD images/masks without a partner (by stem) in "
-                                           f"{img_dir.parent}", files)
+                    raise _unmatched_error(f"BMAD images/masks without a partner (by stem) in {img_dir.parent}", files)
             samples += [Sample(images[s], (masks[s],) if label else (), label, s, name) for s in images]
     if not samples:
         where = f"{root}/{split}" if split else str(root)
@@ -287,8 +283,10 @@ def _read_sricl(root: Path, split: str | None) -> DatasetIndex:
         raise ValueError(f"{img_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
     unmatched = sorted(set(images) ^ set(masks))
     if unmatched:
-        raise _unmatched_error(f"SR-ICL images/masks without a partner (by stem) under {root}",
-                               [images.get(s) or masks[s] for s in unmatched])
+        raise _unmatched_error(
+            f"SR-ICL images/masks without a partner (by stem) under {root}",
+            [images.get(s) or masks[s] for s in unmatched],
+        )
     samples: list[Sample] = []
     problems: list[str] = []
     for stem, image in images.items():
@@ -320,13 +318,15 @@ def _pair_volumes(images_dir: Path, labels_dir: Path) -> tuple[dict[str, Path], 
             pairs[case] = image
     unmatched += [labels[c] for c in sorted(set(labels) - set(pairs))]
     if unmatched:
-        raise _unmatched_error(f"volumes without a partner (by case id) in {images_dir.name}/"
-                               f"{labels_dir.name}", unmatched)
+        raise _unmatched_error(
+            f"volumes without a partner (by case id) in {images_dir.name}/{labels_dir.name}", unmatched
+        )
     return pairs, labels, problems
 
 
-def volume_samples(image: str | Path, label: str | Path, case: str, slice_axis: int = 2,
-                   split: str | None = None) -> list[Sample]:
+def volume_samples(
+    image: str | Path, label: str | Path, case: str, slice_axis: int = 2, split: str | None = None
+) -> list[Sample]:
     """One sample per slice of a labelled volume (an empty label slice is a normal sample).
 
     Raises:

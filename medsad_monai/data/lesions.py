@@ -123,8 +123,15 @@ def _shape_params(rng: np.random.Generator, style: str, radius: float, ndim: int
         offset = np.zeros(ndim) if i == 0 else rng.standard_normal(ndim)
         if i:
             offset *= radius * rng.uniform(0.6, 1.0) / max(np.linalg.norm(offset), 1e-6)
-        lobes.append({"axes": rng.permutation(axes), "rot": _rotation(rng, ndim), "offset": offset,
-                      "deform": deform, "cells": cells})
+        lobes.append(
+            {
+                "axes": rng.permutation(axes),
+                "rot": _rotation(rng, ndim),
+                "offset": offset,
+                "deform": deform,
+                "cells": cells,
+            }
+        )
     return lobes
 
 
@@ -133,18 +140,41 @@ def _look_params(rng: np.random.Generator, style: str, tissue: dict[str, float])
     bright = lambda lo, hi: min(1.0, max(wm * rng.uniform(lo, hi), wm + 0.15))  # noqa: E731
     dark = lambda lo, hi: gm * rng.uniform(lo, hi)  # noqa: E731
     if style == "A":
-        return {"core": bright(1.25, 1.55), "rim": None, "edge": rng.uniform(0.15, 0.4),
-                "texture": rng.uniform(0.02, 0.07), "cells": 4}
+        return {
+            "core": bright(1.25, 1.55),
+            "rim": None,
+            "edge": rng.uniform(0.15, 0.4),
+            "texture": rng.uniform(0.02, 0.07),
+            "cells": 4,
+        }
     if style == "B":
-        return {"core": dark(0.3, 0.7), "rim": bright(1.25, 1.6), "rim_width": rng.uniform(0.2, 0.4),
-                "edge": rng.uniform(0.04, 0.12), "texture": rng.uniform(0.04, 0.12), "cells": 6}
+        return {
+            "core": dark(0.3, 0.7),
+            "rim": bright(1.25, 1.6),
+            "rim_width": rng.uniform(0.2, 0.4),
+            "edge": rng.uniform(0.04, 0.12),
+            "texture": rng.uniform(0.04, 0.12),
+            "cells": 6,
+        }
     if style == "C":
-        return {"core": dark(0.3, 0.72), "rim": None, "edge": rng.uniform(0.08, 0.25),
-                "texture": rng.uniform(0.05, 0.12), "cells": 5}
+        return {
+            "core": dark(0.3, 0.72),
+            "rim": None,
+            "edge": rng.uniform(0.08, 0.25),
+            "texture": rng.uniform(0.05, 0.12),
+            "cells": 5,
+        }
     level = lambda: bright(1.15, 1.6) if rng.random() < 0.5 else dark(0.25, 0.85)  # noqa: E731
-    return {"core": level(), "rim": None, "edge": rng.uniform(0.04, 0.4),
-            "texture": rng.uniform(0.02, 0.12), "cells": int(rng.integers(3, 7)),
-            "second": level(), "mix_cells": int(rng.integers(3, 7)), "mix_level": rng.uniform(-0.8, 0.8)}
+    return {
+        "core": level(),
+        "rim": None,
+        "edge": rng.uniform(0.04, 0.4),
+        "texture": rng.uniform(0.02, 0.12),
+        "cells": int(rng.integers(3, 7)),
+        "second": level(),
+        "mix_cells": int(rng.integers(3, 7)),
+        "mix_level": rng.uniform(-0.8, 0.8),
+    }
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -164,8 +194,7 @@ def _paint_one(image, brain, centre, radius, shape_style, look_style, tissue, rn
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     full = (2 * half + 1,) * ndim  # noise is drawn on the unclipped box so borders don't change it
     inner = tuple(slice(a - c + half, b - c + half) for a, b, c in zip(lo, hi, centre))
-    grids = np.meshgrid(*[np.arange(a, b, dtype=np.float32) - c for a, b, c in zip(lo, hi, centre)],
-                        indexing="ij")
+    grids = np.meshgrid(*[np.arange(a, b, dtype=np.float32) - c for a, b, c in zip(lo, hi, centre)], indexing="ij")
     coords = np.stack(grids, axis=-1)  # (*box, ndim)
     d = None
     for lb in lobes:

@@ -20,7 +20,7 @@ MNI_NOTICE = (
     "this software and its documentation for any purpose and without fee is hereby granted, "
     "provided that the above copyright notice appear in all copies. The authors and McGill "
     "University make no representations about the suitability of this software for any "
-    "purpose. It is provided \"as is\" without express or implied warranty."
+    'purpose. It is provided "as is" without express or implied warranty.'
 )
 
 
@@ -31,7 +31,7 @@ def axial_slice(volume: np.ndarray, z: int, size: int, *, is_label: bool = False
     side = max(size, *plane.shape)
     canvas = np.zeros((side, side), dtype=plane.dtype)
     r0, c0 = (side - plane.shape[0]) // 2, (side - plane.shape[1]) // 2
-    canvas[r0:r0 + plane.shape[0], c0:c0 + plane.shape[1]] = plane
+    canvas[r0 : r0 + plane.shape[0], c0 : c0 + plane.shape[1]] = plane
     if side != size:
         resample = Image.NEAREST if is_label else Image.BILINEAR
         canvas = np.asarray(Image.fromarray(canvas).resize((size, size), resample))
@@ -44,8 +44,9 @@ def _brain_slices(image: np.ndarray, step: int) -> list[int]:
     return [int(z) for z in keep[::step]]
 
 
-def export_bmad(cases: list[dict], out: Path, rng: np.random.Generator, *, slice_step: int = 3,
-                size: int = 128) -> dict[str, int]:
+def export_bmad(
+    cases: list[dict], out: Path, rng: np.random.Generator, *, slice_step: int = 3, size: int = 128
+) -> dict[str, int]:
     """Write ``{train,valid,test}/{good,Ungood}/img/<case>_z<zzz>.png`` and the masks in
     ``{valid,test}/Ungood/anomaly_mask/`` (0/255). As in BMAD, train holds only normal slices;
     the lesion slices of the train volumes are the labelled ``valid/Ungood``, and one normal
@@ -96,8 +97,10 @@ def write_montage(cases: list[dict], path: Path, *, panels: int = 8) -> None:
         ax.imshow(axial_slice(case["image"], z, 128), cmap="gray", vmin=0, vmax=255)
         ax.contour(axial_slice(case["label"], z, 128, is_label=True), levels=[0.5], colors="red", linewidths=0.8)
         ax.set_title(f"{case['case']} ({case['split']}, style {case['style']}) z={z}", fontsize=9)
-    fig.suptitle("MedSAD sample data: synthetic lesions (red outline) on warped MNI152 brains"
-                 " - not for clinical use", fontsize=11)
+    fig.suptitle(
+        "MedSAD sample data: synthetic lesions (red outline) on warped MNI152 brains - not for clinical use",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=72, metadata={"Software": None})
     plt.close(fig)
@@ -137,7 +140,8 @@ def write_readme(path: Path, meta: dict) -> None:
         f"{s['image_size']} PNGs in the BMAD layout `{{train,valid,test}}/{{good,Ungood}}/img/` with "
         "masks in `{valid,test}/Ungood/anomaly_mask/`; train holds only normal slices, the lesion "
         "slices of the training volumes are in `valid/Ungood`. Counts: "
-        + ", ".join(f"{k} {v}" for k, v in m["bmad_counts"].items()) + ".",
+        + ", ".join(f"{k} {v}" for k, v in m["bmad_counts"].items())
+        + ".",
         "- `montage.png`: the largest lesion cross-section of up to 8 lesion volumes (test first), "
         "lesion outlined in red.",
         "",
@@ -150,8 +154,11 @@ def write_readme(path: Path, meta: dict) -> None:
         "",
         "| case | split | anatomy | style | lesion voxels | connected lesions |",
         "|---|---|---|---|---|---|",
-        *[f"| {c['case']} | {c['split']} | {c.get('anatomy', 'mni152')} | {c['style']} | {c['lesion_voxels']} | "
-          f"{c['lesion_components']} |" for c in cases],
+        *[
+            f"| {c['case']} | {c['split']} | {c.get('anatomy', 'mni152')} | {c['style']} | {c['lesion_voxels']} | "
+            f"{c['lesion_components']} |"
+            for c in cases
+        ],
         "",
         "## Template notice",
         "",

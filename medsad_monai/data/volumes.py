@@ -54,8 +54,15 @@ _SPACE_TO_RAS: dict[str, tuple[float, float, float]] = {
     "left-posterior-superior": (-1.0, -1.0, 1.0),
     "lps": (-1.0, -1.0, 1.0),
 }
-_NRRD_KEEP = ("space", "space dimension", "space directions", "space origin", "space units",
-              "measurement frame", "kinds")
+_NRRD_KEEP = (
+    "space",
+    "space dimension",
+    "space directions",
+    "space origin",
+    "space units",
+    "measurement frame",
+    "kinds",
+)
 
 
 @dataclass(frozen=True)
@@ -242,8 +249,7 @@ def check_label_matches(
     spacing_i, spacing_l = np.asarray(image_geom.spacing), np.asarray(label_geom.spacing)
     checks = (
         ("spacing", spacing_i, spacing_l, 0.0, rtol),
-        ("origin", np.asarray(image_geom.origin), np.asarray(label_geom.origin),
-         rtol * float(spacing_i.max()), 0.0),
+        ("origin", np.asarray(image_geom.origin), np.asarray(label_geom.origin), rtol * float(spacing_i.max()), 0.0),
         ("direction", np.asarray(image_geom.direction), np.asarray(label_geom.direction), rtol, 0.0),
     )
     for name, a, b, atol, rel in checks:
@@ -339,8 +345,7 @@ def save_volume_like(array: np.ndarray, reference_path: str | Path, out_path: st
             img.set_sform(ref_geom.affine, code=1)
             nib.save(img, str(out_path))
     else:
-        header = (_nrrd_header_like(reference_path) if ref_suffix in _NRRD
-                  else _nrrd_header_from_geometry(ref_geom))
+        header = _nrrd_header_like(reference_path) if ref_suffix in _NRRD else _nrrd_header_from_geometry(ref_geom)
         header["encoding"] = "gzip"
         nrrd.write(str(out_path), array, header, index_order="F")
     logger.debug("wrote %s with the geometry of %s", out_path, reference_path)
@@ -387,8 +392,9 @@ INTENSITY_METHODS: tuple[str, ...] = ("percentile", "foreground")
 FOREGROUND_MEDIAN = 0.5
 
 
-def normalize_intensity(volume: np.ndarray, lower: float = 0.5, upper: float = 99.5,
-                        method: str = "percentile") -> np.ndarray:
+def normalize_intensity(
+    volume: np.ndarray, lower: float = 0.5, upper: float = 99.5, method: str = "percentile"
+) -> np.ndarray:
     """A volume's intensities mapped to ``[0, 1]`` float32 (the model's input range).
 
     - ``percentile``: clip to the ``[lower, upper]`` percentiles of all voxels and rescale. The

@@ -51,8 +51,15 @@ from medsad_monai.engine.decision import (
 )
 from medsad_monai.engine.metrics import auroc, best_threshold
 
-__all__ = ["CaseOutput", "iter_cases", "predict_cases", "fit_operating_point", "calibrate_checkpoint",
-           "MAP_THRESHOLDS", "MIN_LESION_SIZES"]
+__all__ = [
+    "CaseOutput",
+    "iter_cases",
+    "predict_cases",
+    "fit_operating_point",
+    "calibrate_checkpoint",
+    "MAP_THRESHOLDS",
+    "MIN_LESION_SIZES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +109,14 @@ def _cases_of(samples: Sequence[Sample]) -> list[tuple[str, Path, Path | None, b
     return list(seen.values())
 
 
-def iter_cases(predictor: Any, samples: Sequence[Sample], slice_axis: int = 2,
-               tags: dict[str, dict[str, str]] | None = None, desc: str = "predicting",
-               keep_image: bool = True) -> Iterator[CaseOutput]:
+def iter_cases(
+    predictor: Any,
+    samples: Sequence[Sample],
+    slice_axis: int = 2,
+    tags: dict[str, dict[str, str]] | None = None,
+    desc: str = "predicting",
+    keep_image: bool = True,
+) -> Iterator[CaseOutput]:
     """Run every volume / image of ``samples`` through ``predictor`` (the inference path), one
     case at a time, with a progress bar on a terminal."""
     cases = _cases_of(samples)
@@ -118,21 +130,40 @@ def iter_cases(predictor: Any, samples: Sequence[Sample], slice_axis: int = 2,
                 raise ValueError(f"label {str(mask_path)!r} has shape {truth.shape}, its image {array.shape}")
             volume = predictor.normalize_volume(array)
             result = predictor.predict_volume(volume, axis=slice_axis)
-            yield CaseOutput(name, result.probability, truth, np.asarray(result.model_scores, float),
-                             np.asarray(result.skipped, bool), slice_axis, case_tags,
-                             volume if keep_image else None)
+            yield CaseOutput(
+                name,
+                result.probability,
+                truth,
+                np.asarray(result.model_scores, float),
+                np.asarray(result.skipped, bool),
+                slice_axis,
+                case_tags,
+                volume if keep_image else None,
+            )
         else:
             img = load_image_2d(image)
             truth = load_mask_2d([mask_path] if mask_path else [], img.shape[:2]) > 0
             result = predictor.predict_image(img)
             grey = img if img.ndim == 2 else img.mean(axis=-1)
-            yield CaseOutput(name, result.probability[..., None], truth[..., None],
-                             np.asarray([result.model_score], float), np.zeros(1, bool), 2, case_tags,
-                             grey[..., None] if keep_image else None)
+            yield CaseOutput(
+                name,
+                result.probability[..., None],
+                truth[..., None],
+                np.asarray([result.model_score], float),
+                np.zeros(1, bool),
+                2,
+                case_tags,
+                grey[..., None] if keep_image else None,
+            )
 
 
-def predict_cases(predictor: Any, samples: Sequence[Sample], slice_axis: int = 2,
-                  tags: dict[str, dict[str, str]] | None = None, desc: str = "predicting") -> list[CaseOutput]:
+def predict_cases(
+    predictor: Any,
+    samples: Sequence[Sample],
+    slice_axis: int = 2,
+    tags: dict[str, dict[str, str]] | None = None,
+    desc: str = "predicting",
+) -> list[CaseOutput]:
     """All cases of ``samples`` with the model's outputs (without the input images)."""
     return list(iter_cases(predictor, samples, slice_axis, tags=tags, desc=desc, keep_image=False))
 
@@ -253,20 +284,26 @@ def fit_operating_point(
         v_kind = "lesion_volume"
         least = max(m, 1) * t  # the smallest mass a lesion that survives post-processing can have
         v_thr = float(np.clip(least / (least + VOLUME_SCALE), 1e-4, 1 - 1e-4))
-        volume_note = ("validation holds only one class of volumes: a volume is abnormal when any post-processed "
-                       "lesion remains")
+        volume_note = (
+            "validation holds only one class of volumes: a volume is abnormal when any post-processed lesion remains"
+        )
         v_scores, v_labels = _volume_table(cases, v_kind, op)
     op = OperatingPoint(
-        map_threshold=t, min_lesion_voxels=m, slice_score=kind, slice_threshold=op.slice_threshold,
-        volume_score=v_kind, volume_threshold=v_thr, source=source,
+        map_threshold=t,
+        min_lesion_voxels=m,
+        slice_score=kind,
+        slice_threshold=op.slice_threshold,
+        volume_score=v_kind,
+        volume_threshold=v_thr,
+        source=source,
         objective={
             "map": "pooled Dice of all validation voxels (lesion-free volumes included) over map_threshold "
-                   f"{list(thresholds)} x min_lesion_voxels {list(sizes)}",
+            f"{list(thresholds)} x min_lesion_voxels {list(sizes)}",
             "slice": f"slice score of best validation slice AUROC among {candidates} (within {AUROC_TIE} a tie, "
-                     f"broken in the order {[k for k in PREFERENCE if k in candidates]}); threshold of best slice "
-                     "balanced accuracy",
+            f"broken in the order {[k for k in PREFERENCE if k in candidates]}); threshold of best slice "
+            "balanced accuracy",
             "volume": f"volume score of best validation volume AUROC among {list(VOLUME_SCORES)} (within {AUROC_TIE} a "
-                      f"tie, broken in the order {[k for k in PREFERENCE if k in VOLUME_SCORES]}); {volume_note}",
+            f"tie, broken in the order {[k for k in PREFERENCE if k in VOLUME_SCORES]}); {volume_note}",
         },
         validation={
             "cases": [c.name for c in cases],
@@ -282,9 +319,19 @@ def fit_operating_point(
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     )
-    logger.info("operating point (%s, %d validation cases): map %.2f, min lesion %d voxels, slice %s >= %.3f, "
-                "volume %s >= %.3f; pooled Dice %.3f", source, len(cases), op.map_threshold, op.min_lesion_voxels,
-                op.slice_score, op.slice_threshold, op.volume_score, op.volume_threshold, dice)
+    logger.info(
+        "operating point (%s, %d validation cases): map %.2f, min lesion %d voxels, slice %s >= %.3f, "
+        "volume %s >= %.3f; pooled Dice %.3f",
+        source,
+        len(cases),
+        op.map_threshold,
+        op.min_lesion_voxels,
+        op.slice_score,
+        op.slice_threshold,
+        op.volume_score,
+        op.volume_threshold,
+        dice,
+    )
     return op
 
 
@@ -300,6 +347,7 @@ def calibrate_checkpoint(
     clip_pretrained: str | None = None,
     device: str | None = None,
     out: str | os.PathLike | None = None,
+    protocol: Any = None,
 ) -> OperatingPoint:
     """``medsad calibrate``: fit the operating point of ``ckpt`` on ``data`` and store it.
 
@@ -309,6 +357,9 @@ def calibrate_checkpoint(
             user's own validation set); ``split="val"`` the run's saved validation split.
         slice_score: ``auto`` / a slice score name; default: the model config's ``slice_score``.
         out: write the calibrated checkpoint here instead of updating ``ckpt`` in place.
+        protocol: the data protocol (:class:`~medsad_monai.data.protocol.DataProtocol`) whose
+            training pool holds the validation data; default: the one ``ckpt`` was trained
+            under, so the run's test set never calibrates it.
 
     Returns:
         The fitted operating point (also written into the checkpoint).
@@ -318,7 +369,11 @@ def calibrate_checkpoint(
     from medsad_monai.engine.inference import Predictor
     from medsad_monai.engine.train import training_pool
 
-    samples, _ = training_pool(data, layout, slice_axis)
+    if protocol is None:  # the protocol the checkpoint was trained under: its test set never calibrates
+        from medsad_monai.data.protocol import DataProtocol
+
+        protocol = DataProtocol.from_dict(read_checkpoint(ckpt).get("extra", {}).get("data_protocol"))
+    samples, _ = training_pool(data, layout, slice_axis, protocol)
     if split == "val":
         split_file = Path(ckpt).parent / "split.json"
         if not split_file.exists():
@@ -342,4 +397,3 @@ def calibrate_checkpoint(
             shutil.copyfile(ckpt, target)
     write_calibration(target, op)
     return op
-

@@ -36,7 +36,16 @@ from medsad_monai.data.volumes import INTENSITY_METHODS, load_volume, normalize_
 
 AUGMENTS: tuple[str, ...] = ("paper", "intensity", "strong")
 
-__all__ = ["AUGMENTS", "Split", "make_split", "load_sample", "slice_dataset", "drop_background", "LoadSliced", "PaintLesionsd"]
+__all__ = [
+    "AUGMENTS",
+    "Split",
+    "make_split",
+    "load_sample",
+    "slice_dataset",
+    "drop_background",
+    "LoadSliced",
+    "PaintLesionsd",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +60,17 @@ class Split:
     val_groups: list[str]
 
     def to_json(self, path: str | os.PathLike, **meta: Any) -> None:
-        payload = {"seed": self.seed, "val_fraction": self.val_fraction, **meta,
-                   "train_groups": self.train_groups, "val_groups": self.val_groups}
+        payload = {
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            **meta,
+            "train_groups": self.train_groups,
+            "val_groups": self.val_groups,
+        }
         Path(path).write_text(json.dumps(payload, indent=2))
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "Split":
+    def from_json(cls, path: str | os.PathLike) -> Split:
         data = json.loads(Path(path).read_text())
         return cls(data["seed"], data["val_fraction"], data["train_groups"], data["val_groups"])
 
@@ -65,8 +79,9 @@ class Split:
         return [s for s in samples if s.group in groups]
 
 
-def make_split(samples: Sequence[Sample], val_fraction: float, seed: int,
-               sources: dict[str, str] | None = None) -> Split:
+def make_split(
+    samples: Sequence[Sample], val_fraction: float, seed: int, sources: dict[str, str] | None = None
+) -> Split:
     """Split by group (volume / patient / image stem), stratified by whether a group has lesions.
 
     Within each stratum the validation groups are drawn in turn from each ``sources`` value
@@ -205,8 +220,13 @@ class LoadSliced(MapTransform):
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         sample: Sample = data["sample"]
         image, mask = load_sample(sample, self.slice_axis, self.intensity)
-        return {"image": image, "mask": mask, "label": float(sample.label), "name": _name(sample),
-                "group": sample.group}
+        return {
+            "image": image,
+            "mask": mask,
+            "label": float(sample.label),
+            "name": _name(sample),
+            "group": sample.group,
+        }
 
 
 class PaintLesionsd(Randomizable, MapTransform):
@@ -297,8 +317,15 @@ def slice_dataset(
         transforms.append(RandFlipd(keys=["image", "mask"], prob=0.5, spatial_axis=1))
     if train and augment == "strong":
         transforms += [
-            RandAffined(keys=["image", "mask"], prob=0.7, rotate_range=0.26, scale_range=0.12, translate_range=6,
-                        mode=("bilinear", "nearest"), padding_mode="zeros"),
+            RandAffined(
+                keys=["image", "mask"],
+                prob=0.7,
+                rotate_range=0.26,
+                scale_range=0.12,
+                translate_range=6,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
             RandBiasFieldd(keys=["image"], prob=0.3, coeff_range=(0.0, 0.15)),
             RandAdjustContrastd(keys=["image"], prob=0.5, gamma=(0.7, 1.4)),
             RandScaleIntensityd(keys=["image"], prob=0.3, factors=0.1),
@@ -318,4 +345,3 @@ def slice_dataset(
     compose = Compose(transforms)
     compose.set_random_state(seed=seed)
     return Dataset(data=[{"sample": s} for s in samples], transform=compose)
-

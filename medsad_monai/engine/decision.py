@@ -121,11 +121,11 @@ class OperatingPoint:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "OperatingPoint":
+    def from_dict(cls, data: dict[str, Any]) -> OperatingPoint:
         """Build from a ``calibration`` block, rejecting unknown keys."""
         return strict_from_dict(cls, data, "calibration")
 
-    def with_overrides(self, **values: Any) -> "OperatingPoint":
+    def with_overrides(self, **values: Any) -> OperatingPoint:
         """A copy with the given values replaced (``None`` values are ignored); marks the source."""
         changes = {k: v for k, v in values.items() if v is not None}
         if not changes:
@@ -136,8 +136,18 @@ class OperatingPoint:
 
     def summary(self) -> dict[str, Any]:
         """The values a result JSON reports (without the validation detail)."""
-        return {k: getattr(self, k) for k in ("map_threshold", "min_lesion_voxels", "slice_score", "slice_threshold",
-                                               "volume_score", "volume_threshold", "source")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "map_threshold",
+                "min_lesion_voxels",
+                "slice_score",
+                "slice_threshold",
+                "volume_score",
+                "volume_threshold",
+                "source",
+            )
+        }
 
 
 def lesion_mask(probability: np.ndarray, op: OperatingPoint) -> np.ndarray:

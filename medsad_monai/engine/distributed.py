@@ -63,8 +63,9 @@ def sampler(dataset: Dataset, ctx: DistContext, seed: int) -> DistributedSampler
     """
     if not ctx.distributed:
         return None
-    return DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
-                              drop_last=True)
+    return DistributedSampler(
+        dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
+    )
 
 
 def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:

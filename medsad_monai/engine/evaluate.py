@@ -14,6 +14,7 @@ import torch
 
 import medsad_monai
 from medsad_monai.data.layouts import case_tags, read_layout
+from medsad_monai.data.protocol import DataProtocol
 from medsad_monai.engine.calibration import CaseOutput, iter_cases
 from medsad_monai.engine.datasets import Split
 from medsad_monai.engine.decision import OperatingPoint
@@ -21,26 +22,51 @@ from medsad_monai.engine.inference import Predictor, VolumeResult
 from medsad_monai.engine.metrics import MetricAccumulator, dice_score, volume_metrics
 from medsad_monai.engine.report import CaseKeeper, CaseRecord, write_report
 
-__all__ = ["evaluate_checkpoint", "select_split", "case_tags"]
+__all__ = ["evaluate_checkpoint", "select_split", "checkpoint_protocol", "case_tags"]
 
 logger = logging.getLogger(__name__)
 
 
-def select_split(ckpt: str | os.PathLike, data: str, split: str, layout: str | None, slice_axis: int) -> tuple[list, str]:
-    """Samples of ``split``: ``test`` = the layout's test part; ``val`` = the run's saved split."""
+def select_split(
+    ckpt: str | os.PathLike,
+    data: str,
+    split: str,
+    layout: str | None,
+    slice_axis: int,
+    protocol: DataProtocol | None = None,
+) -> tuple[list, str]:
+    """Samples of ``split`` under the data ``protocol`` (``None``: the default one): ``test`` =
+    the protocol's test set; ``val`` = the run's saved validation split of its training pool."""
+    protocol = protocol or DataProtocol()
     if split == "test":
-        index = read_layout(data, layout, slice_axis=slice_axis, split="test")
-        return index.samples, index.layout
+        return protocol.test_samples(data, layout, slice_axis)
     if split == "val":
         split_file = Path(ckpt).parent / "split.json"
         if not split_file.exists():
             raise FileNotFoundError(f"--split val needs the run's {split_file} (written by medsad train)")
-        index = read_layout(data, layout, slice_axis=slice_axis)
-        return Split.from_json(split_file).select([s for s in index.samples if s.split != "test"], "val"), index.layout
+        pool, name = protocol.training_pool(data, layout, slice_axis)
+        return Split.from_json(split_file).select(pool, "val"), name
     if split == "all":
         index = read_layout(data, layout, slice_axis=slice_axis)
         return index.samples, index.layout
     raise ValueError(f"--split must be test, val or all, got {split!r}")
+
+
+def checkpoint_protocol(payload: dict[str, Any], given: DataProtocol | None) -> DataProtocol:
+    """The data protocol to evaluate with: ``given``, else the one the checkpoint was trained
+    under (``extra.data_protocol``; the default protocol for older checkpoints). A ``given``
+    protocol that differs from the recorded one is logged: its test set may hold training data."""
+    recorded = DataProtocol.from_dict(payload.get("extra", {}).get("data_protocol"))
+    if given is None:
+        return recorded
+    if given != recorded:
+        logger.warning(
+            "evaluating under the data protocol (%s), but the checkpoint was trained under (%s): "
+            "the test set may overlap its training data",
+            given.describe(),
+            recorded.describe(),
+        )
+    return given
 
 
 class _Group:
@@ -77,9 +103,13 @@ def evaluate_checkpoint(
     batch_size: int = 8,
     clip_pretrained: str | None = None,
     device: str | None = None,
+    protocol: DataProtocol | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``ckpt`` on ``data``/``split`` at its operating point; write ``report.json``,
     ``report.md`` and overlays.
+
+    ``protocol`` says which samples are the test set (BMAD folder usage, split lists, BUSI
+    ``normal/``); ``None`` = the protocol the checkpoint was trained under (recorded in it).
 
     Every volume runs through the inference path at its own resolution (as ``medsad infer``
     and the server do), is post-processed and decided at the checkpoint's calibrated operating
@@ -93,10 +123,12 @@ def evaluate_checkpoint(
     from medsad_monai.checkpoint import read_checkpoint
 
     predictor = Predictor.from_checkpoint(ckpt, clip_pretrained=clip_pretrained, batch_size=batch_size, device=device)
-    op = predictor.operating_point.with_overrides(map_threshold=threshold, slice_threshold=slice_threshold,
-                                                  volume_threshold=volume_threshold)
+    op = predictor.operating_point.with_overrides(
+        map_threshold=threshold, slice_threshold=slice_threshold, volume_threshold=volume_threshold
+    )
     payload = read_checkpoint(ckpt)
-    samples, layout_name = select_split(ckpt, data, split, layout, slice_axis)
+    protocol = checkpoint_protocol(payload, protocol)
+    samples, layout_name = select_split(ckpt, data, split, layout, slice_axis, protocol)
     if not samples:
         raise ValueError(f"no samples to evaluate in {data} (split {split})")
     tags = case_tags(Path(data))
@@ -107,12 +139,22 @@ def evaluate_checkpoint(
     for case in iter_cases(predictor, samples, slice_axis, tags=tags, desc="evaluating"):
         result = VolumeResult(case.probability, list(case.model_scores), list(case.skipped), case.axis, op)
         prob, truth, pred, scores, labels = _case_slices(case, result)
-        record = {"name": case.name, "score": result.volume_score, "abnormal": case.abnormal,
-                  "true_voxels": int(case.truth.sum()), "predicted_voxels": int(result.mask.sum())}
+        record = {
+            "name": case.name,
+            "score": result.volume_score,
+            "abnormal": case.abnormal,
+            "true_voxels": int(case.truth.sum()),
+            "predicted_voxels": int(result.mask.sum()),
+        }
         dice = dice_score(result.mask, case.truth) if case.abnormal else None
-        per_case[case.name] = {**{k: v for k, v in record.items() if k != "name"}, **case.tags,
-                               "volume_abnormal": result.volume_abnormal, "dice": dice,
-                               "abnormal_slices": len(result.abnormal_slices), "lesion_slices": int(labels.sum())}
+        per_case[case.name] = {
+            **{k: v for k, v in record.items() if k != "name"},
+            **case.tags,
+            "volume_abnormal": result.volume_abnormal,
+            "dice": dice,
+            "abnormal_slices": len(result.abnormal_slices),
+            "lesion_slices": int(labels.sum()),
+        }
         for group in [overall] + [groups.setdefault(f"{k}={v}", _Group(op)) for k, v in case.tags.items()]:
             if len(labels):
                 group.slices.update(prob, truth.astype(np.uint8), scores, labels.astype(np.uint8), pred=pred)
@@ -120,9 +162,17 @@ def evaluate_checkpoint(
         evaluated = np.flatnonzero(case.evaluated)
         for i in np.flatnonzero(labels):  # lesion slices: candidates for the best/worst overlays
             k = int(evaluated[i])
-            keeper.offer(CaseRecord(name=f"{case.name}_s{k:03d}", image=case.image_slice(k), prob=prob[i] * pred[i],
-                                    mask=truth[i].astype(np.float32), score=float(scores[i]), label=1),
-                         dice_score(pred[i], truth[i]))
+            keeper.offer(
+                CaseRecord(
+                    name=f"{case.name}_s{k:03d}",
+                    image=case.image_slice(k),
+                    prob=prob[i] * pred[i],
+                    mask=truth[i].astype(np.float32),
+                    score=float(scores[i]),
+                    label=1,
+                ),
+                dice_score(pred[i], truth[i]),
+            )
     metrics = overall.compute(op)
     metrics["groups"] = {name: g.compute(op) for name, g in sorted(groups.items())}
     meta = {
@@ -130,6 +180,7 @@ def evaluate_checkpoint(
         "data": str(Path(data).resolve()),
         "layout": layout_name,
         "split": split,
+        "data_protocol": protocol.to_dict(),
         "slice_axis": slice_axis,
         "operating_point": op.summary(),
         "operating_point_validation": op.validation,

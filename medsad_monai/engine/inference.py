@@ -29,7 +29,13 @@ from tqdm.auto import tqdm
 from medsad_monai.atomic import atomic_write_text
 from medsad_monai.data.images import IMAGE_SUFFIXES, load_image_2d
 from medsad_monai.data.preprocess import is_background, prepare_slice, restore_slice
-from medsad_monai.data.volumes import INTENSITY_METHODS, load_volume, normalize_intensity, save_volume_like, volume_suffix
+from medsad_monai.data.volumes import (
+    INTENSITY_METHODS,
+    load_volume,
+    normalize_intensity,
+    save_volume_like,
+    volume_suffix,
+)
 from medsad_monai.engine.decision import OperatingPoint, lesion_mask, slice_scores, volume_score
 
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "predict_input",
     "predict_file",
     "save_mask",
+    "write_outputs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,7 +71,7 @@ class ImageResult:
     model_score: float
     op: OperatingPoint = field(default_factory=OperatingPoint)
 
-    def with_operating_point(self, op: OperatingPoint) -> "ImageResult":
+    def with_operating_point(self, op: OperatingPoint) -> ImageResult:
         return dataclasses.replace(self, op=op)
 
     @property
@@ -79,8 +86,9 @@ class ImageResult:
     def score(self) -> float:
         """The image's score (an image is its own slice and volume)."""
         prob3 = self.probability[..., None]
-        slice_score = float(slice_scores(self.op.slice_score, prob3, self.mask[..., None], [self.model_score],
-                                         [False], axis=2)[0])
+        slice_score = float(
+            slice_scores(self.op.slice_score, prob3, self.mask[..., None], [self.model_score], [False], axis=2)[0]
+        )
         return volume_score(self.op.volume_score, prob3, self.mask[..., None], np.asarray([slice_score]))
 
     @property
@@ -116,7 +124,7 @@ class VolumeResult:
     op: OperatingPoint = field(default_factory=OperatingPoint)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def with_operating_point(self, op: OperatingPoint) -> "VolumeResult":
+    def with_operating_point(self, op: OperatingPoint) -> VolumeResult:
         return dataclasses.replace(self, op=op)
 
     @property
@@ -130,8 +138,12 @@ class VolumeResult:
 
     @functools.cached_property
     def slice_scores(self) -> list[float]:
-        return [float(s) for s in slice_scores(self.op.slice_score, self.probability, self.mask, self.model_scores,
-                                               self.skipped, self.axis)]
+        return [
+            float(s)
+            for s in slice_scores(
+                self.op.slice_score, self.probability, self.mask, self.model_scores, self.skipped, self.axis
+            )
+        ]
 
     @functools.cached_property
     def volume_score(self) -> float:
@@ -207,7 +219,7 @@ class Predictor:
         return self.operating_point.map_threshold
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, clip_pretrained: str | None = None, **kwargs: Any) -> "Predictor":
+    def from_checkpoint(cls, path: str | os.PathLike, clip_pretrained: str | None = None, **kwargs: Any) -> Predictor:
         """Load a checkpoint written by ``medsad train`` (see :mod:`medsad_monai.checkpoint`),
         with its calibrated operating point (or the 0.5 fallback, said in the log)."""
         from medsad_monai.checkpoint import intensity_of, load_checkpoint, operating_point_of
@@ -293,7 +305,8 @@ def _outputs_for(path: Path, out_dir: Path) -> tuple[Path, Path]:
 def _collect_inputs(input_path: Path) -> list[Path]:
     if input_path.is_dir():
         files = sorted(
-            p for p in input_path.iterdir()
+            p
+            for p in input_path.iterdir()
             if p.is_file() and (volume_suffix(p) is not None or p.suffix.lower() in IMAGE_SUFFIXES)
         )
         if not files:
@@ -329,17 +342,46 @@ def infer_path(
     bar = tqdm(inputs, desc="infer", unit="file", disable=len(inputs) < 2 or not sys.stderr.isatty())
     for path in bar:
         bar.set_postfix_str(path.name)
-        mask_path, scores_path = _outputs_for(path, out)
-        if mask_path.resolve() == path.resolve() or scores_path.resolve() == path.resolve():
-            raise ValueError(f"refusing to overwrite input {str(path)!r}; choose another --out folder")
+        _outputs_checked(path, out, "--out folder")
         result = predict_file(predictor, path, axis=axis, skip_background=skip_background, progress=progress)
-        save_mask(result, path, mask_path)
-        summary = {"input": str(path), "mask": str(mask_path), "scores": str(scores_path), **result.summary()}
-        atomic_write_text(scores_path, json.dumps(summary, indent=2))
-        logger.info("%s: volume_score=%.3f%s worst_slice=%d", path.name, summary["volume_score"],
-                    " (abnormal)" if summary.get("volume_abnormal") else "", summary["worst_slice"])
-        results.append(summary)
+        results.append(write_outputs(result, path, out))
     return results
+
+
+def _outputs_checked(path: Path, out: Path, what: str) -> tuple[Path, Path]:
+    mask_path, scores_path = _outputs_for(path, out)
+    if path.resolve() in (mask_path.resolve(), scores_path.resolve()):
+        raise ValueError(f"refusing to overwrite input {str(path)!r}; choose another {what}")
+    return mask_path, scores_path
+
+
+def write_outputs(
+    result: VolumeResult | ImageResult,
+    input_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    what: str = "--out folder",
+) -> dict[str, Any]:
+    """Write ``<stem>_mask.<ext>`` (the input's geometry and format) and ``<stem>_scores.json``
+    for ``result`` into ``out_dir``, the files ``medsad infer`` writes; returns the summary.
+
+    Raises:
+        ValueError: an output would overwrite the input (``what`` names the option to change).
+    """
+    path, out = Path(input_path), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mask_path, scores_path = _outputs_checked(path, out, what)
+    save_mask(result, path, mask_path)
+    summary = {"input": str(path), "mask": str(mask_path), "scores": str(scores_path), **result.summary()}
+    atomic_write_text(scores_path, json.dumps(summary, indent=2))
+    logger.info(
+        "%s: volume_score=%.3f%s worst_slice=%d -> %s",
+        path.name,
+        summary["volume_score"],
+        " (abnormal)" if summary.get("volume_abnormal") else "",
+        summary["worst_slice"],
+        mask_path,
+    )
+    return summary
 
 
 @dataclass(frozen=True)
@@ -367,8 +409,10 @@ def read_input(path: str | os.PathLike, axis: int = 2) -> InputImage:
         if axis not in (0, 1, 2):
             raise ValueError(f"slice axis must be 0, 1 or 2, got {axis}")
         if volume.shape[axis] < 2:
-            raise ValueError(f"{str(path)!r} has a single slice along axis {axis} (shape {volume.shape}); "
-                             "send a single slice as a 2-D PNG image, or pick another slice axis")
+            raise ValueError(
+                f"{str(path)!r} has a single slice along axis {axis} (shape {volume.shape}); "
+                "send a single slice as a 2-D PNG image, or pick another slice axis"
+            )
         return InputImage(path, volume, True)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"unsupported input {str(path)!r}: use .nii/.nii.gz/.nrrd volumes or .png/.jpg images")
@@ -386,8 +430,13 @@ def predict_input(
     """The predictor's result for a read input (:func:`read_input`): a volume is normalised with
     the checkpoint's intensity method and run slice-wise along ``axis``."""
     if image.is_volume:
-        return predictor.predict_volume(predictor.normalize_volume(image.array), axis=axis,
-                                        skip_background=skip_background, progress=progress, cancel=cancel)
+        return predictor.predict_volume(
+            predictor.normalize_volume(image.array),
+            axis=axis,
+            skip_background=skip_background,
+            progress=progress,
+            cancel=cancel,
+        )
     return predictor.predict_image(image.array)
 
 

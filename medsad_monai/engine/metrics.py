@@ -38,8 +38,15 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_roc_auc
 
-__all__ = ["MetricAccumulator", "auroc", "auroc_from_histograms", "best_threshold", "dice_score", "rates_at",
-           "volume_metrics"]
+__all__ = [
+    "MetricAccumulator",
+    "auroc",
+    "auroc_from_histograms",
+    "best_threshold",
+    "dice_score",
+    "rates_at",
+    "volume_metrics",
+]
 
 ArrayLike = np.ndarray | torch.Tensor | float | int | Sequence[float]
 
@@ -297,8 +304,9 @@ class MetricAccumulator:
             )
         return p, m, s, y
 
-    def update(self, prob: ArrayLike, mask: ArrayLike, score: ArrayLike, label: ArrayLike,
-               pred: ArrayLike | None = None) -> None:
+    def update(
+        self, prob: ArrayLike, mask: ArrayLike, score: ArrayLike, label: ArrayLike, pred: ArrayLike | None = None
+    ) -> None:
         """Add a batch (or one image).
 
         Args:
@@ -392,12 +400,15 @@ class MetricAccumulator:
         main = self._thresholds.index(self.threshold)
         dice, dice_global = self._dice_at(main)
         if dice is None:
-            reasons["dice"] = (
-                f"no abnormal image with lesion pixels among {n} images"
-                + (f" ({self._n_abnormal_without_mask} abnormal with an empty mask)" if self._n_abnormal_without_mask else "")
+            reasons["dice"] = f"no abnormal image with lesion pixels among {n} images" + (
+                f" ({self._n_abnormal_without_mask} abnormal with an empty mask)"
+                if self._n_abnormal_without_mask
+                else ""
             )
         if dice_global is None:
-            reasons["dice_global"] = f"no lesion pixel in the ground truth or the prediction over {self._n_pixels} pixels"
+            reasons["dice_global"] = (
+                f"no lesion pixel in the ground truth or the prediction over {self._n_pixels} pixels"
+            )
 
         acc = self._accuracy_at(self.score_threshold, scores, labels)
         if n == 0:
@@ -435,7 +446,14 @@ class MetricAccumulator:
         for t in self.sweep:
             i = self._thresholds.index(t)
             d, dg = self._dice_at(i)
-            sweep.append({"threshold": t, "dice": d, "dice_global": dg, "accuracy": self._accuracy_at(t, scores, labels)["accuracy"]})
+            sweep.append(
+                {
+                    "threshold": t,
+                    "dice": d,
+                    "dice_global": dg,
+                    "accuracy": self._accuracy_at(t, scores, labels)["accuracy"],
+                }
+            )
 
         return {
             "threshold": self.threshold,
@@ -483,8 +501,12 @@ def volume_metrics(records: Sequence[dict[str, Any]], threshold: float) -> dict[
     labels = np.asarray([bool(r["abnormal"]) for r in records], dtype=bool)
     reasons: dict[str, str] = {}
     n_abn, n_nor = int(labels.sum()), int((~labels).sum())
-    out: dict[str, Any] = {"volume_threshold": float(threshold), "n_volumes": int(labels.size),
-                           "n_lesion_volumes": n_abn, "n_lesion_free_volumes": n_nor}
+    out: dict[str, Any] = {
+        "volume_threshold": float(threshold),
+        "n_volumes": int(labels.size),
+        "n_lesion_volumes": n_abn,
+        "n_lesion_free_volumes": n_nor,
+    }
     out["volume_auroc"] = auroc(scores, labels) if labels.size else None
     if out["volume_auroc"] is None:
         reasons["volume_auroc"] = _one_class_reason(n_abn, n_nor, "volumes")
@@ -493,16 +515,18 @@ def volume_metrics(records: Sequence[dict[str, Any]], threshold: float) -> dict[
         out[f"volume_{k}"] = rates.get(k)
         if out[f"volume_{k}"] is None:
             reasons[f"volume_{k}"] = _one_class_reason(n_abn, n_nor, "volumes")
-    out["volume_ranking_separates"] = (bool(scores[~labels].max() < scores[labels].min())
-                                       if n_abn and n_nor else None)
+    out["volume_ranking_separates"] = bool(scores[~labels].max() < scores[labels].min()) if n_abn and n_nor else None
     fp = {r["name"]: int(r["predicted_voxels"]) for r in records if not r["abnormal"]}
     true = [int(r["true_voxels"]) for r in records if r["abnormal"]]
     out["fp_voxels"] = fp
     out["fp_voxels_mean"] = float(np.mean(list(fp.values()))) if fp else None
     out["fp_voxels_max"] = int(max(fp.values())) if fp else None
     out["mean_true_lesion_voxels"] = float(np.mean(true)) if true else None
-    out["fp_max_over_mean_lesion"] = (out["fp_voxels_max"] / out["mean_true_lesion_voxels"]
-                                      if fp and true and out["mean_true_lesion_voxels"] else None)
+    out["fp_max_over_mean_lesion"] = (
+        out["fp_voxels_max"] / out["mean_true_lesion_voxels"]
+        if fp and true and out["mean_true_lesion_voxels"]
+        else None
+    )
     for k in ("fp_voxels_mean", "fp_voxels_max", "fp_max_over_mean_lesion"):
         if out[k] is None:
             reasons[k] = "no lesion-free volume" if not fp else "no lesion volume"

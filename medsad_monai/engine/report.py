@@ -54,9 +54,24 @@ _VOLUME: list[tuple[str, str]] = [
     ("mean_true_lesion_voxels", "Mean true lesion voxels per lesion volume"),
     ("fp_max_over_mean_lesion", "Max false-positive voxels / mean true lesion voxels"),
 ]
-_GROUP_COLUMNS = ["dice", "dice_global", "image_auroc", "balanced_accuracy", "volume_auroc", "volume_accuracy",
-                  "fp_voxels_max"]
-_COUNTS = ["n_images", "n_abnormal", "n_normal", "n_abnormal_with_mask", "n_abnormal_without_mask", "n_pixels", "n_lesion_pixels"]
+_GROUP_COLUMNS = [
+    "dice",
+    "dice_global",
+    "image_auroc",
+    "balanced_accuracy",
+    "volume_auroc",
+    "volume_accuracy",
+    "fp_voxels_max",
+]
+_COUNTS = [
+    "n_images",
+    "n_abnormal",
+    "n_normal",
+    "n_abnormal_with_mask",
+    "n_abnormal_without_mask",
+    "n_pixels",
+    "n_lesion_pixels",
+]
 
 
 def _as_array(x: Any) -> np.ndarray:
@@ -222,16 +237,30 @@ def _markdown(metrics: dict[str, Any], meta: dict[str, Any], overlays: dict[str,
     if any(k in metrics for k, _ in _VOLUME):
         reasons = {**(metrics.get("reasons") or {}), **(metrics.get("volume_reasons") or {})}
         vm = {**metrics, "reasons": reasons}
-        lines += ["", f"## Volumes (threshold {metrics.get('volume_threshold')})", "", "| Metric | Value |", "|---|---|"]
+        lines += [
+            "",
+            f"## Volumes (threshold {metrics.get('volume_threshold')})",
+            "",
+            "| Metric | Value |",
+            "|---|---|",
+        ]
         lines += [f"| {title} | {_fmt(vm, key)} |" for key, title in _VOLUME]
         fp = metrics.get("fp_voxels") or {}
         if fp:
-            lines.append("| False-positive voxels per lesion-free volume | "
-                         + ", ".join(f"{k}: {v}" for k, v in fp.items()) + " |")
+            lines.append(
+                "| False-positive voxels per lesion-free volume | "
+                + ", ".join(f"{k}: {v}" for k, v in fp.items())
+                + " |"
+            )
     groups = metrics.get("groups") or {}
     if groups:
-        lines += ["", "## Groups", "", "| Group | Volumes | " + " | ".join(_GROUP_COLUMNS) + " |",
-                  "|---|---|" + "---|" * len(_GROUP_COLUMNS)]
+        lines += [
+            "",
+            "## Groups",
+            "",
+            "| Group | Volumes | " + " | ".join(_GROUP_COLUMNS) + " |",
+            "|---|---|" + "---|" * len(_GROUP_COLUMNS),
+        ]
         for name, g in groups.items():
             gm = {**g, "reasons": {**(g.get("reasons") or {}), **(g.get("volume_reasons") or {})}}
             cells = [_fmt(gm, k).split(" (")[0] for k in _GROUP_COLUMNS]

@@ -32,36 +32,64 @@ from tqdm.auto import tqdm
 
 from medsad_monai.atomic import atomic_write
 from medsad_monai.checkpoint import read_checkpoint, save_checkpoint
-from medsad_monai.configs import load_preset
-from medsad_monai.data.layouts import Sample, case_tags, read_layout
+from medsad_monai.configs import DATASETS, DatasetConfig, load_dataset_config, load_preset, native_image_size
+from medsad_monai.data.layouts import Sample, case_tags
 from medsad_monai.data.lesions import RANDOM_LOOK, STYLES
+from medsad_monai.data.protocol import BMAD_USAGES, DataProtocol
 from medsad_monai.data.volumes import INTENSITY_METHODS
 from medsad_monai.engine import distributed as dist_utils
-from medsad_monai.engine.datasets import slice_dataset, Split, drop_background, make_split
+from medsad_monai.engine.datasets import Split, drop_background, make_split, slice_dataset
 from medsad_monai.engine.metrics import MetricAccumulator
 from medsad_monai.losses import MedSADLoss
 from medsad_monai.networks import MedSADCLIP
 from medsad_monai.networks.unet_baseline import UNetBaseline
 
-__all__ = ["TrainOptions", "train", "build_model", "evaluate_model", "training_pool"]
+__all__ = ["TrainOptions", "train", "build_model", "evaluate_model", "training_pool", "data_protocol"]
 
 logger = logging.getLogger(__name__)
 
 CSV_FIELDS = [
-    "epoch", "train_loss", "train_bce", "train_dicefocal", "train_mc", "train_fp", "val_dice", "val_dice_global",
-    "val_accuracy", "val_baseline_accuracy", "val_image_auroc", "val_pixel_auroc", "selection", "seconds",
+    "epoch",
+    "train_loss",
+    "train_bce",
+    "train_dicefocal",
+    "train_mc",
+    "train_fp",
+    "val_dice",
+    "val_dice_global",
+    "val_accuracy",
+    "val_baseline_accuracy",
+    "val_image_auroc",
+    "val_pixel_auroc",
+    "selection",
+    "seconds",
 ]
 
 
 @dataclass
 class TrainOptions:
-    """Options of ``medsad train`` (``None`` = the preset's value)."""
+    """Options of ``medsad train`` (``None`` = the dataset config's value when ``dataset`` is
+    given, else the preset's).
+
+    ``dataset`` (``brain``, ``retina``, ``lung``, ``breast``) lays the paper's setting for that
+    dataset (``medsad_monai/configs/datasets/*.json``) over the preset: model settings, layout
+    and data protocol; every option given here wins over it. ``protocol`` (BMAD folders:
+    ``bmad`` or ``paper``), ``split_lists`` and ``busi_normal`` make the
+    :class:`~medsad_monai.data.protocol.DataProtocol`; ``category`` is the prompt's class name.
+    """
 
     data: str
     out: str
     layout: str | None = None
     preset: str = "full"
     model: str = "medsad"
+    dataset: str | None = None
+    category: str | None = None
+    protocol: str | None = None
+    split_lists: str | None = None
+    busi_normal: bool | None = None
+    seg_projection: bool | None = None
+    classifier_projection: bool | None = None
     clip_model: str | None = None
     clip_pretrained: str | None = None
     image_size: int | None = None
@@ -88,6 +116,10 @@ class TrainOptions:
     def validate(self) -> None:
         if self.model not in ("medsad", "unet"):
             raise ValueError(f"--model must be medsad or unet, got {self.model!r}")
+        if self.dataset is not None and self.dataset not in DATASETS:
+            raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if self.protocol is not None and self.protocol not in BMAD_USAGES:
+            raise ValueError(f"--protocol must be one of {', '.join(BMAD_USAGES)}, got {self.protocol!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"--max-minutes must be positive, got {self.max_minutes}")
         if not 0.0 <= self.synthetic_lesions <= 1.0:
@@ -97,36 +129,90 @@ class TrainOptions:
         known = [*STYLES, RANDOM_LOOK, "mixed"]
         bad = [s for s in self.synthetic_styles if s not in known]
         if bad or (self.synthetic_lesions > 0 and not self.synthetic_styles):
-            raise ValueError(f"--synthetic-styles {','.join(self.synthetic_styles)!r}: use a comma-separated "
-                             f"list of {', '.join(known)}")
+            raise ValueError(
+                f"--synthetic-styles {','.join(self.synthetic_styles)!r}: use a comma-separated "
+                f"list of {', '.join(known)}"
+            )
+
+
+def dataset_config(opts: TrainOptions) -> DatasetConfig | None:
+    """The dataset config named by ``opts.dataset`` (None without one)."""
+    return load_dataset_config(opts.dataset) if opts.dataset else None
+
+
+def data_protocol(opts: TrainOptions) -> DataProtocol:
+    """The run's data protocol: the dataset config's (or the default), then the options."""
+    ds = dataset_config(opts)
+    base = ds.data_protocol() if ds is not None else DataProtocol()
+    return base.replace(bmad_usage=opts.protocol, split_lists=opts.split_lists, busi_normal=opts.busi_normal)
+
+
+def _layout(opts: TrainOptions) -> str | None:
+    ds = dataset_config(opts)
+    return opts.layout or (ds.layout if ds is not None else None)
 
 
 def build_model(opts: TrainOptions) -> tuple[nn.Module, MedSADLoss, dict[str, Any]]:
-    """The model, its loss and the config dict recorded in the run."""
-    cfg = load_preset(
-        opts.preset, clip_model=opts.clip_model, clip_pretrained=opts.clip_pretrained, image_size=opts.image_size,
-        epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, lr_schedule=opts.lr_schedule,
-        ema_decay=opts.ema_decay, fp_weight=opts.fp_weight, fp_start=opts.fp_start,
+    """The model, its loss and the config dict recorded in the run.
+
+    The UNet baseline runs at the input size of the MedSAD configuration it is compared with:
+    ``--image-size`` when given, else the preset's (dataset's) ``image_size``, else the
+    preset backbone's native size (224 for ViT-L-14, 128 for ``tiny``).
+    """
+    ds = dataset_config(opts)
+    given = _given(
+        category=opts.category,
+        seg_projection=opts.seg_projection,
+        classifier_projection=opts.classifier_projection,
+        clip_model=opts.clip_model,
+        clip_pretrained=opts.clip_pretrained,
+        image_size=opts.image_size,
+        epochs=opts.epochs,
+        batch_size=opts.batch_size,
+        lr=opts.lr,
+        lr_schedule=opts.lr_schedule,
+        ema_decay=opts.ema_decay,
+        fp_weight=opts.fp_weight,
+        fp_start=opts.fp_start,
     )
+    cfg = load_preset(opts.preset, **{**(ds.model if ds is not None else {}), **given})
     if opts.model == "unet":
-        model: nn.Module = UNetBaseline(image_size=cfg.image_size or 128, tta_flip=cfg.tta_flip)
-        loss = MedSADLoss(bce_weight=0.0, dicefocal_weight=1.0, mc_weight=0.0, dice_reduction=cfg.dice_reduction,
-                          fp_weight=cfg.fp_weight, fp_topk=cfg.fp_topk)
+        size = cfg.image_size or native_image_size(cfg.clip_model)
+        model: nn.Module = UNetBaseline(image_size=size, tta_flip=cfg.tta_flip)
+        loss = MedSADLoss(
+            bce_weight=0.0,
+            dicefocal_weight=1.0,
+            mc_weight=0.0,
+            dice_reduction=cfg.dice_reduction,
+            fp_weight=cfg.fp_weight,
+            fp_topk=cfg.fp_topk,
+        )
     else:
         model = MedSADCLIP(cfg)
         loss = MedSADLoss.from_config(cfg)
     return model, loss, cfg.to_dict()
 
 
-def training_pool(data: str, layout: str | None, slice_axis: int) -> tuple[list, str]:
-    """Every sample training may use (never a layout's test split) and the layout name."""
-    index = read_layout(data, layout, slice_axis=slice_axis)
-    samples = [s for s in index.samples if s.split != "test"]
-    return samples, index.layout
+def _given(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def training_pool(
+    data: str, layout: str | None, slice_axis: int, protocol: DataProtocol | None = None
+) -> tuple[list, str]:
+    """Every sample training may use (never the protocol's test set) and the layout name.
+
+    Args:
+        protocol: which folders / lists train; ``None`` = the default protocol (BMAD:
+            ``train/`` + ``valid/``; ``busi``/``sricl``: every image).
+    """
+    return (protocol or DataProtocol()).training_pool(data, layout, slice_axis)
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, threshold: float = 0.5) -> dict[str, Any]:
+def evaluate_model(
+    model: nn.Module, loader: DataLoader, device: torch.device, threshold: float = 0.5
+) -> dict[str, Any]:
     """Metrics of ``model`` on a loader (the one metrics module)."""
     model.eval()
     acc = MetricAccumulator(threshold=threshold)
@@ -158,8 +244,12 @@ def _plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax1.plot(epochs, col("train_loss"), "o-", label="train loss")
     ax1.set_xlabel("epoch"), ax1.set_title("training loss"), ax1.legend()
-    for name, label in (("val_dice", "val Dice (abnormal)"), ("val_image_auroc", "val image AUROC"),
-                        ("val_accuracy", "val accuracy"), ("val_baseline_accuracy", "all-normal baseline")):
+    for name, label in (
+        ("val_dice", "val Dice (abnormal)"),
+        ("val_image_auroc", "val image AUROC"),
+        ("val_accuracy", "val accuracy"),
+        ("val_baseline_accuracy", "all-normal baseline"),
+    ):
         ax2.plot(epochs, col(name), "o-" if "baseline" not in name else "--", label=label)
     ax2.set_ylim(0, 1), ax2.set_xlabel("epoch"), ax2.set_title("validation"), ax2.legend(fontsize=8)
     fig.tight_layout()
@@ -210,7 +300,7 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 class _Interrupt:
     """Turn SIGTERM into KeyboardInterrupt while training (so kill behaves like Ctrl-C)."""
 
-    def __enter__(self) -> "_Interrupt":
+    def __enter__(self) -> _Interrupt:
         self.previous = signal.getsignal(signal.SIGTERM)
         try:
             signal.signal(signal.SIGTERM, self._raise)
@@ -260,9 +350,10 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
         raise ValueError(f"--out {out} lies inside the data folder {data_path}; the data folder is never written to")
     resume_payload = _prepare_run(opts, out, ctx.is_main)
     set_determinism(seed=opts.seed + ctx.rank)
+    protocol = data_protocol(opts)
 
     if samples is None:
-        samples, layout = training_pool(opts.data, opts.layout, opts.slice_axis)
+        samples, layout = training_pool(opts.data, _layout(opts), opts.slice_axis, protocol)
         sources = {case: tags["anatomy"] for case, tags in case_tags(opts.data).items() if "anatomy" in tags}
     else:
         samples, layout, sources = list(samples), opts.layout or "samples", {}
@@ -287,23 +378,61 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
     batch_size = int(cfg["batch_size"]) if opts.batch_size is None else opts.batch_size
     lr = float(cfg["lr"]) if opts.lr is None else opts.lr
     if ctx.is_main:
-        split.to_json(split_path, layout=layout, data=str(data_path or opts.data), slice_axis=opts.slice_axis,
-                      n_train_samples=len(train_samples), n_val_samples=len(val_samples),
-                      stratified_by=["lesion"] + (["anatomy"] if sources else []))
-        (out / "config.json").write_text(json.dumps(
-            {"model": opts.model, "config": cfg, "options": dataclasses.asdict(opts)}, indent=2))
-    logger.info("train %d slices / val %d slices (%d / %d groups), image size %d, %d epochs, batch %d, lr %g",
-                len(train_samples), len(val_samples), len(split.train_groups), len(split.val_groups),
-                size, epochs, batch_size, lr)
+        split.to_json(
+            split_path,
+            layout=layout,
+            data=str(data_path or opts.data),
+            slice_axis=opts.slice_axis,
+            n_train_samples=len(train_samples),
+            n_val_samples=len(val_samples),
+            stratified_by=["lesion"] + (["anatomy"] if sources else []),
+            data_protocol=protocol.to_dict(),
+        )
+        (out / "config.json").write_text(
+            json.dumps(
+                {
+                    "model": opts.model,
+                    "config": cfg,
+                    "data_protocol": protocol.to_dict(),
+                    "options": dataclasses.asdict(opts),
+                },
+                indent=2,
+            )
+        )
+    logger.info(
+        "train %d slices / val %d slices (%d / %d groups), image size %d, %d epochs, batch %d, lr %g; data: %s",
+        len(train_samples),
+        len(val_samples),
+        len(split.train_groups),
+        len(split.val_groups),
+        size,
+        epochs,
+        batch_size,
+        lr,
+        protocol.describe(layout) if data_path is not None else "the given samples",
+    )
 
-    train_ds = slice_dataset(train_samples, size, train=True, slice_axis=opts.slice_axis,
-                            synthetic_lesions=opts.synthetic_lesions, synthetic_styles=opts.synthetic_styles,
-                            augment=opts.augment, intensity=opts.intensity,
-                            seed=opts.seed + ctx.rank)
+    train_ds = slice_dataset(
+        train_samples,
+        size,
+        train=True,
+        slice_axis=opts.slice_axis,
+        synthetic_lesions=opts.synthetic_lesions,
+        synthetic_styles=opts.synthetic_styles,
+        augment=opts.augment,
+        intensity=opts.intensity,
+        seed=opts.seed + ctx.rank,
+    )
     val_ds = slice_dataset(val_samples, size, train=False, slice_axis=opts.slice_axis, intensity=opts.intensity)
     sampler = dist_utils.sampler(train_ds, ctx, seed=opts.seed)
-    train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                              num_workers=opts.num_workers, drop_last=len(train_ds) > batch_size)
+    train_loader = DataLoader(
+        train_ds,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=opts.num_workers,
+        drop_last=len(train_ds) > batch_size,
+    )
     val_loader = DataLoader(val_ds, batch_size=batch_size, num_workers=opts.num_workers)
 
     ema = _make_ema(model, float(cfg.get("ema_decay", 0.0) or 0.0))
@@ -343,19 +472,27 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
             t0 = time.monotonic()
             sums: dict[str, float] = {}
             steps = 0
-            bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", leave=False,
-                       disable=not ctx.is_main or not sys.stderr.isatty())  # logs get one line per epoch
+            bar = tqdm(
+                train_loader,
+                desc=f"epoch {epoch}/{epochs}",
+                leave=False,
+                disable=not ctx.is_main or not sys.stderr.isatty(),
+            )  # logs get one line per epoch
             for i, batch in enumerate(bar):
-                progress = _progress(epoch - 1 + i / steps_per_epoch, epochs, started, opts.max_minutes,
-                                     ctx.distributed)
+                progress = _progress(
+                    epoch - 1 + i / steps_per_epoch, epochs, started, opts.max_minutes, ctx.distributed
+                )
                 if schedule == "cosine":
                     _set_lr(optimizer, lr * _cosine(progress))
                 loss_fn.fp_weight = fp_weight if progress >= fp_start else 0.0
                 x = model.normalize(batch["image"].to(ctx.device))
                 with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=autocast):
                     outputs = train_model(x)
-                parts = loss_fn({k: v.float() for k, v in outputs.items()}, batch["mask"].to(ctx.device),
-                                batch["label"].to(ctx.device))
+                parts = loss_fn(
+                    {k: v.float() for k, v in outputs.items()},
+                    batch["mask"].to(ctx.device),
+                    batch["label"].to(ctx.device),
+                )
                 optimizer.zero_grad(set_to_none=True)
                 parts["loss"].backward()
                 optimizer.step()
@@ -386,28 +523,53 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
                     best, best_epoch = selection, epoch
                 row = {
                     "epoch": epoch,
-                    **{f"train_{k}": round(sums.get(k, float("nan")) / max(steps, 1), 5) for k in ("loss", "bce", "dicefocal", "mc", "fp")},
-                    **{f"val_{k}": "" if metrics.get(k) is None else round(float(metrics[k]), 5)
-                       for k in ("dice", "dice_global", "accuracy", "baseline_accuracy", "image_auroc", "pixel_auroc")},
+                    **{
+                        f"train_{k}": round(sums.get(k, float("nan")) / max(steps, 1), 5)
+                        for k in ("loss", "bce", "dicefocal", "mc", "fp")
+                    },
+                    **{
+                        f"val_{k}": "" if metrics.get(k) is None else round(float(metrics[k]), 5)
+                        for k in ("dice", "dice_global", "accuracy", "baseline_accuracy", "image_auroc", "pixel_auroc")
+                    },
                     "selection": round(selection, 5) if math.isfinite(selection) else "",
                     "seconds": round(time.monotonic() - t0, 1),
                 }
                 rows.append(row)
-                extra = {"epoch": epoch, "best_selection": best, "best_epoch": best_epoch, "val_metrics": _plain(metrics),
-                         "optimizer": optimizer.state_dict(), "model": opts.model, "seed": opts.seed}
+                extra = {
+                    "epoch": epoch,
+                    "best_selection": best,
+                    "best_epoch": best_epoch,
+                    "val_metrics": _plain(metrics),
+                    "optimizer": optimizer.state_dict(),
+                    "model": opts.model,
+                    "seed": opts.seed,
+                    "data_protocol": protocol.to_dict(),
+                }
                 last_extra = extra if ema is None else {**extra, "ema_state_dict": _trainable_state(ema.module, model)}
                 save_checkpoint(model, out / "last.pt", extra=last_extra, intensity=opts.intensity)
                 if is_best:
-                    save_checkpoint(selected, out / "best.pt", extra={k: v for k, v in extra.items() if k != "optimizer"},
-                                    intensity=opts.intensity)
+                    save_checkpoint(
+                        selected,
+                        out / "best.pt",
+                        extra={k: v for k, v in extra.items() if k != "optimizer"},
+                        intensity=opts.intensity,
+                    )
                 _write_rows(out / "metrics.csv", rows)
                 _log_scalars(board, row, float(optimizer.param_groups[0]["lr"]))
                 _plot_curves(rows, out / "curves.png")
                 left = deadline - time.monotonic()
                 budget = f", {max(left, 0.0) / 60:.1f} min of the budget left" if math.isfinite(left) else ""
-                logger.info("epoch %d/%d: loss %.4f, val dice %s, val auroc %s%s (%.0f s%s)", epoch, epochs,
-                            row["train_loss"], row["val_dice"], row["val_image_auroc"], " (best)" if is_best else "",
-                            row["seconds"], budget)
+                logger.info(
+                    "epoch %d/%d: loss %.4f, val dice %s, val auroc %s%s (%.0f s%s)",
+                    epoch,
+                    epochs,
+                    row["train_loss"],
+                    row["val_dice"],
+                    row["val_image_auroc"],
+                    " (best)" if is_best else "",
+                    row["seconds"],
+                    budget,
+                )
             dist_utils.barrier(ctx)
             if stop_reason != "epochs":
                 logger.info("stopping after epoch %d: %s reached", epoch, stop_reason)
@@ -416,13 +578,24 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
         board.close()
     calibration = None
     if ctx.is_main and (out / "best.pt").exists():
-        calibration = calibrate_run(out / "best.pt", split.select(samples, "val"), opts.slice_axis, ctx.device,
-                                    cfg.get("slice_score", "auto") if opts.model == "medsad" else "auto")
+        calibration = calibrate_run(
+            out / "best.pt",
+            split.select(samples, "val"),
+            opts.slice_axis,
+            ctx.device,
+            cfg.get("slice_score", "auto") if opts.model == "medsad" else "auto",
+        )
     dist_utils.teardown(ctx)
     last_row = rows[-1] if rows else {}
-    return {"best_epoch": best_epoch, "best_selection": best, "last_epoch": int(last_row.get("epoch", 0) or 0),
-            "last": last_row, "out": str(out), "stop_reason": stop_reason,
-            "calibration": calibration.summary() if calibration is not None else None}
+    return {
+        "best_epoch": best_epoch,
+        "best_selection": best,
+        "last_epoch": int(last_row.get("epoch", 0) or 0),
+        "last": last_row,
+        "out": str(out),
+        "stop_reason": stop_reason,
+        "calibration": calibration.summary() if calibration is not None else None,
+    }
 
 
 def calibrate_run(best: Path, val_samples: list, slice_axis: int, device: torch.device, slice_score: str):
@@ -459,8 +632,9 @@ def _sync_buffers(averaged: nn.Module, model: nn.Module) -> None:
 def _trainable_state(averaged: nn.Module, model: nn.Module) -> dict[str, torch.Tensor]:
     """The averaged weights a resume needs: trainable parameters and non-backbone buffers."""
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    return {k: v.detach().cpu() for k, v in averaged.state_dict().items()
-            if k in trainable or not k.startswith("backbone.")}
+    return {
+        k: v.detach().cpu() for k, v in averaged.state_dict().items() if k in trainable or not k.startswith("backbone.")
+    }
 
 
 def _progress(epochs_done: float, epochs: int, started: float, max_minutes: float | None, distributed: bool) -> float:
@@ -484,4 +658,3 @@ def _set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
 def _plain(value: Any) -> Any:
     """Metrics dict -> weights_only-safe plain types."""
     return json.loads(json.dumps(value, default=float))
-

@@ -31,8 +31,8 @@ class MCLoss(nn.Module):
 
     def forward(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Args:
-            cos: (B, 2) cosines to the (normal, abnormal) prototypes.
-            labels: (B,) image labels, 1 = abnormal.
+        cos: (B, 2) cosines to the (normal, abnormal) prototypes.
+        labels: (B,) image labels, 1 = abnormal.
         """
         if cos.ndim != 2 or cos.shape[1] != 2:
             raise ValueError(f"cos must have shape (B, 2), got {tuple(cos.shape)}")

@@ -80,7 +80,11 @@ class MedSADLoss(nn.Module):
         if fp_weight < 0 or not 0.0 < fp_topk <= 1.0:
             raise ValueError(f"fp_weight must be >= 0 and fp_topk in (0, 1], got {fp_weight}, {fp_topk}")
         self.fp_weight, self.fp_topk = float(fp_weight), float(fp_topk)
-        for name, value in (("bce_weight", bce_weight), ("dicefocal_weight", dicefocal_weight), ("mc_weight", mc_weight)):
+        for name, value in (
+            ("bce_weight", bce_weight),
+            ("dicefocal_weight", dicefocal_weight),
+            ("mc_weight", mc_weight),
+        ):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self.weights = {"bce": bce_weight, "dicefocal": dicefocal_weight, "mc": mc_weight}
@@ -93,7 +97,7 @@ class MedSADLoss(nn.Module):
         self.mc = MCLoss(margin=mc_margin)
 
     @classmethod
-    def from_config(cls, config) -> "MedSADLoss":
+    def from_config(cls, config) -> MedSADLoss:
         """Build from a :class:`MedSADConfig` (MCLoss only when ``config.mc_loss``)."""
         return cls(
             bce_weight=config.bce_weight,
@@ -105,7 +109,9 @@ class MedSADLoss(nn.Module):
             fp_topk=config.fp_topk,
         )
 
-    def forward(self, outputs: dict[str, torch.Tensor], masks: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, outputs: dict[str, torch.Tensor], masks: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Args:
             outputs: the model's output dict (``image_logits``, ``cos``, ``mask_logits``).
             masks: binary lesion masks (B, 1, H, W) or (B, H, W).
@@ -128,8 +134,11 @@ class MedSADLoss(nn.Module):
             "mc": self.mc(outputs["cos"], labels),
         }
         parts["loss"] = sum(self.weights[k] * parts[k] for k in ("bce", "dicefocal", "mc"))
-        parts["fp"] = (lesion_free_penalty(lesion_logit(logits), masks, self.fp_topk) if self.fp_weight > 0
-                       else logits.new_zeros(()))
+        parts["fp"] = (
+            lesion_free_penalty(lesion_logit(logits), masks, self.fp_topk)
+            if self.fp_weight > 0
+            else logits.new_zeros(())
+        )
         if self.fp_weight > 0:
             parts["loss"] = parts["loss"] + self.fp_weight * parts["fp"]
         return parts

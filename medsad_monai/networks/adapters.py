@@ -26,9 +26,7 @@ class TokenAdapter(nn.Module):
         if width <= 0 or bottleneck <= 0:
             raise ValueError(f"width and bottleneck must be positive, got {width}, {bottleneck}")
         self.down = nn.Sequential(nn.Linear(width, bottleneck), nn.LayerNorm(bottleneck), nn.LeakyReLU())
-        self.up = (
-            nn.Sequential(nn.Linear(bottleneck, width), nn.LayerNorm(width), nn.LeakyReLU()) if residual else None
-        )
+        self.up = nn.Sequential(nn.Linear(bottleneck, width), nn.LayerNorm(width), nn.LeakyReLU()) if residual else None
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, L, width) -> adapted (B, L, bottleneck), residual (B, L, width) or None."""

@@ -9,7 +9,9 @@ from torch import nn
 __all__ = ["AnomalyClassifier", "similarity_logits"]
 
 
-def similarity_logits(features: torch.Tensor, prototypes: torch.Tensor, logit_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def similarity_logits(
+    features: torch.Tensor, prototypes: torch.Tensor, logit_scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine similarity of features (…, D) with unit prototypes (2, D), and scaled logits.
 
     Returns:
@@ -20,17 +22,30 @@ def similarity_logits(features: torch.Tensor, prototypes: torch.Tensor, logit_sc
 
 
 class AnomalyClassifier(nn.Module):
-    """Projects the Det-adapter class token into the text space and compares it with the
-    mean normal / mean abnormal text embeddings; the anomaly score is P(abnormal).
+    """Compares the Det-adapter class token with the mean normal / mean abnormal text
+    embeddings; the anomaly score is P(abnormal).
+
+    With ``project`` (config ``classifier_projection``, the default) a linear layer first maps
+    the class token into the text space; that layer is not in the paper. Without it the class
+    token is compared as it is (the paper's equations; its width must be the text width).
 
     Args:
         in_dim: adapter bottleneck width.
         embed_dim: CLIP joint embedding width.
+        project: add the linear projection.
+
+    Raises:
+        ValueError: ``project=False`` with ``in_dim != embed_dim``.
     """
 
-    def __init__(self, in_dim: int, embed_dim: int) -> None:
+    def __init__(self, in_dim: int, embed_dim: int, project: bool = True) -> None:
         super().__init__()
-        self.proj = nn.Linear(in_dim, embed_dim)
+        if not project and in_dim != embed_dim:
+            raise ValueError(
+                f"classifier_projection=False needs the adapter width ({in_dim}) to equal the CLIP "
+                f"embedding width ({embed_dim}); leave adapter_bottleneck unset"
+            )
+        self.proj: nn.Module = nn.Linear(in_dim, embed_dim) if project else nn.Identity()
 
     def forward(
         self, det_cls: torch.Tensor, prototypes: torch.Tensor, logit_scale: torch.Tensor

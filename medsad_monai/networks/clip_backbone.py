@@ -62,9 +62,7 @@ def resolve_pretrained(clip_model: str, clip_pretrained: str) -> tuple[str, str 
     value = clip_pretrained.strip()
     if value.lower() == "none":
         return "none", None
-    looks_like_path = (
-        os.sep in value or value.startswith(".") or value.lower().endswith(_WEIGHT_SUFFIXES)
-    )
+    looks_like_path = os.sep in value or value.startswith(".") or value.lower().endswith(_WEIGHT_SUFFIXES)
     if os.path.isfile(value):
         return "path", str(Path(value).resolve())
     if looks_like_path:
@@ -168,11 +166,16 @@ class CLIPBackbone(nn.Module):
             visual.ln_post.requires_grad_(False)
             if isinstance(visual.proj, nn.Parameter):
                 visual.proj.requires_grad_(False)
-            for block in visual.transformer.resblocks[max(taps):]:
+            for block in visual.transformer.resblocks[max(taps) :]:
                 block.requires_grad_(False)
         logger.info(
             "backbone %s (%s) depth=%d width=%d taps=%s grid=%s trainable=%s",
-            clip_model, self.identity["pretrained"], self.depth, self.width, taps, self.grid_size,
+            clip_model,
+            self.identity["pretrained"],
+            self.depth,
+            self.width,
+            taps,
+            self.grid_size,
             trainable,
         )
 
@@ -200,7 +203,7 @@ class CLIPBackbone(nn.Module):
         """The bare open_clip image encoder (reference for the overhead benchmark)."""
         return self.clip.encode_image(images)
 
-    def train(self, mode: bool = True) -> "CLIPBackbone":
+    def train(self, mode: bool = True) -> CLIPBackbone:
         """The text tower always stays in eval mode; the image tower trains only if trainable."""
         super().train(False)
         self.clip.visual.train(mode and self.trainable)

@@ -18,8 +18,9 @@ _MAPS = ("mask", "mask_logits")
 _SCORES = ("score", "score_cls")
 
 
-def flip_averaged(forward: Callable[[torch.Tensor], dict[str, torch.Tensor]],
-                  images: torch.Tensor) -> dict[str, torch.Tensor]:
+def flip_averaged(
+    forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], images: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """``forward(images)`` with lesion maps and image scores averaged with the mirrored view.
 
     ``mask`` is the mean of the two probability maps (``mask_logits`` the mean of the logits);

@@ -62,22 +62,40 @@ class MedSADCLIP(nn.Module):
         bb = self.backbone
         bottleneck = config.adapter_bottleneck or bb.embed_dim
         self.adapters = MultiLevelAdapters(
-            len(bb.tap_layers), bb.width, bottleneck,
-            config.residual_weight, config.seg_adapter_weight, config.det_adapter_weight,
+            len(bb.tap_layers),
+            bb.width,
+            bottleneck,
+            config.residual_weight,
+            config.seg_adapter_weight,
+            config.det_adapter_weight,
         )
-        self.seg_proj = nn.Linear(bottleneck, bb.embed_dim)
+        # Not in the paper (config switch, docs/model.md): off = the adapter output as it is.
+        if not config.seg_projection and bottleneck != bb.embed_dim:
+            raise ValueError(
+                f"seg_projection=False needs the adapter width ({bottleneck}) to equal the CLIP "
+                f"embedding width ({bb.embed_dim}); leave adapter_bottleneck unset"
+            )
+        self.seg_proj: nn.Module = nn.Linear(bottleneck, bb.embed_dim) if config.seg_projection else nn.Identity()
         self.prompt = PromptLearner(
-            bb.clip, bb.tokenizer, config.category, list(config.normal_templates),
-            list(config.abnormal_templates), n_ctx=config.n_ctx, learnable=config.learnable_prompt,
+            bb.clip,
+            bb.tokenizer,
+            config.category,
+            list(config.normal_templates),
+            list(config.abnormal_templates),
+            n_ctx=config.n_ctx,
+            learnable=config.learnable_prompt,
         )
-        self.classifier = AnomalyClassifier(bottleneck, bb.embed_dim)
+        self.classifier = AnomalyClassifier(bottleneck, bb.embed_dim, project=config.classifier_projection)
         if config.use_tpca:
             self.tpca: TokenPatchCrossAttention | None = TokenPatchCrossAttention(
                 bb.embed_dim, self.prompt.num_abnormal_tokens, heads=config.tpca_heads
             )
             self.decoder: SegDecoder | None = SegDecoder(
-                bb.embed_dim + self.tpca.out_channels_extra, config.decoder_channels, config.decoder_norm,
-                skip_channels=config.decoder_skip_channels, full_res_channels=config.decoder_full_res_channels,
+                bb.embed_dim + self.tpca.out_channels_extra,
+                config.decoder_channels,
+                config.decoder_norm,
+                skip_channels=config.decoder_skip_channels,
+                full_res_channels=config.decoder_full_res_channels,
             )
         else:
             self.tpca = None
@@ -106,7 +124,7 @@ class MedSADCLIP(nn.Module):
         return self.backbone.clip.logit_scale.detach().exp().clamp(max=100.0)
 
     # ------------------------------------------------------------------ text features
-    def train(self, mode: bool = True) -> "MedSADCLIP":
+    def train(self, mode: bool = True) -> MedSADCLIP:
         self._text_cache = None
         return super().train(mode)
 

@@ -27,8 +27,8 @@ class SegDecoder(nn.Module):
         norm: ``batch``, ``instance``, ``group`` or ``none``.
         out_channels: number of classes (2: background, lesion).
         skip_channels: 0 (the paper's decoder) or the width of an image branch (two 3×3 convs on
-            the input image, the first with stride 2) fused at half resolution before the head. A ViT patch grid (8–16 px
-            per patch) cannot place a lesion border; this high-resolution skip, as in UNETR- or
+            the input image, the first with stride 2) fused at half resolution before the head. A
+            ViT patch grid (8–16 px per patch) cannot place a lesion border; this high-resolution skip, as in UNETR- or
             SAM-style decoders, can. Used by the ``tiny`` preset, off in the paper presets.
         full_res_channels: 0 or the width of a last stage at the input's full resolution: the
             fused half-resolution features are narrowed (1×1 conv), upsampled, joined with one
@@ -56,8 +56,9 @@ class SegDecoder(nn.Module):
         for c_in, c_out in zip(channels[:-1], channels[1:]):
             stages.append(
                 nn.Sequential(
-                    UpSample(2, c_in, c_in, scale_factor=2, mode="nontrainable", interp_mode="bilinear",
-                             align_corners=False),
+                    UpSample(
+                        2, c_in, c_in, scale_factor=2, mode="nontrainable", interp_mode="bilinear", align_corners=False
+                    ),
                     Convolution(2, c_in, c_out, kernel_size=3, norm=norm_arg, act="PRELU"),
                 )
             )
@@ -68,16 +69,18 @@ class SegDecoder(nn.Module):
                 Convolution(2, 3, skip_channels, strides=2, kernel_size=3, norm=norm_arg, act="PRELU"),
                 Convolution(2, skip_channels, skip_channels, kernel_size=3, norm=norm_arg, act="PRELU"),
             )
-            self.fuse = Convolution(2, channels[-1] + skip_channels, channels[-1], kernel_size=3, norm=norm_arg,
-                                    act="PRELU")
+            self.fuse = Convolution(
+                2, channels[-1] + skip_channels, channels[-1], kernel_size=3, norm=norm_arg, act="PRELU"
+            )
         self.full_res_channels = full_res_channels
         if full_res_channels > 0:
             if skip_channels <= 0:
                 raise ValueError("full_res_channels needs the half-resolution skip branch (skip_channels > 0)")
             self.squeeze = Convolution(2, channels[-1], full_res_channels, kernel_size=1, conv_only=True)
             self.full_skip = Convolution(2, 3, full_res_channels, kernel_size=3, norm=norm_arg, act="PRELU")
-            self.refine = Convolution(2, 2 * full_res_channels, full_res_channels, kernel_size=3, norm=norm_arg,
-                                      act="PRELU")
+            self.refine = Convolution(
+                2, 2 * full_res_channels, full_res_channels, kernel_size=3, norm=norm_arg, act="PRELU"
+            )
         head_in = full_res_channels if full_res_channels > 0 else channels[-1]
         self.head = Convolution(2, head_in, out_channels, kernel_size=1, conv_only=True)
 

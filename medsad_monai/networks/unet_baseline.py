@@ -30,8 +30,9 @@ class UNetBaseline(nn.Module):
         tta_flip: average with the mirrored image at inference, as MedSAD's ``tta_flip``.
     """
 
-    def __init__(self, image_size: int = 128, channels: tuple[int, ...] = (16, 32, 64, 128),
-                 tta_flip: bool = False) -> None:
+    def __init__(
+        self, image_size: int = 128, channels: tuple[int, ...] = (16, 32, 64, 128), tta_flip: bool = False
+    ) -> None:
         super().__init__()
         if image_size % (2 ** (len(channels) - 1)) != 0:
             raise ValueError(f"image_size {image_size} must be divisible by {2 ** (len(channels) - 1)}")
@@ -39,8 +40,12 @@ class UNetBaseline(nn.Module):
         self.channels = tuple(channels)
         self.tta_flip = bool(tta_flip)
         self.net = UNet(
-            spatial_dims=2, in_channels=3, out_channels=2, channels=self.channels,
-            strides=(2,) * (len(self.channels) - 1), num_res_units=1,
+            spatial_dims=2,
+            in_channels=3,
+            out_channels=2,
+            channels=self.channels,
+            strides=(2,) * (len(self.channels) - 1),
+            num_res_units=1,
         )
 
     def config_dict(self) -> dict[str, Any]:
@@ -56,9 +61,7 @@ class UNetBaseline(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (self.image_size,) * 2:
-            raise ValueError(
-                f"expected (B, 3, {self.image_size}, {self.image_size}), got {tuple(images.shape)}"
-            )
+            raise ValueError(f"expected (B, 3, {self.image_size}, {self.image_size}), got {tuple(images.shape)}")
         if self.tta_flip and not self.training:
             return flip_averaged(self._forward, images)
         return self._forward(images)

@@ -77,7 +77,7 @@ def as_http_errors(action: str) -> Iterator[None]:
         raise HTTPException(
             status_code=500,
             detail=f"{action}: internal server error ({type(err).__name__}: {err}); "
-                   "not a problem with the request: see the server log",
+            "not a problem with the request: see the server log",
         ) from err
 
 

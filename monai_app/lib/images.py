@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from medsad_monai.data.layouts import IMAGE_SUFFIXES, load_image_2d, load_mask_2d
 from medsad_monai.data.volumes import (
     check_label_matches,
@@ -44,7 +43,9 @@ def read_image(path: str | Path, axis: int) -> InputImage:
         return read_input(path, axis)
 
 
-def predict(predictor: Predictor, image: InputImage, axis: int, skip_background: bool = True) -> VolumeResult | ImageResult:
+def predict(
+    predictor: Predictor, image: InputImage, axis: int, skip_background: bool = True
+) -> VolumeResult | ImageResult:
     """The predictor's result for a read image (errors here are the server's, not the input's)."""
     return predict_input(predictor, image, axis, skip_background)
 

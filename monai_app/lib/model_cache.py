@@ -86,8 +86,9 @@ class ModelCache:
             return self._loaded
 
     def _no_model(self) -> NoModelError:
-        return NoModelError(f"no model at {self.path}: train one (POST /train/medsad) or start the server with "
-                            "--conf checkpoint PATH")
+        return NoModelError(
+            f"no model at {self.path}: train one (POST /train/medsad) or start the server with --conf checkpoint PATH"
+        )
 
     def _load(self) -> LoadedModel:
         """Hash and load the checkpoint; the file's stamp is taken from the open file that is hashed
@@ -98,7 +99,9 @@ class ModelCache:
                     before = _stamp(os.fstat(fh.fileno()))
                     sha256 = _sha256(fh)
                 predictor = Predictor.from_checkpoint(
-                    self.path, clip_pretrained=self.serve.clip_pretrained, batch_size=self.serve.batch_size,
+                    self.path,
+                    clip_pretrained=self.serve.clip_pretrained,
+                    batch_size=self.serve.batch_size,
                     device=self.serve.device,
                 )
                 after = _stamp(self.path.stat())
@@ -109,10 +112,16 @@ class ModelCache:
             if after == before:
                 self._check_backbone(predictor)
                 return LoadedModel(predictor, self.path, sha256, before)
-            logger.info("%s changed while it was loading (attempt %d of %d); loading it again",
-                        self.path, attempt, LOAD_ATTEMPTS)
-        raise NoModelError(f"{self.path} changed every time it was loaded ({LOAD_ATTEMPTS} attempts): "
-                           "a training run is publishing; try again")
+            logger.info(
+                "%s changed while it was loading (attempt %d of %d); loading it again",
+                self.path,
+                attempt,
+                LOAD_ATTEMPTS,
+            )
+        raise NoModelError(
+            f"{self.path} changed every time it was loaded ({LOAD_ATTEMPTS} attempts): "
+            "a training run is publishing; try again"
+        )
 
     def _check_backbone(self, predictor: Predictor) -> None:
         config = getattr(predictor.model, "config", None)

@@ -42,6 +42,7 @@ _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 # --- one validator per value ----------------------------------------------------------------------
 
+
 def check_threshold(key: str, value: Any) -> float:
     """A threshold strictly inside (0, 1) (:func:`medsad_monai.engine.decision.check_threshold`)."""
     try:
@@ -209,6 +210,7 @@ def _number(key: str, value: Any) -> float:
 
 # --- the served configuration -----------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Validated ``--conf`` values.
@@ -268,6 +270,7 @@ def _conf(check: Callable[[str, Any], T], conf: dict[str, str], key: str, defaul
 
 
 # --- request parameters -----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class InferParams:

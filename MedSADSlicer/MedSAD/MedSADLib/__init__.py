@@ -16,13 +16,35 @@ The widget (``MedSAD.py``) and the Segment Editor effect are thin layers over th
 is tested in CI against the real MRML classes of the ``slicer-core`` wheel.
 """
 
-from .backends import (BACKEND_LOCAL, BACKEND_SERVER, BACKENDS, DEFAULT_SERVER_URL, LocalBackend, ServerBackend,
-                       make_backend)
+from .backends import (
+    BACKEND_LOCAL,
+    BACKEND_SERVER,
+    BACKENDS,
+    DEFAULT_SERVER_URL,
+    LocalBackend,
+    ServerBackend,
+    make_backend,
+)
 from .logic import MedSADLogic, OutputNodes
 from .nodes import SEGMENT_NAME
 from .parameters import MedSADParameters
 from .results import Backend, CancelFlag, MedSADError, MedSADResult, describe_decision
 
-__all__ = ["BACKEND_LOCAL", "BACKEND_SERVER", "BACKENDS", "DEFAULT_SERVER_URL", "Backend", "CancelFlag",
-           "LocalBackend", "MedSADError", "MedSADLogic", "MedSADParameters", "MedSADResult", "OutputNodes",
-           "SEGMENT_NAME", "ServerBackend", "describe_decision", "make_backend"]
+__all__ = [
+    "BACKEND_LOCAL",
+    "BACKEND_SERVER",
+    "BACKENDS",
+    "DEFAULT_SERVER_URL",
+    "Backend",
+    "CancelFlag",
+    "LocalBackend",
+    "MedSADError",
+    "MedSADLogic",
+    "MedSADParameters",
+    "MedSADResult",
+    "OutputNodes",
+    "SEGMENT_NAME",
+    "ServerBackend",
+    "describe_decision",
+    "make_backend",
+]

@@ -52,14 +52,20 @@ class LocalBackend:
                     "(the MedSAD module offers to) or use a MONAI Label server"
                 ) from err
             try:
-                self._predictor = Predictor.from_checkpoint(self.checkpoint, batch_size=self.batch_size,
-                                                            device=self.device)
+                self._predictor = Predictor.from_checkpoint(
+                    self.checkpoint, batch_size=self.batch_size, device=self.device
+                )
             except Exception as err:  # noqa: BLE001 - any load failure becomes one clear message
                 raise MedSADError(f"checkpoint {self.checkpoint!r} does not load: {err}") from err
         return self._predictor
 
-    def run(self, volume_node: Any, threshold: float | None = None, progress: ProgressFn | None = None,
-            cancel: CancelFn | None = None) -> MedSADResult:
+    def run(
+        self,
+        volume_node: Any,
+        threshold: float | None = None,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+    ) -> MedSADResult:
         """Run the volume slice by slice along K on the checkpoint's model; ``threshold`` (lesion
         map) overrides the checkpoint's calibrated one. The voxels are copied once, to the
         (I, J, K) float32 array ``medsad_monai`` reads."""
@@ -83,10 +89,15 @@ def _local_result(out: Any, backend: LocalBackend, threshold: float | None) -> M
     decided = out.with_operating_point(out.op.with_overrides(map_threshold=threshold))
     summary = decided.summary()
     return MedSADResult.from_summary(
-        summary, np.ascontiguousarray(decided.mask.transpose(2, 1, 0)),
-        probability=np.ascontiguousarray(out.probability.transpose(2, 1, 0)), backend=backend.name,
-        info={"checkpoint": backend.checkpoint, "skipped_slices": int(sum(out.skipped)),
-              "operating_point": summary["operating_point"]},
+        summary,
+        np.ascontiguousarray(decided.mask.transpose(2, 1, 0)),
+        probability=np.ascontiguousarray(out.probability.transpose(2, 1, 0)),
+        backend=backend.name,
+        info={
+            "checkpoint": backend.checkpoint,
+            "skipped_slices": int(sum(out.skipped)),
+            "operating_point": summary["operating_point"],
+        },
         calibrated_threshold=float(out.op.map_threshold),
         redecide=lambda t: _local_result(out, backend, t),
     )
@@ -108,8 +119,13 @@ class ServerBackend:
         self.model = model
         self.timeout = timeout
 
-    def run(self, volume_node: Any, threshold: float | None = None, progress: ProgressFn | None = None,
-            cancel: CancelFn | None = None) -> MedSADResult:
+    def run(
+        self,
+        volume_node: Any,
+        threshold: float | None = None,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+    ) -> MedSADResult:
         """Send the volume (slices along K: start the server with ``--conf slice_axis 2``);
         ``threshold`` is sent as the request's lesion-map threshold, None keeps the server's."""
         threshold = check_threshold(threshold)
@@ -117,8 +133,9 @@ class ServerBackend:
             from monailabel.client import MONAILabelClient
             from monailabel.client.client import MONAILabelClientException
         except ImportError as err:
-            raise MedSADError(f"the server backend needs the monailabel client ({err}): "
-                              "pip install --no-deps monailabel==0.8.5") from err
+            raise MedSADError(
+                f"the server backend needs the monailabel client ({err}): pip install --no-deps monailabel==0.8.5"
+            ) from err
 
         if cancel is not None and cancel():
             raise MedSADError("cancelled before the request was sent")
@@ -136,8 +153,10 @@ class ServerBackend:
             except OSError as err:  # refused, DNS, timeout, reset
                 raise MedSADError(f"MONAI Label server {self.url} is not reachable: {err}") from err
             if not isinstance(params, dict) or "slice_scores" not in params:
-                raise MedSADError(f"MONAI Label server {self.url}: model {self.model!r} did not return slice scores "
-                                  f"(is it the MedSAD app?)")
+                raise MedSADError(
+                    f"MONAI Label server {self.url}: model {self.model!r} did not return slice scores "
+                    f"(is it the MedSAD app?)"
+                )
             if not mask_file or not os.path.isfile(mask_file):
                 raise MedSADError(f"MONAI Label server {self.url} returned no mask")
             mask = nodes.read_mask(mask_file, volume_node)
@@ -145,13 +164,21 @@ class ServerBackend:
             progress(1, 1)
         scores = [float(s) for s in params["slice_scores"]]
         if len(scores) != mask.shape[0]:
-            raise MedSADError(f"server returned {len(scores)} slice scores for a volume of {mask.shape[0]} slices; "
-                              "start the server with --conf slice_axis 2")
+            raise MedSADError(
+                f"server returned {len(scores)} slice scores for a volume of {mask.shape[0]} slices; "
+                "start the server with --conf slice_axis 2"
+            )
         info = {k: v for k, v in params.items() if k != "slice_scores"}
         op = params.get("operating_point") or {}
         calibrated = op.get("map_threshold") if threshold is None else None  # an override hides the calibrated one
-        return MedSADResult.from_summary(params, mask, probability=None, backend=self.name, info=info,
-                                         calibrated_threshold=None if calibrated is None else float(calibrated))
+        return MedSADResult.from_summary(
+            params,
+            mask,
+            probability=None,
+            backend=self.name,
+            info=info,
+            calibrated_threshold=None if calibrated is None else float(calibrated),
+        )
 
 
 # --------------------------------------------------------------------------- factory
@@ -173,8 +200,10 @@ def make_backend(kind: str, checkpoint: str = "", url: str = "", batch_size: int
     if kind != BACKEND_LOCAL:
         raise MedSADError(f"unknown backend {kind!r}: expected one of {', '.join(BACKENDS)}")
     if not checkpoint:
-        raise MedSADError("no checkpoint chosen: select a MedSAD checkpoint (.pt from 'medsad train') "
-                          "in the MedSAD module, or switch to the MONAI Label server backend")
+        raise MedSADError(
+            "no checkpoint chosen: select a MedSAD checkpoint (.pt from 'medsad train') "
+            "in the MedSAD module, or switch to the MONAI Label server backend"
+        )
     if not os.path.isfile(checkpoint):
         raise MedSADError(f"checkpoint {checkpoint!r} not found: select an existing .pt file in the MedSAD module")
     key = (os.path.abspath(checkpoint), os.path.getmtime(checkpoint), int(batch_size))

@@ -26,13 +26,20 @@ SETTINGS_CHECKPOINT = "MedSAD/checkpoint"
 SETTINGS_SERVER_URL = "MedSAD/serverUrl"
 
 # import name -> pip requirement, for the local backend (medsad_monai is installed from a clone)
-LOCAL_PACKAGES = {"torch": "torch", "torchvision": "torchvision", "monai": "monai", "open_clip": "open_clip_torch",
-                  "nibabel": "nibabel", "nrrd": "pynrrd"}
+LOCAL_PACKAGES = {
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "monai": "monai",
+    "open_clip": "open_clip_torch",
+    "nibabel": "nibabel",
+    "nrrd": "pynrrd",
+}
 # monailabel's declared dependencies pull a CUDA build of sam2; the client needs only requests.
 SERVER_REQUIREMENT = "monailabel==0.8.5 --no-deps"
 
 
 # --------------------------------------------------------------------------- parameters and settings
+
 
 def parameters(scene=None) -> MedSADParameters:
     """The scene's MedSAD parameter node; a new one starts from the last session's choices."""
@@ -41,9 +48,11 @@ def parameters(scene=None) -> MedSADParameters:
     settings = qt.QSettings()
     kind = str(settings.value(SETTINGS_BACKEND, BACKEND_LOCAL) or BACKEND_LOCAL)
     return MedSADParameters.get_or_create(
-        scene if scene is not None else slicer.mrmlScene, backend=kind if kind in BACKENDS else BACKEND_LOCAL,
+        scene if scene is not None else slicer.mrmlScene,
+        backend=kind if kind in BACKENDS else BACKEND_LOCAL,
         checkpoint=str(settings.value(SETTINGS_CHECKPOINT, "") or ""),
-        server_url=str(settings.value(SETTINGS_SERVER_URL, "") or "") or DEFAULT_SERVER_URL)
+        server_url=str(settings.value(SETTINGS_SERVER_URL, "") or "") or DEFAULT_SERVER_URL,
+    )
 
 
 def remember(params: MedSADParameters) -> None:
@@ -57,6 +66,7 @@ def remember(params: MedSADParameters) -> None:
 
 
 # --------------------------------------------------------------------------- dependencies
+
 
 def missing_modules(names: Iterable[str]) -> list[str]:
     """The import names among ``names`` that do not import (a broken install counts as missing)."""
@@ -85,18 +95,21 @@ def _install_local_packages() -> bool:
     if missing:
         requirements = " ".join(LOCAL_PACKAGES[name] for name in missing)
         if not slicer.util.confirmOkCancelDisplay(
-                f"The local backend needs Python packages that are not installed in Slicer: {', '.join(missing)}.\n\n"
-                f"Install them now with pip ({requirements})? PyTorch is a download of several GB; if you use "
-                "Slicer's PyTorch extension, install PyTorch with it first so that the build matches your GPU.",
-                "MedSAD: install Python packages"):
+            f"The local backend needs Python packages that are not installed in Slicer: {', '.join(missing)}.\n\n"
+            f"Install them now with pip ({requirements})? PyTorch is a download of several GB; if you use "
+            "Slicer's PyTorch extension, install PyTorch with it first so that the build matches your GPU.",
+            "MedSAD: install Python packages",
+        ):
             return False
         with slicer.util.WaitCursor():
             slicer.util.pip_install(requirements)
     if missing_modules(["medsad_monai"]):
         if not slicer.util.confirmOkCancelDisplay(
-                "The local backend needs the MedSAD model package (medsad_monai), installed from a clone of the "
-                "MedSAD repository (https://github.com/medsad/medsad).\n\nChoose that folder (the one with "
-                "pyproject.toml) to install it with 'pip install -e'?", "MedSAD: install the model package"):
+            "The local backend needs the MedSAD model package (medsad_monai), installed from a clone of the "
+            "MedSAD repository (https://github.com/medsad/medsad).\n\nChoose that folder (the one with "
+            "pyproject.toml) to install it with 'pip install -e'?",
+            "MedSAD: install the model package",
+        ):
             return False
         repo = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "MedSAD repository folder")
         if not repo:
@@ -114,8 +127,10 @@ def _install_local_packages() -> bool:
 
 def _install_server_packages() -> bool:
     if not slicer.util.confirmOkCancelDisplay(
-            "The MONAI Label server backend needs the 'monailabel' client, which is not installed in Slicer.\n\n"
-            f"Install it now with pip ({SERVER_REQUIREMENT})?", "MedSAD: install Python packages"):
+        "The MONAI Label server backend needs the 'monailabel' client, which is not installed in Slicer.\n\n"
+        f"Install it now with pip ({SERVER_REQUIREMENT})?",
+        "MedSAD: install Python packages",
+    ):
         return False
     with slicer.util.WaitCursor():
         slicer.util.pip_install(SERVER_REQUIREMENT)

@@ -49,16 +49,26 @@ class MedSADLogic:
         if image is None:
             raise MedSADError(f"{volume_node.GetName()!r} has no voxels")
         if image.GetNumberOfScalarComponents() != 1:
-            raise MedSADError(f"{volume_node.GetName()!r} has {image.GetNumberOfScalarComponents()} components per voxel "
-                              "(a 4-D / vector / colour volume); pick one scalar volume")
+            raise MedSADError(
+                f"{volume_node.GetName()!r} has {image.GetNumberOfScalarComponents()} components per voxel "
+                "(a 4-D / vector / colour volume); pick one scalar volume"
+            )
         dims = image.GetDimensions()
         if min(dims) < 2:
-            raise MedSADError(f"{volume_node.GetName()!r} is 2-D (dimensions {tuple(dims)}); MedSAD needs a 3-D volume "
-                              "with at least 2 slices (run 2-D images with `medsad infer`)")
+            raise MedSADError(
+                f"{volume_node.GetName()!r} is 2-D (dimensions {tuple(dims)}); MedSAD needs a 3-D volume "
+                "with at least 2 slices (run 2-D images with `medsad infer`)"
+            )
         return nodes.volume_shape(volume_node)
 
-    def run(self, volume_node: Any, backend: Backend, threshold: float | None = None,
-            progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> MedSADResult:
+    def run(
+        self,
+        volume_node: Any,
+        backend: Backend,
+        threshold: float | None = None,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+    ) -> MedSADResult:
         """Run ``volume_node`` through ``backend`` (slices along K). Creates no nodes.
 
         Every backend is called the same way (:class:`~MedSADLib.results.Backend`).
@@ -74,13 +84,20 @@ class MedSADLogic:
         result = backend.run(volume_node, threshold, progress, cancel)
         if result.mask.shape != shape:
             raise MedSADError(f"backend returned a mask of shape {result.mask.shape} for a volume of {shape}")
-        logger.info("%s: volume score %.3f (%s), worst slice %d (%s backend, %s)", volume_node.GetName(),
-                    result.volume_score, "abnormal" if result.volume_abnormal else "normal", result.worst_slice,
-                    result.backend, result.source)
+        logger.info(
+            "%s: volume score %.3f (%s), worst slice %d (%s backend, %s)",
+            volume_node.GetName(),
+            result.volume_score,
+            "abnormal" if result.volume_abnormal else "normal",
+            result.worst_slice,
+            result.backend,
+            result.source,
+        )
         return result
 
-    def create_outputs(self, volume_node: Any, result: MedSADResult, segmentation_node: Any = None,
-                       table_node: Any = None) -> OutputNodes:
+    def create_outputs(
+        self, volume_node: Any, result: MedSADResult, segmentation_node: Any = None, table_node: Any = None
+    ) -> OutputNodes:
         """Segmentation (segment ``Lesion`` in the volume's geometry), scores table and plot,
         for a result of :meth:`run` on ``volume_node`` (not checked again: only that the mask
         fits the volume).
@@ -93,8 +110,9 @@ class MedSADLogic:
         try:
             name = volume_node.GetName()
             seg = nodes.set_segment(self.scene, volume_node, result.mask, segmentation_node, f"{name} MedSAD")
-            table = nodes.scores_table(self.scene, result.slice_scores, result.abnormal(), table_node,
-                                       f"{name} MedSAD scores")
+            table = nodes.scores_table(
+                self.scene, result.slice_scores, result.abnormal(), table_node, f"{name} MedSAD scores"
+            )
             series, chart = nodes.scores_plot(self.scene, table)
         except Exception:
             for i in reversed(range(self.scene.GetNumberOfNodes())):
@@ -107,8 +125,9 @@ class MedSADLogic:
         _store_decision(seg, result)
         return OutputNodes(seg, table, series, chart)
 
-    def rethreshold(self, volume_node: Any, result: MedSADResult, threshold: float | None,
-                    outputs: OutputNodes) -> MedSADResult:
+    def rethreshold(
+        self, volume_node: Any, result: MedSADResult, threshold: float | None, outputs: OutputNodes
+    ) -> MedSADResult:
         """Apply a new lesion-map threshold (None: the model's calibrated one) without running
         the model again: with the local backend the mask, slice scores, flags and volume decision
         are re-decided (post-processing included) and the nodes updated. A result that cannot
@@ -144,8 +163,9 @@ class MedSADLogic:
 
     def outputs_belong_to(self, node: Any, volume_node: Any) -> bool:
         """True when ``node`` (an output segmentation or table) was made from ``volume_node``."""
-        return (node is not None and volume_node is not None
-                and node.GetAttribute(VOLUME_ATTRIBUTE) == volume_node.GetID())
+        return (
+            node is not None and volume_node is not None and node.GetAttribute(VOLUME_ATTRIBUTE) == volume_node.GetID()
+        )
 
     def stored_decision(self, segmentation_node: Any) -> str:
         """The decision stored with an output segmentation (after a scene reload the in-memory
@@ -154,11 +174,13 @@ class MedSADLogic:
         if get is None or get("volumeScore") is None:
             return ""
         verdict = "ABNORMAL" if get("volumeAbnormal") == "True" else "normal"
-        return (f"Last result ({get('backend')} backend): volume {verdict}, score {float(get('volumeScore')):.3f} "
-                f"(threshold {float(get('volumeThreshold') or 0.5):.3f}; operating point "
-                f"{get('source') or 'default'}, lesion threshold {float(get('threshold')):.2f}); most anomalous "
-                f"slice K={get('worstSlice')}. Run again to re-threshold: the probabilities are not saved with "
-                "the scene.")
+        return (
+            f"Last result ({get('backend')} backend): volume {verdict}, score {float(get('volumeScore')):.3f} "
+            f"(threshold {float(get('volumeThreshold') or 0.5):.3f}; operating point "
+            f"{get('source') or 'default'}, lesion threshold {float(get('threshold')):.2f}); most anomalous "
+            f"slice K={get('worstSlice')}. Run again to re-threshold: the probabilities are not saved with "
+            "the scene."
+        )
 
     def export_seg_nrrd(self, segmentation_node: Any, path: str) -> None:
         """Write the segmentation as ``.seg.nrrd`` with Slicer's own storage node."""
@@ -177,8 +199,14 @@ class MedSADLogic:
 
 def _store_decision(segmentation_node: Any, result: MedSADResult) -> None:
     """The decision as attributes of the segmentation node (saved with the scene)."""
-    for key, value in (("volumeScore", result.volume_score), ("volumeThreshold", result.volume_threshold),
-                       ("volumeAbnormal", result.volume_abnormal), ("worstSlice", result.worst_slice),
-                       ("threshold", result.threshold), ("sliceThreshold", result.slice_threshold),
-                       ("source", result.source), ("backend", result.backend)):
+    for key, value in (
+        ("volumeScore", result.volume_score),
+        ("volumeThreshold", result.volume_threshold),
+        ("volumeAbnormal", result.volume_abnormal),
+        ("worstSlice", result.worst_slice),
+        ("threshold", result.threshold),
+        ("sliceThreshold", result.slice_threshold),
+        ("source", result.source),
+        ("backend", result.backend),
+    ):
         segmentation_node.SetAttribute(f"MedSAD.{key}", str(value))

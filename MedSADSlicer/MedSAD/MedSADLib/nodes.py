@@ -53,14 +53,17 @@ def oriented_image(mask_kji: np.ndarray, volume_node: Any) -> Any:
     return image
 
 
-def set_segment(scene: Any, volume_node: Any, mask_kji: np.ndarray, segmentation_node: Any = None,
-                name: str | None = None) -> Any:
+def set_segment(
+    scene: Any, volume_node: Any, mask_kji: np.ndarray, segmentation_node: Any = None, name: str | None = None
+) -> Any:
     """Write ``mask_kji`` into the ``Lesion`` segment (created if missing) of a segmentation node
     whose reference geometry is the volume's. Returns the segmentation node."""
     logic = slicer.vtkSlicerSegmentationsModuleLogic()
     logic.SetMRMLScene(scene)  # registers the segmentation converters
     if segmentation_node is None:
-        segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"{volume_node.GetName()} MedSAD")
+        segmentation_node = scene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode", name or f"{volume_node.GetName()} MedSAD"
+        )
         segmentation_node.CreateDefaultDisplayNodes()
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     if volume_node.GetParentTransformNode() is not None:
@@ -70,8 +73,11 @@ def set_segment(scene: Any, volume_node: Any, mask_kji: np.ndarray, segmentation
     if not segment_id:
         segment_id = segmentation.AddEmptySegment("", SEGMENT_NAME, SEGMENT_COLOR)
     ok = slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        oriented_image(mask_kji, volume_node), segmentation_node, segment_id,
-        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+        oriented_image(mask_kji, volume_node),
+        segmentation_node,
+        segment_id,
+        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
+    )
     if not ok:
         raise MedSADError(f"could not write the {SEGMENT_NAME} segment into {segmentation_node.GetName()!r}")
     return segmentation_node
@@ -86,15 +92,18 @@ def segment_array(scene: Any, segmentation_node: Any, volume_node: Any) -> np.nd
     try:
         ids = vtk.vtkStringArray()
         ids.InsertNextValue(segment_id)
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap, volume_node):
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation_node, ids, labelmap, volume_node
+        ):
             raise MedSADError("could not export the segment to a label map")
         return (volume_array(labelmap) > 0).astype(np.uint8)
     finally:
         scene.RemoveNode(labelmap)
 
 
-def scores_table(scene: Any, scores: Sequence[float], abnormal: Sequence[bool], table_node: Any = None,
-                 name: str = "MedSAD scores") -> Any:
+def scores_table(
+    scene: Any, scores: Sequence[float], abnormal: Sequence[bool], table_node: Any = None, name: str = "MedSAD scores"
+) -> Any:
     """A table node: ``slice`` (int32), ``score`` (float), ``abnormal`` (int32 0/1)."""
     if table_node is None:
         table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
@@ -134,8 +143,9 @@ def table_scores(table_node: Any) -> list[float]:
     return [float(column.GetValue(k)) for k in range(column.GetNumberOfTuples())]
 
 
-def scores_plot(scene: Any, table_node: Any, series: Any = None, chart: Any = None,
-                title: str = "MedSAD anomaly score per slice") -> tuple[Any, Any]:
+def scores_plot(
+    scene: Any, table_node: Any, series: Any = None, chart: Any = None, title: str = "MedSAD anomaly score per slice"
+) -> tuple[Any, Any]:
     """A line plot of ``score`` over ``slice`` from the table, in a chart node. A series already
     plotting this table (and its chart) is reused, so re-runs do not pile up plot nodes."""
     if series is None:
@@ -205,8 +215,10 @@ def read_mask(path: str, volume_node: Any) -> np.ndarray:
     b = np.array([[got.GetElement(i, j) for j in range(4)] for i in range(4)])
     array = volume_array(node)
     if array.shape != volume_shape(volume_node) or not np.allclose(a, b, atol=1e-4):
-        raise MedSADError("the returned mask does not lie on the input volume's grid "
-                          f"(shape {array.shape}, IJK-to-RAS {np.round(b, 4).tolist()})")
+        raise MedSADError(
+            "the returned mask does not lie on the input volume's grid "
+            f"(shape {array.shape}, IJK-to-RAS {np.round(b, 4).tolist()})"
+        )
     return (array > 0).astype(np.uint8)
 
 

@@ -32,8 +32,11 @@ class MedSADParameters:
     #: field -> parameter name (strings)
     PARAMETERS = {"backend": "backend", "checkpoint": "checkpoint", "server_url": "serverUrl", "threshold": "threshold"}
     #: field -> node reference role
-    REFERENCES = {"input_volume": "inputVolume", "output_segmentation": "outputSegmentation",
-                  "output_table": "outputTable"}
+    REFERENCES = {
+        "input_volume": "inputVolume",
+        "output_segmentation": "outputSegmentation",
+        "output_table": "outputTable",
+    }
 
     node: Any  #: the vtkMRMLScriptedModuleNode
 
@@ -45,14 +48,15 @@ class MedSADParameters:
     # ----------------------------------------------------------------- the node
 
     @classmethod
-    def find(cls, scene: Any) -> "MedSADParameters | None":
+    def find(cls, scene: Any) -> MedSADParameters | None:
         """The scene's MedSAD parameter node, if it has one."""
         node = scene.GetSingletonNode(MODULE_NAME, NODE_CLASS)
         return cls(node) if node is not None else None
 
     @classmethod
-    def get_or_create(cls, scene: Any, backend: str | None = None, checkpoint: str | None = None,
-                      server_url: str | None = None) -> "MedSADParameters":
+    def get_or_create(
+        cls, scene: Any, backend: str | None = None, checkpoint: str | None = None, server_url: str | None = None
+    ) -> MedSADParameters:
         """The scene's MedSAD parameter node; a new one (with the given defaults, e.g. the
         choices remembered from the last session) when the scene has none."""
         found = cls.find(scene)
@@ -72,7 +76,7 @@ class MedSADParameters:
         node.EndModify(was)
         return params
 
-    def modify(self) -> "_Batch":
+    def modify(self) -> _Batch:
         """``with params.modify(): ...``: one Modified event for several changes."""
         return _Batch(self.node)
 

@@ -73,7 +73,7 @@ class MedSADResult:
     backend: str = "local"
     info: dict[str, Any] = field(default_factory=dict)
     calibrated_threshold: float | None = None
-    redecide: Callable[[float], "MedSADResult"] | None = None
+    redecide: Callable[[float], MedSADResult] | None = None
 
     @property
     def worst_slice(self) -> int:
@@ -101,7 +101,7 @@ class MedSADResult:
         t = self.slice_threshold if threshold is None else threshold
         return [s >= t for s in self.slice_scores]
 
-    def at(self, threshold: float | None) -> "MedSADResult":
+    def at(self, threshold: float | None) -> MedSADResult:
         """This result decided at another lesion-map threshold (None: the model's calibrated
         one), when it can re-decide (local backend); otherwise (a server's binary mask) itself."""
         t = self.calibrated_threshold if threshold is None else float(threshold)
@@ -114,25 +114,33 @@ class MedSADResult:
         return self.at(threshold).mask
 
     @classmethod
-    def from_summary(cls, summary: dict[str, Any], mask: np.ndarray, **kwargs: Any) -> "MedSADResult":
+    def from_summary(cls, summary: dict[str, Any], mask: np.ndarray, **kwargs: Any) -> MedSADResult:
         """Build from a result summary (``medsad_monai``'s ``VolumeResult.summary()`` or the
         server's result JSON): scores, thresholds, decision and ``operating_point``."""
         info = dict(kwargs.pop("info", {}) or {})
         if "operating_point" in summary:
             info.setdefault("operating_point", dict(summary["operating_point"]))
-        return cls(slice_scores=[float(s) for s in summary["slice_scores"]], mask=mask,
-                   threshold=float(summary.get("threshold", 0.5)),
-                   slice_threshold=float(summary.get("slice_threshold", summary.get("threshold", 0.5))),
-                   volume_score=float(summary.get("volume_score", max(summary["slice_scores"], default=0.0))),
-                   volume_abnormal=bool(summary.get("volume_abnormal", False)),
-                   volume_threshold=float(summary.get("volume_threshold", 0.5)), info=info, **kwargs)
+        return cls(
+            slice_scores=[float(s) for s in summary["slice_scores"]],
+            mask=mask,
+            threshold=float(summary.get("threshold", 0.5)),
+            slice_threshold=float(summary.get("slice_threshold", summary.get("threshold", 0.5))),
+            volume_score=float(summary.get("volume_score", max(summary["slice_scores"], default=0.0))),
+            volume_abnormal=bool(summary.get("volume_abnormal", False)),
+            volume_threshold=float(summary.get("volume_threshold", 0.5)),
+            info=info,
+            **kwargs,
+        )
 
 
 def describe_source(source: str) -> str:
     """Plain words for an operating point's ``source``."""
     base, _, override = source.partition("+")
-    words = {"default": "not calibrated: the 0.5 default", "calibrate": "calibrated with 'medsad calibrate'",
-             "validation": "calibrated on the validation split"}.get(base, f"calibrated ({base})")
+    words = {
+        "default": "not calibrated: the 0.5 default",
+        "calibrate": "calibrated with 'medsad calibrate'",
+        "validation": "calibrated on the validation split",
+    }.get(base, f"calibrated ({base})")
     return words + (", lesion threshold set by hand" if override else "")
 
 
@@ -147,13 +155,17 @@ def describe_decision(result: MedSADResult) -> str:
     min_voxels = int(op.get("min_lesion_voxels") or 0)
     size = f", minimum lesion {min_voxels} voxels" if min_voxels > 1 else ""
     abnormal = sum(result.abnormal())
-    text = (f"Volume {verdict}: score {result.volume_score:.3f} {relation} threshold {result.volume_threshold:.3f}"
-            f"{kind}. Operating point: {describe_source(result.source)}; lesion threshold {result.threshold:.2f}"
-            f"{size}. Most anomalous slice K={result.worst_slice}; {abnormal} of {len(result.slice_scores)} slices "
-            f"at or above {result.slice_threshold:.3f}.")
+    text = (
+        f"Volume {verdict}: score {result.volume_score:.3f} {relation} threshold {result.volume_threshold:.3f}"
+        f"{kind}. Operating point: {describe_source(result.source)}; lesion threshold {result.threshold:.2f}"
+        f"{size}. Most anomalous slice K={result.worst_slice}; {abnormal} of {len(result.slice_scores)} slices "
+        f"at or above {result.slice_threshold:.3f}."
+    )
     if not result.can_rethreshold:
-        text += (f" The {result.backend} result's mask is fixed at {result.threshold:.2f}: run again to segment "
-                 "at another threshold.")
+        text += (
+            f" The {result.backend} result's mask is fixed at {result.threshold:.2f}: run again to segment "
+            "at another threshold."
+        )
     return text
 
 
@@ -173,8 +185,13 @@ class Backend(Protocol):
 
     name: str
 
-    def run(self, volume_node: Any, threshold: float | None = None, progress: ProgressFn | None = None,
-            cancel: CancelFn | None = None) -> MedSADResult:
+    def run(
+        self,
+        volume_node: Any,
+        threshold: float | None = None,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+    ) -> MedSADResult:
         """Run ``volume_node`` slice by slice along K; ``threshold`` (lesion map) overrides the
         model's calibrated one, ``None`` keeps it. Raises :class:`MedSADError`."""
         ...

@@ -45,11 +45,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return qt.QIcon(iconPath) if os.path.exists(iconPath) else qt.QIcon()
 
     def helpText(self):
-        return ("<html>Fill the selected segment with the MedSAD-CLIP lesion mask of the source volume.<br>"
-                "The model runs on the backend chosen in the <b>MedSAD</b> module (local checkpoint or MONAI Label "
-                "server), at its calibrated threshold unless you set one. <b>Current slice</b> changes only the "
-                "voxel slice shown in the Red view (the view must be parallel to the volume's slices). Masking "
-                "settings and Undo apply. Research software: not for clinical use.</html>")
+        return (
+            "<html>Fill the selected segment with the MedSAD-CLIP lesion mask of the source volume.<br>"
+            "The model runs on the backend chosen in the <b>MedSAD</b> module (local checkpoint or MONAI Label "
+            "server), at its calibrated threshold unless you set one. <b>Current slice</b> changes only the "
+            "voxel slice shown in the Red view (the view must be parallel to the volume's slices). Masking "
+            "settings and Undo apply. Research software: not for clinical use.</html>"
+        )
 
     def setupOptionsFrame(self):
         self.scopeComboBox = qt.QComboBox()
@@ -73,8 +75,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.thresholdSlider.minimum = 0.01
         self.thresholdSlider.maximum = 0.99
         self.thresholdSlider.value = 0.5
-        self.thresholdSlider.toolTip = ("Lesion probability above which a voxel joins the segment "
-                                        "(set by hand: overrides the calibrated one).")
+        self.thresholdSlider.toolTip = (
+            "Lesion probability above which a voxel joins the segment (set by hand: overrides the calibrated one)."
+        )
         thresholdRow = qt.QHBoxLayout()
         thresholdRow.addWidget(self.calibratedCheckBox)
         thresholdRow.addWidget(self.thresholdSlider)
@@ -110,8 +113,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return self.scriptedEffect.doubleParameter("Threshold")
 
     def updateGUIFromMRML(self):
-        from MedSADLib import BACKEND_LOCAL, BACKENDS
-        from MedSADLib import gui
+        from MedSADLib import BACKEND_LOCAL, BACKENDS, gui
 
         params = gui.parameters()
         scope = self.scriptedEffect.parameter("Scope")
@@ -137,8 +139,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.updateMRMLFromGUI()
 
     def onBackendChanged(self, index):
-        from MedSADLib import BACKENDS
-        from MedSADLib import gui
+        from MedSADLib import BACKENDS, gui
 
         params = gui.parameters()
         params.backend = BACKENDS[max(0, index)]
@@ -150,12 +151,16 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def _run(self, volumeNode, threshold):
         """MedSAD's result for the volume at ``threshold``, re-using the last run when nothing it
         depends on changed (a local result re-decides at any threshold without running again)."""
-        from MedSADLib import MedSADLogic, make_backend
-        from MedSADLib import gui
+        from MedSADLib import MedSADLogic, gui, make_backend
 
         params = gui.parameters()
-        key = (volumeNode.GetID(), volumeNode.GetImageData().GetMTime(), params.backend, params.checkpoint,
-               params.server_url)
+        key = (
+            volumeNode.GetID(),
+            volumeNode.GetImageData().GetMTime(),
+            params.backend,
+            params.checkpoint,
+            params.server_url,
+        )
         if self._cache is not None and self._cache[0] == key:
             _, asked, result = self._cache
             if result.can_rethreshold or asked == threshold:
@@ -190,5 +195,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return
         where = "the whole volume" if slice_ is None else f"slice {AXIS_NAMES[slice_[0]]}={slice_[1]}"
         self.decisionLabel.text = describe_decision(result)
-        slicer.util.showStatusMessage(f"MedSAD: lesion mask written to {where} "
-                                      f"(volume {'ABNORMAL' if result.volume_abnormal else 'normal'})", 5000)
+        slicer.util.showStatusMessage(
+            f"MedSAD: lesion mask written to {where} (volume {'ABNORMAL' if result.volume_abnormal else 'normal'})",
+            5000,
+        )

@@ -5,5 +5,13 @@
 from .apply import EffectTarget, LogicTarget, apply_result_to_segment, slice_mask, write_mask
 from .geometry import ALIGNMENT_TOLERANCE_DEG, current_slice, slice_axis_index
 
-__all__ = ["ALIGNMENT_TOLERANCE_DEG", "EffectTarget", "LogicTarget", "apply_result_to_segment", "current_slice",
-           "slice_axis_index", "slice_mask", "write_mask"]
+__all__ = [
+    "ALIGNMENT_TOLERANCE_DEG",
+    "EffectTarget",
+    "LogicTarget",
+    "apply_result_to_segment",
+    "current_slice",
+    "slice_axis_index",
+    "slice_mask",
+    "write_mask",
+]

@@ -81,8 +81,9 @@ class LogicTarget:
 
     def modify(self, modifier: Any, mode: str, extent: list[int] | None) -> None:
         value = getattr(slicer.vtkSlicerSegmentEditorLogic, f"ModificationMode{mode}")
-        self.logic.ModifySegmentByLabelmap(self.segmentation_node(), self.segment_id(), modifier, value,
-                                           extent or [0, -1, 0, -1, 0, -1], True, False)
+        self.logic.ModifySegmentByLabelmap(
+            self.segmentation_node(), self.segment_id(), modifier, value, extent or [0, -1, 0, -1, 0, -1], True, False
+        )
 
 
 class EffectTarget:
@@ -126,8 +127,10 @@ def slice_mask(mask_kji: np.ndarray, slice_: tuple[int, int] | None) -> np.ndarr
         raise MedSADError(f"slice axis {axis}: expected 0 (I), 1 (J) or 2 (K)")
     array_axis = 2 - axis  # (K, J, I) order
     if not 0 <= index < mask.shape[array_axis]:
-        raise MedSADError(f"slice {AXIS_NAMES[axis]}={index} is outside the volume "
-                          f"({AXIS_NAMES[axis]} 0..{mask.shape[array_axis] - 1})")
+        raise MedSADError(
+            f"slice {AXIS_NAMES[axis]}={index} is outside the volume "
+            f"({AXIS_NAMES[axis]} 0..{mask.shape[array_axis] - 1})"
+        )
     only = np.zeros_like(mask)
     where = [slice(None)] * 3
     where[array_axis] = index
@@ -156,10 +159,12 @@ def _to_editor(labelmap: Any, volume_node: Any, segmentation_node: Any, referenc
     if volume_node.GetParentTransformNode() is not segmentation_node.GetParentTransformNode():
         volume_to_segmentation = vtk.vtkGeneralTransform()
         slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(
-            volume_node.GetParentTransformNode(), segmentation_node.GetParentTransformNode(), volume_to_segmentation)
+            volume_node.GetParentTransformNode(), segmentation_node.GetParentTransformNode(), volume_to_segmentation
+        )
     resampled = slicer.vtkOrientedImageData()
     if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-            labelmap, reference, resampled, False, False, volume_to_segmentation):
+        labelmap, reference, resampled, False, False, volume_to_segmentation
+    ):
         raise MedSADError("could not resample the mask onto the segmentation's geometry")
     return resampled
 
@@ -175,12 +180,19 @@ def _nonzero_extent(image: Any) -> list[int] | None:
     k, j, i = np.nonzero(array)
     if not len(i):
         return None
-    return [int(i.min()) + extent[0], int(i.max()) + extent[0], int(j.min()) + extent[2], int(j.max()) + extent[2],
-            int(k.min()) + extent[4], int(k.max()) + extent[4]]
+    return [
+        int(i.min()) + extent[0],
+        int(i.max()) + extent[0],
+        int(j.min()) + extent[2],
+        int(j.max()) + extent[2],
+        int(k.min()) + extent[4],
+        int(k.max()) + extent[4],
+    ]
 
 
-def write_mask(target: EditorTarget, volume_node: Any, mask_kji: np.ndarray,
-               slice_: tuple[int, int] | None = None) -> int:
+def write_mask(
+    target: EditorTarget, volume_node: Any, mask_kji: np.ndarray, slice_: tuple[int, int] | None = None
+) -> int:
     """Write ``mask_kji`` (on ``volume_node``'s grid) into the target's selected segment, whole
     volume or only the voxel slice ``slice_ = (ijk_axis, index)``; masking applies, undo state is
     saved first (one step).
@@ -209,8 +221,12 @@ def write_mask(target: EditorTarget, volume_node: Any, mask_kji: np.ndarray,
         target.save_state_for_undo()
         target.modify(modifier, "Set", None)
     else:
-        area = _to_editor(oriented_image(slice_mask(np.ones((k, j, i), np.uint8), slice_), volume_node),
-                          volume_node, segmentation_node, reference)
+        area = _to_editor(
+            oriented_image(slice_mask(np.ones((k, j, i), np.uint8), slice_), volume_node),
+            volume_node,
+            segmentation_node,
+            reference,
+        )
         extent = _nonzero_extent(area)
         if extent is None:
             raise MedSADError(f"slice {AXIS_NAMES[slice_[0]]}={slice_[1]} does not overlap the segmentation's geometry")
@@ -220,8 +236,13 @@ def write_mask(target: EditorTarget, volume_node: Any, mask_kji: np.ndarray,
     return int(mask.sum())
 
 
-def apply_result_to_segment(target: EditorTarget, volume_node: Any, result: MedSADResult,
-                            threshold: float | None = None, slice_: tuple[int, int] | None = None) -> int:
+def apply_result_to_segment(
+    target: EditorTarget,
+    volume_node: Any,
+    result: MedSADResult,
+    threshold: float | None = None,
+    slice_: tuple[int, int] | None = None,
+) -> int:
     """:func:`write_mask` with ``result``'s mask at ``threshold`` (None: the result's own)."""
     mask = result.mask if threshold is None else result.mask_at(threshold)
     return write_mask(target, volume_node, mask, slice_)

@@ -44,8 +44,9 @@ def _unit(vector: np.ndarray, what: str) -> np.ndarray:
     return vector / norm
 
 
-def slice_axis_index(slice_to_ras: Any, ras_to_ijk: Any, dimensions: tuple[int, int, int],
-                     tolerance_deg: float = ALIGNMENT_TOLERANCE_DEG) -> tuple[int, int]:
+def slice_axis_index(
+    slice_to_ras: Any, ras_to_ijk: Any, dimensions: tuple[int, int, int], tolerance_deg: float = ALIGNMENT_TOLERANCE_DEG
+) -> tuple[int, int]:
     """The IJK axis (0 = I, 1 = J, 2 = K) normal to a slice view and the index along it of the
     voxel slice through the view's centre.
 
@@ -80,17 +81,19 @@ def slice_axis_index(slice_to_ras: Any, ras_to_ijk: Any, dimensions: tuple[int, 
             f"the slice view is oblique to the volume: {angle:.1f}° from its nearest voxel plane "
             f"({AXIS_NAMES[axis]} constant), so it shows no single voxel slice. Use the view's 'Rotate to "
             "volume plane' (or the axial/sagittal/coronal orientation the volume was acquired in), or scope "
-            "'Whole volume'")
+            "'Whole volume'"
+        )
     position = (ras_to_ijk @ np.append(slice_to_ras[:3, 3], 1.0))[axis]
     index = int(math.floor(position + 0.5))
     if not 0 <= index < dimensions[axis]:
-        raise MedSADError(f"the slice view shows {AXIS_NAMES[axis]}={index}, outside the volume "
-                          f"({AXIS_NAMES[axis]} 0..{dimensions[axis] - 1})")
+        raise MedSADError(
+            f"the slice view shows {AXIS_NAMES[axis]}={index}, outside the volume "
+            f"({AXIS_NAMES[axis]} 0..{dimensions[axis] - 1})"
+        )
     return axis, index
 
 
-def current_slice(slice_node: Any, volume_node: Any,
-                  tolerance_deg: float = ALIGNMENT_TOLERANCE_DEG) -> tuple[int, int]:
+def current_slice(slice_node: Any, volume_node: Any, tolerance_deg: float = ALIGNMENT_TOLERANCE_DEG) -> tuple[int, int]:
     """:func:`slice_axis_index` for a ``vtkMRMLSliceNode`` and a volume node, with the volume's
     parent transform taken into account (a non-linear one linearised at the view's centre)."""
     if slice_node is None:

@@ -47,8 +47,13 @@ class MedSADInfer(InferTask):
             labels=dict(LABEL_NAMES),
             dimension=3,
             description="MedSAD-CLIP: lesion segmentation with per-slice anomaly scores",
-            config={"threshold": _shown(cache.serve.threshold), "slice_threshold": CALIBRATED,
-                    "volume_threshold": CALIBRATED, "slice_axis": cache.serve.slice_axis, "skip_background": True},
+            config={
+                "threshold": _shown(cache.serve.threshold),
+                "slice_threshold": CALIBRATED,
+                "volume_threshold": CALIBRATED,
+                "slice_axis": cache.serve.slice_axis,
+                "skip_background": True,
+            },
         )
         self.cache = cache
 
@@ -70,24 +75,33 @@ class MedSADInfer(InferTask):
         data = read_image(path, params.slice_axis)
         loaded = self.cache.get()
         predictor = loaded.predictor
-        op = predictor.operating_point.with_overrides(map_threshold=params.threshold,
-                                                      slice_threshold=params.slice_threshold,
-                                                      volume_threshold=params.volume_threshold)
+        op = predictor.operating_point.with_overrides(
+            map_threshold=params.threshold,
+            slice_threshold=params.slice_threshold,
+            volume_threshold=params.volume_threshold,
+        )
         result = predict(predictor, data, params.slice_axis, params.skip_background).with_operating_point(op)
         suffix = volume_suffix(path) or ".png"
         fd, out = tempfile.mkstemp(prefix="medsad_", suffix=suffix)
         os.close(fd)
         save_mask(result, path, out)
         summary = result.summary()
-        summary.update({
-            "label_names": dict(LABEL_NAMES),
-            "model": "medsad",
-            "checkpoint_sha256": loaded.fingerprint,
-            "latency_s": round(time.perf_counter() - start, 3),
-        })
-        logger.info("%s: volume_score %.3f (abnormal: %s), worst slice %d, %d lesion voxels", path.name,
-                    summary["volume_score"], summary["volume_abnormal"], summary["worst_slice"],
-                    summary.get("lesion_voxels", summary.get("lesion_pixels", 0)))
+        summary.update(
+            {
+                "label_names": dict(LABEL_NAMES),
+                "model": "medsad",
+                "checkpoint_sha256": loaded.fingerprint,
+                "latency_s": round(time.perf_counter() - start, 3),
+            }
+        )
+        logger.info(
+            "%s: volume_score %.3f (abnormal: %s), worst slice %d, %d lesion voxels",
+            path.name,
+            summary["volume_score"],
+            summary["volume_abnormal"],
+            summary["worst_slice"],
+            summary.get("lesion_voxels", summary.get("lesion_pixels", 0)),
+        )
         return out, summary
 
 

@@ -89,6 +89,11 @@ class MedSADScoring(ScoringMethod):
             }
             datastore.update_image_info(image_id, entry)
             scored[image_id] = entry
-            logger.info("scored %s: score %.3f uncertainty %.3f (%.1f s)", image_id, entry["anomaly_score"],
-                        entry["anomaly_uncertainty"], time.perf_counter() - start)
+            logger.info(
+                "scored %s: score %.3f uncertainty %.3f (%.1f s)",
+                image_id,
+                entry["anomaly_score"],
+                entry["anomaly_uncertainty"],
+                time.perf_counter() - start,
+            )
         return {"scored": scored, "skipped": skipped, "failed": failed, "model": model}

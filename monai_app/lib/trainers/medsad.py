@@ -43,16 +43,18 @@ from ..serve_config import (
 logger = logging.getLogger(__name__)
 
 #: The validator of each training option (``device`` is checked on its own: it may come from ``--conf``).
-OPTION_CHECKS = MappingProxyType({
-    "max_epochs": check_count,
-    "batch_size": check_batch_size,
-    "lr": check_positive,
-    "val_split": check_fraction,
-    "preset": check_preset,
-    "max_minutes": check_minutes,
-    "synthetic_lesions": check_probability,
-    "seed": check_seed,
-})
+OPTION_CHECKS = MappingProxyType(
+    {
+        "max_epochs": check_count,
+        "batch_size": check_batch_size,
+        "lr": check_positive,
+        "val_split": check_fraction,
+        "preset": check_preset,
+        "max_minutes": check_minutes,
+        "synthetic_lesions": check_probability,
+        "seed": check_seed,
+    }
+)
 
 
 class MedSADTrain(TrainTask):
@@ -96,8 +98,10 @@ class MedSADTrain(TrainTask):
         opts = self._options(request)
         datalist = datastore.datalist()
         if len(datalist) < 2:
-            raise InputError(f"training needs final labels for at least 2 images (split by volume); "
-                             f"the datastore has {len(datalist)}")
+            raise InputError(
+                f"training needs final labels for at least 2 images (split by volume); "
+                f"the datastore has {len(datalist)}"
+            )
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run = self.runs_dir / stamp
         n = 1
@@ -106,25 +110,43 @@ class MedSADTrain(TrainTask):
         samples, layout = _samples(datalist, self.cache.serve.slice_axis)
         logger.info("training on %d labelled images (%s) into %s", len(datalist), layout, run)
         started = time.time()
-        summary = train(TrainOptions(
-            data=f"MONAI Label datastore ({len(datalist)} final labels)", out=str(run), layout=layout,
-            preset=opts["preset"], clip_model=self.cache.serve.clip_model,
-            clip_pretrained=self.cache.serve.clip_pretrained, epochs=opts["max_epochs"],
-            batch_size=opts["batch_size"], lr=opts["lr"], seed=opts["seed"],
-            max_minutes=opts["max_minutes"] or None, val_fraction=opts["val_split"],
-            slice_axis=self.cache.serve.slice_axis, synthetic_lesions=opts["synthetic_lesions"],
-            device=opts["device"],
-        ), samples=samples)
+        summary = train(
+            TrainOptions(
+                data=f"MONAI Label datastore ({len(datalist)} final labels)",
+                out=str(run),
+                layout=layout,
+                preset=opts["preset"],
+                clip_model=self.cache.serve.clip_model,
+                clip_pretrained=self.cache.serve.clip_pretrained,
+                epochs=opts["max_epochs"],
+                batch_size=opts["batch_size"],
+                lr=opts["lr"],
+                seed=opts["seed"],
+                max_minutes=opts["max_minutes"] or None,
+                val_fraction=opts["val_split"],
+                slice_axis=self.cache.serve.slice_axis,
+                synthetic_lesions=opts["synthetic_lesions"],
+                device=opts["device"],
+            ),
+            samples=samples,
+        )
         best = run / "best.pt"
         if not best.is_file():
-            raise InputError(f"training finished without a validation-selected checkpoint in {run} "
-                             "(no validation metric was defined: label more volumes with lesions)")
+            raise InputError(
+                f"training finished without a validation-selected checkpoint in {run} "
+                "(no validation metric was defined: label more volumes with lesions)"
+            )
         self._publish(best)
         result = {
-            "run": str(run), "published": str(self.cache.path), "images": len(datalist),
-            "best_epoch": summary["best_epoch"], "last_epoch": summary["last_epoch"],
-            "best_val_selection": summary["best_selection"], "stop_reason": summary["stop_reason"],
-            "seconds": round(time.time() - started, 1), "options": opts,
+            "run": str(run),
+            "published": str(self.cache.path),
+            "images": len(datalist),
+            "best_epoch": summary["best_epoch"],
+            "last_epoch": summary["last_epoch"],
+            "best_val_selection": summary["best_selection"],
+            "stop_reason": summary["stop_reason"],
+            "seconds": round(time.time() - started, 1),
+            "options": opts,
         }
         (run / "summary.json").write_text(json.dumps(result, indent=2, default=str))
         return json.loads(json.dumps(result, default=str))
@@ -143,8 +165,9 @@ class MedSADTrain(TrainTask):
     def _options(self, request: dict[str, Any]) -> dict[str, Any]:
         opts = {**self._config, **{k: request[k] for k in self._config if k in request}}
         opts = {key: OPTION_CHECKS[key](key, value) for key, value in opts.items()}
-        opts["device"] = check_device("device", request.get("device") or self.cache.serve.device,
-                                      require_available=True)
+        opts["device"] = check_device(
+            "device", request.get("device") or self.cache.serve.device, require_available=True
+        )
         return opts
 
 
