@@ -375,3 +375,25 @@ def test_volume_cache_is_bounded_by_bytes_and_rereads_a_changed_file(tmp_path: P
         assert cache._bytes <= cache.max_bytes  # the stale entry was evicted, not kept beside the new one
     finally:
         datasets._CACHE = old
+
+
+def test_complex_and_rgb_voxels_are_refused_naming_the_file(tmp_path: Path, tiny_checkpoint, capsys) -> None:
+    """A complex-valued NIfTI used to be read with numpy's "discards the imaginary part" warning and
+    got a mask: a silent wrong output. It, and an RGB NIfTI, now fail with one clear message, and
+    through the CLI with exit code 2 and no traceback."""
+    from medsad_monai.cli import main
+
+    complex_path = tmp_path / "complex.nii.gz"
+    nib.save(nib.Nifti1Image((np.ones((6, 6, 4)) + 1j).astype(np.complex64), np.eye(4)), str(complex_path))
+    with pytest.raises(ValueError, match=r"complex.nii.gz: voxels are complex-valued"):
+        load_volume(complex_path)
+    rgb = np.zeros((6, 6, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb_path = tmp_path / "rgb.nii.gz"
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(rgb_path))
+    with pytest.raises(ValueError, match=r"rgb.nii.gz: voxels are of dtype"):
+        load_volume(rgb_path)
+    before = complex_path.read_bytes()
+    code = main(["infer", "--ckpt", str(tiny_checkpoint), "--input", str(complex_path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "complex-valued" in err and "Traceback" not in err
+    assert complex_path.read_bytes() == before and not list((tmp_path / "out").glob("*mask*"))

@@ -253,3 +253,29 @@ def test_train_takes_samples_instead_of_a_folder(tiny_volumes, tmp_path):
             _opts("x", tmp_path / "run2", epochs=1),
             samples=chosen + read_layout(str(tiny_volumes), split="test").samples,
         )
+
+
+def test_a_kill_between_writes_loses_no_metrics_row_and_best_matches_last(tiny_volumes, tmp_path, monkeypatch):
+    """Killed after epoch 2's best.pt / metrics.csv but before its last.pt: the resumed run re-runs
+    epoch 2, metrics.csv holds every epoch once, and last.pt's best epoch is the one in best.pt."""
+    run = tmp_path / "run"
+    real_save = train_mod.save_checkpoint
+    saves = {"last": 0}
+
+    def save_then_die(model, path, *a, **k):
+        if path.name == "last.pt":
+            saves["last"] += 1
+            if saves["last"] == 2:  # epoch 2's record that it is done
+                raise KeyboardInterrupt
+        return real_save(model, path, *a, **k)
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(_opts(tiny_volumes, run, epochs=3))
+    monkeypatch.undo()
+    assert read_checkpoint(run / "last.pt")["extra"]["epoch"] == 1
+    assert [int(r["epoch"]) for r in _rows(run)] == [1, 2]  # epoch 2's row was written before the kill
+    train(_opts(tiny_volumes, run, epochs=3, resume=True))
+    assert [int(r["epoch"]) for r in _rows(run)] == [1, 2, 3]
+    last, best = read_checkpoint(run / "last.pt")["extra"], read_checkpoint(run / "best.pt")["extra"]
+    assert last["epoch"] == 3 and best["epoch"] == last["best_epoch"]

@@ -195,7 +195,8 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
 
     Raises:
         ValueError: naming the file if it is unreadable or truncated, not 3-D (a trailing
-            singleton dimension is allowed and dropped), or contains NaN/inf voxels.
+            singleton dimension is allowed and dropped), not real-valued (complex, RGB or object
+            voxels), or contains NaN/inf voxels.
     """
     path = Path(path)
     suffix = _require_suffix(path)
@@ -212,7 +213,14 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
         raise ValueError(f"{path}: cannot read volume ({err})") from err
     except Exception as err:  # EOFError, zlib.error, OSError, nrrd.NRRDError, ...
         raise ValueError(f"{path}: cannot read volume ({type(err).__name__}: {err})") from err
-    array = np.asarray(array).reshape(_spatial_shape(array.shape, path))
+    array = np.asarray(array)
+    if array.dtype.kind not in "biuf":  # complex, object, string, structured (RGB NIfTI) voxels
+        what = "complex-valued" if array.dtype.kind == "c" else f"of dtype {array.dtype}"
+        raise ValueError(
+            f"{path}: voxels are {what}; MedSAD reads one real intensity per voxel "
+            "(save the magnitude, or one channel, as a real-valued volume first)"
+        )
+    array = array.reshape(_spatial_shape(array.shape, path))
     if np.issubdtype(array.dtype, np.floating):
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         if bad:

@@ -452,6 +452,10 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
         optimizer.load_state_dict(extra["optimizer"])
         start_epoch = int(extra["epoch"]) + 1
         best, best_epoch = float(extra["best_selection"]), int(extra["best_epoch"])
+        if (out / "best.pt").exists():  # a kill after best.pt and before last.pt: best.pt is newer
+            best_extra = read_checkpoint(out / "best.pt").get("extra", {})
+            if int(best_extra.get("epoch", 0)) > best_epoch:
+                best, best_epoch = float(best_extra["best_selection"]), int(best_extra["epoch"])
         rows = [r for r in rows if int(r["epoch"]) < start_epoch]
         logger.info("resuming after epoch %d (best val epoch %d)", start_epoch - 1, best_epoch)
     board = _tensorboard(out, start_epoch) if ctx.is_main else None
@@ -546,7 +550,10 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
                     "data_protocol": protocol.to_dict(),
                 }
                 last_extra = extra if ema is None else {**extra, "ema_state_dict": _trainable_state(ema.module, model)}
-                save_checkpoint(model, out / "last.pt", extra=last_extra, intensity=opts.intensity)
+                # Write order for a kill at any moment: best.pt, then metrics.csv, then last.pt (the
+                # record that the epoch is done). A resume restarts after last.pt's epoch and drops
+                # any metrics row past it, so no row is lost and last.pt never names a best epoch
+                # whose weights did not reach best.pt.
                 if is_best:
                     save_checkpoint(
                         selected,
@@ -555,6 +562,7 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
                         intensity=opts.intensity,
                     )
                 _write_rows(out / "metrics.csv", rows)
+                save_checkpoint(model, out / "last.pt", extra=last_extra, intensity=opts.intensity)
                 _log_scalars(board, row, float(optimizer.param_groups[0]["lr"]))
                 _plot_curves(rows, out / "curves.png")
                 left = deadline - time.monotonic()
