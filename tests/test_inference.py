@@ -108,3 +108,21 @@ def test_bad_volumes_are_refused_clearly(predictor, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no NIfTI/NRRD volumes"):
         infer_path(predictor, tmp_path / "empty", tmp_path / "out")
+
+
+def test_a_one_slice_volume_is_inferred_with_its_geometry(predictor, tmp_path):
+    """nnU-Net stores 2-D images as (x, y, 1) NIfTI: one slice is a valid input, and its mask keeps
+    the input's geometry; a volume whose slices are lines is refused by name."""
+    rng = np.random.default_rng(0)
+    affine = np.diag([0.7, 0.7, 3.0, 1.0])
+    affine[:3, 3] = [-20.0, 15.0, 42.0]
+    one = tmp_path / "one.nii.gz"
+    nib.save(nib.Nifti1Image(_volume_with_background(rng)[:, :, 4:5], affine), one)
+    result = infer_path(predictor, one, tmp_path / "out")[0]
+    mask = nib.load(result["mask"])
+    assert mask.shape == (30, 36, 1) and np.allclose(mask.affine, affine)
+    assert len(result["slice_scores"]) == 1 and result["worst_slice"] == 0
+    line = tmp_path / "line.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((16, 1, 4), np.float32), np.eye(4)), line)
+    with pytest.raises(ValueError, match="line.nii.gz.*lines, not images"):
+        infer_path(predictor, line, tmp_path / "out2")

@@ -145,7 +145,7 @@ def _volume(tmp_path: Path, name: str, array: np.ndarray) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["unknown_id", "truncated", "four_d", "one_slice", "nan", "bad_threshold"])
+@pytest.mark.parametrize("case", ["unknown_id", "truncated", "four_d", "line", "nan", "bad_threshold"])
 def test_bad_infer_requests_get_a_clear_json_error_and_change_nothing(client, tmp_path, case):
     before = _files(client.studies), client.get("/datastore/?output=all").json()
     files = None
@@ -162,13 +162,13 @@ def test_bad_infer_requests_get_a_clear_json_error_and_change_nothing(client, tm
         path = {
             "truncated": lambda: _truncated(tmp_path, client.studies),
             "four_d": lambda: _volume(tmp_path, "x.nii.gz", np.zeros((8, 8, 8, 2), np.float32)),
-            "one_slice": lambda: _volume(tmp_path, "x.nii.gz", np.ones((16, 16, 1, 1, 2), np.float32)[..., 0, 0]),
+            "line": lambda: _volume(tmp_path, "x.nii.gz", np.ones((16, 1, 4), np.float32)),
             "nan": lambda: _volume(tmp_path, "x.nii.gz", np.full((16, 16, 4), np.nan, np.float32)),
         }[case]()
         files = {"file": (path.name, path.read_bytes(), "application/gzip")}
         expect = (
             422,
-            {"truncated": "cannot read", "four_d": "3-D volume", "one_slice": "single slice", "nan": "NaN"}[case],
+            {"truncated": "cannot read", "four_d": "3-D volume", "line": "lines, not images", "nan": "NaN"}[case],
         )
     res = client.post(url, data={"params": json.dumps(params)}, files=files)
     assert res.status_code == expect[0], res.text

@@ -85,7 +85,7 @@ class LoadVolumed:
     the file's voxel order and dtype), keep its path in ``data[f"{key}_path"]``.
 
     Raises:
-        ValueError: naming the file: unreadable, not 3-D, or a single slice along ``slice_axis``.
+        ValueError: naming the file: unreadable, not 3-D, or slices that are lines.
     """
 
     def __init__(self, keys: str = IMAGE_KEY, slice_axis: int = 2) -> None:
@@ -100,10 +100,10 @@ class LoadVolumed:
         volume, _ = load_volume(path)
         if volume.ndim != 3:
             raise ValueError(f"{str(path)!r} is not a 3-D volume (shape {volume.shape})")
-        if volume.shape[self.slice_axis] < 2:
+        if min(n for i, n in enumerate(volume.shape) if i != self.slice_axis) < 2:
             raise ValueError(
-                f"{str(path)!r} has a single slice along axis {self.slice_axis} (shape {volume.shape}); "
-                "use `medsad infer` for a single slice, or pick another slice axis"
+                f"{str(path)!r}: its slices along axis {self.slice_axis} are lines, not images "
+                f"(shape {volume.shape}); pick another slice axis"
             )
         d[f"{self.key}_path"] = str(path)
         d[self.key] = volume

@@ -399,7 +399,7 @@ def read_input(path: str | os.PathLike, axis: int = 2) -> InputImage:
 
     Raises:
         ValueError: naming the file: unsupported type, unreadable or truncated, not 3-D, NaN/inf
-            voxels, a single slice along ``axis``.
+            voxels, slices along ``axis`` that are lines (one voxel wide).
     """
     path = Path(path)
     if volume_suffix(path) is not None:
@@ -408,12 +408,12 @@ def read_input(path: str | os.PathLike, axis: int = 2) -> InputImage:
             raise ValueError(f"{str(path)!r} is not a 3-D volume (shape {volume.shape})")
         if axis not in (0, 1, 2):
             raise ValueError(f"slice axis must be 0, 1 or 2, got {axis}")
-        if volume.shape[axis] < 2:
+        if min(n for i, n in enumerate(volume.shape) if i != axis) < 2:
             raise ValueError(
-                f"{str(path)!r} has a single slice along axis {axis} (shape {volume.shape}); "
-                "send a single slice as a 2-D PNG image, or pick another slice axis"
+                f"{str(path)!r}: its slices along axis {axis} are lines, not images (shape {volume.shape}); "
+                "pick another slice axis"
             )
-        return InputImage(path, volume, True)
+        return InputImage(path, volume, True)  # one slice along the axis (nnU-Net's 2-D NIfTI) is fine
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"unsupported input {str(path)!r}: use .nii/.nii.gz/.nrrd volumes or .png/.jpg images")
     return InputImage(path, load_image_2d(path), False)
@@ -452,8 +452,8 @@ def predict_file(
     :func:`predict_input`).
 
     Raises:
-        ValueError: naming the file: unsupported type, unreadable, not 3-D, a single slice
-            along ``axis``, NaN/inf voxels.
+        ValueError: naming the file: unsupported type, unreadable, not 3-D, slices that are
+            lines (one voxel wide), NaN/inf voxels.
     """
     return predict_input(predictor, read_input(path, axis), axis, skip_background, progress, cancel)
 

@@ -37,7 +37,7 @@ def read_image(path: str | Path, axis: int) -> InputImage:
 
     Raises:
         InputError: naming the file: unsupported type, unreadable or truncated, not 3-D, NaN/inf
-            voxels, a single slice along ``axis``.
+            voxels, slices along ``axis`` that are lines (one voxel wide).
     """
     with as_input_error():
         return read_input(path, axis)
@@ -56,8 +56,8 @@ def check_image_file(path: str | Path, name: str) -> None:
     if volume_suffix(path) is not None:
         with as_input_error():
             array, _ = load_volume(path)  # unreadable, truncated, 4-D, NaN -> ValueError
-        if min(array.shape) < 2:
-            raise InputError(f"{name}: volume of shape {array.shape} has a single slice; upload it as a 2-D image")
+        if sorted(array.shape)[1] < 2:
+            raise InputError(f"{name}: volume of shape {array.shape} is a line, not an image")
     elif path.suffix.lower() in IMAGE_SUFFIXES:
         with as_input_error():
             load_image_2d(path)
