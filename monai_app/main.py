@@ -27,7 +27,7 @@ from monailabel.tasks.activelearning.random import Random
 import medsad_monai
 from lib.configs import MedSADTaskConfig
 from lib.datastore import MedSADDatastore
-from lib.errors import ConfError, as_http_errors
+from lib.errors import ConfError, as_http_errors, remove_uploads
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,14 @@ class MyApp(MONAILabelApp):
     # MONAI Label has no exception handler: answer with a JSON message instead (lib/errors.py:
     # 422 for input errors, 404 unknown image, 503 no model, 500 + traceback in the log otherwise).
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
-        with as_http_errors(f"infer {request.get('model')!r} on {request.get('image')!r}"):
-            return super().infer(request, datastore)
+        try:
+            with as_http_errors(f"infer {request.get('model')!r} on {request.get('image')!r}"):
+                return super().infer(request, datastore)
+        except BaseException:
+            # MONAI Label removes an uploaded file in a background task that runs only after a
+            # successful answer: on an error the upload would stay in the temp folder for good.
+            remove_uploads(request)
+            raise
 
     def train(self, request: dict[str, Any]) -> dict[str, Any]:
         with as_http_errors(f"train {request.get('model')!r}"):

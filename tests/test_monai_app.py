@@ -146,7 +146,12 @@ def _volume(tmp_path: Path, name: str, array: np.ndarray) -> Path:
 
 
 @pytest.mark.parametrize("case", ["unknown_id", "truncated", "four_d", "line", "nan", "bad_threshold"])
-def test_bad_infer_requests_get_a_clear_json_error_and_change_nothing(client, tmp_path, case):
+def test_bad_infer_requests_get_a_clear_json_error_and_change_nothing(client, tmp_path, case, monkeypatch):
+    import tempfile
+
+    uploads = tmp_path / "uploads"  # where MONAI Label writes an uploaded file for the request
+    uploads.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(uploads))
     before = _files(client.studies), client.get("/datastore/?output=all").json()
     files = None
     url = "/infer/medsad?output=json"
@@ -174,6 +179,7 @@ def test_bad_infer_requests_get_a_clear_json_error_and_change_nothing(client, tm
     assert res.status_code == expect[0], res.text
     assert expect[1] in res.json()["detail"]
     assert (_files(client.studies), client.get("/datastore/?output=all").json()) == before
+    assert not list(uploads.iterdir())  # a rejected upload leaves no temporary file behind
     assert client.get("/info/").status_code == 200  # still serving
 
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from fastapi import HTTPException
 from monailabel.interfaces.exception import MONAILabelException
@@ -85,3 +88,24 @@ def _http(status: int, action: str, err: object) -> HTTPException:
     message = f"{action}: {err}"
     logger.error("%s (HTTP %d)", message, status)
     return HTTPException(status_code=status, detail=message)
+
+
+def remove_uploads(request: dict[str, Any]) -> list[Path]:
+    """Delete the temporary files MONAI Label wrote for a request's uploaded ``image`` / ``label``.
+
+    MONAI Label's infer route saves an upload as ``tempfile.NamedTemporaryFile(suffix).name`` (a
+    ``tmp*`` file directly in the system temp folder) and deletes it only after a successful
+    answer. Only files of exactly that form are removed; a datastore id or any other path is
+    never touched. Returns what was removed.
+    """
+    removed = []
+    temp_dir = Path(tempfile.gettempdir()).resolve()
+    for key in ("image", "label"):
+        value = request.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        path = Path(value)
+        if path.is_absolute() and path.parent.resolve() == temp_dir and path.name.startswith("tmp") and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
