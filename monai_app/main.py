@@ -106,6 +106,18 @@ class MyApp(MONAILabelApp):
         with as_http_errors(f"scoring {request.get('method')!r}"):
             return super().scoring(request, datastore)
 
+    def async_scoring(self, method: str | None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """MONAI Label queues a full scoring job on every active-learning request; keep at most
+        one job waiting (a waiting job scores every image not yet scored by the current model,
+        so a second one would only repeat it)."""
+        from monailabel.utils.async_tasks.utils import tasks
+
+        waiting = [t for t in tasks("scoring") if t.get("status") == "SUBMITTED"]
+        if self._server_mode and waiting:
+            logger.info("scoring: a job is already waiting (%s); not queueing another", waiting[0].get("id"))
+            return {}
+        return super().async_scoring(method, params)
+
     def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
         with as_http_errors(f"active learning {request.get('strategy')!r}"):
             return super().next_sample(request)

@@ -410,3 +410,30 @@ def test_an_internal_error_is_a_500_with_a_traceback_in_the_log_and_a_bad_value_
     bad = client.post("/scoring/medsad_anomaly?run_sync=true", json={"images": "some"})
     assert bad.status_code == 422 and "images 'some'" in bad.json()["detail"]
     assert client.get("/info/").status_code == 200  # still serving
+
+
+def test_active_learning_keeps_at_most_one_scoring_job_waiting(client, monkeypatch):
+    """MONAI Label queues a full scoring job on every active-learning request: a busy client piled
+    up 1,343 of them. With one job waiting, the app queues no other."""
+    from monailabel.interfaces.utils.app import app_instance
+    from monailabel.utils.async_tasks import task as task_mod
+    from monailabel.utils.async_tasks import utils as task_utils
+
+    app = app_instance()
+    queued = []
+    waiting: list[dict] = []
+
+    def fake_run(method, request=None, params=None, force_sync=False, enqueue=False):
+        queued.append(request)
+        waiting.append({"id": f"job{len(queued)}", "status": "SUBMITTED"})
+        return {"id": waiting[-1]["id"]}, None
+
+    monkeypatch.setattr(task_mod.AsyncTask, "run", staticmethod(fake_run))
+    monkeypatch.setattr(task_utils, "tasks", lambda method: list(waiting))
+    monkeypatch.setattr(app, "_server_mode", True)
+    for _ in range(5):
+        app.async_scoring(None)
+    assert len(queued) == 1  # one job per scoring method while it waits, not five
+    waiting[0]["status"] = "DONE"
+    app.async_scoring(None)
+    assert len(queued) == 2  # once it has run, the next request queues again
