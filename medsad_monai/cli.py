@@ -142,6 +142,7 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
     p.add_argument("--device")
+    _add_precision(p)
 
     p = sub.add_parser(
         "calibrate",
@@ -179,6 +180,18 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-skip-background", action="store_true", help="also run slices without anatomy")
     p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
     p.add_argument("--device")
+    _add_precision(p)
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    """``--precision auto|fp32|bf16`` of ``infer`` and ``evaluate``."""
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="model forward precision; auto = bf16 on CUDA with bf16 support or on a CPU with "
+        "bf16 units (amx_bf16 / avx512_bf16), fp32 otherwise (default: auto)",
+    )
 
 
 def _add_protocol(p: argparse.ArgumentParser, default: str) -> None:
@@ -354,6 +367,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         clip_pretrained=args.clip_pretrained,
         device=args.device,
         protocol=protocol,
+        precision=args.precision,
     )
     keys = (
         "dice",
@@ -386,6 +400,7 @@ def _infer(args: argparse.Namespace) -> int:
         clip_pretrained=args.clip_pretrained,
         batch_size=args.batch_size,
         device=args.device,
+        precision=args.precision,
     )
     predictor.operating_point = predictor.operating_point.with_overrides(
         map_threshold=args.threshold, slice_threshold=args.slice_threshold, volume_threshold=args.volume_threshold

@@ -143,8 +143,10 @@ class SliceWiseInferer(Inferer):
         batch_size: int = 8,
         skip_background: bool = True,
         device: str | torch.device | None = None,
+        precision: str = "auto",
     ) -> None:
         super().__init__()
+        self.precision = precision  # as `medsad infer --precision` (auto: bf16 where the device runs it fast)
         self.slice_axis = slice_axis
         self.batch_size = batch_size
         self.skip_background = skip_background
@@ -155,7 +157,9 @@ class SliceWiseInferer(Inferer):
         from medsad_monai.engine.inference import Predictor
 
         if self._predictor is None or self._predictor.model is not network:
-            self._predictor = Predictor(network, batch_size=self.batch_size, device=self.device)
+            self._predictor = Predictor(
+                network, batch_size=self.batch_size, device=self.device, precision=self.precision
+            )
         return self._predictor
 
     def __call__(self, inputs: Any, network: nn.Module, *args: Any, **kwargs: Any):  # type: ignore[override]

@@ -298,6 +298,7 @@ def _inference_config(op: Any, intensity: str) -> dict[str, Any]:
         "slice_axis": 2,
         "batch_size": 8,
         "skip_background": True,
+        "precision": "auto",
         "clip_pretrained": None,
         "intensity": intensity,
         "operating_point": {"_target_": "medsad_monai.engine.decision.OperatingPoint", **ref_op},
@@ -326,6 +327,7 @@ def _inference_config(op: Any, intensity: str) -> dict[str, Any]:
             "batch_size": "@batch_size",
             "skip_background": "@skip_background",
             "device": "@device",
+            "precision": "@precision",
         },
         "writer": {"_target_": "medsad_monai.bundle.MaskWriter", "output_dir": "@output_dir", "keys": PRED_KEY},
         "postprocessing": {

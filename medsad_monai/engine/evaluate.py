@@ -104,12 +104,15 @@ def evaluate_checkpoint(
     clip_pretrained: str | None = None,
     device: str | None = None,
     protocol: DataProtocol | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``ckpt`` on ``data``/``split`` at its operating point; write ``report.json``,
     ``report.md`` and overlays.
 
     ``protocol`` says which samples are the test set (BMAD folder usage, split lists, BUSI
     ``normal/``); ``None`` = the protocol the checkpoint was trained under (recorded in it).
+    ``precision`` (``auto``/``fp32``/``bf16``, see :class:`Predictor`) is recorded in the
+    report's meta as the precision that ran.
 
     Every volume runs through the inference path at its own resolution (as ``medsad infer``
     and the server do), is post-processed and decided at the checkpoint's calibrated operating
@@ -122,7 +125,9 @@ def evaluate_checkpoint(
     """
     from medsad_monai.checkpoint import read_checkpoint
 
-    predictor = Predictor.from_checkpoint(ckpt, clip_pretrained=clip_pretrained, batch_size=batch_size, device=device)
+    predictor = Predictor.from_checkpoint(
+        ckpt, clip_pretrained=clip_pretrained, batch_size=batch_size, device=device, precision=precision
+    )
     op = predictor.operating_point.with_overrides(
         map_threshold=threshold, slice_threshold=slice_threshold, volume_threshold=volume_threshold
     )
@@ -182,6 +187,7 @@ def evaluate_checkpoint(
         "split": split,
         "data_protocol": protocol.to_dict(),
         "slice_axis": slice_axis,
+        "precision": predictor.precision,
         "operating_point": op.summary(),
         "operating_point_validation": op.validation,
         "model": payload.get("model", "medsad"),

@@ -39,6 +39,9 @@ from medsad_monai.data.volumes import (
 from medsad_monai.engine.decision import OperatingPoint, lesion_mask, slice_scores, volume_score
 
 __all__ = [
+    "PRECISIONS",
+    "resolve_precision",
+    "cpu_has_bf16",
     "InferenceCancelled",
     "Predictor",
     "VolumeResult",
@@ -59,6 +62,51 @@ ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+_CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix units (``amx_bf16`` or ``avx512_bf16`` in
+    ``/proc/cpuinfo``; elsewhere torch's detected capability ``AMX``). Detected, never guessed."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return any(flag in line.split() for flag in _CPU_BF16_FLAGS)
+    except OSError:
+        pass
+    try:
+        return "AMX" in str(torch.backends.cpu.get_cpu_capability()).upper()
+    except Exception:  # pragma: no cover - very old torch
+        return False
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """``auto``/``fp32``/``bf16`` -> the precision that will run on ``device`` (``fp32`` or ``bf16``).
+
+    ``auto`` = bf16 on CUDA with bf16 support or on a CPU with bf16 units
+    (:func:`cpu_has_bf16`), fp32 otherwise. ``None`` (the :class:`Predictor` default) keeps the
+    historical behaviour: bf16 on CUDA with bf16 support, fp32 on CPUs.
+
+    Raises:
+        ValueError: an unknown precision, or bf16 on a device that cannot run it.
+    """
+    if precision is None:
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    value = str(precision).strip().lower()
+    if value not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if value == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+    if value == "bf16" and device.type not in ("cpu", "cuda"):
+        raise ValueError(f"precision 'bf16' is not supported on device {device.type!r}; use fp32")
+    return value
+
+
 class InferenceCancelled(RuntimeError):
     """Raised when the caller's cancel callback asks to stop."""
 
@@ -70,6 +118,7 @@ class ImageResult:
     probability: np.ndarray  # (H, W) float32 lesion probability
     model_score: float
     op: OperatingPoint = field(default_factory=OperatingPoint)
+    precision: str | None = None  # the precision the model ran in ("fp32" / "bf16")
 
     def with_operating_point(self, op: OperatingPoint) -> ImageResult:
         return dataclasses.replace(self, op=op)
@@ -105,6 +154,7 @@ class ImageResult:
             "abnormal": bool(self.abnormal),
             "lesion_pixels": int(self.mask.sum()),
             "operating_point": self.op.summary(),
+            **({"precision": self.precision} if self.precision else {}),
         }
 
 
@@ -123,6 +173,7 @@ class VolumeResult:
     axis: int
     op: OperatingPoint = field(default_factory=OperatingPoint)
     extra: dict[str, Any] = field(default_factory=dict)
+    precision: str | None = None  # the precision the model ran in ("fp32" / "bf16")
 
     def with_operating_point(self, op: OperatingPoint) -> VolumeResult:
         return dataclasses.replace(self, op=op)
@@ -176,6 +227,7 @@ class VolumeResult:
             "skipped_slices": int(sum(self.skipped)),
             "lesion_voxels": int(self.mask.sum()),
             "operating_point": self.op.summary(),
+            **({"precision": self.precision} if self.precision else {}),
             **self.extra,
         }
 
@@ -192,6 +244,12 @@ class Predictor:
             default: the uncalibrated 0.5 fallback.
         intensity: the per-volume intensity normalisation the model was trained with (a
             checkpoint's ``intensity``); :meth:`normalize_volume` applies it.
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (autocast around the model forward, see
+            :func:`resolve_precision`); ``None`` keeps the historical default (bf16 on CUDA
+            with bf16 support, fp32 on CPUs). :attr:`precision` is what runs.
+
+    Raises:
+        ValueError: bad ``batch_size``, ``intensity`` or ``precision``.
     """
 
     def __init__(
@@ -202,6 +260,7 @@ class Predictor:
         device: str | torch.device | None = None,
         operating_point: OperatingPoint | None = None,
         intensity: str = "percentile",
+        precision: str | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -211,6 +270,7 @@ class Predictor:
         op = operating_point or OperatingPoint()
         self.operating_point = op.with_overrides(map_threshold=threshold)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.batch_size = batch_size
 
@@ -219,11 +279,20 @@ class Predictor:
         return self.operating_point.map_threshold
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, clip_pretrained: str | None = None, **kwargs: Any) -> Predictor:
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        clip_pretrained: str | None = None,
+        precision: str | None = None,
+        **kwargs: Any,
+    ) -> Predictor:
         """Load a checkpoint written by ``medsad train`` (see :mod:`medsad_monai.checkpoint`),
-        with its calibrated operating point (or the 0.5 fallback, said in the log)."""
+        with its calibrated operating point (or the 0.5 fallback, said in the log).
+        ``precision`` and ``kwargs`` go to :class:`Predictor`."""
         from medsad_monai.checkpoint import intensity_of, load_checkpoint, operating_point_of
 
+        resolve_precision(precision, torch.device("cpu"))  # refuse a bad name before loading the model
+        kwargs["precision"] = precision
         model, payload = load_checkpoint(path, clip_pretrained=clip_pretrained)
         if kwargs.get("operating_point") is None:
             kwargs["operating_point"] = operating_point_of(payload, path)
@@ -240,7 +309,7 @@ class Predictor:
         size = int(self.model.image_size)
         inputs, geoms = zip(*(prepare_slice(s, size) for s in slices))
         batch = self.model.normalize(torch.stack(inputs).to(self.device))
-        autocast = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        autocast = self.precision == "bf16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
             out = self.model(batch)
         probs = out["mask"][:, 1].float().cpu()
@@ -250,7 +319,7 @@ class Predictor:
     def predict_image(self, image: np.ndarray) -> ImageResult:
         """One 2-D image (H, W) or (H, W, 3) in [0, 1]."""
         prob, score = self.predict_slices([image])[0]
-        return ImageResult(prob.astype(np.float32), score, self.operating_point)
+        return ImageResult(prob.astype(np.float32), score, self.operating_point, precision=self.precision)
 
     def predict_volume(
         self,
@@ -291,7 +360,7 @@ class Predictor:
             done += len(chunk)
             if progress is not None:
                 progress(done, len(todo))
-        return VolumeResult(probability, scores, skipped, axis, self.operating_point)
+        return VolumeResult(probability, scores, skipped, axis, self.operating_point, precision=self.precision)
 
 
 def _outputs_for(path: Path, out_dir: Path) -> tuple[Path, Path]:

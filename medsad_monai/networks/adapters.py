@@ -25,8 +25,13 @@ class TokenAdapter(nn.Module):
         super().__init__()
         if width <= 0 or bottleneck <= 0:
             raise ValueError(f"width and bottleneck must be positive, got {width}, {bottleneck}")
-        self.down = nn.Sequential(nn.Linear(width, bottleneck), nn.LayerNorm(bottleneck), nn.LeakyReLU())
-        self.up = nn.Sequential(nn.Linear(bottleneck, width), nn.LayerNorm(width), nn.LeakyReLU()) if residual else None
+        # In-place activations: the LayerNorm output is a fresh tensor nobody else reads.
+        self.down = nn.Sequential(nn.Linear(width, bottleneck), nn.LayerNorm(bottleneck), nn.LeakyReLU(inplace=True))
+        self.up = (
+            nn.Sequential(nn.Linear(bottleneck, width), nn.LayerNorm(width), nn.LeakyReLU(inplace=True))
+            if residual
+            else None
+        )
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, L, width) -> adapted (B, L, bottleneck), residual (B, L, width) or None."""
@@ -79,9 +84,14 @@ class MultiLevelAdapters(nn.Module):
         if level < len(self.seg) - 1:
             seg_feat, seg_res = self.seg[level](x)
             det_feat, det_res = self.det[level](x)
-            x = self.residual_weight * x + self.seg_weight * seg_res + self.det_weight * det_res
+            # One scaled add per branch into a fresh tensor (fewer passes over the tokens, which
+            # matters under bf16, issue 16); the stream keeps its own dtype whatever the branches'.
+            mixed = (x * self.residual_weight).add_(seg_res, alpha=self.seg_weight).add_(det_res, alpha=self.det_weight)
+            x = mixed.to(x.dtype)
             return seg_feat[:, 1:], det_feat[:, 0], x
         # Last tap: only the heads read the features; the det path needs the class token only.
-        seg_feat, _ = self.seg[level](x[:, 1:])
-        det_feat, _ = self.det[level](x[:, :1])
+        # Contiguous slices: a strided 3-D input cannot be folded into one matmul, and under
+        # bf16 autocast the fallback bmm copies the weight once per batch item (issue 16).
+        seg_feat, _ = self.seg[level](x[:, 1:].contiguous())
+        det_feat, _ = self.det[level](x[:, :1].contiguous())
         return seg_feat, det_feat[:, 0], x

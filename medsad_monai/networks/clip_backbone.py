@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medsad_monai.configs import register_model_configs
 
-__all__ = ["CLIPBackbone", "resolve_pretrained", "default_tap_layers", "file_sha256"]
+__all__ = ["CLIPBackbone", "resolve_pretrained", "default_tap_layers", "file_sha256", "run_block"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,59 @@ def resolve_pretrained(clip_model: str, clip_pretrained: str) -> tuple[str, str 
             f"a known tag, or 'none' for a random init."
         )
     return "tag", value
+
+
+def _needs_batch_first_attention(block: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``block`` should run through :func:`_batch_first_block` instead of its own forward.
+
+    Under CPU autocast ``nn.MultiheadAttention`` leaves its fast path ("autocast is enabled" or
+    a bf16 query against fp32 weights) and its slow path projects the *transposed* (L, B, D)
+    query with ``F.linear``. That operand cannot be folded into one matrix, so ``matmul`` falls
+    back to a ``bmm`` against the in-projection weight expanded to (L, D, 3D), which bf16
+    materialises: ~2 s of ``aten::copy_`` per ViT-B-16 forward (issue 16). Projecting the
+    contiguous batch-first tokens instead is one ``addmm``.
+    """
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return False
+    attn = getattr(block, "attn", None)
+    return (
+        isinstance(attn, nn.MultiheadAttention)
+        and attn.batch_first
+        and attn._qkv_same_embed_dim
+        and attn.in_proj_weight is not None
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+        and hasattr(block, "ln_1")
+        and hasattr(block, "mlp")
+        and not hasattr(block, "ln_1_kv")
+        and x.ndim == 3
+    )
+
+
+def _batch_first_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``ResidualAttentionBlock.forward`` (self-attention, no mask) with the attention
+    computed batch-first: the same arithmetic as ``nn.MultiheadAttention``, without its layout copy."""
+    attn: nn.MultiheadAttention = block.attn
+    b, n, d = x.shape
+    h = attn.num_heads
+    dropout = attn.dropout if attn.training else 0.0
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)  # (B, N, 3D)
+    q, k, v = qkv.reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, hd) each
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    out = attn.out_proj(out.transpose(1, 2).reshape(b, n, d))
+    x = x + block.ls_1(out)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def run_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One vision transformer block on batch-first tokens (B, 1+N, width).
+
+    Identical to ``block(x)``; under CPU autocast the attention runs batch-first (see
+    :func:`_needs_batch_first_attention`), which is what makes bf16 pay off on CPUs.
+    """
+    if _needs_batch_first_attention(block, x):
+        return _batch_first_block(block, x)
+    return block(x)
 
 
 class CLIPBackbone(nn.Module):
@@ -200,7 +254,24 @@ class CLIPBackbone(nn.Module):
         return self.clip.visual._embeds(images)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """The bare open_clip image encoder (reference for the overhead benchmark)."""
+        """The bare open_clip image encoder (reference for the overhead benchmark).
+
+        Under CPU autocast the blocks run through :func:`run_block`, as in MedSAD's own forward,
+        so the reference is the encoder at its best rather than the stock layout copy.
+        """
+        visual = self.clip.visual
+        if images.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+            return self.clip.encode_image(images)
+        x = self.embed(images)
+        for block in self.blocks:
+            x = run_block(block, x)
+        pooled, _ = visual._pool(x)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return pooled
+
+    def encode_image_stock(self, images: torch.Tensor) -> torch.Tensor:
+        """open_clip's own ``encode_image``, unchanged (what the benchmark compares against too)."""
         return self.clip.encode_image(images)
 
     def train(self, mode: bool = True) -> CLIPBackbone:

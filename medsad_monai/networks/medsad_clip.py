@@ -12,7 +12,7 @@ from torch import nn
 from medsad_monai.config import MedSADConfig
 from medsad_monai.networks.adapters import MultiLevelAdapters
 from medsad_monai.networks.classifier import AnomalyClassifier
-from medsad_monai.networks.clip_backbone import CLIPBackbone
+from medsad_monai.networks.clip_backbone import CLIPBackbone, run_block
 from medsad_monai.networks.flip_tta import flip_averaged
 from medsad_monai.networks.prompt_learner import PromptLearner, TextFeatures
 from medsad_monai.networks.seg_decoder import SegDecoder
@@ -168,9 +168,12 @@ class MedSADCLIP(nn.Module):
                 f"expected spatial size {self.image_size}x{self.image_size}, got {h}x{w}; resize "
                 f"the input (monai.transforms.Resize) or build the model with image_size={h}"
             )
-        if not torch.isfinite(images).all():
+        # One reduction first (a NaN/inf anywhere makes the sum non-finite); the exact elementwise
+        # count only when that fires (it can also fire on a finite sum overflow).
+        if not torch.isfinite(images.sum()):
             bad = int((~torch.isfinite(images)).sum())
-            raise ValueError(f"input contains {bad} NaN/inf values; clean or mask them before inference")
+            if bad:
+                raise ValueError(f"input contains {bad} NaN/inf values; clean or mask them before inference")
 
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone with adapters mixed in.
@@ -185,12 +188,12 @@ class MedSADCLIP(nn.Module):
         frozen_prefix = not bb.trainable
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_prefix):
             for block in bb.blocks[: taps[0] - 1]:
-                x = block(x)
+                x = run_block(block, x)
         seg_sum: torch.Tensor | None = None
         det_sum: torch.Tensor | None = None
         level = 0
         for index in range(taps[0] - 1, taps[-1]):
-            x = bb.blocks[index](x)
+            x = run_block(bb.blocks[index], x)
             if index + 1 == taps[level]:
                 seg, det, x = self.adapters.adapt(level, x)
                 seg_sum = seg if seg_sum is None else seg_sum + seg

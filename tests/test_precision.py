@@ -1,0 +1,96 @@
+"""Inference precision (issue 16): bf16 vs fp32 agreement, ``auto`` detection, refusal of bad names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medsad_monai.cli import build_parser
+from medsad_monai.data.volumes import load_volume
+from medsad_monai.engine import inference
+from medsad_monai.engine.inference import Predictor, cpu_has_bf16, resolve_precision
+
+
+@pytest.fixture(scope="module")
+def volume(tiny_volumes):
+    raw, _ = load_volume(tiny_volumes / "imagesTr" / "case_000.nii.gz")
+    return raw
+
+
+def _run(tiny_checkpoint, volume, precision):
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision=precision)
+    assert predictor.precision == precision
+    result = predictor.predict_volume(predictor.normalize_volume(volume), skip_background=False)
+    return result
+
+
+def test_bf16_matches_fp32(tiny_checkpoint, volume):
+    fp32 = _run(tiny_checkpoint, volume, "fp32")
+    bf16 = _run(tiny_checkpoint, volume, "bf16")
+    agreement = float((fp32.mask == bf16.mask).mean())
+    assert agreement >= 0.995, f"bf16/fp32 mask agreement {agreement:.4%}"
+    diff = np.abs(np.asarray(fp32.model_scores) - np.asarray(bf16.model_scores)).max()
+    assert diff <= 0.01, f"slice scores differ by up to {diff:.4f}"
+    assert fp32.summary()["precision"] == "fp32"
+    assert bf16.summary()["precision"] == "bf16"
+
+
+def test_batch_first_block_matches_open_clip(tiny_checkpoint):
+    """The bf16 fast path of the vision blocks computes what open_clip's own block computes."""
+    from medsad_monai.networks.clip_backbone import _needs_batch_first_attention, run_block
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    block = predictor.model.backbone.blocks[0]
+    torch.manual_seed(0)
+    x = torch.randn(2, 17, predictor.model.backbone.width)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _needs_batch_first_attention(block, x)
+        ours, theirs = run_block(block, x).float(), block(x).float()
+    assert torch.allclose(ours, theirs, atol=0.05, rtol=0.02)
+    with torch.inference_mode():
+        assert not _needs_batch_first_attention(block, x)  # fp32 keeps open_clip's own path
+    backbone = predictor.model.backbone
+    images = torch.randn(2, 3, backbone.image_size, backbone.image_size)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, stock = backbone.encode_image(images).float(), backbone.encode_image_stock(images).float()
+    assert torch.allclose(ours, stock, atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_auto_follows_detection(monkeypatch, has_bf16):
+    monkeypatch.setattr(inference, "cpu_has_bf16", lambda: has_bf16)
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if has_bf16 else "fp32")
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("BF16", torch.device("cpu")) == "bf16"
+    assert resolve_precision(None, torch.device("cpu")) == "fp32"  # the historical default
+
+
+def test_cpu_detection_reads_the_flags():
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    expected = any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
+    assert cpu_has_bf16() is expected
+    expected_auto = "bf16" if expected else "fp32"
+    assert Predictor(torch.nn.Identity(), device="cpu", precision="auto").precision == expected_auto
+
+
+def test_invalid_precision_is_refused(tiny_checkpoint):
+    with pytest.raises(ValueError, match="fp16"):
+        resolve_precision("fp16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="half.*auto, fp32, bf16"):
+        Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="half")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["infer", "--ckpt", "c", "--input", "i", "--out", "o", "--precision", "fp16"])
+
+
+def test_cli_default_is_auto():
+    parser = build_parser()
+    args = parser.parse_args(["infer", "--ckpt", "c", "--input", "i", "--out", "o"])
+    assert args.precision == "auto"
+    args = parser.parse_args(["evaluate", "--ckpt", "c", "--data", "d", "--out", "o", "--precision", "fp32"])
+    assert args.precision == "fp32"
