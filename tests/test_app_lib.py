@@ -171,7 +171,15 @@ def test_conf_and_request_values_share_one_validator(app_lib, tmp_path):
     )
     assert (conf.threshold, conf.slice_axis, conf.batch_size) == (None, 1, 2)
     assert conf.checkpoint == (tmp_path / "model" / "medsad.pt").resolve()
-    for key, value in [("threshold", "1.5"), ("slice_axis", "3"), ("batch_size", "0"), ("device", "tpu")]:
+    assert serve_config.ServeConfig.from_conf({"precision": "bf16"}, tmp_path).precision == "bf16"
+    assert conf.precision is None  # the historical default: fp32 on CPUs
+    for key, value in [
+        ("threshold", "1.5"),
+        ("slice_axis", "3"),
+        ("batch_size", "0"),
+        ("device", "tpu"),
+        ("precision", "fp16"),
+    ]:
         with pytest.raises(errors.ConfError) as from_conf:
             serve_config.ServeConfig.from_conf({key: value}, tmp_path)
         with pytest.raises(errors.InputError) as from_request:

@@ -87,6 +87,7 @@ def test_infer_returns_scores_and_a_mask_in_the_input_geometry(client):
     assert params["worst_slice"] == int(np.argmax(params["slice_scores"]))
     assert params["volume_score"] == max(params["slice_scores"])
     assert params["threshold"] == 0.5 and params["label_names"] == {"lesion": 1}
+    assert params["precision"] == "fp32"  # the served default on a CPU (--conf precision auto for bf16)
     # an uncalibrated checkpoint says so and uses the 0.5 fallback for every decision
     assert params["operating_point"]["source"] == "default"
     assert params["volume_abnormal"] == (params["volume_score"] >= params["volume_threshold"] == 0.5)
@@ -260,6 +261,7 @@ def test_training_with_too_few_labels_is_a_clear_error(client):
         ("clip_pretrained", "/no/such.pt", "clip_pretrained"),
         ("batch_size", "0", "batch_size"),
         ("device", "tpu", "device"),
+        ("precision", "fp16", "precision"),
     ],
 )
 def test_bad_conf_values_name_the_key(app_studies, key, value, needle):

@@ -103,6 +103,7 @@ class ModelCache:
                     clip_pretrained=self.serve.clip_pretrained,
                     batch_size=self.serve.batch_size,
                     device=self.serve.device,
+                    precision=self.serve.precision,
                 )
                 after = _stamp(self.path.stat())
             except FileNotFoundError:

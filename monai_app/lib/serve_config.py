@@ -25,13 +25,24 @@ import torch
 
 from medsad_monai.configs import PRESETS
 from medsad_monai.engine.decision import check_threshold as _check_unit_interval
+from medsad_monai.engine.inference import PRECISIONS
 
 from .errors import ConfError, InputError
 
 T = TypeVar("T")
 
 #: ``--conf`` keys this app reads (MONAI Label passes its own keys too, e.g. ``models``).
-CONF_KEYS = ("clip_model", "clip_pretrained", "checkpoint", "preset", "threshold", "slice_axis", "batch_size", "device")
+CONF_KEYS = (
+    "clip_model",
+    "clip_pretrained",
+    "checkpoint",
+    "preset",
+    "threshold",
+    "slice_axis",
+    "batch_size",
+    "device",
+    "precision",
+)
 
 #: What a request sends (and Slicer shows) for "the checkpoint's calibrated value".
 CALIBRATED = "calibrated"
@@ -155,6 +166,16 @@ def check_device(key: str, value: Any, require_available: bool = False) -> str |
     return value
 
 
+def check_precision(key: str, value: Any) -> str | None:
+    """``auto``, ``fp32`` or ``bf16`` (:data:`medsad_monai.engine.inference.PRECISIONS`; None: the
+    historical default, bf16 on CUDA with bf16 support and fp32 on CPUs)."""
+    if value is None or value == "":
+        return None
+    if value not in PRECISIONS:
+        raise InputError(f"{key} {value!r}: choose one of {', '.join(PRECISIONS)}")
+    return value
+
+
 def check_models(key: str, value: Any) -> str:
     """MONAI Label's ``models`` key: this app serves the single model ``medsad``."""
     if any(m.strip() not in ("medsad", "all") for m in str(value).split(",")):
@@ -227,6 +248,8 @@ class ServeConfig:
         slice_axis: volume axis slices are taken along.
         batch_size: slices per forward pass.
         device: ``cpu``/``cuda``/``cuda:N``; default CUDA when available.
+        precision: ``auto`` (bf16 where the device runs it fast: CUDA with bf16, a CPU with AMX /
+            AVX-512 bf16), ``fp32`` or ``bf16``; default None: fp32 on CPUs, bf16 on CUDA.
     """
 
     checkpoint: Path
@@ -237,6 +260,7 @@ class ServeConfig:
     slice_axis: int = 2
     batch_size: int = 8
     device: str | None = None
+    precision: str | None = None
 
     @classmethod
     def from_conf(cls, conf: dict[str, str], app_dir: str | os.PathLike) -> ServeConfig:
@@ -255,6 +279,7 @@ class ServeConfig:
             slice_axis=_conf(check_slice_axis, conf, "slice_axis", 2),
             batch_size=_conf(check_batch_size, conf, "batch_size", 8),
             device=_conf(check_device, conf, "device", None),
+            precision=_conf(check_precision, conf, "precision", None),
         )
 
 
