@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 import monailabel
@@ -28,6 +29,7 @@ import medsad_monai
 from lib.configs import MedSADTaskConfig
 from lib.datastore import MedSADDatastore
 from lib.errors import ConfError, as_http_errors, remove_uploads
+from lib.routes import serve_off_event_loop
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class MyApp(MONAILabelApp):
             logger.error("MedSAD app: %s", err)
             raise
         self.task = task
+        self._infer_slots = threading.BoundedSemaphore(task.serve.infer_workers)
         logger.info(
             "MedSAD app: checkpoint %s (%s), preset %s, threshold %s, slice axis %d",
             task.serve.checkpoint,
@@ -86,12 +89,25 @@ class MyApp(MONAILabelApp):
     def init_scoring_methods(self) -> dict[str, Any]:
         return self.task.scoring_method()
 
+    def server_mode(self, mode: bool) -> None:
+        """Called by MONAI Label's server at start-up: serve the long routes (infer, synchronous
+        train/scoring, active learning, dataset zip) in worker threads (lib/routes.py), so
+        ``/info/`` and other requests are answered while a volume is inferred."""
+        super().server_mode(mode)
+        if mode:
+            from monailabel.app import app as server
+            from monailabel.endpoints import activelearning, datastore, infer, scoring, train
+
+            routers = (infer.router, train.router, scoring.router, activelearning.router, datastore.router)
+            serve_off_event_loop(server, routers, settings.MONAI_LABEL_API_STR)
+
     # MONAI Label has no exception handler: answer with a JSON message instead (lib/errors.py:
     # 422 for input errors, 404 unknown image, 503 no model, 500 + traceback in the log otherwise).
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         try:
             with as_http_errors(f"infer {request.get('model')!r} on {request.get('image')!r}"):
-                return super().infer(request, datastore)
+                with self._infer_slots:  # --conf infer_workers at once; the others wait their turn
+                    return super().infer(request, datastore)
         except BaseException:
             # MONAI Label removes an uploaded file in a background task that runs only after a
             # successful answer: on an error the upload would stay in the temp folder for good.

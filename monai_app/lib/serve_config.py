@@ -42,6 +42,7 @@ CONF_KEYS = (
     "batch_size",
     "device",
     "precision",
+    "infer_workers",
 )
 
 #: What a request sends (and Slicer shows) for "the checkpoint's calibrated value".
@@ -250,6 +251,8 @@ class ServeConfig:
         device: ``cpu``/``cuda``/``cuda:N``; default CUDA when available.
         precision: ``auto`` (bf16 where the device runs it fast: CUDA with bf16, a CPU with AMX /
             AVX-512 bf16), ``fp32`` or ``bf16``; default None: fp32 on CPUs, bf16 on CUDA.
+        infer_workers: inferences run at once (default 1: one volume already uses every core
+            or the GPU; more requests wait their turn while the server keeps answering).
     """
 
     checkpoint: Path
@@ -261,6 +264,7 @@ class ServeConfig:
     batch_size: int = 8
     device: str | None = None
     precision: str | None = None
+    infer_workers: int = 1
 
     @classmethod
     def from_conf(cls, conf: dict[str, str], app_dir: str | os.PathLike) -> ServeConfig:
@@ -280,6 +284,7 @@ class ServeConfig:
             batch_size=_conf(check_batch_size, conf, "batch_size", 8),
             device=_conf(check_device, conf, "device", None),
             precision=_conf(check_precision, conf, "precision", None),
+            infer_workers=_conf(check_count, conf, "infer_workers", 1),
         )
 
 
