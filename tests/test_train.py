@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import nibabel as nib
 import pytest
@@ -255,9 +256,12 @@ def test_train_takes_samples_instead_of_a_folder(tiny_volumes, tmp_path):
         )
 
 
-def test_a_kill_between_writes_loses_no_metrics_row_and_best_matches_last(tiny_volumes, tmp_path, monkeypatch):
-    """Killed after epoch 2's best.pt / metrics.csv but before its last.pt: the resumed run re-runs
-    epoch 2, metrics.csv holds every epoch once, and last.pt's best epoch is the one in best.pt."""
+@pytest.mark.parametrize("after_commit", [False, True])
+def test_a_kill_around_the_commit_loses_no_metrics_row_and_best_matches_last(
+    tiny_volumes, tmp_path, monkeypatch, after_commit
+):
+    """Killed just before or just after epoch 2's last.pt (the commit): the resumed run holds
+    every epoch's metrics row once, and best.pt is the best epoch last.pt records."""
     run = tmp_path / "run"
     real_save = train_mod.save_checkpoint
     saves = {"last": 0}
@@ -265,7 +269,9 @@ def test_a_kill_between_writes_loses_no_metrics_row_and_best_matches_last(tiny_v
     def save_then_die(model, path, *a, **k):
         if path.name == "last.pt":
             saves["last"] += 1
-            if saves["last"] == 2:  # epoch 2's record that it is done
+            if saves["last"] == 2:  # epoch 2's commit
+                if after_commit:
+                    real_save(model, path, *a, **k)
                 raise KeyboardInterrupt
         return real_save(model, path, *a, **k)
 
@@ -273,9 +279,31 @@ def test_a_kill_between_writes_loses_no_metrics_row_and_best_matches_last(tiny_v
     with pytest.raises(KeyboardInterrupt):
         train(_opts(tiny_volumes, run, epochs=3))
     monkeypatch.undo()
-    assert read_checkpoint(run / "last.pt")["extra"]["epoch"] == 1
-    assert [int(r["epoch"]) for r in _rows(run)] == [1, 2]  # epoch 2's row was written before the kill
+    committed = read_checkpoint(run / "last.pt")["extra"]
+    assert committed["epoch"] == (2 if after_commit else 1)
+    assert [int(r["epoch"]) for r in committed["rows"]] == list(range(1, committed["epoch"] + 1))
+    assert [int(r["epoch"]) for r in _rows(run)] == [1]  # metrics.csv follows the commit
     train(_opts(tiny_volumes, run, epochs=3, resume=True))
     assert [int(r["epoch"]) for r in _rows(run)] == [1, 2, 3]
     last, best = read_checkpoint(run / "last.pt")["extra"], read_checkpoint(run / "best.pt")["extra"]
     assert last["epoch"] == 3 and best["epoch"] == last["best_epoch"]
+    assert not (run / train_mod.PENDING_BEST).exists() and not list(run.glob(".*.tmp"))
+
+
+def test_resume_finishes_a_committed_best_and_drops_an_uncommitted_one(tiny_volumes, tmp_path):
+    run = tmp_path / "run"
+    train(_opts(tiny_volumes, run, epochs=2))
+    committed = read_checkpoint(run / "last.pt")["extra"]
+    best_epoch = read_checkpoint(run / "best.pt")["extra"]["epoch"]
+    (run / "metrics.csv").unlink()
+    shutil.copy2(run / "best.pt", run / train_mod.PENDING_BEST)
+    (run / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    rows = train_mod._recover_run(run, {**committed, "best_epoch": best_epoch})  # committed: put in place
+    assert not (run / train_mod.PENDING_BEST).exists() and (run / "best.pt").is_file()
+    assert not list(run.glob(".*.tmp")) and [int(r["epoch"]) for r in rows] == [1, 2] == [
+        int(r["epoch"]) for r in _rows(run)
+    ]
+    before = (run / "best.pt").read_bytes()
+    shutil.copy2(run / "best.pt", run / train_mod.PENDING_BEST)
+    train_mod._recover_run(run, {**committed, "best_epoch": best_epoch + 5, "epoch": best_epoch + 5})
+    assert not (run / train_mod.PENDING_BEST).exists() and (run / "best.pt").read_bytes() == before  # dropped

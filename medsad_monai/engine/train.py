@@ -2,8 +2,9 @@
 
 A run folder holds ``config.json`` (model config + options), ``split.json`` (seeded split by
 group), ``metrics.csv`` (one row per epoch), ``curves.png``, ``last.pt`` (every completed epoch,
-with optimizer state, written atomically) and ``best.pt`` (best *validation* epoch). Ctrl-C or
-SIGTERM stops without losing the last completed epoch; ``--resume`` continues from it.
+with optimizer state and every metrics row: the epoch's commit) and ``best.pt`` (best *validation*
+epoch). Ctrl-C, SIGTERM or even SIGKILL stops without losing the last committed epoch; ``--resume``
+continues from it and rebuilds ``metrics.csv`` and ``best.pt`` to match that commit.
 Under ``torchrun`` the training data is sharded with a ``DistributedSampler`` (NCCL on GPUs,
 gloo on CPU) and rank 0 validates and writes.
 """
@@ -15,6 +16,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -47,6 +49,9 @@ from medsad_monai.networks.unet_baseline import UNetBaseline
 __all__ = ["TrainOptions", "train", "build_model", "evaluate_model", "training_pool", "data_protocol"]
 
 logger = logging.getLogger(__name__)
+
+#: best.pt of the epoch being committed: renamed over best.pt once last.pt records the epoch
+PENDING_BEST = "best.pt.pending"
 
 CSV_FIELDS = [
     "epoch",
@@ -317,6 +322,30 @@ class _Interrupt:
             signal.signal(signal.SIGTERM, self.previous)
 
 
+def _recover_run(out: Path, committed: dict[str, Any]) -> list[dict[str, Any]]:
+    """Bring a run folder killed at any moment back to its last commit (``last.pt``'s ``extra``):
+    a pending best.pt of the committed best epoch is put in place, one of an uncommitted epoch
+    dropped; temporary files of interrupted writes are removed; ``metrics.csv`` is rewritten
+    from the committed rows. Returns those rows."""
+    pending = out / PENDING_BEST
+    if pending.exists():
+        epoch = int(read_checkpoint(pending).get("extra", {}).get("epoch", -1))
+        if epoch == int(committed["best_epoch"]) and epoch <= int(committed["epoch"]):
+            os.replace(pending, out / "best.pt")
+            logger.info("resume: best.pt of epoch %d put in place (it was committed before the stop)", epoch)
+        else:
+            pending.unlink()
+            logger.info("resume: dropped the best.pt candidate of epoch %d (never committed)", epoch)
+    for leftover in out.glob(".*.tmp"):  # atomic_write's temporary files, from a kill mid-write
+        leftover.unlink(missing_ok=True)
+    if "rows" in committed:
+        rows = [dict(r) for r in committed["rows"]]
+    else:  # a run folder of an older MedSAD: its metrics.csv up to the committed epoch
+        rows = [r for r in _read_rows(out / "metrics.csv") if int(r["epoch"]) <= int(committed["epoch"])]
+    _write_rows(out / "metrics.csv", rows)
+    return rows
+
+
 def _prepare_run(opts: TrainOptions, out: Path, is_main: bool) -> dict[str, Any] | None:
     """Check the run folder; return the resume payload (or None for a fresh run)."""
     last = out / "last.pt"
@@ -445,18 +474,14 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
     betas = tuple(cfg.get("betas", (0.9, 0.999)))
     optimizer = torch.optim.Adam(params, lr=lr, betas=betas)  # type: ignore[arg-type]
     train_model = dist_utils.wrap(model, ctx)
-    rows = _read_rows(out / "metrics.csv") if opts.resume else []
+    rows: list[dict[str, Any]] = []
     start_epoch, best, best_epoch = 1, -math.inf, 0
     if resume_payload is not None:
         extra = resume_payload["extra"]
         optimizer.load_state_dict(extra["optimizer"])
         start_epoch = int(extra["epoch"]) + 1
         best, best_epoch = float(extra["best_selection"]), int(extra["best_epoch"])
-        if (out / "best.pt").exists():  # a kill after best.pt and before last.pt: best.pt is newer
-            best_extra = read_checkpoint(out / "best.pt").get("extra", {})
-            if int(best_extra.get("epoch", 0)) > best_epoch:
-                best, best_epoch = float(best_extra["best_selection"]), int(best_extra["epoch"])
-        rows = [r for r in rows if int(r["epoch"]) < start_epoch]
+        rows = _recover_run(out, extra) if ctx.is_main else list(extra.get("rows", []))
         logger.info("resuming after epoch %d (best val epoch %d)", start_epoch - 1, best_epoch)
     board = _tensorboard(out, start_epoch) if ctx.is_main else None
     started = time.monotonic()
@@ -549,20 +574,24 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
                     "seed": opts.seed,
                     "data_protocol": protocol.to_dict(),
                 }
-                last_extra = extra if ema is None else {**extra, "ema_state_dict": _trainable_state(ema.module, model)}
-                # Write order for a kill at any moment: best.pt, then metrics.csv, then last.pt (the
-                # record that the epoch is done). A resume restarts after last.pt's epoch and drops
-                # any metrics row past it, so no row is lost and last.pt never names a best epoch
-                # whose weights did not reach best.pt.
+                last_extra = {**extra, "rows": rows}
+                if ema is not None:
+                    last_extra["ema_state_dict"] = _trainable_state(ema.module, model)
+                # One commit per epoch, safe against a kill at any moment: the new best weights go
+                # to best.pt.pending, then last.pt (every metrics row and the best epoch inside) is
+                # the commit; only then best.pt and metrics.csv follow. A resume finishes or drops
+                # the pending best.pt by what last.pt says and rebuilds metrics.csv from it.
                 if is_best:
                     save_checkpoint(
                         selected,
-                        out / "best.pt",
+                        out / PENDING_BEST,
                         extra={k: v for k, v in extra.items() if k != "optimizer"},
                         intensity=opts.intensity,
                     )
-                _write_rows(out / "metrics.csv", rows)
                 save_checkpoint(model, out / "last.pt", extra=last_extra, intensity=opts.intensity)
+                if is_best:
+                    os.replace(out / PENDING_BEST, out / "best.pt")
+                _write_rows(out / "metrics.csv", rows)
                 _log_scalars(board, row, float(optimizer.param_groups[0]["lr"]))
                 _plot_curves(rows, out / "curves.png")
                 left = deadline - time.monotonic()
