@@ -4,8 +4,12 @@ A training step is what ``medsad train`` does per batch: forward of the full mod
 backbone, adapters, prompts, TPCA, SegDecoder), ``MedSADLoss`` (BCE + DiceFocal + MCLoss),
 backward and an Adam step. The bare forward is the open_clip image encoder alone in inference
 mode. Target (docs/maintainers.md, performance budget): ``train_step_over_forward`` <= 2.0. Prints medians of
-interleaved runs and the ratio on the last line:
+interleaved runs, then where a step's time goes (each part as a multiple of the bare forward:
+frozen prefix blocks, tapped blocks, embedding + adapters, text tower, heads, loss, backward,
+optimizer; from timing hooks on extra steps), and the ratio on the last line:
 
+    breakdown frozen_prefix=<x> tapped_blocks=<x> embed_adapters=<x> text_tower=<x> heads=<x> loss=<x>
+        backward=<x> optimizer=<x>
     train_step_over_forward=<step / bare forward>
 
     python bench/train_throughput.py [--model ViT-B-16] [--batch 8] [--runs 5] [--preset full]
@@ -24,7 +28,7 @@ from _common import header, model_bench_args  # noqa: E402
 
 from medsad_monai.configs import load_preset  # noqa: E402
 from medsad_monai.losses import MedSADLoss  # noqa: E402
-from medsad_monai.networks import MedSADCLIP  # noqa: E402
+from medsad_monai.networks import MedSADCLIP, medsad_clip  # noqa: E402
 
 
 def main() -> None:
@@ -76,9 +80,84 @@ def main() -> None:
     else:
         peak = ""
     b, s = statistics.median(bare_t), statistics.median(step_t)
+    parts = _breakdown(model, loss_fn, optimizer, x, mask, label, autocast, sync, args.runs)
     print(header(args, size, f" autocast_bf16={autocast}{peak}"))
     print(f"bare_forward_s={b:.4f} train_step_s={s:.4f}")
+    print("breakdown " + " ".join(f"{k}={v / b:.3f}" for k, v in parts.items()))
     print(f"train_step_over_forward={s / b:.3f}")
+
+
+def _breakdown(model, loss_fn, optimizer, x, mask, label, autocast, sync, runs) -> dict[str, float]:
+    """Median seconds per part of a training step, from forward hooks (blocks, text tower) and
+    timers around encode_image, the loss, backward and the optimizer step."""
+    acc: dict[str, float] = {}
+    started: dict[int, float] = {}
+
+    def timed(name: str, module: torch.nn.Module) -> None:
+        def pre(mod, _inputs) -> None:
+            started[id(mod)] = time.perf_counter()
+
+        def post(mod, _inputs, _output) -> None:
+            acc[name] = acc.get(name, 0.0) + time.perf_counter() - started.pop(id(mod))
+
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post)
+
+    first_tap = model.backbone.tap_layers[0] - 1
+    prefix = {id(block) for block in list(model.backbone.blocks)[:first_tap]}
+    run_block = medsad_clip.run_block
+
+    def run_block_timed(block, tokens):  # vision blocks, as MedSADCLIP.encode_image runs them
+        start = time.perf_counter()
+        out = run_block(block, tokens)
+        name = "frozen_prefix" if id(block) in prefix else "tapped_blocks"
+        acc[name] = acc.get(name, 0.0) + time.perf_counter() - start
+        return out
+
+    medsad_clip.run_block = run_block_timed
+    timed("text_tower", model.prompt)
+    encode_image = model.encode_image
+
+    def encode_timed(images):
+        start = time.perf_counter()
+        out = encode_image(images)
+        acc["encode_image"] = acc.get("encode_image", 0.0) + time.perf_counter() - start
+        return out
+
+    model.encode_image = encode_timed
+    samples: dict[str, list[float]] = {}
+    for _ in range(runs):
+        acc.clear()
+        model.train()
+        t0 = time.perf_counter()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(model.normalize(x))
+        t1 = time.perf_counter()
+        parts = loss_fn({k: v.float() for k, v in out.items()}, mask, label)
+        t2 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        sync()
+        t3 = time.perf_counter()
+        optimizer.step()
+        sync()
+        t4 = time.perf_counter()
+        blocks = acc.get("frozen_prefix", 0.0) + acc.get("tapped_blocks", 0.0)
+        row = {
+            "frozen_prefix": acc.get("frozen_prefix", 0.0),
+            "tapped_blocks": acc.get("tapped_blocks", 0.0),
+            "embed_adapters": acc["encode_image"] - blocks,
+            "text_tower": acc.get("text_tower", 0.0),
+            "heads": (t1 - t0) - acc["encode_image"] - acc.get("text_tower", 0.0),
+            "loss": t2 - t1,
+            "backward": t3 - t2,
+            "optimizer": t4 - t3,
+        }
+        for k, v in row.items():
+            samples.setdefault(k, []).append(v)
+    model.encode_image = encode_image
+    medsad_clip.run_block = run_block
+    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 if __name__ == "__main__":

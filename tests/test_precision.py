@@ -57,6 +57,23 @@ def test_batch_first_block_matches_open_clip(tiny_checkpoint):
     assert torch.allclose(ours, stock, atol=0.05, rtol=0.02)
 
 
+def test_batch_first_block_with_gradients_matches_open_clip(tiny_checkpoint):
+    """Training (gradients on, fp32) takes the batch-first path too: same outputs and the same
+    gradient with respect to the tokens as open_clip's own block."""
+    from medsad_monai.networks.clip_backbone import _needs_batch_first_attention, run_block
+
+    block = Predictor.from_checkpoint(tiny_checkpoint, device="cpu").model.backbone.blocks[1]
+    torch.manual_seed(0)
+    x = torch.randn(2, 17, block.attn.embed_dim, requires_grad=True)
+    assert _needs_batch_first_attention(block, x)
+    ours = run_block(block, x)
+    (grad_ours,) = torch.autograd.grad(ours.square().sum(), x)
+    theirs = block(x)
+    (grad_theirs,) = torch.autograd.grad(theirs.square().sum(), x)
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(grad_ours, grad_theirs, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_auto_follows_detection(monkeypatch, has_bf16):
     monkeypatch.setattr(inference, "cpu_has_bf16", lambda: has_bf16)
