@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+from pathlib import Path
 
 # Offline by design: any hub access fails at once instead of trying the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,6 +16,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+APP_DIR = Path(__file__).resolve().parent.parent / "monai_app"
 
 _real_connect = socket.socket.connect
 
@@ -127,3 +131,39 @@ def app_studies(tiny_volumes, tiny_checkpoint, tmp_path):
     checkpoint.parent.mkdir()
     shutil.copy2(tiny_checkpoint, checkpoint)
     return studies, checkpoint
+
+
+def datastore_files(studies: Path) -> dict[str, str]:
+    """Every file of the datastore folder -> sha256 (lock files excluded)."""
+    return {
+        str(p.relative_to(studies)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(studies.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }
+
+
+@pytest.fixture
+def client(app_studies, tmp_path, monkeypatch):
+    """The MONAI Label app in-process: FastAPI's TestClient on MONAI Label's real app, serving
+    ``app_studies``; ``client.studies`` and ``client.checkpoint`` name its folder and model."""
+    from fastapi.testclient import TestClient
+    from monailabel.config import settings
+    from monailabel.interfaces.utils.app import clear_cache
+
+    studies, checkpoint = app_studies
+    conf = {"models": "medsad", "checkpoint": str(checkpoint), "batch_size": "4"}
+    monkeypatch.setattr(settings, "MONAI_LABEL_APP_DIR", str(APP_DIR))
+    monkeypatch.setattr(settings, "MONAI_LABEL_STUDIES", str(studies))
+    monkeypatch.setattr(settings, "MONAI_LABEL_APP_CONF", conf)
+    monkeypatch.setattr(settings, "MONAI_LABEL_DATASTORE_AUTO_RELOAD", False)
+    monkeypatch.setattr(settings, "MONAI_LABEL_AUTO_UPDATE_SCORING", False)
+    monkeypatch.setattr(settings, "MONAI_LABEL_SESSION_PATH", str(tmp_path / "sessions"))
+    monkeypatch.setattr(settings, "MONAI_LABEL_TRACKING_ENABLED", False)
+    from monailabel.app import app
+
+    clear_cache()
+    with TestClient(app) as c:
+        c.studies = studies
+        c.checkpoint = checkpoint
+        yield c
+    clear_cache()

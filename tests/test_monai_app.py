@@ -15,43 +15,7 @@ import pytest
 
 pytest.importorskip("monailabel")
 
-from conftest import STUDY_LABELLED, STUDY_UNLABELLED  # noqa: E402
-
-APP_DIR = Path(__file__).resolve().parent.parent / "monai_app"
-
-
-def _files(studies: Path) -> dict[str, str]:
-    """Every file of the datastore folder -> sha256 (lock files excluded)."""
-    return {
-        str(p.relative_to(studies)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(studies.rglob("*"))
-        if p.is_file() and not p.name.endswith(".lock")
-    }
-
-
-@pytest.fixture
-def client(app_studies, tmp_path, monkeypatch):
-    from fastapi.testclient import TestClient
-    from monailabel.config import settings
-    from monailabel.interfaces.utils.app import clear_cache
-
-    studies, checkpoint = app_studies
-    conf = {"models": "medsad", "checkpoint": str(checkpoint), "batch_size": "4"}
-    monkeypatch.setattr(settings, "MONAI_LABEL_APP_DIR", str(APP_DIR))
-    monkeypatch.setattr(settings, "MONAI_LABEL_STUDIES", str(studies))
-    monkeypatch.setattr(settings, "MONAI_LABEL_APP_CONF", conf)
-    monkeypatch.setattr(settings, "MONAI_LABEL_DATASTORE_AUTO_RELOAD", False)
-    monkeypatch.setattr(settings, "MONAI_LABEL_AUTO_UPDATE_SCORING", False)
-    monkeypatch.setattr(settings, "MONAI_LABEL_SESSION_PATH", str(tmp_path / "sessions"))
-    monkeypatch.setattr(settings, "MONAI_LABEL_TRACKING_ENABLED", False)
-    from monailabel.app import app
-
-    clear_cache()
-    with TestClient(app) as c:
-        c.studies = studies
-        c.checkpoint = checkpoint
-        yield c
-    clear_cache()
+from conftest import APP_DIR, STUDY_LABELLED, STUDY_UNLABELLED, datastore_files  # noqa: E402
 
 
 def _infer(client, image_id: str, **params):
@@ -153,7 +117,7 @@ def test_bad_infer_requests_get_a_clear_json_error_and_change_nothing(client, tm
     uploads = tmp_path / "uploads"  # where MONAI Label writes an uploaded file for the request
     uploads.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(uploads))
-    before = _files(client.studies), client.get("/datastore/?output=all").json()
+    before = datastore_files(client.studies), client.get("/datastore/?output=all").json()
     files = None
     url = "/infer/medsad?output=json"
     params = {}
@@ -179,13 +143,13 @@ def test_bad_infer_requests_get_a_clear_json_error_and_change_nothing(client, tm
     res = client.post(url, data={"params": json.dumps(params)}, files=files)
     assert res.status_code == expect[0], res.text
     assert expect[1] in res.json()["detail"]
-    assert (_files(client.studies), client.get("/datastore/?output=all").json()) == before
+    assert (datastore_files(client.studies), client.get("/datastore/?output=all").json()) == before
     assert not list(uploads.iterdir())  # a rejected upload leaves no temporary file behind
     assert client.get("/info/").status_code == 200  # still serving
 
 
 def test_a_label_of_another_geometry_is_refused_and_nothing_is_lost(client, tmp_path):
-    before = _files(client.studies), client.get("/datastore/?output=all").json()
+    before = datastore_files(client.studies), client.get("/datastore/?output=all").json()
     image = nib.load(client.studies / "case_004.nii.gz")
     shifted = image.affine.copy()
     shifted[:3, 3] += 7.0
@@ -197,7 +161,7 @@ def test_a_label_of_another_geometry_is_refused_and_nothing_is_lost(client, tmp_
     # and a label for an existing labelled image is refused without touching the old one
     res = client.put("/datastore/label?image=case_000&tag=final", files={"label": ("label.nii.gz", label.read_bytes())})
     assert res.status_code == 422
-    assert (_files(client.studies), client.get("/datastore/?output=all").json()) == before
+    assert (datastore_files(client.studies), client.get("/datastore/?output=all").json()) == before
 
 
 def test_scoring_and_active_learning_serve_an_unlabelled_volume(client):

@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,31 @@ def read_volume_header(path: str | Path) -> tuple[tuple[int, int, int], Geometry
     return _spatial_shape(shape, path), geom
 
 
+#: the largest volume :func:`load_volume` reads (bytes of voxels as stored), ``MEDSAD_MAX_VOLUME_GB``
+MAX_VOLUME_BYTES = int(float(os.environ.get("MEDSAD_MAX_VOLUME_GB", "16")) * 2**30)
+
+
+def _check_declared_size(
+    path: Path, shape: Sequence[int], dtype: np.dtype, offset: int | None, uncompressed: bool
+) -> None:
+    """Refuse a header that declares more voxels than the limit, or (uncompressed files) more
+    bytes than the file holds, before anything is allocated."""
+    n_bytes = int(np.prod([int(n) for n in shape], dtype=np.float64)) * np.dtype(dtype).itemsize
+    if n_bytes > MAX_VOLUME_BYTES:
+        raise ValueError(
+            f"{path}: the header declares a {'x'.join(str(int(n)) for n in shape)} volume "
+            f"({n_bytes / 2**30:.1f} GiB of voxels), above the {MAX_VOLUME_BYTES / 2**30:.0f} GiB limit "
+            "(a damaged header? raise MEDSAD_MAX_VOLUME_GB for a genuinely larger volume)"
+        )
+    if uncompressed and offset is not None:
+        size = path.stat().st_size
+        if size < offset + n_bytes:
+            raise ValueError(
+                f"{path}: truncated: the header declares {n_bytes} bytes of voxels from byte {offset}, "
+                f"the file holds {size} bytes"
+            )
+
+
 def load_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """Load a 3-D volume and its geometry.
 
@@ -200,11 +226,16 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """
     path = Path(path)
     suffix = _require_suffix(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes)")
     try:
         if suffix in _NIFTI:
             img = nib.load(str(path))
+            _check_declared_size(path, img.shape, img.get_data_dtype(), int(img.dataobj.offset), suffix == ".nii")
             array, geom = np.asanyarray(img.dataobj), Geometry.from_affine(img.affine)
         else:
+            # voxel count only (at least one byte each): the data may be compressed or detached
+            _check_declared_size(path, tuple(nrrd.read_header(str(path)).get("sizes", ())), np.uint8, None, False)
             array, header = nrrd.read(str(path), index_order="F")
             geom = _nrrd_geometry(header, path)
     except ValueError as err:
@@ -214,7 +245,9 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
     except Exception as err:  # EOFError, zlib.error, OSError, nrrd.NRRDError, ...
         raise ValueError(f"{path}: cannot read volume ({type(err).__name__}: {err})") from err
     array = np.asarray(array)
-    if array.dtype.kind not in "biuf":  # complex, object, string, structured (RGB NIfTI) voxels
+    if array.dtype.kind == "b":
+        raise ValueError(f"{path}: voxels are boolean; this looks like a mask, not an intensity image")
+    if array.dtype.kind not in "iuf":  # complex, object, string, structured (RGB NIfTI) voxels
         what = "complex-valued" if array.dtype.kind == "c" else f"of dtype {array.dtype}"
         raise ValueError(
             f"{path}: voxels are {what}; MedSAD reads one real intensity per voxel "

@@ -10,7 +10,7 @@ from typing import Any
 
 from monailabel.datastore.local import LocalDatastore
 
-from .errors import NotFoundError, as_http_errors
+from .errors import NotFoundError, as_http_errors, remove_uploads
 from .images import check_image_file, check_label_file
 
 logger = logging.getLogger(__name__)
@@ -22,14 +22,22 @@ class MedSADDatastore(LocalDatastore):
     """:class:`LocalDatastore` with upload checks (see module doc)."""
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
-        with as_http_errors(f"image {image_id!r} rejected"):
-            check_image_file(image_filename, f"uploaded image {image_id!r}")
+        try:
+            with as_http_errors(f"image {image_id!r} rejected"):
+                check_image_file(image_filename, f"uploaded image {image_id!r}")
+        except BaseException:
+            remove_uploads({"image": image_filename})  # MONAI Label removes it only on success
+            raise
         return super().add_image(image_id, image_filename, image_info)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
-        with as_http_errors(f"label for {image_id!r} rejected"):
-            image = self.get_image_uri(image_id)
-            if not image:
-                raise NotFoundError(f"image {image_id!r} is not in the datastore")
-            check_label_file(image, label_filename, f"label for image {image_id!r}")
+        try:
+            with as_http_errors(f"label for {image_id!r} rejected"):
+                image = self.get_image_uri(image_id)
+                if not image:
+                    raise NotFoundError(f"image {image_id!r} is not in the datastore")
+                check_label_file(image, label_filename, f"label for image {image_id!r}")
+        except BaseException:
+            remove_uploads({"label": label_filename})
+            raise
         return super().save_label(image_id, label_filename, label_tag, label_info)
