@@ -2,16 +2,21 @@
 :func:`medsad_monai.engine.train.train` (same code as ``medsad train``) and publishes the
 best-validation checkpoint to the served path.
 
+By default a run fine-tunes the served model (same backbone and preset; ``from_scratch: true``
+starts anew). After training, the served model and the new best are measured on the run's
+validation volumes with the same metric (pooled Dice at each one's calibrated operating point);
+the new one is published only when it is not worse (``force: true`` publishes anyway). The
+published file is replaced atomically; the previous one is kept as ``*.prev.pt``.
+
 Slices whose label is empty are normal samples; the split is by volume; the dataset is MONAI's
 plain ``Dataset`` (no SmartCache). Each run lives in ``<checkpoint dir>/runs/<time>/``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 from types import MappingProxyType
@@ -20,10 +25,15 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
+from medsad_monai.atomic import atomic_write
+from medsad_monai.checkpoint import read_checkpoint
 from medsad_monai.configs import load_preset
 from medsad_monai.data.images import IMAGE_SUFFIXES
 from medsad_monai.data.layouts import image_sample, volume_samples
 from medsad_monai.data.volumes import volume_suffix
+from medsad_monai.engine.calibration import _grid_dice, predict_cases
+from medsad_monai.engine.datasets import Split
+from medsad_monai.engine.inference import Predictor
 from medsad_monai.engine.train import TrainOptions, train
 
 from ..errors import InputError, as_input_error
@@ -56,6 +66,18 @@ OPTION_CHECKS = MappingProxyType(
     }
 )
 
+#: Boolean switches of a run (not training hyper-parameters).
+SWITCHES = ("from_scratch", "force")
+
+
+def _check_switch(key: str, value: Any) -> bool:
+    """A boolean request option (``true``/``false``, also as a string)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise InputError(f"{key} must be true or false, got {value!r}")
+
 
 class MedSADTrain(TrainTask):
     """Train/publish task. Request keys (defaults shown in ``/info``): ``max_epochs``,
@@ -75,6 +97,8 @@ class MedSADTrain(TrainTask):
             "max_minutes": 0,
             "synthetic_lesions": 0.0,
             "seed": 0,
+            "from_scratch": False,
+            "force": False,
         }
 
     def config(self) -> dict[str, Any]:
@@ -85,13 +109,18 @@ class MedSADTrain(TrainTask):
         return self.cache.path.parent / "runs"
 
     def stats(self) -> dict[str, Any]:
-        """Summary of the latest finished run (empty before the first)."""
-        latest = sorted(self.runs_dir.glob("*/summary.json")) if self.runs_dir.is_dir() else []
-        if not latest:
+        """The latest run: live (``epoch``, ``total_epochs``, ``best_metric``, ``total_time``
+        from its ``metrics.csv``) while it trains, its summary once it has finished (with the
+        same keys, as MONAI Label's Slicer plugin reads them); empty before the first run."""
+        runs = sorted(p for p in self.runs_dir.iterdir() if p.is_dir()) if self.runs_dir.is_dir() else []
+        if not runs:
             return {}
+        latest = runs[-1]
         try:
-            return json.loads(latest[-1].read_text())
-        except (OSError, ValueError):
+            if (latest / "summary.json").is_file():
+                return json.loads((latest / "summary.json").read_text())
+            return _live_stats(latest)
+        except (OSError, ValueError, KeyError):
             return {}
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
@@ -108,7 +137,14 @@ class MedSADTrain(TrainTask):
         while run.exists():
             run, n = self.runs_dir / f"{stamp}-{n}", n + 1
         samples, layout = _samples(datalist, self.cache.serve.slice_axis)
-        logger.info("training on %d labelled images (%s) into %s", len(datalist), layout, run)
+        init_from, image_size = self._fine_tune_source(opts)
+        logger.info(
+            "training on %d labelled images (%s) into %s, %s",
+            len(datalist),
+            layout,
+            run,
+            f"fine-tuning {init_from}" if init_from else "from scratch",
+        )
         started = time.time()
         summary = train(
             TrainOptions(
@@ -127,6 +163,8 @@ class MedSADTrain(TrainTask):
                 slice_axis=self.cache.serve.slice_axis,
                 synthetic_lesions=opts["synthetic_lesions"],
                 device=opts["device"],
+                image_size=image_size,
+                init_from=str(init_from) if init_from else None,
             ),
             samples=samples,
         )
@@ -136,10 +174,27 @@ class MedSADTrain(TrainTask):
                 f"training finished without a validation-selected checkpoint in {run} "
                 "(no validation metric was defined: label more volumes with lesions)"
             )
-        self._publish(best)
+        val_samples = Split.from_json(run / "split.json").select(samples, "val")
+        served_dice = self._val_dice(self.cache.path, val_samples, opts) if self.cache.path.is_file() else None
+        new_dice = self._val_dice(best, val_samples, opts)
+        better = served_dice is None or new_dice >= served_dice
+        publish = better or opts["force"]
+        logger.info(
+            "validation pooled Dice: served %s, new %.4f -> %s",
+            "none" if served_dice is None else f"{served_dice:.4f}",
+            new_dice,
+            "published" if publish else "not published (worse than the served model; force: true publishes)",
+        )
+        if publish:
+            self._publish(best)
         result = {
             "run": str(run),
-            "published": str(self.cache.path),
+            "published": publish,
+            "checkpoint": str(self.cache.path),
+            "fine_tuned_from": str(init_from) if init_from else None,
+            "served_val_dice": None if served_dice is None else round(served_dice, 5),
+            "new_val_dice": round(new_dice, 5),
+            "val_cases": sorted({s.group for s in val_samples}),
             "images": len(datalist),
             "best_epoch": summary["best_epoch"],
             "last_epoch": summary["last_epoch"],
@@ -148,23 +203,58 @@ class MedSADTrain(TrainTask):
             "seconds": round(time.time() - started, 1),
             "options": opts,
         }
-        (run / "summary.json").write_text(json.dumps(result, indent=2, default=str))
+        result.update(
+            epoch=result["last_epoch"],
+            total_epochs=opts["max_epochs"],
+            best_metric=result["best_val_selection"],
+            total_time=result["seconds"],
+        )
+        atomic_write(run / "summary.json", lambda fh: fh.write(json.dumps(result, indent=2, default=str)), binary=False)
         return json.loads(json.dumps(result, default=str))
 
+    def _fine_tune_source(self, opts: dict[str, Any]) -> tuple[Path | None, int | None]:
+        """The served checkpoint to start from and its input size, or ``(None, None)`` for a run
+        from scratch (asked for, or nothing served yet). A served model of another backbone or
+        preset is refused with both names."""
+        served = self.cache.path
+        if opts["from_scratch"] or not served.is_file():
+            return None, None
+        with as_input_error():
+            payload = read_checkpoint(served)
+        config = payload.get("config", {})
+        if payload.get("model") != "medsad":
+            raise InputError(
+                f"the served model {served.name} is not a MedSAD-CLIP model; train with from_scratch: true"
+            )
+        given = {"clip_model": self.cache.serve.clip_model} if self.cache.serve.clip_model else {}
+        wanted = load_preset(opts["preset"], **given)
+        for key, mine in (("preset", wanted.preset), ("clip_model", wanted.clip_model)):
+            if config.get(key) != mine:
+                raise InputError(
+                    f"cannot fine-tune: the served model has {key} {config.get(key)!r}, this run {mine!r}; "
+                    f"pass {key} {config.get(key)!r} or from_scratch: true"
+                )
+        return served, config.get("image_size")
+
+    def _val_dice(self, checkpoint: Path, val_samples: list, opts: dict[str, Any]) -> float:
+        """Pooled validation Dice of ``checkpoint`` at its own calibrated operating point (the
+        calibration's metric, lesion-free volumes included)."""
+        predictor = Predictor.from_checkpoint(
+            checkpoint, clip_pretrained=self.cache.serve.clip_pretrained, device=opts["device"]
+        )
+        cases = predict_cases(predictor, val_samples, self.cache.serve.slice_axis, desc="comparing")
+        op = predictor.operating_point
+        return float(_grid_dice(cases, [op.map_threshold], [op.min_lesion_voxels])[0, 0])
+
     def _publish(self, best: Path) -> None:
-        """Atomically replace the served checkpoint; the previous one is kept as ``*.prev.pt``."""
-        target = self.cache.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.copyfile(best, tmp)
-        if target.exists():
-            shutil.copyfile(target, target.with_name(target.stem + ".prev.pt"))
-        os.replace(tmp, target)
-        logger.info("published %s -> %s", best, target)
+        publish_checkpoint(best, self.cache.path)
 
     def _options(self, request: dict[str, Any]) -> dict[str, Any]:
         opts = {**self._config, **{k: request[k] for k in self._config if k in request}}
-        opts = {key: OPTION_CHECKS[key](key, value) for key, value in opts.items()}
+        opts = {
+            key: _check_switch(key, value) if key in SWITCHES else OPTION_CHECKS[key](key, value)
+            for key, value in opts.items()
+        }
         opts["device"] = check_device(
             "device", request.get("device") or self.cache.serve.device, require_available=True
         )
@@ -189,3 +279,35 @@ def _samples(datalist: list[dict[str, str]], slice_axis: int) -> tuple[list, str
             else:
                 samples.append(image_sample(image, label, case))
     return samples, "volumes" if all(volumes) else "sricl"
+
+
+def publish_checkpoint(best: Path, target: Path) -> None:
+    """Copy ``best`` over the served ``target`` atomically (the file at ``target`` is always a
+    whole, loadable checkpoint, even if the process dies mid-way); the previous one is kept as
+    ``*.prev.pt`` (also written atomically)."""
+    payload = best.read_bytes()
+    if target.exists():
+        previous = target.read_bytes()
+        atomic_write(target.with_name(target.stem + ".prev.pt"), lambda fh: fh.write(previous))
+    atomic_write(target, lambda fh: fh.write(payload))
+    logger.info("published %s -> %s", best, target)
+
+
+def _live_stats(run: Path) -> dict[str, Any]:
+    """Progress of a run that is still training, from its ``metrics.csv`` and ``config.json``."""
+    total = (
+        json.loads((run / "config.json").read_text())["options"].get("epochs")
+        if (run / "config.json").is_file()
+        else None
+    )
+    rows = list(csv.DictReader((run / "metrics.csv").open())) if (run / "metrics.csv").is_file() else []
+    selections = [float(r["selection"]) for r in rows if r.get("selection")]
+    seconds = sum(float(r.get("seconds") or 0) for r in rows)
+    return {
+        "run": str(run),
+        "running": True,
+        "epoch": int(rows[-1]["epoch"]) if rows else 0,
+        "total_epochs": total,
+        "best_metric": max(selections) if selections else None,
+        "total_time": round(seconds, 1),
+    }

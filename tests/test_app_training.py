@@ -1,0 +1,154 @@
+"""The app's train task as an active-learning step (issue 17): it fine-tunes the served model,
+publishes only a model that is not worse on validation (``force`` publishes anyway), replaces
+the served file atomically, and shows live progress in ``/info``'s ``train_stats``.
+
+Driven through MONAI Label's real app in-process (the ``client`` fixture of ``conftest.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from medsad_monai.checkpoint import load_checkpoint, read_checkpoint
+
+#: a trainable tensor of the tiny model (not part of the frozen backbone) used as a marker.
+MARK = 0.123
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _marked_key(payload: dict) -> str:
+    return next(k for k, v in payload["state_dict"].items() if not k.startswith("backbone.") and v.is_floating_point())
+
+
+def _mark(checkpoint: Path) -> str:
+    """Set one saved non-backbone tensor of ``checkpoint`` to ``MARK``; returns its key."""
+    payload = read_checkpoint(checkpoint)
+    key = _marked_key(payload)
+    payload["state_dict"][key] = torch.full_like(payload["state_dict"][key], MARK)
+    torch.save(payload, checkpoint)
+    return key
+
+
+def test_fine_tune_starts_from_the_served_weights(client):
+    key = _mark(client.checkpoint)
+    res = client.post("/train/medsad?run_sync=true", json={"max_epochs": 1, "lr": 1e-12, "force": True})
+    assert res.status_code == 200, res.text
+    result = res.json()
+    assert result["fine_tuned_from"] == str(client.checkpoint)
+    assert result["published"] is True
+    tuned = read_checkpoint(Path(result["run"]) / "best.pt")["state_dict"][key]
+    assert torch.allclose(tuned, torch.full_like(tuned, MARK), atol=1e-6)
+    assert {"served_val_dice", "new_val_dice", "epoch", "total_epochs", "best_metric", "total_time"} <= set(result)
+    load_checkpoint(client.checkpoint)  # what is served loads
+
+    res = client.post("/train/medsad?run_sync=true", json={"max_epochs": 1, "from_scratch": True, "force": True})
+    assert res.status_code == 200, res.text
+    assert res.json()["fine_tuned_from"] is None
+    fresh = read_checkpoint(Path(res.json()["run"]) / "best.pt")["state_dict"][key]
+    assert not torch.allclose(fresh, torch.full_like(fresh, MARK))
+
+
+def test_a_worse_run_is_not_published_and_force_publishes(client):
+    served = _sha(client.checkpoint)
+    # lr 1e3 from scratch wrecks the weights: the run is worse than the served model on validation
+    bad = {"max_epochs": 1, "lr": 1e3, "from_scratch": True}
+    res = client.post("/train/medsad?run_sync=true", json=bad)
+    assert res.status_code == 200, res.text
+    result = res.json()
+    assert result["published"] is False
+    assert result["new_val_dice"] < result["served_val_dice"]
+    assert _sha(client.checkpoint) == served
+    run = Path(result["run"])
+    assert (run / "best.pt").is_file() and json.loads((run / "summary.json").read_text())["published"] is False
+
+    res = client.post("/train/medsad?run_sync=true", json={**bad, "force": True})
+    assert res.status_code == 200, res.text
+    assert res.json()["published"] is True
+    assert _sha(client.checkpoint) != served
+    assert _sha(client.checkpoint.with_name("medsad.prev.pt")) == served
+    load_checkpoint(client.checkpoint)
+
+
+def test_a_served_model_of_another_preset_is_refused_by_name(client):
+    res = client.post("/train/medsad?run_sync=true", json={"max_epochs": 1, "preset": "full"})
+    assert res.status_code == 422, res.text
+    detail = res.json()["detail"]
+    assert "'tiny'" in detail and "'full'" in detail and "from_scratch" in detail
+
+
+def test_bad_switch_is_a_clear_error(client):
+    res = client.post("/train/medsad?run_sync=true", json={"max_epochs": 1, "force": "maybe"})
+    assert res.status_code == 422, res.text
+    assert "force" in res.json()["detail"]
+
+
+def test_train_stats_are_live_during_a_run(client):
+    results: dict = {}
+
+    def run() -> None:
+        results["res"] = client.post("/train/medsad?run_sync=true", json={"max_epochs": 3, "force": True})
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    seen = []
+    while worker.is_alive():
+        stats = client.get("/info/").json()["train_stats"]["medsad"]
+        if stats.get("running"):
+            seen.append(stats)
+        time.sleep(0.2)
+    worker.join()
+    assert results["res"].status_code == 200, results["res"].text
+    assert seen, "no live train_stats while the run trained"
+    assert all(s["total_epochs"] == 3 and 0 <= s["epoch"] <= 3 for s in seen)
+    assert any(s["epoch"] >= 1 and s["best_metric"] is not None for s in seen)
+    final = client.get("/info/").json()["train_stats"]["medsad"]
+    assert final["epoch"] == final["total_epochs"] == 3 and "best_epoch" in final and "total_time" in final
+
+
+def _publish_forever(target: str, sources: list[str], started: str) -> None:  # pragma: no cover - child process
+    """Publish the source files over ``target`` in turn until killed (the child of the kill test)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "monai_app"))
+    from lib.trainers.medsad import publish_checkpoint
+
+    Path(started).touch()
+    while True:
+        for source in sources:
+            publish_checkpoint(Path(source), Path(target))
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3, 0.7])
+def test_the_served_model_stays_loadable_if_publishing_is_killed(app_studies, tmp_path, delay):
+    _, checkpoint = app_studies
+    other, original, started = tmp_path / "other.pt", tmp_path / "original.pt", tmp_path / "started"
+    original.write_bytes(checkpoint.read_bytes())
+    payload = read_checkpoint(checkpoint)
+    payload["extra"] = {"filler": torch.zeros(4_000_000)}  # a bigger file: the kill lands mid-write
+    torch.save(payload, other)
+    child = multiprocessing.get_context("spawn").Process(
+        target=_publish_forever, args=(str(checkpoint), [str(other), str(original)], str(started))
+    )
+    child.start()
+    deadline = time.monotonic() + 120
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(delay)
+    child.kill()
+    child.join()
+    assert started.exists()
+    load_checkpoint(checkpoint)  # whole: the old file or the new one, never a torn one
+    prev = checkpoint.with_name("medsad.prev.pt")
+    if prev.exists():  # killed before the first copy was in place: no previous file yet
+        load_checkpoint(prev)
