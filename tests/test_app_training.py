@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -152,3 +154,45 @@ def test_the_served_model_stays_loadable_if_publishing_is_killed(app_studies, tm
     prev = checkpoint.with_name("medsad.prev.pt")
     if prev.exists():  # killed before the first copy was in place: no previous file yet
         load_checkpoint(prev)
+
+
+@pytest.mark.slow
+def test_the_slicer_plugins_requests_against_the_real_server(app_studies, tmp_path):
+    """Replays what MONAI Label's Slicer plugin sends: next sample (with its checksum check),
+    infer asking for ``.nrrd`` / ``uint8``, a multipart label upload with ``label_info``, a
+    training run and the ``train_stats`` keys its progress bar reads."""
+    import nrrd
+    from conftest import STUDY_UNLABELLED
+    from monailabel.client import MONAILabelClient
+    from monailabel.client.client import MONAILabelClientException, MONAILabelUtils
+    from server_process import monailabel_server
+
+    studies, checkpoint = app_studies
+    with monailabel_server(studies, {"checkpoint": str(checkpoint)}, tmp_path / "server.log") as url:
+        client = MONAILabelClient(url, tmpdir=str(tmp_path / "client"))
+        sample = client.next_sample("medsad_uncertain", {})
+        assert sample["id"] in STUDY_UNLABELLED and sample["checksum"].startswith("SHA256:")
+        check = f"/datastore/image?image={sample['id']}&check_only=true&check_sum={sample['checksum']}"
+        status, body, _, _ = MONAILabelUtils.http_method("GET", url, check)
+        assert status == 200, body
+
+        mask_file, params = client.infer("medsad", sample["id"], {"result_extension": ".nrrd", "result_dtype": "uint8"})
+        mask, _ = nrrd.read(mask_file)
+        image = nib.load(studies / f"{sample['id']}.nii.gz")
+        assert mask.shape == image.shape and mask.dtype == np.uint8
+
+        with pytest.raises(MONAILabelClientException) as refused:
+            client.infer("medsad", sample["id"], {"result_extension": ".exe"})
+        assert "Status: 422" in refused.value.msg and "result_extension" in refused.value.msg
+
+        label = studies / "labels" / "final" / "case_000.nii.gz"
+        client.save_label(sample["id"], str(label), tag="final", params={"label_info": [{"name": "lesion", "idx": 1}]})
+        assert (studies / "labels" / "final" / f"{sample['id']}.nii.gz").is_file()
+
+        status, body, _, _ = MONAILabelUtils.http_method(
+            "POST", url, "/train/medsad?run_sync=true", {"max_epochs": 1, "force": True}
+        )
+        assert status == 200, body
+        stats = client.info()["train_stats"]["medsad"]
+        assert stats["epoch"] == stats["total_epochs"] == 1
+        assert {"best_metric", "total_time", "best_epoch", "last_epoch", "best_val_selection", "seconds"} <= set(stats)

@@ -9,6 +9,7 @@ from typing import Any
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.utils.others.generic import file_checksum
 
 from ..errors import InputError
 from ..scoring.medsad import MedSADScoring
@@ -37,4 +38,6 @@ class MedSADUncertain(Strategy):
         candidates.sort(key=lambda c: (-c[0], -c[1], c[2]))
         u, s, image_id = candidates[0]
         logger.info("medsad_uncertain: %s (uncertainty %.3f, score %.3f) of %d", image_id, u, s, len(candidates))
-        return {"id": image_id, "anomaly_uncertainty": u, "anomaly_score": s}
+        # as MONAI Label's strategies answer: the client checks its cached copy with it (/datastore/image?check_sum=)
+        checksum = f"SHA256:{file_checksum(datastore.get_image_uri(image_id))}"
+        return {"id": image_id, "checksum": checksum, "anomaly_uncertainty": u, "anomaly_score": s}

@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from medsad_monai.data.volumes import volume_suffix
-from medsad_monai.engine.inference import save_mask
+from medsad_monai.data.volumes import save_volume_like, volume_suffix
+from medsad_monai.engine.inference import VolumeResult, save_mask
 
-from ..errors import NotFoundError
+from ..errors import InputError, NotFoundError
 from ..images import predict, read_image
 from ..model_cache import ModelCache
 from ..serve_config import CALIBRATED, InferParams
@@ -81,10 +82,13 @@ class MedSADInfer(InferTask):
             volume_threshold=params.volume_threshold,
         )
         result = predict(predictor, data, params.slice_axis, params.skip_background).with_operating_point(op)
-        suffix = volume_suffix(path) or ".png"
+        suffix, dtype = _result_format(request, path)
         fd, out = tempfile.mkstemp(prefix="medsad_", suffix=suffix)
         os.close(fd)
-        save_mask(result, path, out)
+        if isinstance(result, VolumeResult) and dtype is not None:
+            save_volume_like(result.mask.astype(dtype), path, out)
+        else:
+            save_mask(result, path, out)
         summary = result.summary()
         summary.update(
             {
@@ -103,6 +107,31 @@ class MedSADInfer(InferTask):
             summary.get("lesion_voxels", summary.get("lesion_pixels", 0)),
         )
         return out, summary
+
+
+#: ``result_extension`` values a volume's mask can be written as (MONAI Label's Slicer plugin asks for ``.nrrd``).
+RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
+#: ``result_dtype`` values (as MONAI Label's writer takes them: numpy dtype names).
+RESULT_DTYPES = ("uint8", "int8", "uint16", "int16", "int32", "uint32", "int64", "float32", "float64")
+
+
+def _result_format(request: dict[str, Any], image: Path) -> tuple[str, str | None]:
+    """The mask file's suffix and dtype, honouring ``result_extension`` and ``result_dtype`` as
+    MONAI Label's basic infer task does (a volume; a 2-D image's mask is always a PNG)."""
+    own = volume_suffix(image)
+    extension, dtype = request.get("result_extension"), request.get("result_dtype")
+    if own is None:
+        return ".png", None
+    if extension:
+        extension = str(extension).lower()
+        extension = extension if extension.startswith(".") else f".{extension}"
+        if extension not in RESULT_EXTENSIONS:
+            raise InputError(f"result_extension {extension!r}: use one of {', '.join(RESULT_EXTENSIONS)}")
+    if dtype:
+        dtype = str(dtype)
+        if dtype not in RESULT_DTYPES or not np.dtype(dtype):
+            raise InputError(f"result_dtype {dtype!r}: use one of {', '.join(RESULT_DTYPES)}")
+    return extension or own, dtype or None
 
 
 def _shown(value: float | None) -> float | str:
