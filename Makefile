@@ -6,13 +6,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.medsad-installed
 
-.PHONY: run demo-cli test lint venv bench clean-venv
+.PHONY: run view demo-cli test lint venv bench clean-venv
 
 venv: $(STAMP)
 
-$(STAMP): Makefile requirements/core.txt requirements/server.txt requirements/monailabel.txt requirements/slicer.txt requirements/test.txt requirements/sample-nodeps.txt pyproject.toml
+$(STAMP): Makefile requirements/core.txt requirements/server.txt requirements/monailabel.txt requirements/slicer.txt requirements/test.txt requirements/web.txt requirements/sample-nodeps.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/core.txt -r requirements/server.txt -r requirements/slicer.txt -r requirements/test.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/core.txt -r requirements/server.txt -r requirements/slicer.txt -r requirements/test.txt -r requirements/web.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/monailabel.txt -r requirements/sample-nodeps.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@# sample-data generator only: subject S1 lives in pycortex's source distribution (read, never built)
@@ -28,6 +28,11 @@ lint: venv
 
 run: venv
 	MONAI_LABEL_TRACKING_ENABLED=false $(PY) monai_app/serve_demo.py
+
+# the web viewer (docs/web_viewer.md) of the `make run` server; VIEW_ARGS e.g. "--monailabel URL" or "--scores X_scores.json"
+VIEW_PORT ?= 8081
+view: venv
+	$(PY) -m web_viewer --server --host 127.0.0.1 --port $(VIEW_PORT) $(VIEW_ARGS)
 
 demo-cli: venv
 	$(PY) -m medsad_monai.cli demo

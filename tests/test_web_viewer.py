@@ -1,0 +1,198 @@
+"""The web viewer (web_viewer/) in a real headless chromium, against the real MONAI Label server."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.server_process import free_port, monailabel_server
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+KNOWN_NOISE = ("405",)  # trame's launcher probe: POST /paraview/ answers 405 on every load
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium driven by playwright (never a downloaded browser)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` (as .ci/run does)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(headless=True, executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@contextlib.contextmanager
+def viewer(log: Path, *args: str) -> Iterator[str]:
+    """Run ``python -m web_viewer`` on a free loopback port; yields its URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "web_viewer", "--host", "127.0.0.1", "--port", str(port), "--server", *args]
+    env = {**os.environ, "MONAI_LABEL_TRACKING_ENABLED": "false"}
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"viewer exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as res:
+                    if res.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"viewer not up:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextlib.contextmanager
+def page_of(browser, url: str):
+    """A page that records console errors; fails the test on any but the known launcher 405."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    try:
+        yield page
+    finally:
+        page.close()
+    bad = [e for e in errors if not any(k in e for k in KNOWN_NOISE)]
+    assert not bad, f"browser console errors: {bad}"
+
+
+def red_mask(page) -> np.ndarray:
+    """Lesion-coloured pixels of the slice image as the browser drew it (rows top-down)."""
+    from PIL import Image
+
+    png = page.locator("#slice-img").screenshot()
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return (rgb[..., 0] - rgb[..., 1]) > 60
+
+
+def red_pixels(page) -> int:
+    return int(red_mask(page).sum())
+
+
+def wait_slice(page, index: int) -> None:
+    page.wait_for_function(
+        "i => document.querySelector('#slice-label')?.textContent.trim().startsWith('slice ' + i + ' ')",
+        arg=index,
+        timeout=15000,
+    )
+    page.wait_for_timeout(300)  # the new PNG is set with the same state update; let it paint
+
+
+def test_local_mode_overlay_scores_and_table(browser, tmp_path):
+    import nibabel as nib
+
+    shape = (40, 32, 12)
+    affine = np.diag([0.8, 1.1, 3.0, 1.0])
+    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    image = np.zeros(shape, np.int16)
+    image[4:36, 4:28, :] = 300
+    mask = np.zeros(shape, np.uint8)
+    lesion = (x - 25) ** 2 + (y - 12) ** 2 < 25
+    for k in (5, 6, 7):
+        mask[..., k][lesion] = 1
+        image[..., k][lesion] = 900
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "case.nii.gz")
+    nib.save(nib.Nifti1Image(mask, affine), tmp_path / "case_mask.nii.gz")
+    scores = [0.05] * shape[2]
+    scores[5:8] = [0.7, 0.9, 0.6]
+    summary = {
+        "input": str(tmp_path / "case.nii.gz"),
+        "mask": str(tmp_path / "case_mask.nii.gz"),
+        "slice_scores": scores,
+        "volume_score": 0.9,
+        "volume_abnormal": True,
+        "worst_slice": 6,
+        "slice_threshold": 0.5,
+        "volume_threshold": 0.5,
+        "slice_axis": 2,
+    }
+    (tmp_path / "case_scores.json").write_text(json.dumps(summary))
+    start = time.monotonic()
+    with viewer(tmp_path / "viewer.log", "--scores", str(tmp_path / "case_scores.json")) as url:
+        with page_of(browser, url) as page:
+            page.wait_for_selector("#slice-img", timeout=30000)
+            wait_slice(page, 6)  # opens on the most anomalous slice
+            first_frame = time.monotonic() - start
+            red = red_mask(page)
+            assert red.sum() > 20, "no lesion overlay on a lesion slice"
+            # where the mask's voxels are: x (first axis) left-right, y (second axis) bottom-up;
+            # the picture keeps the spacing's aspect (40 x 0.8 mm wide, 32 x 1.1 mm high)
+            h, w = red.shape
+            assert abs(w / h - (40 * 0.8) / (32 * 1.1)) < 0.05
+            rows, cols = np.nonzero(red)
+            assert abs(cols.mean() / w - 25.5 / 40) < 0.05
+            assert abs(1 - rows.mean() / h - 12.5 / 32) < 0.05
+            assert "ABNORMAL" in page.locator("#verdict").inner_text()
+            assert "0.900" in page.locator("#verdict").inner_text()
+            assert page.locator("#score-plot polyline").count() == 1
+            page.locator(".score-row").nth(1).click()  # slice 1: lesion-free
+            wait_slice(page, 1)
+            assert red_pixels(page) == 0, "overlay drawn on a lesion-free slice"
+            page.locator("#goto-worst").click()
+            wait_slice(page, 6)
+            assert red_pixels(page) > 20
+    assert first_frame < 30
+
+
+def test_server_mode_infer_and_bad_input(browser, app_studies, tmp_path):
+    studies, checkpoint = app_studies
+    with monailabel_server(studies, {"checkpoint": str(checkpoint)}, tmp_path / "server.log") as ml_url:
+        with viewer(tmp_path / "viewer.log", "--monailabel", ml_url) as url, page_of(browser, url) as page:
+            page.wait_for_selector("#image-select", timeout=30000)
+            # unknown image: one message, the viewer keeps running
+            page.locator("#image-id").fill("no_such_case")
+            page.locator("#run").click()
+            page.wait_for_selector("#message:has-text('unknown image')", timeout=30000)
+            # a real case through MONAI Label's client
+            page.locator("#image-id").fill("case_100")
+            page.locator("#run").click()
+            page.wait_for_selector("#message:has-text('done')", timeout=60000)
+            page.wait_for_selector("#slice-img", timeout=15000)
+            assert page.locator("#model-sha").inner_text().split()[-1] != "-"
+            verdict = page.locator("#verdict").inner_text()
+            assert "normal" in verdict.lower()
+            rows = page.locator(".score-row")
+            assert rows.count() > 3
+            target = 2 if page.locator("#slice-label").inner_text().split()[1] != "2" else 3
+            rows.nth(target).click()
+            wait_slice(page, target)
+            # the overlay agrees with the mask the server returned for this slice
+            has_lesion = page.evaluate("() => window.trame.state.get('slice_has_lesion')")
+            assert (red_pixels(page) > 0) == bool(has_lesion)
+    # server down: the running viewer says so on the page
+    with viewer(tmp_path / "viewer2.log", "--monailabel", f"http://127.0.0.1:{free_port()}") as url:
+        with page_of(browser, url) as page:
+            page.wait_for_selector("#message:has-text('cannot reach')", timeout=30000)
+            page.locator("#image-id").fill("case_100")
+            page.locator("#run").click()
+            page.wait_for_selector("#message:has-text('cannot reach')", timeout=30000)

@@ -1,0 +1,40 @@
+"""``python -m web_viewer``: serve the MedSAD web viewer (see docs/web_viewer.md)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from web_viewer.app import DEFAULT_SERVER, Viewer
+
+logger = logging.getLogger("web_viewer")
+
+
+def main() -> None:
+    """Parse the options, build the page, serve it (blocks)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    workdir = Path(tempfile.mkdtemp(prefix="medsad_view_"))
+    viewer_holder: dict[str, Viewer] = {}
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--monailabel", default=DEFAULT_SERVER, help="MedSAD MONAI Label server URL")
+    parser.add_argument("--scores", help="local mode: a <stem>_scores.json written by medsad infer")
+    parser.add_argument("--image", help="local mode: the volume (default: the scores file's input)")
+    parser.add_argument("--mask", help="local mode: the mask (default: the scores file's mask)")
+    args, _ = parser.parse_known_args()
+    viewer = Viewer(args.monailabel, workdir)
+    viewer_holder["v"] = viewer
+    for action in parser._actions:
+        if action.dest != "help":
+            viewer.server.cli.add_argument(*action.option_strings, default=action.default, help=action.help)
+    if args.scores:
+        viewer.open_local(args.scores, args.image, args.mask)
+    else:
+        viewer.refresh()
+    viewer.server.start(open_browser=False)
+
+
+if __name__ == "__main__":
+    main()

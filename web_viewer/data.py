@@ -1,0 +1,175 @@
+"""Reading volumes, masks and score files, and turning them into PNG slices and an SVG score plot."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Lesion overlay colour (RGB) and opacity, set explicitly.
+LESION_RGB = (255, 40, 40)
+LESION_ALPHA = 0.55
+VIEW_PX = 384
+
+
+@dataclass
+class Case:
+    """A volume (file voxel order), its lesion mask (same shape) and the MedSAD result JSON."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+    spacing: tuple[float, float, float]
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def axis(self) -> int:
+        return int(self.result.get("slice_axis", 2))
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.image.shape[self.axis])
+
+
+def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float, float]]:
+    """A NIfTI or NRRD volume as ``(array in file voxel order, affine or None, spacing)``.
+
+    Raises:
+        ValueError: the file is missing, unreadable or not 3-D.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p}: no such file")
+    try:
+        if p.name.lower().endswith(".nrrd"):
+            import nrrd
+
+            data, header = nrrd.read(str(p))
+            dirs = header.get("space directions")
+            spacing = tuple(float(np.linalg.norm(d)) for d in dirs) if dirs is not None else (1.0, 1.0, 1.0)
+            affine = None
+        else:
+            import nibabel as nib
+
+            img = nib.load(str(p))
+            data = np.asarray(img.dataobj)
+            affine = np.asarray(img.affine)
+            spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    except Exception as exc:  # any reader failure is one message about the file
+        raise ValueError(f"{p.name}: cannot read the volume ({exc})") from exc
+    data = np.squeeze(np.asarray(data))
+    if data.ndim != 3:
+        raise ValueError(f"{p.name}: not a 3-D volume (shape {data.shape})")
+    return data, affine, spacing  # type: ignore[return-value]
+
+
+def load_case(image_path: str | Path, mask_path: str | Path, result: dict[str, Any], name: str = "") -> Case:
+    """Read a volume and its mask and check that they share one geometry.
+
+    Raises:
+        ValueError: unreadable files or a mask whose shape / affine differs from the volume's.
+    """
+    image, affine, spacing = read_volume(image_path)
+    mask, mask_affine, _ = read_volume(mask_path)
+    if mask.shape != image.shape:
+        raise ValueError(f"the mask's shape {mask.shape} differs from the volume's {image.shape}")
+    if affine is not None and mask_affine is not None and not np.allclose(affine, mask_affine, atol=1e-3):
+        raise ValueError("the mask's geometry (affine) differs from the volume's")
+    n = image.shape[int(result.get("slice_axis", 2))]
+    scores = result.get("slice_scores") or []
+    if scores and len(scores) != n:
+        raise ValueError(f"{len(scores)} slice scores for a volume of {n} slices")
+    return Case(name or Path(image_path).name, image.astype(np.float32), (mask > 0).astype(np.uint8), spacing, result)
+
+
+def load_scores_json(path: str | Path) -> dict[str, Any]:
+    """The ``<stem>_scores.json`` written by ``medsad infer``.
+
+    Raises:
+        ValueError: missing or not a MedSAD scores file.
+    """
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{p}: cannot read the scores file ({exc})") from exc
+    if not isinstance(data, dict) or "slice_scores" not in data:
+        raise ValueError(f"{p}: not a MedSAD scores file (no slice_scores)")
+    return data
+
+
+def _plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """One slice shown with the first remaining voxel axis left-right and the second bottom-up."""
+    return np.flipud(np.take(volume, index, axis=axis).T)
+
+
+def slice_rgb(case: Case, index: int, overlay: bool = True) -> np.ndarray:
+    """The slice ``index`` as RGB uint8 with the lesion overlay blended in (voxel grid, not resized)."""
+    plane = _plane(case.image, case.axis, index).astype(np.float32)
+    finite = case.image[np.isfinite(case.image)]
+    lo, hi = np.percentile(finite, (0.5, 99.5)) if finite.size else (0.0, 1.0)
+    gray = np.clip((plane - lo) / max(float(hi - lo), 1e-6), 0, 1) * 255
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    if overlay:
+        lesion = _plane(case.mask, case.axis, index) > 0
+        rgb[lesion] = (1 - LESION_ALPHA) * rgb[lesion] + LESION_ALPHA * np.asarray(LESION_RGB, np.float32)
+    return rgb.astype(np.uint8)
+
+
+def slice_png_data_url(case: Case, index: int, overlay: bool = True) -> str:
+    """The slice as a PNG data URL, resized to the voxel spacing's aspect (nearest neighbour)."""
+    from PIL import Image
+
+    rgb = slice_rgb(case, index, overlay)
+    dims = [d for d in range(3) if d != case.axis]
+    w_mm = case.image.shape[dims[0]] * case.spacing[dims[0]]
+    h_mm = case.image.shape[dims[1]] * case.spacing[dims[1]]
+    scale = VIEW_PX / max(w_mm, h_mm)
+    size = (max(1, round(w_mm * scale)), max(1, round(h_mm * scale)))
+    buf = io.BytesIO()
+    Image.fromarray(rgb).resize(size, Image.Resampling.NEAREST).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def score_plot_svg(scores: list[float], threshold: float | None, current: int, width: int = 520) -> str:
+    """An SVG line plot of the per-slice scores with the operating threshold and the current slice."""
+    height, pad = 160, 28
+    if not scores:
+        return f'<svg width="{width}" height="{height}"></svg>'
+    n = len(scores)
+
+    def x(i: float) -> float:
+        return pad + (width - 2 * pad) * (i / max(n - 1, 1))
+
+    def y(v: float) -> float:
+        return height - pad - (height - 2 * pad) * min(max(v, 0.0), 1.0)
+
+    pts = " ".join(f"{x(i):.1f},{y(s):.1f}" for i, s in enumerate(scores))
+    parts = [
+        f'<svg id="score-plot" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        'style="width:100%;height:auto">',
+        f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="#fafafa" '
+        'stroke="#bbb"/>',
+        f'<polyline points="{pts}" fill="none" stroke="#1565c0" stroke-width="2"/>',
+        f'<line x1="{x(current):.1f}" x2="{x(current):.1f}" y1="{pad}" y2="{height - pad}" stroke="#2e7d32"/>',
+        f'<text x="{pad}" y="{height - 8}" font-size="11">slice 0</text>',
+        f'<text x="{width - pad}" y="{height - 8}" font-size="11" text-anchor="end">{n - 1}</text>',
+        f'<text x="{pad}" y="{pad - 8}" font-size="11">score (0-1)</text>',
+    ]
+    if threshold is not None:
+        parts.append(
+            f'<line x1="{pad}" x2="{width - pad}" y1="{y(threshold):.1f}" y2="{y(threshold):.1f}" '
+            'stroke="#c62828" stroke-dasharray="5,4"/>'
+            f'<text x="{width - pad - 2}" y="{y(threshold) - 4:.1f}" font-size="11" fill="#c62828" '
+            f'text-anchor="end">threshold {threshold:.3f}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
