@@ -99,6 +99,19 @@ def red_pixels(page) -> int:
     return int(red_mask(page).sum())
 
 
+def expect_message(page, text: str, timeout: float = 30.0) -> str:
+    """Wait for the page's message to contain ``text``; fail with the message shown instead."""
+    deadline = time.monotonic() + timeout
+    shown = ""
+    while time.monotonic() < deadline:
+        loc = page.locator("#message")
+        shown = loc.inner_text() if loc.count() else ""
+        if text in shown:
+            return shown
+        page.wait_for_timeout(200)
+    raise AssertionError(f"expected a message with {text!r}, the page shows {shown!r}")
+
+
 def wait_slice(page, index: int) -> None:
     page.wait_for_function(
         "i => document.querySelector('#slice-label')?.textContent.trim().startsWith('slice ' + i + ' ')",
@@ -165,18 +178,28 @@ def test_local_mode_overlay_scores_and_table(browser, tmp_path):
 
 
 def test_server_mode_infer_and_bad_input(browser, app_studies, tmp_path):
+    import nibabel as nib
+
     studies, checkpoint = app_studies
+    # a volume the model refuses: its slices (axis 2) are lines
+    nib.save(nib.Nifti1Image(np.ones((32, 1, 12), np.int16), np.eye(4)), studies / "flat_case.nii.gz")
     with monailabel_server(studies, {"checkpoint": str(checkpoint)}, tmp_path / "server.log") as ml_url:
         with viewer(tmp_path / "viewer.log", "--monailabel", ml_url) as url, page_of(browser, url) as page:
             page.wait_for_selector("#image-select", timeout=30000)
+            listed = page.evaluate("() => window.trame.state.get('images').map(r => r.id)")
+            assert {"case_000", "case_100", "flat_case"} <= set(listed)
+            # a volume the model refuses: the server's message on the page
+            page.locator("#image-id").fill("flat_case")
+            page.locator("#run").click()
+            expect_message(page, "server answered 422", 30)
             # unknown image: one message, the viewer keeps running
             page.locator("#image-id").fill("no_such_case")
             page.locator("#run").click()
-            page.wait_for_selector("#message:has-text('unknown image')", timeout=30000)
+            expect_message(page, "unknown image", 30)
             # a real case through MONAI Label's client
             page.locator("#image-id").fill("case_100")
             page.locator("#run").click()
-            page.wait_for_selector("#message:has-text('done')", timeout=60000)
+            expect_message(page, "done", 60)
             page.wait_for_selector("#slice-img", timeout=15000)
             assert page.locator("#model-sha").inner_text().split()[-1] != "-"
             verdict = page.locator("#verdict").inner_text()
@@ -192,7 +215,7 @@ def test_server_mode_infer_and_bad_input(browser, app_studies, tmp_path):
     # server down: the running viewer says so on the page
     with viewer(tmp_path / "viewer2.log", "--monailabel", f"http://127.0.0.1:{free_port()}") as url:
         with page_of(browser, url) as page:
-            page.wait_for_selector("#message:has-text('cannot reach')", timeout=30000)
+            expect_message(page, "cannot reach", 30)
             page.locator("#image-id").fill("case_100")
             page.locator("#run").click()
-            page.wait_for_selector("#message:has-text('cannot reach')", timeout=30000)
+            expect_message(page, "cannot reach", 30)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,13 +25,20 @@ MODEL = "medsad"
 
 def _error_text(exc: BaseException, server_url: str) -> str:
     """One line for the page: what went wrong, without a traceback."""
-    msg = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
+    msg = str(getattr(exc, "msg", None) or exc or type(exc).__name__)
     if isinstance(exc, (ConnectionError, OSError)) and not isinstance(exc, ValueError):
         return f"cannot reach the MONAI Label server at {server_url} ({msg}); is it running (make run)?"
     status = getattr(exc, "status_code", None)
+    found = re.match(r"Status: (\d+); Response: (.*)", msg, re.S)  # MONAILabelClientException's text
+    if found:
+        status, msg = int(found.group(1)), found.group(2)
+        try:
+            msg = str(json.loads(msg).get("detail", msg))
+        except (ValueError, AttributeError):
+            pass
     if status == 404:
         return f"unknown image: {msg}"
-    return f"{msg}" if status is None else f"server answered {status}: {msg}"
+    return msg if status is None else f"server answered {status}: {msg}"
 
 
 class Viewer:
@@ -125,8 +134,6 @@ class Viewer:
         client = self._client()
         mask_file, result = client.infer(MODEL, image_id, {})
         if isinstance(result, str):
-            import json
-
             result = json.loads(result)
         result = result.get("params", result) if isinstance(result, dict) else {}
         image_path = self._image_file(client, image_id)
