@@ -13,9 +13,9 @@ logger = logging.getLogger("web_viewer")
 
 def main() -> None:
     """Parse the options, build the page, serve it (blocks)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("web_viewer").setLevel(logging.INFO)  # trame's own INFO logs are per token
     workdir = Path(tempfile.mkdtemp(prefix="medsad_view_"))
-    viewer_holder: dict[str, Viewer] = {}
     import argparse
 
     parser = argparse.ArgumentParser(add_help=False)
@@ -25,7 +25,6 @@ def main() -> None:
     parser.add_argument("--mask", help="local mode: the mask (default: the scores file's mask)")
     args, _ = parser.parse_known_args()
     viewer = Viewer(args.monailabel, workdir)
-    viewer_holder["v"] = viewer
     for action in parser._actions:
         if action.dest != "help":
             viewer.server.cli.add_argument(*action.option_strings, default=action.default, help=action.help)
