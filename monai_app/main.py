@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 import monailabel
+from fastapi import HTTPException
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
@@ -29,7 +30,7 @@ import medsad_monai
 from lib.configs import MedSADTaskConfig
 from lib.datastore import MedSADDatastore
 from lib.errors import ConfError, as_http_errors, remove_uploads
-from lib.routes import serve_off_event_loop
+from lib.routes import serve_routes
 
 logger = logging.getLogger(__name__)
 
@@ -91,15 +92,16 @@ class MyApp(MONAILabelApp):
 
     def server_mode(self, mode: bool) -> None:
         """Called by MONAI Label's server at start-up: serve the long routes (infer, synchronous
-        train/scoring, active learning, dataset zip) in worker threads (lib/routes.py), so
-        ``/info/`` and other requests are answered while a volume is inferred."""
+        train/scoring, active learning, dataset zip) in worker threads, so ``/info/`` and other
+        requests are answered while a volume is inferred, and answer client mistakes on every
+        route with 4xx (lib/routes.py)."""
         super().server_mode(mode)
         if mode:
             from monailabel.app import app as server
-            from monailabel.endpoints import activelearning, datastore, infer, scoring, train
+            from monailabel.endpoints import activelearning, datastore, infer, info, model, scoring, train, wsi_infer
 
-            routers = (infer.router, train.router, scoring.router, activelearning.router, datastore.router)
-            serve_off_event_loop(server, routers, settings.MONAI_LABEL_API_STR)
+            routers = (info, infer, wsi_infer, train, scoring, activelearning, datastore, model)
+            serve_routes(server, (r.router for r in routers), settings.MONAI_LABEL_API_STR)
 
     # MONAI Label has no exception handler: answer with a JSON message instead (lib/errors.py:
     # 422 for input errors, 404 unknown image, 503 no model, 500 + traceback in the log otherwise).
@@ -113,6 +115,14 @@ class MyApp(MONAILabelApp):
             # successful answer: on an error the upload would stay in the temp folder for good.
             remove_uploads(request)
             raise
+
+    def infer_wsi(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        """MedSAD reads volumes and 2-D images, not whole-slide images: a clear 422 (and the
+        upload removed) instead of MONAI Label's 500."""
+        remove_uploads(request)
+        raise HTTPException(
+            422, detail="MedSAD serves 3-D volumes and 2-D images, not whole-slide images: use POST /infer/medsad"
+        )
 
     def train(self, request: dict[str, Any]) -> dict[str, Any]:
         with as_http_errors(f"train {request.get('model')!r}"):

@@ -23,9 +23,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def monailabel_server(studies: Path, conf: dict[str, str], log: Path, timeout: float = 180.0) -> Iterator[str]:
-    """Run the MedSAD app with MONAI Label's real server; yields its URL. The process group is
-    always stopped by its PID (SIGTERM, then SIGKILL)."""
+def monailabel_server(
+    studies: Path, conf: dict[str, str], log: Path, timeout: float = 180.0, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Run the MedSAD app with MONAI Label's real server; yields its URL. ``env`` adds to or
+    overrides the server's environment (MONAI Label's settings). The process group is always
+    stopped by its PID (SIGTERM, then SIGKILL)."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -49,6 +52,7 @@ def monailabel_server(studies: Path, conf: dict[str, str], log: Path, timeout: f
         "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+        **(env or {}),
     }
     url = f"http://127.0.0.1:{port}"
     with log.open("w") as fh:

@@ -6,6 +6,7 @@ A rejected upload leaves the datastore untouched (answered with HTTP 4xx; the ch
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from monailabel.datastore.local import LocalDatastore
@@ -20,6 +21,23 @@ __all__ = ["MedSADDatastore", "check_image_file", "check_label_file"]
 
 class MedSADDatastore(LocalDatastore):
     """:class:`LocalDatastore` with upload checks (see module doc)."""
+
+    _archive: Path | None = None
+
+    def get_dataset_archive(self, limit_cases: int | None) -> str:
+        """The ZIP of the labelled images (``GET /datastore/dataset``). MONAI Label writes it to
+        the temp folder and never removes it; here only the latest one is kept (the previous
+        one is deleted when a new one is made), and an empty datastore is a 404, not a 500."""
+        with as_http_errors("dataset export"):
+            if not self.datalist():
+                raise NotFoundError("no image has a final label yet: there is no dataset to export")
+            path = Path(super().get_dataset_archive(limit_cases))
+        archive = path.with_name(path.name + ".medsad-dataset.zip")
+        path.replace(archive)
+        previous, MedSADDatastore._archive = MedSADDatastore._archive, archive
+        if previous is not None and previous != archive:
+            previous.unlink(missing_ok=True)
+        return str(archive)
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         try:
