@@ -190,7 +190,7 @@ def test_train_from_final_labels_publishes_a_model_that_infer_uses(client):
     )
     assert res.status_code == 200, res.text
     old = hashlib.sha256(client.checkpoint.read_bytes()).hexdigest()
-    res = client.post("/train/medsad?run_sync=true", json={"max_epochs": 1, "batch_size": 8})
+    res = client.post("/train/medsad?run_sync=true", json={"max_epochs": 1, "batch_size": 8, "force": True})
     assert res.status_code == 200, res.text
     result = res.json()
     assert result["images"] == len(STUDY_LABELLED) + 1 and result["best_epoch"] == 1

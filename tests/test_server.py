@@ -36,7 +36,7 @@ def test_real_server_info_infer_label_train_infer_activelearning_scoring(app_stu
 
         client.save_label("case_005", str(studies / "labels" / "final" / "case_000.nii.gz"), tag="final")
         status, body, _, _ = MONAILabelUtils.http_method(
-            "POST", url, "/train/medsad?run_sync=true", {"max_epochs": 1, "batch_size": 8}
+            "POST", url, "/train/medsad?run_sync=true", {"max_epochs": 1, "batch_size": 8, "force": True}
         )
         assert status == 200, body
         assert json.loads(body)["best_epoch"] == 1

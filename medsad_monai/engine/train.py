@@ -117,6 +117,7 @@ class TrainOptions:
     num_workers: int = 0
     device: str | None = None
     record_samples: bool = False
+    init_from: str | None = None  # fine-tune: start from this checkpoint's weights (not a resume)
 
     def validate(self) -> None:
         if self.model not in ("medsad", "unet"):
@@ -401,6 +402,9 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
     model, loss_fn, cfg = build_model(opts)
     if resume_payload is not None:
         model.load_state_dict(resume_payload["state_dict"], strict=False)
+    elif opts.init_from:  # fine-tune: the saved weights; what a checkpoint omits is rebuilt by the model
+        model.load_state_dict(read_checkpoint(opts.init_from)["state_dict"], strict=False)
+        logger.info("fine-tuning from %s", opts.init_from)
     model.to(ctx.device)
     size = int(model.image_size)
     epochs = int(cfg["epochs"]) if opts.epochs is None else opts.epochs
