@@ -101,7 +101,20 @@ class MyApp(MONAILabelApp):
             from monailabel.endpoints import activelearning, datastore, infer, info, model, scoring, train, wsi_infer
 
             routers = (info, infer, wsi_infer, train, scoring, activelearning, datastore, model)
-            serve_routes(server, (r.router for r in routers), settings.MONAI_LABEL_API_STR)
+            train_check = {("POST", "/train/"): self.check_train_request, ("POST", "/train/{model}"): self.check_train_request}
+            serve_routes(server, (r.router for r in routers), settings.MONAI_LABEL_API_STR, train_check)
+
+    def check_train_request(self, kwargs: dict[str, Any]) -> None:
+        """``POST /train/…``: refuse (422) a run that cannot start — fewer final labels than training
+        needs — before MONAI Label queues it; an asynchronous run would fail seconds later with only
+        a line in the task log to say why."""
+        model = kwargs.get("model")
+        names = [model] if model else list(self._trainers)
+        with as_http_errors(f"train {model!r}" if model else "train"):
+            for name in names:
+                require = getattr(self._trainers.get(name), "require_labels", None)
+                if require is not None:  # an unknown model: MONAI Label answers that itself
+                    require(self.datastore())
 
     # MONAI Label has no exception handler: answer with a JSON message instead (lib/errors.py:
     # 422 for input errors, 404 unknown image, 503 no model, 500 + traceback in the log otherwise).

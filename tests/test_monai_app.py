@@ -209,9 +209,14 @@ def test_train_from_final_labels_publishes_a_model_that_infer_uses(client):
 def test_training_with_too_few_labels_is_a_clear_error(client):
     for name in STUDY_LABELLED[1:]:
         client.delete(f"/datastore/label?id={name}&tag=final")
-    res = client.post("/train/medsad?run_sync=true", json={"max_epochs": 1})
-    assert res.status_code == 422, res.text
-    assert "at least 2" in res.json()["detail"]
+    # synchronous, and asynchronous (MONAI Label's default, the Slicer plugin's request): refused
+    # up front, nothing queued
+    for url in ("/train/medsad?run_sync=true", "/train/medsad", "/train/"):
+        res = client.post(url, json={"max_epochs": 1})
+        assert res.status_code == 422, (url, res.text)
+        assert "at least 2 images" in res.json()["detail"] and "has 1" in res.json()["detail"], res.text
+    res = client.get("/train/", params={"all": True})
+    assert res.status_code == 404, res.text  # MONAI Label's "no training task": none was queued
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ import hashlib
 import inspect
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import pydantic
@@ -105,27 +105,37 @@ def _client_errors() -> Iterator[None]:
         raise HTTPException(400, detail=str(err.msg)) from None
 
 
-def _wrap(endpoint: Callable[..., Any], threaded: bool) -> Callable[..., Any]:
+#: A check of a route's arguments run before its endpoint; it raises ``HTTPException`` to refuse.
+Precheck = Callable[[dict[str, Any]], None]
+
+
+def _wrap(endpoint: Callable[..., Any], threaded: bool, precheck: Precheck | None = None) -> Callable[..., Any]:
     """The endpoint with checked fields and 4xx answers; ``threaded``: as a plain ``def`` that runs
     the ``async def`` endpoint (whose body never awaits) on a private loop in a worker thread."""
+
+    def check(kwargs: dict[str, Any]) -> None:
+        _check_fields(kwargs)
+        if precheck is not None:
+            precheck(kwargs)
+
     if threaded and inspect.iscoroutinefunction(endpoint):
 
         def route(**kwargs: Any) -> Any:
-            _check_fields(kwargs)
+            check(kwargs)
             with _client_errors():
                 return asyncio.run(endpoint(**kwargs))
 
     elif inspect.iscoroutinefunction(endpoint):
 
         async def route(**kwargs: Any) -> Any:  # type: ignore[misc]
-            _check_fields(kwargs)
+            check(kwargs)
             with _client_errors():
                 return await endpoint(**kwargs)
 
     else:
 
         def route(**kwargs: Any) -> Any:
-            _check_fields(kwargs)
+            check(kwargs)
             with _client_errors():
                 return endpoint(**kwargs)
 
@@ -136,21 +146,31 @@ def _wrap(endpoint: Callable[..., Any], threaded: bool) -> Callable[..., Any]:
     return route
 
 
-def serve_routes(app: FastAPI, routers: Iterable[APIRouter], prefix: str = "") -> list[str]:
+def serve_routes(
+    app: FastAPI,
+    routers: Iterable[APIRouter],
+    prefix: str = "",
+    prechecks: Mapping[tuple[str, str], Precheck] | None = None,
+) -> list[str]:
     """Wrap every route of MONAI Label's ``routers`` (which the server ``app`` includes; paths under
-    the server's API ``prefix``); returns the routes moved off the event loop. Idempotent."""
-    wanted = {(method, prefix + path) for method, path in OFF_LOOP_ROUTES}
+    the server's API ``prefix``); returns the routes moved off the event loop. Idempotent.
+
+    ``prechecks``: ``(method, path)`` (as in :data:`OFF_LOOP_ROUTES`) -> a check run before the
+    endpoint, e.g. to refuse a training run up front instead of queueing one that will fail.
+    """
+    checks = dict(prechecks or {})
     moved = []
     for router in routers:
         for route in list(router.routes):
             if not isinstance(route, APIRoute) or getattr(route.endpoint, "__medsad_wrapped__", False):
                 continue
-            threaded = any((method, prefix + route.path) in wanted for method in route.methods)
+            threaded = any((method, route.path) in OFF_LOOP_ROUTES for method in route.methods)
+            precheck = next((checks[(m, route.path)] for m in route.methods if (m, route.path) in checks), None)
             router.routes.remove(route)
             # add_api_route marks the router changed, so the including app picks the new route up
             router.add_api_route(
                 route.path[len(router.prefix) :],
-                _wrap(route.endpoint, threaded),
+                _wrap(route.endpoint, threaded, precheck),
                 methods=sorted(route.methods),
                 name=route.name,
                 summary=route.summary,

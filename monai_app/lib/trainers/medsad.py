@@ -66,6 +66,9 @@ OPTION_CHECKS = MappingProxyType(
     }
 )
 
+#: Images with a final label a run needs (training splits them by volume into train and validation).
+MIN_LABELLED = 2
+
 #: Boolean switches of a run (not training hyper-parameters).
 SWITCHES = ("from_scratch", "force")
 
@@ -123,14 +126,21 @@ class MedSADTrain(TrainTask):
         except (OSError, ValueError, KeyError):
             return {}
 
+    @staticmethod
+    def require_labels(datastore: Datastore) -> list[dict[str, Any]]:
+        """The datastore's (image, final label) pairs; :class:`InputError` when fewer than 2
+        (training splits by volume). Also checked before an asynchronous run is queued."""
+        datalist = datastore.datalist()
+        if len(datalist) < MIN_LABELLED:
+            raise InputError(
+                f"training needs final labels for at least {MIN_LABELLED} images (split by volume); "
+                f"the datastore has {len(datalist)}: label more images and submit them as final"
+            )
+        return datalist
+
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         opts = self._options(request)
-        datalist = datastore.datalist()
-        if len(datalist) < 2:
-            raise InputError(
-                f"training needs final labels for at least 2 images (split by volume); "
-                f"the datastore has {len(datalist)}"
-            )
+        datalist = self.require_labels(datastore)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run = self.runs_dir / stamp
         n = 1
