@@ -101,7 +101,7 @@ class MyApp(MONAILabelApp):
             from monailabel.endpoints import activelearning, datastore, infer, info, model, scoring, train, wsi_infer
 
             routers = (info, infer, wsi_infer, train, scoring, activelearning, datastore, model)
-            train_check = {("POST", "/train/"): self.check_train_request, ("POST", "/train/{model}"): self.check_train_request}
+            train_check = {("POST", path): self.check_train_request for path in ("/train/", "/train/{model}")}
             serve_routes(server, (r.router for r in routers), settings.MONAI_LABEL_API_STR, train_check)
 
     def check_train_request(self, kwargs: dict[str, Any]) -> None:
