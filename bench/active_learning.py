@@ -102,12 +102,22 @@ def _evaluate(checkpoint: Path, data: Path, out: Path) -> dict[str, float]:
     """Held-out figures of ``checkpoint`` at its operating point (the project's evaluate function)."""
     from medsad_monai.engine.evaluate import evaluate_checkpoint
 
-    m = evaluate_checkpoint(checkpoint, str(data), out, split="test", layout="volumes")
-    volume = m.get("volume") or {}
+    return figures(evaluate_checkpoint(checkpoint, str(data), out, split="test", layout="volumes"))
+
+
+def figures(metrics: dict[str, Any]) -> dict[str, float]:
+    """The curve's figures from ``medsad evaluate``'s metrics: lesion Dice, slice AUROC and volume
+    balanced accuracy (NaN where evaluate leaves a figure undefined, e.g. one class only). A
+    missing key is an error, never a silent default."""
+
+    def number(key: str) -> float:
+        value = metrics[key]
+        return float("nan") if value is None else float(value)
+
     return {
-        "dice": float(m.get("dice") or 0.0),
-        "slice_auroc": float(m.get("image_auroc") or 0.5),
-        "volume_accuracy": float(volume.get("balanced_accuracy") or volume.get("accuracy") or 0.0),
+        "dice": number("dice"),
+        "slice_auroc": number("image_auroc"),
+        "volume_accuracy": number("volume_balanced_accuracy"),
     }
 
 
