@@ -24,12 +24,17 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def monailabel_server(
-    studies: Path, conf: dict[str, str], log: Path, timeout: float = 180.0, env: dict[str, str] | None = None
+    studies: Path,
+    conf: dict[str, str],
+    log: Path,
+    timeout: float = 180.0,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> Iterator[str]:
-    """Run the MedSAD app with MONAI Label's real server; yields its URL. ``env`` adds to or
-    overrides the server's environment (MONAI Label's settings). The process group is always
-    stopped by its PID (SIGTERM, then SIGKILL)."""
-    port = free_port()
+    """Run the MedSAD app with MONAI Label's real server (on ``port``, default a free one); yields
+    its URL. ``env`` adds to or overrides the server's environment (MONAI Label's settings). The
+    process group is always stopped by its PID (SIGTERM, then SIGKILL)."""
+    port = port or free_port()
     cmd = [
         sys.executable,
         "-m",

@@ -183,9 +183,16 @@ def test_server_mode_infer_and_bad_input(browser, app_studies, tmp_path):
     studies, checkpoint = app_studies
     # a volume the model refuses: its slices (axis 2) are lines
     nib.save(nib.Nifti1Image(np.ones((32, 1, 12), np.int16), np.eye(4)), studies / "flat_case.nii.gz")
-    with monailabel_server(studies, {"checkpoint": str(checkpoint)}, tmp_path / "server.log") as ml_url:
-        with viewer(tmp_path / "viewer.log", "--monailabel", ml_url) as url, page_of(browser, url) as page:
+    ml_port = free_port()
+    # the viewer starts first, as `make view` beside a `make run` that is still starting: the page
+    # lists the images once the server is up
+    with viewer(tmp_path / "viewer.log", "--monailabel", f"http://127.0.0.1:{ml_port}") as url:
+        with (
+            monailabel_server(studies, {"checkpoint": str(checkpoint)}, tmp_path / "server.log", port=ml_port),
+            page_of(browser, url) as page,
+        ):
             page.wait_for_selector("#image-select", timeout=30000)
+            page.wait_for_function("() => window.trame.state.get('images').length > 0", timeout=30000)
             listed = page.evaluate("() => window.trame.state.get('images').map(r => r.id)")
             assert {"case_000", "case_100", "flat_case"} <= set(listed)
             # a volume the model refuses: the server's message on the page

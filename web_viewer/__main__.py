@@ -32,6 +32,9 @@ def main() -> None:
         viewer.open_local(args.scores, args.image, args.mask)
     else:
         viewer.refresh()
+        # `make view` is often started beside a `make run` that is still starting (or training its
+        # demo model): list the images again whenever a page connects
+        viewer.server.controller.on_client_connected.add(viewer.refresh_on_connect)
     viewer.server.start(open_browser=False)
 
 

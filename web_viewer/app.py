@@ -107,6 +107,11 @@ class Viewer:
         if self.state.message_type == "error" and "cannot reach" in self.state.message:
             self.state.message = ""
 
+    def refresh_on_connect(self) -> None:
+        """A page connected: list the images again (the server may have come up since)."""
+        with self.state:
+            self.refresh()
+
     def run_infer(self) -> None:
         """Start ``medsad`` on the chosen image (in a worker thread; the page keeps answering)."""
         image_id = self.state.image_id
