@@ -13,12 +13,19 @@ optimizer; from timing hooks on extra steps), and the ratio on the last line:
     train_step_over_forward=<step / bare forward>
 
     python bench/train_throughput.py [--model ViT-B-16] [--batch 8] [--runs 5] [--preset full]
+                                     [--precision auto|fp32|bf16]
+
+``--precision bf16`` runs the step and the bare forward under bf16 autocast (the ratio is against
+the bare bf16 forward) and also times the fp32 step: ``bf16_step_speedup=`` (fp32 step / bf16
+step). ``auto`` is what ``medsad train`` uses: bf16 on CUDA GPUs that have it, fp32 elsewhere.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,7 +38,17 @@ from medsad_monai.losses import MedSADLoss  # noqa: E402
 from medsad_monai.networks import MedSADCLIP, medsad_clip  # noqa: E402
 
 
+def _own_args() -> argparse.Namespace:
+    """``--precision`` (this benchmark only); the rest goes to _common."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    own, rest = parser.parse_known_args()
+    sys.argv = sys.argv[:1] + rest
+    return own
+
+
 def main() -> None:
+    own = _own_args()
     args = model_bench_args(__doc__, runs=5)
 
     torch.manual_seed(0)
@@ -43,7 +60,9 @@ def main() -> None:
     x = torch.rand(args.batch, 3, size, size, device=args.device)
     mask = (torch.rand(args.batch, 1, size, size, device=args.device) > 0.97).float()
     label = (mask.flatten(1).amax(1) > 0).float()
-    autocast = args.device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    # auto: what `medsad train` does (bf16 autocast on CUDA GPUs that have it, fp32 elsewhere)
+    cuda_bf16 = args.device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    autocast = own.precision == "bf16" or (own.precision == "auto" and cuda_bf16)
 
     def sync() -> None:
         if args.device.startswith("cuda"):
@@ -51,15 +70,15 @@ def main() -> None:
 
     def bare() -> float:
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             model.backbone.encode_image(x)
         sync()
         return time.perf_counter() - start
 
-    def step() -> float:
+    def step(bf16: bool = autocast) -> float:
         start = time.perf_counter()
         model.train()
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(model.normalize(x))
         parts = loss_fn({k: v.float() for k, v in out.items()}, mask, label)
         optimizer.zero_grad(set_to_none=True)
@@ -69,10 +88,12 @@ def main() -> None:
         return time.perf_counter() - start
 
     bare(), step()  # warm-up
-    bare_t, step_t = [], []
+    bare_t, step_t, fp32_t = [], [], []
     for _ in range(args.runs):  # interleaved so drifting machine load hits both sides
         bare_t.append(bare())
         step_t.append(step())
+        if autocast:  # the same step in fp32, for the speed-up
+            fp32_t.append(step(False))
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         step()
@@ -84,6 +105,9 @@ def main() -> None:
     print(header(args, size, f" autocast_bf16={autocast}{peak}"))
     print(f"bare_forward_s={b:.4f} train_step_s={s:.4f}")
     print("breakdown " + " ".join(f"{k}={v / b:.3f}" for k, v in parts.items()))
+    if fp32_t:
+        f = statistics.median(fp32_t)
+        print(f"fp32_train_step_s={f:.4f} bf16_step_speedup={f / s:.3f}")
     print(f"train_step_over_forward={s / b:.3f}")
 
 

@@ -74,6 +74,33 @@ def test_batch_first_block_with_gradients_matches_open_clip(tiny_checkpoint):
     assert torch.allclose(grad_ours, grad_theirs, atol=1e-4, rtol=1e-4)
 
 
+def test_text_tower_batch_first_matches_open_clip(tiny_checkpoint):
+    """The causal text tower (the prompts learn through it) runs block by block batch-first with
+    its mask: the same features and prompt gradients as open_clip's own transformer, in fp32
+    with gradients and under bf16 autocast."""
+    from medsad_monai.networks.clip_backbone import _needs_batch_first_attention, run_transformer
+
+    prompts = Predictor.from_checkpoint(tiny_checkpoint, device="cpu").model.prompt
+    clip = prompts.clip[0]
+    torch.manual_seed(0)
+    x = torch.randn(3, 12, clip.transformer.width, requires_grad=True)
+    mask = clip.attn_mask[:12, :12]
+    assert all(_needs_batch_first_attention(block, x) for block in clip.transformer.resblocks)
+    ours = run_transformer(clip.transformer, x, mask)
+    (grad_ours,) = torch.autograd.grad(ours.square().sum(), x)
+    theirs = clip.transformer(x, attn_mask=mask)
+    (grad_theirs,) = torch.autograd.grad(theirs.square().sum(), x)
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(grad_ours, grad_theirs, atol=1e-4, rtol=1e-4)
+    # the mask is applied: a later token changes no earlier output
+    y = x.detach().clone()
+    y[:, -1] += 1.0
+    assert torch.allclose(run_transformer(clip.transformer, y, mask)[:, :-1], ours.detach()[:, :-1], atol=1e-5)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast, stock = run_transformer(clip.transformer, x, mask).float(), clip.transformer(x, attn_mask=mask).float()
+    assert torch.allclose(fast, stock, atol=0.05, rtol=0.02)
+
+
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_auto_follows_detection(monkeypatch, has_bf16):
     monkeypatch.setattr(inference, "cpu_has_bf16", lambda: has_bf16)

@@ -114,30 +114,43 @@ def _needs_batch_first_attention(block: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
-def _batch_first_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """open_clip's ``ResidualAttentionBlock.forward`` (self-attention, no mask) with the attention
-    computed batch-first: the same arithmetic as ``nn.MultiheadAttention``, without its layout copy."""
+def _batch_first_block(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """open_clip's ``ResidualAttentionBlock.forward`` (self-attention, optionally with an additive
+    ``attn_mask``, e.g. the text tower's causal one) with the attention computed batch-first: the
+    same arithmetic as ``nn.MultiheadAttention``, without its layout copy."""
     attn: nn.MultiheadAttention = block.attn
     b, n, d = x.shape
     h = attn.num_heads
     dropout = attn.dropout if attn.training else 0.0
     qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)  # (B, N, 3D)
     q, k, v = qkv.reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, hd) each
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    mask = None if attn_mask is None else attn_mask.to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
     out = attn.out_proj(out.transpose(1, 2).reshape(b, n, d))
     x = x + block.ls_1(out)
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def run_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """One vision transformer block on batch-first tokens (B, 1+N, width).
+def run_block(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One transformer block on batch-first tokens (B, L, width).
 
-    Identical to ``block(x)``; under CPU autocast the attention runs batch-first (see
-    :func:`_needs_batch_first_attention`), which is what makes bf16 pay off on CPUs.
+    Identical to ``block(x, attn_mask=attn_mask)``; under CPU autocast or with gradients on the
+    attention runs batch-first (see :func:`_needs_batch_first_attention`), which is what makes
+    bf16 pay off on CPUs.
     """
     if _needs_batch_first_attention(block, x):
-        return _batch_first_block(block, x)
-    return block(x)
+        return _batch_first_block(block, x, attn_mask)
+    return block(x) if attn_mask is None else block(x, attn_mask=attn_mask)
+
+
+def run_transformer(transformer: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """open_clip's ``Transformer`` (the text tower's) on batch-first tokens, block by block through
+    :func:`run_block`; a transformer that is not batch-first or checkpoints its gradients runs as is."""
+    if not getattr(transformer, "batch_first", False) or getattr(transformer, "grad_checkpointing", False):
+        return transformer(x, attn_mask=attn_mask)
+    for block in transformer.resblocks:
+        x = run_block(block, x, attn_mask)
+    return x
 
 
 class CLIPBackbone(nn.Module):

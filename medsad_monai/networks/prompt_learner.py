@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medsad_monai.networks.clip_backbone import run_transformer
+
 __all__ = ["PromptLearner", "TextFeatures"]
 
 
@@ -138,7 +140,7 @@ class PromptLearner(nn.Module):
         length = token_embeddings.shape[1]
         x = token_embeddings + clip.positional_embedding[:length].to(token_embeddings.dtype)
         attn_mask = clip.attn_mask[:length, :length]
-        x = clip.transformer(x, attn_mask=attn_mask)
+        x = run_transformer(clip.transformer, x, attn_mask)  # batch-first attention: fast in bf16 too
         x = clip.ln_final(x)
         proj = clip.text_projection
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
