@@ -124,6 +124,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "(docs/data.md): foreground (default) = background to 0, the median of the tissue "
         "(above Otsu) to 0.5, robust to skull and scalp; percentile = 0.5-99.5th percentiles",
     )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="autocast of the training step: auto = bf16 on CUDA GPUs and CPUs with bf16 units "
+        "(detected), fp32 otherwise (default: bf16 on CUDA GPUs that have it, fp32 elsewhere)",
+    )
+    p.add_argument(
+        "--balance-sources",
+        action="store_true",
+        help="draw training slices so that every source (the `anatomy` / `source` tag of dataset.json) "
+        "is seen equally often, however many volumes it has",
+    )
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     p.add_argument("--record-samples", action="store_true", help="write the training samples each rank saw")
@@ -328,6 +340,8 @@ def _train(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay,
         fp_weight=args.fp_weight,
         fp_start=args.fp_start,
+        balance_sources=args.balance_sources,
+        precision=args.precision,
         num_workers=args.num_workers,
         device=args.device,
         record_samples=args.record_samples,

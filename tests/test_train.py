@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 
 import nibabel as nib
@@ -201,6 +202,7 @@ def test_weight_averaging_validates_and_saves_the_average_and_resumes(tiny_volum
     [
         (dict(synthetic_lesions=0.5, synthetic_styles=["A", "Q"]), "synthetic-styles"),
         (dict(ema_decay=1.0), "ema_decay"),
+        (dict(precision="fp16"), "--precision"),
     ],
 )
 def test_bad_recipe_options_are_refused_before_training(tiny_volumes, tmp_path, kw, match):
@@ -234,6 +236,51 @@ def test_validation_draws_from_every_anatomy_source():
         assert set(split.train_groups) | set(split.val_groups) == set(lesion + normal)
     plain = [make_split(samples, 0.2, seed).val_groups for seed in range(6)]
     assert any({g[0] for g in v if g in lesion} == {"a"} for v in plain)  # what stratifying prevents
+
+
+def test_source_balanced_sampler_draws_every_source_equally_often():
+    from pathlib import Path
+
+    from medsad_monai.data.layouts import Sample
+    from medsad_monai.engine.datasets import source_balanced_sampler
+
+    samples = [Sample(Path(f"{c}.nii.gz"), (), 0, c, i, 0) for c in ("a0", "a1", "a2") for i in range(30)]
+    samples += [Sample(Path("b0.nii.gz"), (), 0, "b0", i, 0) for i in range(10)]  # 10 of 100 slices
+    sampler = source_balanced_sampler(samples, {"a0": "a", "a1": "a", "a2": "a", "b0": "b"}, seed=3)
+    drawn = [samples[i].group for _ in range(20) for i in sampler]
+    assert len(drawn) == 20 * len(samples)
+    share_b = drawn.count("b0") / len(drawn)
+    assert 0.45 < share_b < 0.55, share_b  # 0.10 without balancing
+    assert [samples[i].group for i in source_balanced_sampler(samples, {}, seed=3)].count("b0") < 25
+    with pytest.raises(ValueError, match="no training samples"):
+        source_balanced_sampler([], {})
+
+
+def test_bf16_training_step_on_cpu(tiny_volumes, tmp_path, monkeypatch):
+    """``precision="bf16"`` runs the step under CPU bf16 autocast (asked for by name, whatever the
+    CPU); the losses stay finite and the run is complete."""
+    seen = []
+    real = torch.autocast
+
+    def spy(device_type, *args, **kwargs):
+        seen.append((device_type, kwargs.get("dtype"), kwargs.get("enabled", True)))
+        return real(device_type, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    run = tmp_path / "run"
+    summary = train(_opts(tiny_volumes, run, epochs=1, precision="bf16"))
+    assert ("cpu", torch.bfloat16, True) in seen
+    assert summary["last_epoch"] == 1 and (run / "best.pt").is_file()
+    assert all(math.isfinite(float(r["train_loss"])) for r in _rows(run))
+
+
+def test_source_balanced_training_runs_and_resumes(tiny_volumes, tmp_path, caplog):
+    run = tmp_path / "run"
+    with caplog.at_level("INFO", logger="medsad_monai.engine.datasets"):
+        train(_opts(tiny_volumes, run, epochs=1, balance_sources=True))
+        train(_opts(tiny_volumes, run, epochs=2, balance_sources=True, resume=True))
+    assert "source-balanced sampling" in caplog.text
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3  # header + 2 epochs
 
 
 def test_train_takes_samples_instead_of_a_folder(tiny_volumes, tmp_path):

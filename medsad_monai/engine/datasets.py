@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +119,29 @@ def make_split(
     if not train or not val:
         raise ValueError(f"split left an empty side (train {len(train)}, val {len(val)} groups)")
     return Split(seed, val_fraction, sorted(train), sorted(val))
+
+
+def source_balanced_sampler(
+    samples: Sequence[Sample], sources: dict[str, str], seed: int = 0
+) -> torch.utils.data.WeightedRandomSampler:
+    """Draws ``len(samples)`` samples per epoch (with replacement) so that every source of
+    ``sources`` (group -> source tag; untagged groups form one source) is drawn equally often:
+    a source with few volumes is not outweighed by one with many.
+
+    Raises:
+        ValueError: no samples.
+    """
+    if not samples:
+        raise ValueError("no training samples to draw from")
+    tags = [sources.get(s.group, "") for s in samples]
+    counts = Counter(tags)
+    weights = torch.tensor([1.0 / counts[t] for t in tags], dtype=torch.double)
+    logger.info(
+        "source-balanced sampling: %s",
+        ", ".join(f"{t or 'untagged'} {n} slices" for t, n in sorted(counts.items())),
+    )
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.WeightedRandomSampler(weights, len(samples), replacement=True, generator=generator)
 
 
 #: Memory the decoded training volumes may hold (the sample data's 14 volumes take ~110 MB).

@@ -40,7 +40,8 @@ from medsad_monai.data.lesions import RANDOM_LOOK, STYLES
 from medsad_monai.data.protocol import BMAD_USAGES, DataProtocol
 from medsad_monai.data.volumes import INTENSITY_METHODS
 from medsad_monai.engine import distributed as dist_utils
-from medsad_monai.engine.datasets import Split, drop_background, make_split, slice_dataset
+from medsad_monai.engine.datasets import Split, drop_background, make_split, slice_dataset, source_balanced_sampler
+from medsad_monai.engine.inference import PRECISIONS, resolve_precision
 from medsad_monai.engine.metrics import MetricAccumulator
 from medsad_monai.losses import MedSADLoss
 from medsad_monai.networks import MedSADCLIP
@@ -114,12 +115,16 @@ class TrainOptions:
     ema_decay: float | None = None
     fp_weight: float | None = None
     fp_start: float | None = None
+    balance_sources: bool = False  # draw slices so every source tag is seen equally often
+    precision: str | None = None  # auto/fp32/bf16 autocast of the step; None: bf16 on CUDA only
     num_workers: int = 0
     device: str | None = None
     record_samples: bool = False
     init_from: str | None = None  # fine-tune: start from this checkpoint's weights (not a resume)
 
     def validate(self) -> None:
+        if self.precision is not None and str(self.precision).lower() not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.model not in ("medsad", "unet"):
             raise ValueError(f"--model must be medsad or unet, got {self.model!r}")
         if self.dataset is not None and self.dataset not in DATASETS:
@@ -458,6 +463,10 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
     )
     val_ds = slice_dataset(val_samples, size, train=False, slice_axis=opts.slice_axis, intensity=opts.intensity)
     sampler = dist_utils.sampler(train_ds, ctx, seed=opts.seed)
+    if opts.balance_sources:
+        if sampler is not None:
+            raise ValueError("--balance-sources is not available under torchrun (it needs one sampler)")
+        sampler = source_balanced_sampler(train_samples, sources, seed=opts.seed)
     train_loader = DataLoader(
         train_ds,
         batch_size=batch_size,
@@ -493,13 +502,13 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
     schedule = cfg.get("lr_schedule", "constant")
     fp_weight, fp_start = loss_fn.fp_weight, float(cfg.get("fp_start", 0.0))
     steps_per_epoch = max(len(train_loader), 1)
-    autocast = ctx.device.type == "cuda" and torch.cuda.is_bf16_supported()
+    autocast = resolve_precision(opts.precision, ctx.device) == "bf16"
     seen = [] if opts.record_samples else None
     stop_reason = "epochs"
 
     with _Interrupt():
         for epoch in range(start_epoch, epochs + 1):
-            if sampler is not None:
+            if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle per epoch
                 sampler.set_epoch(epoch)
             model.train()
             t0 = time.monotonic()
