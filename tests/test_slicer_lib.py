@@ -94,7 +94,8 @@ def test_local_run_gives_segment_in_the_volume_geometry_table_and_plot(scene, lo
     from medsad_monai.engine.inference import Predictor
 
     array_ijk = slicer.util.arrayFromVolume(volume).transpose(2, 1, 0).astype(np.float32)
-    direct = Predictor.from_checkpoint(tiny_checkpoint, batch_size=4).predict_volume(normalize_intensity(array_ijk))
+    direct = Predictor.from_checkpoint(tiny_checkpoint, batch_size=4, precision=local.precision)
+    direct = direct.predict_volume(normalize_intensity(array_ijk))
     np.testing.assert_allclose(result.slice_scores, direct.slice_scores, atol=1e-6)
     np.testing.assert_allclose(result.probability, direct.probability.transpose(2, 1, 0), atol=1e-6)
 
@@ -126,6 +127,25 @@ def test_local_run_gives_segment_in_the_volume_geometry_table_and_plot(scene, lo
         [(dims[0] - 1) / 2, (dims[1] - 1) / 2, result.worst_slice, 1]
     )
     np.testing.assert_allclose(ras, expected[:3], atol=1e-6)
+
+
+def test_local_backend_precision_is_medsad_infers(scene, tiny_checkpoint):
+    """``auto`` (the default) runs what ``medsad infer`` would run on this machine and says so;
+    bf16 and fp32 agree on the slice scores; an unknown precision is refused by name."""
+    import torch
+
+    from medsad_monai.engine.inference import resolve_precision
+
+    volume = _volume(scene)
+    logic = MedSADLogic(scene)
+    auto = logic.run(volume, LocalBackend(str(tiny_checkpoint), batch_size=4))
+    assert auto.info["precision"] == resolve_precision("auto", torch.device("cpu"))
+    fp32 = logic.run(volume, LocalBackend(str(tiny_checkpoint), batch_size=4, precision="fp32"))
+    bf16 = logic.run(volume, LocalBackend(str(tiny_checkpoint), batch_size=4, precision="bf16"))
+    assert (fp32.info["precision"], bf16.info["precision"]) == ("fp32", "bf16")
+    np.testing.assert_allclose(bf16.slice_scores, fp32.slice_scores, atol=0.01)
+    with pytest.raises(MedSADError, match="precision 'fp16'"):
+        LocalBackend(str(tiny_checkpoint), precision="fp16")
 
 
 def test_rethreshold_changes_mask_and_flags_without_running_again(scene, local, monkeypatch):
@@ -171,7 +191,9 @@ def test_calibrated_checkpoint_decides_in_slicer_as_in_medsad_monai(scene, tiny_
     logic = MedSADLogic(scene)
     result = logic.run(volume, LocalBackend(str(ckpt), batch_size=4))
     array_ijk = slicer.util.arrayFromVolume(volume).transpose(2, 1, 0).astype(np.float32)
-    direct = Predictor.from_checkpoint(ckpt, batch_size=4).predict_volume(normalize_intensity(array_ijk))
+    # the module's default precision is medsad infer's (auto)
+    direct = Predictor.from_checkpoint(ckpt, batch_size=4, precision="auto")
+    direct = direct.predict_volume(normalize_intensity(array_ijk))
     assert result.threshold == 0.3 and result.slice_threshold == 0.2 and result.volume_threshold == 0.5
     np.testing.assert_array_equal(result.mask, direct.mask.transpose(2, 1, 0))
     np.testing.assert_allclose(result.slice_scores, direct.slice_scores, atol=1e-6)
@@ -274,7 +296,8 @@ def test_remote_backend_against_a_real_monai_label_server(scene, app_studies, ti
 
     volume = _volume(scene)
     logic = MedSADLogic(scene)
-    local = logic.run(volume, LocalBackend(str(tiny_checkpoint), batch_size=4), threshold=0.3)
+    # fp32 on both sides: the server's default on CPUs (`--conf precision` not given)
+    local = logic.run(volume, LocalBackend(str(tiny_checkpoint), batch_size=4, precision="fp32"), threshold=0.3)
     studies, checkpoint = app_studies
     with monailabel_server(studies, {"checkpoint": str(checkpoint)}, tmp_path / "server.log") as url:
         remote = logic.run(volume, ServerBackend(url), threshold=0.3)
