@@ -252,3 +252,45 @@ def test_near_ties_go_to_the_mask_based_score_and_clear_wins_to_the_best():
     assert calibration._choose(kinds, table(clear), [], None)[0] == "model"
     volume = {"lesion_volume": 0.80, "max_slice": 0.805}
     assert calibration._choose(["lesion_volume", "max_slice"], table(volume), [], None)[0] == "lesion_volume"
+
+
+def test_cross_validated_balanced_accuracy_sees_a_threshold_that_does_not_carry_over():
+    """Leave-one-volume-out: a score that separates every volume on its own but sits at another
+    level in each (the saturated image score) decides held-out volumes badly; a score at the same
+    level everywhere decides them well. Fewer than 3 volumes: None."""
+    from medsad_monai.engine.calibration import cross_validated_balanced_accuracy
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(20, bool), np.zeros(80, bool)]
+
+    def volume(neg: float, pos: float) -> tuple[np.ndarray, np.ndarray]:
+        return np.r_[rng.uniform(pos, pos + 0.01, 20), rng.uniform(neg, neg + 0.01, 80)], labels
+
+    steady = [volume(0.2, 0.7) for _ in range(4)]
+    shifted = [volume(0.90 + 0.02 * i, 0.91 + 0.02 * i) for i in range(4)]  # separates within each volume
+    assert cross_validated_balanced_accuracy(steady) == pytest.approx(1.0)
+    assert cross_validated_balanced_accuracy(shifted) < 0.8
+    assert cross_validated_balanced_accuracy(steady[:2]) is None
+    one_class = [(np.zeros(5), np.zeros(5, bool))] * 3
+    assert cross_validated_balanced_accuracy(one_class) is None
+
+
+def test_the_slice_score_is_chosen_by_how_its_threshold_carries_over(monkeypatch):
+    """The cross-validated balanced accuracy decides, ties (CV_TIE) go to the mask-based score,
+    and with fewer than 3 validation volumes the AUROC rule decides."""
+    from medsad_monai.engine import calibration
+
+    cv = {"model": 0.80, "peak": 0.70, "lesion_area": 0.86}
+    aurocs = {"model": 0.95, "peak": 0.90, "lesion_area": 0.90}
+    monkeypatch.setattr(calibration, "_slices_per_case", lambda cases, kind, op: kind)
+    monkeypatch.setattr(calibration, "cross_validated_balanced_accuracy", lambda per_case: cv[per_case])
+    monkeypatch.setattr(calibration, "_choose", lambda c, t, cases, op: (max(c, key=aurocs.get), dict(aurocs)))
+    kinds = ["model", "peak", "lesion_area"]
+    kind, got_aurocs, got_cv = calibration._choose_slice_score(kinds, [], None)
+    assert kind == "lesion_area" and got_cv == cv and got_aurocs == aurocs  # the best AUROC does not decide
+    cv.update(model=0.865)  # within CV_TIE of lesion_area: the mask-based score
+    assert calibration._choose_slice_score(kinds, [], None)[0] == "lesion_area"
+    cv.update(model=0.90)  # a clear win
+    assert calibration._choose_slice_score(kinds, [], None)[0] == "model"
+    cv.update(model=None, peak=None, lesion_area=None)  # < 3 volumes: the AUROC rule
+    assert calibration._choose_slice_score(kinds, [], None)[0] == "model"

@@ -7,11 +7,15 @@ The validation volumes (or images) run through the one inference path
    all validation voxels pooled (lesion-free volumes included, so their false positives count);
    ties go to the smaller size filter and the threshold nearer 0.5.
 2. **Slice score** — with that mask, each candidate slice score (``slice_score="auto"``: all of
-   :data:`~medsad_monai.engine.decision.SLICE_SCORES`; otherwise the one named) is ranked by its
-   slice AUROC on the validation slices (background slices left out, as at inference); the best
-   wins — scores within :data:`AUROC_TIE` of it are tied and the mask-based ``lesion_area``
-   goes first, the model's own (often saturated) score last (:data:`PREFERENCE`) — then
-   ``slice_threshold`` maximises the slice balanced accuracy.
+   :data:`~medsad_monai.engine.decision.SLICE_SCORES`; otherwise the one named) is ranked by
+   how well its threshold carries over to a volume it was not fitted on: leave one validation
+   volume out, fit the threshold on the others, decide the held-out volume's slices, pool the
+   decisions into one balanced accuracy (:func:`cross_validated_balanced_accuracy`; background
+   slices left out, as at inference). The best wins — scores within :data:`CV_TIE` of it are
+   tied and the mask-based ``lesion_area`` goes first, the model's own (often saturated) score
+   last (:data:`PREFERENCE`). With fewer than 3 validation volumes the slice AUROC ranks them
+   instead (:data:`AUROC_TIE`). Then ``slice_threshold`` maximises the slice balanced accuracy
+   on all validation slices.
 3. **Volume score** — the same on validation volumes: the best-ranking volume score, then the
    threshold of best balanced accuracy, placed in the middle of the widest gap between the
    classes. Without both lesion-free and lesion volumes in validation, a volume is called
@@ -198,15 +202,46 @@ def _pick_map(dice: np.ndarray, thresholds: Sequence[float], sizes: Sequence[int
     return float(thresholds[i]), int(sizes[j]), best
 
 
-def _slice_table(cases: Sequence[CaseOutput], kind: str, op: OperatingPoint) -> tuple[np.ndarray, np.ndarray]:
-    scores, labels = [], []
+def _slices_per_case(cases: Sequence[CaseOutput], kind: str, op: OperatingPoint) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(slice scores, slice labels) of each case's evaluated slices."""
+    out = []
     for c in cases:
         mask = lesion_mask(c.probability, op)
         s = slice_scores(kind, c.probability, mask, c.model_scores, c.skipped, c.axis)
         keep = c.evaluated
-        scores.append(s[keep])
-        labels.append(c.slice_labels[keep])
-    return np.concatenate(scores), np.concatenate(labels)
+        out.append((s[keep], c.slice_labels[keep]))
+    return out
+
+
+def _slice_table(cases: Sequence[CaseOutput], kind: str, op: OperatingPoint) -> tuple[np.ndarray, np.ndarray]:
+    per_case = _slices_per_case(cases, kind, op)
+    return np.concatenate([s for s, _ in per_case]), np.concatenate([y for _, y in per_case])
+
+
+def cross_validated_balanced_accuracy(per_case: Sequence[tuple[np.ndarray, np.ndarray]]) -> float | None:
+    """How well a slice score's threshold carries over to a volume it was not fitted on.
+
+    Leave one validation volume out: the threshold of best balanced accuracy on the other
+    volumes' slices decides the held-out volume's slices; the decisions of all held-out volumes
+    are pooled into one balanced accuracy. None with fewer than 3 volumes or when a class of
+    slices is missing. A score whose validation AUROC is high but whose scores shift from volume
+    to volume (a saturated image score near 0.95) loses here, as it would on new volumes.
+    """
+    if len(per_case) < 3:
+        return None
+    tp = fn = tn = fp = 0
+    for i, (scores, labels) in enumerate(per_case):
+        rest = [pc for j, pc in enumerate(per_case) if j != i]
+        threshold, _ = best_threshold(np.concatenate([s for s, _ in rest]), np.concatenate([y for _, y in rest]))
+        if threshold is None:
+            return None
+        labels = np.asarray(labels, bool)
+        called = np.asarray(scores) >= threshold
+        tp, fn = tp + int((called & labels).sum()), fn + int((~called & labels).sum())
+        tn, fp = tn + int((~called & ~labels).sum()), fp + int((called & ~labels).sum())
+    if not (tp + fn) or not (tn + fp):
+        return None
+    return tp / (tp + fn) / 2 + tn / (tn + fp) / 2
 
 
 def _volume_table(cases: Sequence[CaseOutput], kind: str, op: OperatingPoint) -> tuple[np.ndarray, np.ndarray]:
@@ -226,18 +261,40 @@ def _volume_table(cases: Sequence[CaseOutput], kind: str, op: OperatingPoint) ->
 PREFERENCE: tuple[str, ...] = ("lesion_area", "peak", "model", "lesion_volume", "max_slice")
 #: Validation AUROCs closer than this are a tie: on a few validation volumes it is one or two slices.
 AUROC_TIE = 0.01
+#: Cross-validated slice balanced accuracies closer than this are a tie.
+CV_TIE = 0.01
+
+
+def _preferred(figures: dict[str, float | None], tie: float, candidates: Sequence[str]) -> str:
+    """The candidate of the best figure; candidates within ``tie`` of it are tied and the first
+    in :data:`PREFERENCE` wins."""
+    ranked = [k for k in candidates if figures[k] is not None]
+    if not ranked:
+        return candidates[0]
+    best = max(figures[k] for k in ranked)  # type: ignore[type-var]
+    tied = [k for k in ranked if figures[k] >= best - tie]  # type: ignore[operator]
+    return min(tied, key=lambda k: PREFERENCE.index(k) if k in PREFERENCE else len(PREFERENCE))
 
 
 def _choose(candidates: Sequence[str], table, cases, op) -> tuple[str, dict[str, float | None]]:
     """The candidate of best validation AUROC; candidates within :data:`AUROC_TIE` of the best
     are tied and the first in :data:`PREFERENCE` wins."""
     aurocs = {k: auroc(*table(cases, k, op)) for k in candidates}
-    ranked = [k for k in candidates if aurocs[k] is not None]
-    if not ranked:
-        return candidates[0], aurocs
-    best = max(aurocs[k] for k in ranked)
-    tied = [k for k in ranked if aurocs[k] >= best - AUROC_TIE]
-    return min(tied, key=lambda k: PREFERENCE.index(k) if k in PREFERENCE else len(PREFERENCE)), aurocs
+    return _preferred(aurocs, AUROC_TIE, candidates), aurocs
+
+
+def _choose_slice_score(
+    candidates: Sequence[str], cases: Sequence[CaseOutput], op: OperatingPoint
+) -> tuple[str, dict[str, float | None], dict[str, float | None]]:
+    """The slice score whose threshold carries over best between validation volumes
+    (:func:`cross_validated_balanced_accuracy`, within :data:`CV_TIE` a tie broken by
+    :data:`PREFERENCE`); with fewer than 3 usable validation volumes, the best AUROC
+    (:func:`_choose`). Returns the choice, the AUROCs and the cross-validated accuracies."""
+    kind, aurocs = _choose(candidates, _slice_table, cases, op)
+    cv = {k: cross_validated_balanced_accuracy(_slices_per_case(cases, k, op)) for k in candidates}
+    if all(v is None for v in cv.values()):
+        return kind, aurocs, cv
+    return _preferred(cv, CV_TIE, candidates), aurocs, cv
 
 
 def _r(x: float | None) -> float | None:
@@ -271,7 +328,7 @@ def fit_operating_point(
     op = OperatingPoint(map_threshold=t, min_lesion_voxels=m, source=source)
 
     candidates = list(SLICE_SCORES) if slice_score == "auto" else [slice_score]
-    kind, slice_aurocs = _choose(candidates, _slice_table, cases, op)
+    kind, slice_aurocs, slice_cv = _choose_slice_score(candidates, cases, op)
     s_scores, s_labels = _slice_table(cases, kind, op)
     s_thr, s_bal = best_threshold(s_scores, s_labels)
     op = dataclasses.replace(op, slice_score=kind, slice_threshold=s_thr if s_thr is not None else 0.5)
@@ -299,9 +356,10 @@ def fit_operating_point(
         objective={
             "map": "pooled Dice of all validation voxels (lesion-free volumes included) over map_threshold "
             f"{list(thresholds)} x min_lesion_voxels {list(sizes)}",
-            "slice": f"slice score of best validation slice AUROC among {candidates} (within {AUROC_TIE} a tie, "
-            f"broken in the order {[k for k in PREFERENCE if k in candidates]}); threshold of best slice "
-            "balanced accuracy",
+            "slice": f"slice score among {candidates} whose threshold carries over best between validation "
+            f"volumes: leave-one-volume-out balanced accuracy (within {CV_TIE} a tie, broken in the order "
+            f"{[k for k in PREFERENCE if k in candidates]}; with fewer than 3 volumes the best slice AUROC, within "
+            f"{AUROC_TIE} a tie); threshold of best slice balanced accuracy on all validation slices",
             "volume": f"volume score of best validation volume AUROC among {list(VOLUME_SCORES)} (within {AUROC_TIE} a "
             f"tie, broken in the order {[k for k in PREFERENCE if k in VOLUME_SCORES]}); {volume_note}",
         },
@@ -313,6 +371,7 @@ def fit_operating_point(
             "n_lesion_slices": int(s_labels.sum()),
             "dice_pooled": _r(dice),
             "slice_auroc": {k: _r(v) for k, v in slice_aurocs.items()},
+            "slice_cv_balanced_accuracy": {k: _r(v) for k, v in slice_cv.items()},
             "slice_balanced_accuracy": _r(s_bal),
             "volume_auroc": {k: _r(v) for k, v in volume_aurocs.items()},
             "volume_balanced_accuracy": _r(v_bal),
