@@ -127,8 +127,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16"],
-        help="autocast of the training step: auto = bf16 on CUDA GPUs and CPUs with bf16 units "
-        "(detected), fp32 otherwise (default: bf16 on CUDA GPUs that have it, fp32 elsewhere)",
+        default="auto",
+        help="autocast of the training step: auto (default) = bf16 on CUDA GPUs and on CPUs with bf16 "
+        "units (AMX / AVX-512 bf16, detected), fp32 otherwise",
     )
     p.add_argument(
         "--balance-sources",

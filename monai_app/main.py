@@ -101,7 +101,9 @@ class MyApp(MONAILabelApp):
             from monailabel.endpoints import activelearning, datastore, infer, info, model, scoring, train, wsi_infer
 
             routers = (info, infer, wsi_infer, train, scoring, activelearning, datastore, model)
-            train_check = {("POST", path): self.check_train_request for path in ("/train/", "/train/{model}")}
+            # the check asks the app that is serving at request time (the routes are wrapped once
+            # per process, and an app may be re-created behind them, as the tests do)
+            train_check = {("POST", path): _check_train_request for path in ("/train/", "/train/{model}")}
             serve_routes(server, (r.router for r in routers), settings.MONAI_LABEL_API_STR, train_check)
 
     def check_train_request(self, kwargs: dict[str, Any]) -> None:
@@ -160,3 +162,12 @@ class MyApp(MONAILabelApp):
     def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
         with as_http_errors(f"active learning {request.get('strategy')!r}"):
             return super().next_sample(request)
+
+
+def _check_train_request(kwargs: dict[str, Any]) -> None:
+    """``POST /train/…`` precheck: :meth:`MyApp.check_train_request` of the serving app."""
+    from monailabel.interfaces.utils.app import app_instance
+
+    check = getattr(app_instance(), "check_train_request", None)  # MONAI Label may re-import this module
+    if check is not None:
+        check(kwargs)

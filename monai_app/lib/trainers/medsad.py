@@ -146,6 +146,9 @@ class MedSADTrain(TrainTask):
         n = 1
         while run.exists():
             run, n = self.runs_dir / f"{stamp}-{n}", n + 1
+        # the request first: /info reads the run's budget from it until the run's config.json exists
+        run.mkdir(parents=True)
+        atomic_write(run / "request.json", lambda fh: fh.write(json.dumps(opts, default=str)), binary=False)
         samples, layout = _samples(datalist, self.cache.serve.slice_axis)
         init_from, image_size = self._fine_tune_source(opts)
         logger.info(
@@ -305,11 +308,12 @@ def publish_checkpoint(best: Path, target: Path) -> None:
 
 def _live_stats(run: Path) -> dict[str, Any]:
     """Progress of a run that is still training, from its ``metrics.csv`` and ``config.json``."""
-    total = (
-        json.loads((run / "config.json").read_text())["options"].get("epochs")
-        if (run / "config.json").is_file()
-        else None
-    )
+    if (run / "config.json").is_file():
+        total = json.loads((run / "config.json").read_text())["options"].get("epochs")
+    elif (run / "request.json").is_file():  # the run is starting: the budget it was asked for
+        total = json.loads((run / "request.json").read_text()).get("max_epochs")
+    else:
+        total = None
     rows = list(csv.DictReader((run / "metrics.csv").open())) if (run / "metrics.csv").is_file() else []
     selections = [float(r["selection"]) for r in rows if r.get("selection")]
     seconds = sum(float(r.get("seconds") or 0) for r in rows)
