@@ -112,7 +112,8 @@ def test_train_stats_are_live_during_a_run(client):
     worker.join()
     assert results["res"].status_code == 200, results["res"].text
     assert seen, "no live train_stats while the run trained"
-    assert all(s["total_epochs"] == 3 and 0 <= s["epoch"] <= 3 for s in seen), [(s["epoch"], s["total_epochs"]) for s in seen]
+    progress = [(s["epoch"], s["total_epochs"]) for s in seen]
+    assert all(total == 3 and 0 <= epoch <= 3 for epoch, total in progress), progress
     assert any(s["epoch"] >= 1 and s["best_metric"] is not None for s in seen)
     final = client.get("/info/").json()["train_stats"]["medsad"]
     assert final["epoch"] == final["total_epochs"] == 3 and "best_epoch" in final and "total_time" in final
