@@ -83,7 +83,8 @@ class MedSADConfig:
         slice_score: how calibration scores slices: ``model`` (the model's ``score``; the paper
             presets) or ``auto`` (the best-ranking on validation of the model's score, the
             smoothed lesion-map peak and the post-processed lesion area; see
-            :mod:`medsad_monai.engine.decision`).
+            :mod:`medsad_monai.engine.decision`), or one of ``peak`` / ``lesion_area`` (the
+            ``tiny`` preset: ``lesion_area``, see docs/decisions.md).
         tta_flip: at inference (eval mode), average the lesion map and score with those of the
             left-right mirrored image (2× inference time; see ``networks/flip_tta.py``).
 
@@ -205,8 +206,8 @@ class MedSADConfig:
             raise ValueError(f"decoder_norm must be one of batch, instance, group, none; got {self.decoder_norm!r}")
         if self.score_fusion not in ("cls", "cls_max_mask"):
             raise ValueError(f"score_fusion must be cls or cls_max_mask, got {self.score_fusion!r}")
-        if self.slice_score not in ("model", "auto"):
-            raise ValueError(f"slice_score must be model or auto, got {self.slice_score!r}")
+        if self.slice_score not in ("model", "auto", "peak", "lesion_area"):
+            raise ValueError(f"slice_score must be model, auto, peak or lesion_area, got {self.slice_score!r}")
         if self.mc_margin < 0:
             raise ValueError(f"mc_margin must be >= 0, got {self.mc_margin}")
         if not 0.0 <= self.fp_start < 1.0:

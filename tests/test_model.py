@@ -108,8 +108,9 @@ def test_train_backbone_trains_image_tower_but_never_text_tower(tiny_config):
 
 
 def _count_text_passes(model: MedSADCLIP) -> list[int]:
+    """Passes through the text tower, counted at its first block (the tower runs block by block)."""
     calls = [0]
-    model.backbone.clip.transformer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    model.backbone.clip.transformer.resblocks[0].register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     return calls
 
 
