@@ -196,4 +196,7 @@ def test_the_slicer_plugins_requests_against_the_real_server(app_studies, tmp_pa
         assert status == 200, body
         stats = client.info()["train_stats"]["medsad"]
         assert stats["epoch"] == stats["total_epochs"] == 1
-        assert {"best_metric", "total_time", "best_epoch", "last_epoch", "best_val_selection", "seconds"} <= set(stats)
+        # the keys MONAI Label's Slicer plugin reads, and the older ones: present (not a timing check)
+        plugin_keys = {"best_metric", "total_time", "best_epoch", "last_epoch", "best_val_selection", "seconds"}
+        missing = plugin_keys - set(stats)
+        assert not missing, f"train_stats lacks {sorted(missing)}: {stats}"
