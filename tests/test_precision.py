@@ -36,6 +36,27 @@ def test_bf16_matches_fp32(tiny_checkpoint, volume):
     assert bf16.summary()["precision"] == "bf16"
 
 
+def test_bf16_checkpoint_keeps_matmul_weights_in_bf16(tiny_checkpoint, volume):
+    """A bf16 predictor of a checkpoint casts its matmul weights once (not autocast on every
+    forward); norms and embeddings stay fp32; the outputs equal plain autocast's."""
+    from medsad_monai.checkpoint import load_checkpoint
+
+    cast = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="bf16")
+    linears = [m for m in cast.model.modules() if isinstance(m, torch.nn.Linear)]
+    norms = [m for m in cast.model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert linears and norms
+    assert all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert all(m.weight.dtype == torch.float32 for m in norms)
+    assert cast.model.backbone.clip.token_embedding.weight.dtype == torch.float32
+    model, payload = load_checkpoint(tiny_checkpoint)
+    plain = Predictor(model, device="cpu", precision="bf16", intensity=cast.intensity)  # a model passed in: left as is
+    assert all(m.weight.dtype == torch.float32 for m in plain.model.modules() if isinstance(m, torch.nn.Linear))
+    a = cast.predict_volume(cast.normalize_volume(volume), skip_background=False)
+    b = plain.predict_volume(plain.normalize_volume(volume), skip_background=False)
+    assert np.abs(a.probability - b.probability).max() <= 0.02
+    assert np.abs(np.asarray(a.model_scores) - np.asarray(b.model_scores)).max() <= 0.01
+
+
 def test_batch_first_block_matches_open_clip(tiny_checkpoint):
     """The bf16 fast path of the vision blocks computes what open_clip's own block computes."""
     from medsad_monai.networks.clip_backbone import _needs_batch_first_attention, run_block

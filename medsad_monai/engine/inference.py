@@ -42,6 +42,7 @@ __all__ = [
     "PRECISIONS",
     "resolve_precision",
     "cpu_has_bf16",
+    "store_matmul_weights_bf16",
     "InferenceCancelled",
     "Predictor",
     "VolumeResult",
@@ -105,6 +106,39 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
     if value == "bf16" and device.type not in ("cpu", "cuda"):
         raise ValueError(f"precision 'bf16' is not supported on device {device.type!r}; use fp32")
     return value
+
+
+#: Modules whose weights feed the matmuls and convolutions that bf16 autocast runs in bf16.
+_MATMUL_MODULES = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.MultiheadAttention,
+)
+
+
+def store_matmul_weights_bf16(model: nn.Module) -> int:
+    """Keep the weights of ``model``'s linear, convolution and attention layers in bf16, in place.
+
+    For an inference-only model run under bf16 autocast: autocast would otherwise cast every
+    fp32 weight to bf16 again on every forward (10 % of a ViT-B-16 forward on a 2-core CPU,
+    issue 16), and the cast result is the same. Norms, embeddings and raw parameters (class and
+    positional embeddings, projections) stay fp32, so the residual stream keeps fp32 as under
+    plain autocast. Returns the number of tensors cast. Do not train the model afterwards.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, _MATMUL_MODULES):
+            for param in module.parameters(recurse=False):
+                if param.dtype == torch.float32:
+                    param.data = param.data.to(torch.bfloat16)
+                    count += 1
+    if hasattr(model, "_text_cache"):
+        model._text_cache = None  # cached prompt features are recomputed with the cast weights
+    return count
 
 
 class InferenceCancelled(RuntimeError):
@@ -246,7 +280,9 @@ class Predictor:
             checkpoint's ``intensity``); :meth:`normalize_volume` applies it.
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (autocast around the model forward, see
             :func:`resolve_precision`); ``None`` keeps the historical default (bf16 on CUDA
-            with bf16 support, fp32 on CPUs). :attr:`precision` is what runs.
+            with bf16 support, fp32 on CPUs). :attr:`precision` is what runs. A model loaded by
+            :meth:`from_checkpoint` to run in bf16 keeps its matmul weights in bf16
+            (:func:`store_matmul_weights_bf16`); a model passed in is left as it is.
 
     Raises:
         ValueError: bad ``batch_size``, ``intensity`` or ``precision``.
@@ -297,7 +333,10 @@ class Predictor:
         if kwargs.get("operating_point") is None:
             kwargs["operating_point"] = operating_point_of(payload, path)
         kwargs.setdefault("intensity", intensity_of(payload, path))
-        return cls(model, **kwargs)
+        predictor = cls(model, **kwargs)
+        if predictor.precision == "bf16":  # the model is this predictor's own: cast its weights once
+            store_matmul_weights_bf16(predictor.model)
+        return predictor
 
     def normalize_volume(self, volume: np.ndarray) -> np.ndarray:
         """A raw volume mapped to [0, 1] the way this model's training volumes were."""
