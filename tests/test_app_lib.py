@@ -172,7 +172,7 @@ def test_conf_and_request_values_share_one_validator(app_lib, tmp_path):
     assert (conf.threshold, conf.slice_axis, conf.batch_size) == (None, 1, 2)
     assert conf.checkpoint == (tmp_path / "model" / "medsad.pt").resolve()
     assert serve_config.ServeConfig.from_conf({"precision": "bf16"}, tmp_path).precision == "bf16"
-    assert conf.precision is None  # the historical default: fp32 on CPUs
+    assert conf.precision == "auto"  # as medsad infer and the Slicer local backend
     for key, value in [
         ("threshold", "1.5"),
         ("slice_axis", "3"),

@@ -17,6 +17,8 @@ pytest.importorskip("monailabel")
 
 from conftest import APP_DIR, STUDY_LABELLED, STUDY_UNLABELLED, datastore_files  # noqa: E402
 
+from medsad_monai.engine.inference import cpu_has_bf16  # noqa: E402
+
 
 def _infer(client, image_id: str, **params):
     res = client.post(f"/infer/medsad?image={image_id}&output=json", data={"params": json.dumps(params)})
@@ -51,7 +53,8 @@ def test_infer_returns_scores_and_a_mask_in_the_input_geometry(client):
     assert params["worst_slice"] == int(np.argmax(params["slice_scores"]))
     assert params["volume_score"] == max(params["slice_scores"])
     assert params["threshold"] == 0.5 and params["label_names"] == {"lesion": 1}
-    assert params["precision"] == "fp32"  # the served default on a CPU (--conf precision auto for bf16)
+    # the served default is auto: bf16 on a CPU with bf16 units, fp32 elsewhere
+    assert params["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
     # an uncalibrated checkpoint says so and uses the 0.5 fallback for every decision
     assert params["operating_point"]["source"] == "default"
     assert params["volume_abnormal"] == (params["volume_score"] >= params["volume_threshold"] == 0.5)

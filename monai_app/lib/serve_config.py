@@ -250,7 +250,8 @@ class ServeConfig:
         batch_size: slices per forward pass.
         device: ``cpu``/``cuda``/``cuda:N``; default CUDA when available.
         precision: ``auto`` (bf16 where the device runs it fast: CUDA with bf16, a CPU with AMX /
-            AVX-512 bf16), ``fp32`` or ``bf16``; default None: fp32 on CPUs, bf16 on CUDA.
+            AVX-512 bf16), ``fp32`` or ``bf16``; default ``auto``, as ``medsad infer`` and the
+            Slicer module's local backend.
         infer_workers: inferences run at once (default 1: one volume already uses every core
             or the GPU; more requests wait their turn while the server keeps answering).
     """
@@ -263,7 +264,7 @@ class ServeConfig:
     slice_axis: int = 2
     batch_size: int = 8
     device: str | None = None
-    precision: str | None = None
+    precision: str | None = "auto"
     infer_workers: int = 1
 
     @classmethod
@@ -283,7 +284,7 @@ class ServeConfig:
             slice_axis=_conf(check_slice_axis, conf, "slice_axis", 2),
             batch_size=_conf(check_batch_size, conf, "batch_size", 8),
             device=_conf(check_device, conf, "device", None),
-            precision=_conf(check_precision, conf, "precision", None),
+            precision=_conf(check_precision, conf, "precision", "auto"),
             infer_workers=_conf(check_count, conf, "infer_workers", 1),
         )
 
