@@ -148,6 +148,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> list[dict[str, 
         app.post("/train/medsad?run_sync=true", start)
     finally:
         app.close()
+    start_figures = _evaluate(checkpoint, data, base / "eval0")  # round 0 is the same model for every strategy
     rows = []
     for strategy in args.strategies.split(","):
         where = work / f"seed{seed}" / strategy
@@ -171,7 +172,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> list[dict[str, 
                     published = bool(result["published"])
                 else:
                     pick, published = "", True
-                figures = _evaluate(served, data, where / f"eval{rnd}")
+                figures = _evaluate(served, data, where / f"eval{rnd}") if rnd else start_figures
                 rows.append(
                     {
                         "seed": seed,

@@ -220,5 +220,8 @@ def test_flip_averaging_makes_eval_predictions_mirror_equivariant(tiny_config, k
     assert torch.allclose(a["score"], b["score"], atol=1e-5)
     assert not torch.allclose(p["mask"], q["mask"].flip(-1), atol=1e-5)  # without it: not equivariant
     assert torch.allclose(a["mask"], 0.5 * (p["mask"] + q["mask"].flip(-1)), atol=1e-6)
+    with torch.no_grad():  # the per-call switch overrides the config both ways
+        assert torch.allclose(model(x, flip_tta=False)["mask"], p["mask"], atol=1e-6)
+        assert torch.allclose(plain(x, flip_tta=True)["mask"], a["mask"], atol=1e-6)
     with torch.no_grad():  # training sees one view: no averaging
         assert torch.allclose(model.train()(x)["mask"], plain.train()(x)["mask"], atol=1e-6)

@@ -185,6 +185,25 @@ def test_cosine_schedule_decays_the_learning_rate_over_the_run(tiny_volumes, tmp
         train(_opts(tiny_volumes, tmp_path / "bad", lr_schedule="step"))
 
 
+def test_epoch_validation_ranks_with_the_plain_forward(tiny_config):
+    """The per-epoch validation runs one view per slice (the flip average only at calibration
+    and serving): its metrics equal those of the same weights without ``tta_flip``."""
+    from medsad_monai.networks import MedSADCLIP
+
+    torch.manual_seed(0)
+    flipped = MedSADCLIP(tiny_config.replace(tta_flip=True))
+    plain = MedSADCLIP(tiny_config.replace(tta_flip=False))
+    plain.load_state_dict(flipped.state_dict())
+    g = torch.Generator().manual_seed(1)
+    masks = (torch.rand(4, 1, 64, 64, generator=g) > 0.7).float()
+    masks[2] = 0  # the normal slice
+    batches = [{"image": torch.rand(4, 3, 64, 64, generator=g), "mask": masks, "label": torch.tensor([1.0, 1, 0, 1])}]
+    cpu = torch.device("cpu")
+    ranked = train_mod.evaluate_model(flipped, batches, cpu)
+    assert ranked == train_mod.evaluate_model(plain, batches, cpu)
+    assert ranked != train_mod.evaluate_model(flipped, batches, cpu, flip_tta=True)
+
+
 def test_weight_averaging_validates_and_saves_the_average_and_resumes(tiny_volumes, tmp_path):
     run = tmp_path / "run"
     train(_opts(tiny_volumes, run, epochs=1, ema_decay=0.9))

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from medsad_monai.data.images import load_image_2d, load_mask_2d
 from medsad_monai.data.layouts import Sample
-from medsad_monai.data.volumes import load_volume
+from medsad_monai.data.volumes import load_volume, take_slice
 from medsad_monai.engine.decision import (
     SLICE_SCORES,
     VOLUME_SCALE,
@@ -85,7 +85,7 @@ class CaseOutput:
     image: np.ndarray | None = None  # the normalised input (kept for report overlays)
 
     def image_slice(self, index: int) -> np.ndarray | None:
-        return None if self.image is None else np.take(self.image, index, axis=self.axis)
+        return None if self.image is None else take_slice(self.image, self.axis, index)
 
     @property
     def slice_labels(self) -> np.ndarray:

@@ -34,6 +34,7 @@ from medsad_monai.data.volumes import (
     load_volume,
     normalize_intensity,
     save_volume_like,
+    take_slice,
     volume_suffix,
 )
 from medsad_monai.engine.decision import OperatingPoint, lesion_mask, slice_scores, volume_score
@@ -383,14 +384,14 @@ class Predictor:
         n = volume.shape[axis]
         probability = np.zeros(volume.shape, dtype=np.float32)
         scores = [0.0] * n
-        skipped = [skip_background and is_background(np.take(volume, i, axis)) for i in range(n)]
+        skipped = [skip_background and is_background(take_slice(volume, axis, i)) for i in range(n)]
         todo = [i for i in range(n) if not skipped[i]]
         done = 0
         for start in range(0, len(todo), self.batch_size):
             if cancel is not None and cancel():
                 raise InferenceCancelled(f"cancelled after {done} of {len(todo)} slices")
             chunk = todo[start : start + self.batch_size]
-            results = self.predict_slices([np.take(volume, i, axis) for i in chunk])
+            results = self.predict_slices([take_slice(volume, axis, i) for i in chunk])
             for i, (prob, score) in zip(chunk, results):
                 index = [slice(None)] * 3
                 index[axis] = i

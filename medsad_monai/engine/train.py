@@ -224,13 +224,18 @@ def training_pool(
 
 @torch.no_grad()
 def evaluate_model(
-    model: nn.Module, loader: DataLoader, device: torch.device, threshold: float = 0.5
+    model: nn.Module, loader: DataLoader, device: torch.device, threshold: float = 0.5, flip_tta: bool = False
 ) -> dict[str, Any]:
-    """Metrics of ``model`` on a loader (the one metrics module)."""
+    """Metrics of ``model`` on a loader (the one metrics module).
+
+    The per-epoch validation that ranks epochs runs the plain forward (``flip_tta=False``, half
+    the cost of the mirrored average); the operating point of the selected checkpoint is then
+    fitted with the flip averaging the served model uses.
+    """
     model.eval()
     acc = MetricAccumulator(threshold=threshold)
     for batch in loader:
-        out = model(model.normalize(batch["image"].to(device)))
+        out = model(model.normalize(batch["image"].to(device)), flip_tta=flip_tta)
         acc.update(out["mask"][:, 1].float().cpu(), batch["mask"][:, 0], out["score"].float().cpu(), batch["label"])
     return acc.compute()
 

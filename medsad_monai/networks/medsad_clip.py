@@ -202,11 +202,12 @@ class MedSADCLIP(nn.Module):
         n = float(len(taps))
         return seg_sum / n, det_sum / n  # type: ignore[operator]
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, flip_tta: bool | None = None) -> dict[str, torch.Tensor]:
         """Run the model; see the class docstring for the output dict. In eval mode with
-        ``config.tta_flip`` the maps and scores are averaged with the mirrored image's."""
+        ``config.tta_flip`` (or ``flip_tta=True``) the maps and scores are averaged with the
+        mirrored image's; ``flip_tta=False`` runs the plain forward whatever the config."""
         self.check_input(images)
-        if self.config.tta_flip and not self.training:
+        if (self.config.tta_flip if flip_tta is None else flip_tta) and not self.training:
             return flip_averaged(self._forward, images)
         return self._forward(images)
 

@@ -59,10 +59,11 @@ class UNetBaseline(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, flip_tta: bool | None = None) -> dict[str, torch.Tensor]:
+        """Lesion map and score; ``flip_tta`` as MedSAD's (``None`` = the model's ``tta_flip``)."""
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (self.image_size,) * 2:
             raise ValueError(f"expected (B, 3, {self.image_size}, {self.image_size}), got {tuple(images.shape)}")
-        if self.tta_flip and not self.training:
+        if (self.tta_flip if flip_tta is None else flip_tta) and not self.training:
             return flip_averaged(self._forward, images)
         return self._forward(images)
 
