@@ -204,6 +204,25 @@ def test_epoch_validation_ranks_with_the_plain_forward(tiny_config):
     assert ranked != train_mod.evaluate_model(flipped, batches, cpu, flip_tta=True)
 
 
+def test_epoch_selection_counts_false_positives_on_lesion_free_slices():
+    """Two epochs with the same lesion Dice: the one that also paints lesion on a normal slice
+    ranks lower (the lesion Dice alone cannot tell them apart)."""
+    from medsad_monai.engine.metrics import MetricAccumulator
+
+    truth = torch.zeros(2, 32, 32)
+    truth[0, 8:16, 8:16] = 1  # slice 0: a lesion; slice 1: lesion-free
+    clean, noisy = truth.clone(), truth.clone()
+    noisy[1, 20:28, 20:28] = 1  # a false lesion on the lesion-free slice
+    figures = []
+    for prob in (clean, noisy):
+        acc = MetricAccumulator(threshold=0.5)
+        acc.update(prob, truth, torch.tensor([0.9, 0.1]), torch.tensor([1, 0]))
+        figures.append(acc.compute())
+    assert figures[0]["dice"] == figures[1]["dice"] == 1.0
+    assert train_mod._selection(figures[0]) > train_mod._selection(figures[1])
+    assert train_mod._selection({"dice": None, "dice_global": None, "image_auroc": 0.7}) == 0.7
+
+
 def test_weight_averaging_validates_and_saves_the_average_and_resumes(tiny_volumes, tmp_path):
     run = tmp_path / "run"
     train(_opts(tiny_volumes, run, epochs=1, ema_decay=0.9))

@@ -241,7 +241,18 @@ def evaluate_model(
 
 
 def _selection(metrics: dict[str, Any]) -> float:
-    """Validation criterion: mean Dice of abnormal images, then global Dice, then image AUROC."""
+    """Validation criterion that ranks epochs (``best.pt``).
+
+    The mean of the lesion Dice (``dice``: mean over lesion images, so a small lesion weighs
+    like a large one) and the pooled Dice of every validation pixel (``dice_global``: lesion
+    voxels painted on lesion-free slices count against it). The lesion Dice alone is blind to
+    false positives on normal tissue: it kept an epoch whose lesion Dice led by 0.003 and whose
+    false positives were the run's highest (docs/experiments.md). Without lesions in
+    validation: the pooled Dice, then the image AUROC.
+    """
+    dice, pooled = metrics.get("dice"), metrics.get("dice_global")
+    if dice is not None and pooled is not None:
+        return (float(dice) + float(pooled)) / 2
     for key in ("dice", "dice_global", "image_auroc"):
         if metrics.get(key) is not None:
             return float(metrics[key])
