@@ -12,15 +12,16 @@ Asserted on the new subjects of the training anatomy: the held-out lesion Dice f
 ``DICE_BOUND``, the slice balanced-accuracy floor ``BALANCED_BOUND`` at the calibrated operating
 point and the volume AUROC floor ``VOLUME_AUROC_BOUND``; on the unseen anatomy, the Dice floor
 ``UNSEEN_DICE_BOUND`` and the slice AUROC floor ``UNSEEN_AUROC_BOUND``. The floors sit below
-runs of this budget (8 epochs, seeds 0, 1, 2, 2026-12-03: seen-anatomy Dice 0.632 / 0.662 /
-0.718, balanced accuracy 0.827 / 0.902 / 0.776, volume AUROC 1.0 / 0.8 / 0.8; unseen-anatomy
-Dice 0.195 / 0.346 / 0.482, slice AUROC 0.766 / 0.819 / 0.783; the operating point fitted on 3
-validation volumes — drawn from both training anatomy sources — moves between runs); a broken
-loss, augmentation, normalisation, split, selection or calibration gives Dice near 0 and
-balanced accuracy near 0.5, and training on one anatomy source gave unseen-anatomy Dice
-0.006-0.13. The budget is a fixed number of epochs (``EPOCHS``; the suite must stay under 20
-minutes on 2 cores), so a slower or busier machine trains the same model, only later; nothing
-here asserts or depends on wall-clock time.
+runs of this budget (8 epochs, seeds 0, 1, 2, 2026-12-03, lesions painted on 95 % of the normal
+slices, epochs selected on the mean of the lesion Dice and the pooled validation Dice:
+seen-anatomy Dice 0.671 / 0.593 / 0.696, balanced accuracy 0.836 / 0.896 / 0.890, volume AUROC
+0.8 / 1.0 / 0.8; unseen-anatomy Dice 0.383 / 0.323 / 0.379, slice AUROC 0.843 / 0.836 / 0.794;
+the operating point fitted on 3 validation volumes — drawn from both training anatomy sources —
+moves between runs); a broken loss, augmentation, normalisation, split, selection or calibration
+gives Dice near 0 and balanced accuracy near 0.5, and training on one anatomy source gave
+unseen-anatomy Dice 0.006-0.13. The budget is a fixed number of epochs (``EPOCHS``; the suite
+must stay under 20 minutes on 2 cores), so a slower or busier machine trains the same model,
+only later; nothing here asserts or depends on wall-clock time.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "volumes"
 DICE_BOUND = 0.45
 BALANCED_BOUND = 0.7
 VOLUME_AUROC_BOUND = 0.6
-UNSEEN_DICE_BOUND = 0.15
+UNSEEN_DICE_BOUND = 0.2
 UNSEEN_AUROC_BOUND = 0.65
 EPOCHS = 8  # the cosine schedule spans these; 45-60 s each on 2 quiet AVX2 cores
 
