@@ -11,7 +11,7 @@ import torch
 
 from medsad_monai.atomic import atomic_write
 from medsad_monai.config import MedSADConfig
-from medsad_monai.data.volumes import INTENSITY_METHODS
+from medsad_monai.data.volumes import CONTEXT_SLICES, INTENSITY_METHODS
 from medsad_monai.engine.decision import OperatingPoint
 from medsad_monai.networks.medsad_clip import MedSADCLIP
 from medsad_monai.networks.unet_baseline import UNetBaseline
@@ -24,6 +24,7 @@ __all__ = [
     "atomic_torch_save",
     "operating_point_of",
     "intensity_of",
+    "context_slices_of",
     "write_calibration",
 ]
 
@@ -55,6 +56,7 @@ def save_checkpoint(
     path: str | os.PathLike,
     extra: dict[str, Any] | None = None,
     intensity: str = "percentile",
+    context_slices: int = 0,
 ) -> Path:
     """Save what is needed to rebuild ``model`` (MedSAD-CLIP, or the UNet baseline whole).
 
@@ -68,9 +70,13 @@ def save_checkpoint(
         extra: plain-Python / tensor metadata (epoch, metrics, optimizer state …).
         intensity: the per-volume intensity normalisation the model was trained with
             (:func:`medsad_monai.data.volumes.normalize_intensity`); inference uses the same.
+        context_slices: neighbouring slices on each side the model sees as input channels
+            (:func:`medsad_monai.data.volumes.take_slab`); inference uses the same.
     """
     if intensity not in INTENSITY_METHODS:
         raise ValueError(f"intensity {intensity!r}: expected one of {', '.join(INTENSITY_METHODS)}")
+    if context_slices not in CONTEXT_SLICES:
+        raise ValueError(f"context_slices {context_slices!r}: expected one of {CONTEXT_SLICES}")
     if isinstance(model, UNetBaseline):
         payload = {
             "format": CHECKPOINT_FORMAT,
@@ -78,6 +84,7 @@ def save_checkpoint(
             "config": model.config_dict(),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "intensity": intensity,
+            "context_slices": context_slices,
             "extra": extra or {},
         }
         atomic_torch_save(payload, path)
@@ -95,6 +102,7 @@ def save_checkpoint(
         "backbone": dict(model.backbone.identity),
         "state_dict": state,
         "intensity": intensity,
+        "context_slices": context_slices,
         "extra": extra or {},
     }
     atomic_torch_save(payload, path)
@@ -206,6 +214,17 @@ def intensity_of(payload: dict[str, Any], path: str | os.PathLike = "checkpoint"
             f"(this version knows {', '.join(INTENSITY_METHODS)})"
         )
     return method
+
+
+def context_slices_of(payload: dict[str, Any], path: str | os.PathLike = "checkpoint") -> int:
+    """How many neighbouring slices on each side the checkpoint's model sees (0 for checkpoints
+    written before the choice existed: one slice, repeated to three channels)."""
+    context = payload.get("context_slices", 0)
+    if context not in CONTEXT_SLICES:
+        raise ValueError(
+            f"checkpoint {str(path)!r} asks for {context!r} context slices (this version knows {CONTEXT_SLICES})"
+        )
+    return int(context)
 
 
 def write_calibration(path: str | os.PathLike, op: OperatingPoint) -> Path:

@@ -125,6 +125,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "(above Otsu) to 0.5, robust to skull and scalp; percentile = 0.5-99.5th percentiles",
     )
     p.add_argument(
+        "--context-slices",
+        type=int,
+        default=0,
+        choices=[0, 1],
+        help="1 = the model sees each volume slice with its two neighbours as its three input channels "
+        "(2.5-D context; stored in the checkpoint and used by inference); 0 (default) = the slice alone",
+    )
+    p.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16"],
         default="auto",
@@ -337,6 +345,7 @@ def _train(args: argparse.Namespace) -> int:
         synthetic_styles=[s for s in args.synthetic_styles.split(",") if s],
         augment=args.augment,
         intensity=args.intensity,
+        context_slices=args.context_slices,
         lr_schedule=args.lr_schedule,
         ema_decay=args.ema_decay,
         fp_weight=args.fp_weight,

@@ -44,13 +44,20 @@ def _mark(checkpoint: Path) -> str:
 
 def test_fine_tune_starts_from_the_served_weights(client):
     key = _mark(client.checkpoint)
+    served = read_checkpoint(client.checkpoint)
+    assert served["intensity"] != "foreground"  # the training default: a fine-tune must not fall back to it
+    served["context_slices"] = 1  # a model that sees each slice between its neighbours
+    torch.save(served, client.checkpoint)
     res = client.post("/train/medsad?run_sync=true", json={"max_epochs": 1, "lr": 1e-12, "force": True})
     assert res.status_code == 200, res.text
     result = res.json()
     assert result["fine_tuned_from"] == str(client.checkpoint)
     assert result["published"] is True
-    tuned = read_checkpoint(Path(result["run"]) / "best.pt")["state_dict"][key]
+    tuned_payload = read_checkpoint(Path(result["run"]) / "best.pt")
+    tuned = tuned_payload["state_dict"][key]
     assert torch.allclose(tuned, torch.full_like(tuned, MARK), atol=1e-6)
+    # the fine-tune sees volumes as the served model did: same normalisation, same context slices
+    assert (tuned_payload["intensity"], tuned_payload["context_slices"]) == (served["intensity"], 1)
     assert {"served_val_dice", "new_val_dice", "epoch", "total_epochs", "best_metric", "total_time"} <= set(result)
     load_checkpoint(client.checkpoint)  # what is served loads
 

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from medsad_monai.checkpoint import intensity_of, load_checkpoint, read_checkpoint, save_checkpoint
+from medsad_monai.checkpoint import (
+    context_slices_of,
+    intensity_of,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from medsad_monai.data.volumes import normalize_intensity
 from medsad_monai.networks import MedSADCLIP
 
@@ -122,3 +128,34 @@ def test_the_intensity_normalisation_travels_with_the_checkpoint(tiny_config, tm
         intensity_of({**old, "intensity": "zscore"}, "m.pt")
     with pytest.raises(ValueError, match="intensity 'zscore'"):
         save_checkpoint(model, tmp_path / "n.pt", intensity="zscore")
+
+
+def test_context_slices_travel_with_the_checkpoint_and_inference_feeds_the_neighbours(tiny_config, tmp_path):
+    """A model trained on slabs (a slice between its neighbours) is served slabs: the volume
+    prediction equals the model run on ``take_slab`` of every slice, and differs from slices alone."""
+    from medsad_monai.data.volumes import take_slab
+    from medsad_monai.engine.inference import Predictor
+
+    torch.manual_seed(0)
+    model = MedSADCLIP(tiny_config)
+    path = save_checkpoint(model, tmp_path / "m.pt", context_slices=1)
+    predictor = Predictor.from_checkpoint(path)
+    assert predictor.context_slices == 1
+    rng = np.random.default_rng(0)
+    volume = rng.uniform(0.2, 1.0, (20, 24, 5)).astype(np.float32)
+    result = predictor.predict_volume(volume, axis=2, skip_background=False)
+    by_slab = predictor.predict_slices([take_slab(volume, 2, i, 1) for i in range(5)])
+    for i, (prob, score) in enumerate(by_slab):
+        np.testing.assert_allclose(result.probability[:, :, i], prob, atol=1e-5)
+        assert result.model_scores[i] == pytest.approx(score, abs=1e-5)
+    alone = Predictor(predictor.model, context_slices=0).predict_volume(volume, axis=2, skip_background=False)
+    assert not np.allclose(alone.probability, result.probability, atol=1e-4)
+    old = read_checkpoint(path)
+    del old["context_slices"]  # written before the choice existed: one slice repeated to 3 channels
+    assert context_slices_of(old) == 0
+    with pytest.raises(ValueError, match="asks for 2 context slices"):
+        context_slices_of({**old, "context_slices": 2}, "m.pt")
+    with pytest.raises(ValueError, match="context_slices 2"):
+        save_checkpoint(model, tmp_path / "n.pt", context_slices=2)
+    with pytest.raises(ValueError, match="context_slices 3"):
+        Predictor(model, context_slices=3)

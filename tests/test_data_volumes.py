@@ -20,6 +20,7 @@ from medsad_monai.data import (
     read_layout,
     save_volume_like,
     stack_slices,
+    take_slab,
     take_slice,
 )
 
@@ -287,6 +288,22 @@ def test_take_slice_is_plain_indexing_and_stack_slices_inverts_iter_slices() -> 
         assert np.array_equal(stack_slices(list(iter_slices(volume, axis)), axis), volume)
     with pytest.raises(ValueError, match="out of range"):
         take_slice(volume, 2, 4)
+
+
+def test_take_slab_stacks_the_neighbours_as_channels_and_repeats_the_edge_slices() -> None:
+    volume = np.arange(np.prod(SHAPE)).reshape(SHAPE)
+    assert np.array_equal(take_slab(volume, 2, 1, context=0), take_slice(volume, 2, 1))
+    slab = take_slab(volume, 2, 1, context=1)
+    assert slab.shape == (*SHAPE[:2], 3)
+    for channel, index in enumerate((0, 1, 2)):
+        assert np.array_equal(slab[..., channel], volume[:, :, index])
+    first, last = take_slab(volume, 0, 0, context=1), take_slab(volume, 0, SHAPE[0] - 1, context=1)
+    assert np.array_equal(first[..., 0], volume[0]) and np.array_equal(first[..., 2], volume[1])
+    assert np.array_equal(last[..., 2], volume[-1]) and np.array_equal(last[..., 0], volume[-2])
+    with pytest.raises(ValueError, match="context slices must be one of"):
+        take_slab(volume, 2, 1, context=2)
+    with pytest.raises(ValueError, match="out of range"):
+        take_slab(volume, 2, SHAPE[2], context=1)
 
 
 def test_normalize_intensity_clips_percentiles_to_unit_range() -> None:

@@ -169,6 +169,48 @@ def test_augmentation_keeps_shapes_range_and_binary_masks_as_plain_tensors(tiny_
         slice_dataset(samples, 64, train=True, augment="heavy")
 
 
+def test_slab_lesions_are_painted_on_the_middle_slice_and_carried_into_the_neighbours():
+    """With context slices, a painted lesion is labelled on the middle slice and shows in each
+    neighbour with a strength of 0 (ends here) or 0.5-1 (tapers), never elsewhere."""
+    import numpy as np
+
+    from medsad_monai.engine.datasets import PaintLesionsd
+
+    yy, xx = np.mgrid[:64, :64]
+    head = ((yy - 32) ** 2 + (xx - 32) ** 2 < 26**2).astype(np.float32)
+    rng = np.random.default_rng(0)
+    slab = np.stack([head * (0.4 + 0.02 * rng.standard_normal(head.shape)) for _ in range(3)], axis=-1)
+    slab = np.clip(slab, 0, 1).astype(np.float32)
+    paint = PaintLesionsd(1.0, ["A", "C"], context=1)
+    paint.set_random_state(seed=3)
+    strengths = []
+    for _ in range(12):
+        out = paint({"image": slab, "mask": np.zeros((64, 64), np.uint8), "label": 0.0})
+        assert out["label"] == 1.0 and out["image"].shape == (64, 64, 3) and out["mask"].sum() > 0
+        delta = out["image"][..., 1] - slab[..., 1]
+        assert np.abs(delta[out["mask"] > 0]).max() > 0.05  # the lesion is on the labelled middle slice
+        where = np.abs(delta) > 0.02
+        for side in (0, 2):
+            moved = out["image"][..., side] - slab[..., side]
+            assert np.abs(moved[~where]).max() < 0.02  # nothing painted where the middle slice has no lesion
+            ratio = float(np.median(moved[where] / delta[where]))
+            assert ratio == pytest.approx(0.0, abs=0.02) or 0.48 <= ratio <= 1.02
+            strengths.append(ratio)
+    assert min(strengths) < 0.02 and max(strengths) > 0.5  # both kinds occur
+
+
+def test_context_slices_train_into_the_checkpoint_and_a_fine_tune_must_keep_them(tiny_volumes, tmp_path):
+    from medsad_monai.engine.inference import Predictor
+
+    run = tmp_path / "slabs"
+    train(_opts(tiny_volumes, run, epochs=1, context_slices=1, synthetic_lesions=0.5))
+    assert read_checkpoint(run / "best.pt")["context_slices"] == 1
+    assert read_checkpoint(run / "last.pt")["context_slices"] == 1
+    assert Predictor.from_checkpoint(run / "best.pt").context_slices == 1
+    with pytest.raises(ValueError, match="pass --context-slices 1"):
+        train(_opts(tiny_volumes, tmp_path / "tune", epochs=1, init_from=str(run / "best.pt")))
+
+
 def test_cosine_schedule_decays_the_learning_rate_over_the_run(tiny_volumes, tmp_path):
     from medsad_monai.engine.train import _cosine, _progress
 
@@ -244,6 +286,7 @@ def test_weight_averaging_validates_and_saves_the_average_and_resumes(tiny_volum
         (dict(synthetic_lesions=0.5, synthetic_styles=["A", "Q"]), "synthetic-styles"),
         (dict(ema_decay=1.0), "ema_decay"),
         (dict(precision="fp16"), "--precision"),
+        (dict(context_slices=2), "--context-slices"),
     ],
 )
 def test_bad_recipe_options_are_refused_before_training(tiny_volumes, tmp_path, kw, match):

@@ -144,8 +144,10 @@ class SliceWiseInferer(Inferer):
         skip_background: bool = True,
         device: str | torch.device | None = None,
         precision: str = "auto",
+        context_slices: int = 0,
     ) -> None:
         super().__init__()
+        self.context_slices = context_slices  # the checkpoint's: 1 = each slice with its two neighbours
         self.precision = precision  # as `medsad infer --precision` (auto: bf16 where the device runs it fast)
         self.slice_axis = slice_axis
         self.batch_size = batch_size
@@ -158,7 +160,11 @@ class SliceWiseInferer(Inferer):
 
         if self._predictor is None or self._predictor.model is not network:
             self._predictor = Predictor(
-                network, batch_size=self.batch_size, device=self.device, precision=self.precision
+                network,
+                batch_size=self.batch_size,
+                device=self.device,
+                precision=self.precision,
+                context_slices=self.context_slices,
             )
         return self._predictor
 

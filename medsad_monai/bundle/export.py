@@ -137,6 +137,13 @@ def _backbone_note(payload: dict[str, Any]) -> str:
     )
 
 
+def _channels(payload: dict[str, Any]) -> str:
+    """How a slice becomes the network's 3 channels, in words."""
+    if payload.get("context_slices", 0):
+        return "stacked with its two neighbouring slices as 3 channels (previous, slice, next)"
+    return "repeated to 3 channels"
+
+
 def _metadata(payload: dict[str, Any], ckpt: Path, op: Any, intensity: str, provenance: dict[str, Any]) -> dict:
     size = _image_size(payload)
     synthetic = provenance["synthetic"] is True
@@ -187,8 +194,9 @@ def _metadata(payload: dict[str, Any], ckpt: Path, op: Any, intensity: str, prov
         "description": (
             f"{_model_name(payload)} trained with medsad_monai: each slice of an MR volume (along axis 2 by default) "
             "is "
-            f"normalised per volume ('{intensity}'), padded to a square, resized to {size}x{size} and repeated to 3 "
-            f"channels; the network gives a 2-channel (background, lesion) probability map and a slice score. The "
+            f"normalised per volume ('{intensity}'), padded to a square, resized to {size}x{size} and "
+            f"{_channels(payload)}; the network gives a 2-channel (background, lesion) probability map and a "
+            "slice score. The "
             f"maps are put back on the volume's grid and decided at the checkpoint's operating point "
             f"(map threshold {op.map_threshold:g}, lesions under {op.min_lesion_voxels} voxels removed; source "
             f"'{op.source}'). Output: a binary lesion mask with the input's geometry and a JSON of slice and volume "
@@ -199,8 +207,8 @@ def _metadata(payload: dict[str, Any], ckpt: Path, op: Any, intensity: str, prov
         "data_source": source,
         "data_type": "nibabel",
         "image_classes": (
-            f"3 channels of one [0, 1] grey slice ({size}x{size}); the inferer applies the network's "
-            "CLIP mean/std normalisation before the forward pass"
+            f"3 channels of [0, 1] grey slices ({size}x{size}; {_channels(payload)}); the inferer applies the "
+            "network's CLIP mean/std normalisation before the forward pass"
         ),
         "pred_classes": "2 channels (softmax): channel 0 background, channel 1 lesion probability",
         "eval_metrics": eval_metrics,
@@ -225,7 +233,11 @@ def _metadata(payload: dict[str, Any], ckpt: Path, op: Any, intensity: str, prov
                     "dtype": "float32",
                     "value_range": [0, 1],
                     "is_patch_data": False,
-                    "channel_def": {"0": "grey slice", "1": "grey slice (copy)", "2": "grey slice (copy)"},
+                    "channel_def": (
+                        {"0": "previous slice", "1": "slice", "2": "next slice"}
+                        if payload.get("context_slices", 0)
+                        else {"0": "grey slice", "1": "grey slice (copy)", "2": "grey slice (copy)"}
+                    ),
                 }
             },
             "outputs": {
@@ -285,7 +297,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _inference_config(op: Any, intensity: str) -> dict[str, Any]:
+def _inference_config(op: Any, intensity: str, context_slices: int = 0) -> dict[str, Any]:
     ref_op = op.summary()
     return {
         "imports": ["$import torch", "$import medsad_monai.bundle as medsad_bundle"],
@@ -301,6 +313,7 @@ def _inference_config(op: Any, intensity: str) -> dict[str, Any]:
         "precision": "auto",
         "clip_pretrained": None,
         "intensity": intensity,
+        "context_slices": context_slices,
         "operating_point": {"_target_": "medsad_monai.engine.decision.OperatingPoint", **ref_op},
         "network_def": {
             "_target_": "medsad_monai.bundle.load_network",
@@ -328,6 +341,7 @@ def _inference_config(op: Any, intensity: str) -> dict[str, Any]:
             "skip_background": "@skip_background",
             "device": "@device",
             "precision": "@precision",
+            "context_slices": "@context_slices",
         },
         "writer": {"_target_": "medsad_monai.bundle.MaskWriter", "output_dir": "@output_dir", "keys": PRED_KEY},
         "postprocessing": {
@@ -427,8 +441,8 @@ Exported by `medsad export-bundle` (medsad_monai {medsad_monai.__version__}) fro
 
 - **Bundle input** (`--input`, default `<bundle_root>/data`): one NIfTI/NRRD MR volume, or a folder of them
   (`.nii.gz`, `.nii`, `.nrrd`, `.nhdr`). 2-D PNG/JPG images are not run by the bundle: use `medsad infer`.
-- **Network input** (`image`): one slice, `3 x {size} x {size}` float32 in [0, 1] (the grey slice repeated
-  to 3 channels); the volume is first normalised with `{intensity}` (the checkpoint's `intensity`), each slice
+- **Network input** (`image`): one slice, `3 x {size} x {size}` float32 in [0, 1] (the grey slice
+  {_channels(payload)}); the volume is first normalised with `{intensity}` (the checkpoint's `intensity`), each slice
   along axis `slice_axis` (2) is padded to a square and resized; slices without anatomy are skipped (score 0).
   The inferer applies the network's CLIP mean/std normalisation before the forward pass.
 - **Network output** (`pred`): `2 x {size} x {size}` softmax probabilities (0 background, 1 lesion), plus a
@@ -534,7 +548,7 @@ def export_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bo
             invalid calibration block / intensity; ``out`` would overwrite the checkpoint.
         FileExistsError: ``out`` is a file, or a non-empty folder without ``overwrite``.
     """
-    from medsad_monai.checkpoint import intensity_of, operating_point_of, read_checkpoint
+    from medsad_monai.checkpoint import context_slices_of, intensity_of, operating_point_of, read_checkpoint
 
     ckpt, out = Path(ckpt), Path(out)
     try:
@@ -567,7 +581,8 @@ def export_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bo
     _copy_atomic(ckpt, model_pt)
     meta = _metadata(payload, ckpt, op, intensity, provenance)
     atomic_write_text(out / "configs" / "metadata.json", json.dumps(meta, indent=4) + "\n")
-    atomic_write_text(out / "configs" / "inference.json", json.dumps(_inference_config(op, intensity), indent=4) + "\n")
+    config = _inference_config(op, intensity, context_slices_of(payload, ckpt))
+    atomic_write_text(out / "configs" / "inference.json", json.dumps(config, indent=4) + "\n")
     atomic_write_text(out / "configs" / "logging.conf", LOGGING_CONF)
     atomic_write_text(out / "docs" / "README.md", _readme(payload, ckpt, op, intensity, provenance, meta))
     atomic_write_text(out / "LICENSE", _license(provenance["synthetic"] is True))

@@ -22,6 +22,7 @@ from medsad_monai.data.volumes import (
     read_volume_header,
     save_volume_like,
     stack_slices,
+    take_slab,
     take_slice,
     volume_suffix,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "read_volume_header",
     "save_volume_like",
     "stack_slices",
+    "take_slab",
     "take_slice",
     "volume_suffix",
 ]

@@ -25,6 +25,8 @@ __all__ = [
     "check_label_matches",
     "save_volume_like",
     "take_slice",
+    "take_slab",
+    "CONTEXT_SLICES",
     "iter_slices",
     "stack_slices",
     "normalize_intensity",
@@ -422,6 +424,26 @@ def _slice_copy(array: np.ndarray, axis: int, index: int) -> np.ndarray:
     return np.array(array[tuple(where)], order="C", copy=True)
 
 
+def take_slab(array: np.ndarray, axis: int, index: int, context: int = 0) -> np.ndarray:
+    """Slice ``index`` with ``context`` neighbours on each side as channels: (H, W) for
+    ``context`` 0 (:func:`take_slice`), (H, W, 3) = slices ``index - 1, index, index + 1`` for 1.
+
+    At the first and last slice the missing neighbour repeats the slice itself (edge padding).
+
+    Raises:
+        ValueError: as :func:`take_slice`, or ``context`` other than 0 or 1.
+    """
+    if context not in CONTEXT_SLICES:
+        raise ValueError(f"context slices must be one of {CONTEXT_SLICES}, got {context}")
+    centre = take_slice(array, axis, index)
+    if context == 0:
+        return centre
+    n = array.shape[_check_axis(array, axis)]
+    below = _slice_copy(array, axis, max(index - 1, 0))
+    above = _slice_copy(array, axis, min(index + 1, n - 1))
+    return np.stack([below, centre, above], axis=-1)
+
+
 def iter_slices(array: np.ndarray, axis: int) -> Iterator[np.ndarray]:
     """Yield every slice along ``axis`` in index order (same orientation as :func:`take_slice`)."""
     axis = _check_axis(array, axis)
@@ -435,6 +457,9 @@ def stack_slices(slices: Sequence[np.ndarray], axis: int) -> np.ndarray:
         raise ValueError(f"slice axis must be 0, 1 or 2, got {axis}")
     return np.stack(list(slices), axis=axis % 3)
 
+
+#: Neighbouring slices a model may see on each side of a volume slice (:func:`take_slab`).
+CONTEXT_SLICES: tuple[int, ...] = (0, 1)
 
 #: Per-volume intensity normalisations (:func:`normalize_intensity`).
 INTENSITY_METHODS: tuple[str, ...] = ("percentile", "foreground")

@@ -33,7 +33,14 @@ from medsad_monai.data.images import load_image_2d, load_mask_2d
 from medsad_monai.data.layouts import Sample
 from medsad_monai.data.lesions import estimate_brain_mask, paint_lesions
 from medsad_monai.data.preprocess import is_background, prepare_mask, prepare_slice
-from medsad_monai.data.volumes import INTENSITY_METHODS, load_volume, normalize_intensity, take_slice
+from medsad_monai.data.volumes import (
+    CONTEXT_SLICES,
+    INTENSITY_METHODS,
+    load_volume,
+    normalize_intensity,
+    take_slab,
+    take_slice,
+)
 
 AUGMENTS: tuple[str, ...] = ("paper", "intensity", "strong")
 
@@ -206,11 +213,14 @@ def _label_volume(path: str) -> np.ndarray:
     return _CACHE.get(("label", *_file_key(path)), make)
 
 
-def load_sample(sample: Sample, slice_axis: int = 2, intensity: str = "percentile") -> tuple[np.ndarray, np.ndarray]:
+def load_sample(
+    sample: Sample, slice_axis: int = 2, intensity: str = "percentile", context: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """A sample's image in [0, 1] ((H, W) for volume slices, normalised per volume with
-    ``intensity``; (H, W, 3) for 2-D) and its mask."""
+    ``intensity``, (H, W, 3) with ``context`` 1: the slice and its two neighbours,
+    :func:`~medsad_monai.data.volumes.take_slab`; (H, W, 3) for 2-D) and its mask."""
     if sample.slice_index is not None:
-        image = take_slice(_volume(str(sample.image), intensity), slice_axis, sample.slice_index)
+        image = take_slab(_volume(str(sample.image), intensity), slice_axis, sample.slice_index, context)
         if sample.masks:
             mask = take_slice(_label_volume(str(sample.masks[0])), slice_axis, sample.slice_index)
         else:
@@ -234,16 +244,18 @@ def drop_background(samples: Sequence[Sample], slice_axis: int = 2, intensity: s
 
 
 class LoadSliced(MapTransform):
-    """``{"sample": Sample}`` -> ``image`` (H, W[, 3]) float, ``mask`` (H, W), ``label``."""
+    """``{"sample": Sample}`` -> ``image`` (H, W[, 3]) float, ``mask`` (H, W), ``label``
+    (``context`` 1: a volume slice comes with its neighbours as channels 0 and 2)."""
 
-    def __init__(self, slice_axis: int = 2, intensity: str = "percentile") -> None:
+    def __init__(self, slice_axis: int = 2, intensity: str = "percentile", context: int = 0) -> None:
         super().__init__(keys=["sample"])
         self.slice_axis = slice_axis
         self.intensity = intensity
+        self.context = context
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         sample: Sample = data["sample"]
-        image, mask = load_sample(sample, self.slice_axis, self.intensity)
+        image, mask = load_sample(sample, self.slice_axis, self.intensity, self.context)
         return {
             "image": image,
             "mask": mask,
@@ -258,18 +270,24 @@ class PaintLesionsd(Randomizable, MapTransform):
 
     Gives the variety of many lesions instead of a fixed handful (docs/maintainers.md).
     ``styles`` restricts the lesion styles (keep a held-out style out of training).
+    With ``context`` 1 the image is a slab (H, W, 3) of a slice between its two neighbours: the
+    lesion is painted on the middle slice and carried into each neighbour with a random
+    strength in [0.5, 1] (a lesion tapering off), or with probability 0.2 not at all (the
+    lesion ends at this slice), so that lesions look three-dimensional as real ones do.
     """
 
-    def __init__(self, prob: float, styles: Sequence[str] = ("A", "C")) -> None:
+    def __init__(self, prob: float, styles: Sequence[str] = ("A", "C"), context: int = 0) -> None:
         MapTransform.__init__(self, keys=["image"])
         self.prob = prob
         self.styles = list(styles)
+        self.context = context
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         if data["label"] != 0 or self.R.rand() >= self.prob:
             return data
         image = np.asarray(data["image"], dtype=np.float32)
-        grey = image if image.ndim == 2 else image.mean(axis=-1)
+        slab = self.context > 0 and image.ndim == 3
+        grey = image if image.ndim == 2 else image[..., 1] if slab else image.mean(axis=-1)
         brain = estimate_brain_mask(grey)
         if brain.sum() < 64:
             return data
@@ -278,6 +296,17 @@ class PaintLesionsd(Randomizable, MapTransform):
         painted, mask = paint_lesions(grey, brain, rng, style=style)
         if mask.sum() == 0:
             return data
+        if slab:
+            delta = painted - grey
+            strengths = [0.0 if rng.random() < 0.2 else rng.uniform(0.5, 1.0) for _ in range(2)]
+            painted = np.stack(
+                [
+                    np.clip(image[..., 0] + strengths[0] * delta, 0.0, 1.0),
+                    painted,
+                    np.clip(image[..., 2] + strengths[1] * delta, 0.0, 1.0),
+                ],
+                axis=-1,
+            ).astype(np.float32)
         return {**data, "image": painted, "mask": mask, "label": 1.0}
 
 
@@ -318,6 +347,7 @@ def slice_dataset(
     augment: str = "paper",
     seed: int = 0,
     intensity: str = "percentile",
+    context: int = 0,
 ) -> Dataset:
     """A MONAI ``Dataset`` of model-sized slices: ``image`` (3, S, S) in [0, 1], ``mask`` (1, S, S).
 
@@ -327,15 +357,19 @@ def slice_dataset(
     scanners and protocols, not anatomy; ``augment="strong"`` adds a random affine (rotation,
     scale, shift) to the paper's flips and a milder intensity set.
     Volumes are normalised per volume with ``intensity`` (:func:`normalize_intensity`); the
-    model's own normalisation (``model.normalize``) follows inside the model.
+    model's own normalisation (``model.normalize``) follows inside the model. ``context`` 1 gives
+    the model a volume slice with its two neighbours as its three channels (2-D images are
+    unchanged).
     """
     if augment not in AUGMENTS:
         raise ValueError(f"augment={augment!r}; expected one of {AUGMENTS}")
     if intensity not in INTENSITY_METHODS:
         raise ValueError(f"intensity={intensity!r}; expected one of {INTENSITY_METHODS}")
-    transforms: list[Any] = [LoadSliced(slice_axis, intensity)]
+    if context not in CONTEXT_SLICES:
+        raise ValueError(f"context={context!r}; expected one of {CONTEXT_SLICES}")
+    transforms: list[Any] = [LoadSliced(slice_axis, intensity, context)]
     if train and synthetic_lesions > 0:
-        transforms.append(PaintLesionsd(synthetic_lesions, synthetic_styles))
+        transforms.append(PaintLesionsd(synthetic_lesions, synthetic_styles, context))
     transforms.append(_ToModelSized(size))
     if train:
         transforms.append(RandFlipd(keys=["image", "mask"], prob=0.5, spatial_axis=1))

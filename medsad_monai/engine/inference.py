@@ -30,10 +30,12 @@ from medsad_monai.atomic import atomic_write_text
 from medsad_monai.data.images import IMAGE_SUFFIXES, load_image_2d
 from medsad_monai.data.preprocess import is_background, prepare_slice, restore_slice
 from medsad_monai.data.volumes import (
+    CONTEXT_SLICES,
     INTENSITY_METHODS,
     load_volume,
     normalize_intensity,
     save_volume_like,
+    take_slab,
     take_slice,
     volume_suffix,
 )
@@ -284,9 +286,12 @@ class Predictor:
             with bf16 support, fp32 on CPUs). :attr:`precision` is what runs. A model loaded by
             :meth:`from_checkpoint` to run in bf16 keeps its matmul weights in bf16
             (:func:`store_matmul_weights_bf16`); a model passed in is left as it is.
+        context_slices: neighbouring slices on each side the model sees as channels (a
+            checkpoint's ``context_slices``); :meth:`predict_volume` feeds slabs
+            (:func:`~medsad_monai.data.volumes.take_slab`) when it is 1.
 
     Raises:
-        ValueError: bad ``batch_size``, ``intensity`` or ``precision``.
+        ValueError: bad ``batch_size``, ``intensity``, ``precision`` or ``context_slices``.
     """
 
     def __init__(
@@ -298,12 +303,16 @@ class Predictor:
         operating_point: OperatingPoint | None = None,
         intensity: str = "percentile",
         precision: str | None = None,
+        context_slices: int = 0,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if intensity not in INTENSITY_METHODS:
             raise ValueError(f"intensity {intensity!r}: expected one of {', '.join(INTENSITY_METHODS)}")
+        if context_slices not in CONTEXT_SLICES:
+            raise ValueError(f"context_slices {context_slices!r}: expected one of {CONTEXT_SLICES}")
         self.intensity = intensity
+        self.context_slices = context_slices
         op = operating_point or OperatingPoint()
         self.operating_point = op.with_overrides(map_threshold=threshold)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -326,7 +335,7 @@ class Predictor:
         """Load a checkpoint written by ``medsad train`` (see :mod:`medsad_monai.checkpoint`),
         with its calibrated operating point (or the 0.5 fallback, said in the log).
         ``precision`` and ``kwargs`` go to :class:`Predictor`."""
-        from medsad_monai.checkpoint import intensity_of, load_checkpoint, operating_point_of
+        from medsad_monai.checkpoint import context_slices_of, intensity_of, load_checkpoint, operating_point_of
 
         resolve_precision(precision, torch.device("cpu"))  # refuse a bad name before loading the model
         kwargs["precision"] = precision
@@ -334,6 +343,7 @@ class Predictor:
         if kwargs.get("operating_point") is None:
             kwargs["operating_point"] = operating_point_of(payload, path)
         kwargs.setdefault("intensity", intensity_of(payload, path))
+        kwargs.setdefault("context_slices", context_slices_of(payload, path))
         predictor = cls(model, **kwargs)
         if predictor.precision == "bf16":  # the model is this predictor's own: cast its weights once
             store_matmul_weights_bf16(predictor.model)
@@ -391,7 +401,7 @@ class Predictor:
             if cancel is not None and cancel():
                 raise InferenceCancelled(f"cancelled after {done} of {len(todo)} slices")
             chunk = todo[start : start + self.batch_size]
-            results = self.predict_slices([take_slice(volume, axis, i) for i in chunk])
+            results = self.predict_slices([take_slab(volume, axis, i, self.context_slices) for i in chunk])
             for i, (prob, score) in zip(chunk, results):
                 index = [slice(None)] * 3
                 index[axis] = i

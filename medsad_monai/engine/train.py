@@ -38,7 +38,7 @@ from medsad_monai.configs import DATASETS, DatasetConfig, load_dataset_config, l
 from medsad_monai.data.layouts import Sample, case_tags
 from medsad_monai.data.lesions import RANDOM_LOOK, STYLES
 from medsad_monai.data.protocol import BMAD_USAGES, DataProtocol
-from medsad_monai.data.volumes import INTENSITY_METHODS
+from medsad_monai.data.volumes import CONTEXT_SLICES, INTENSITY_METHODS
 from medsad_monai.engine import distributed as dist_utils
 from medsad_monai.engine.datasets import Split, drop_background, make_split, slice_dataset, source_balanced_sampler
 from medsad_monai.engine.inference import PRECISIONS, resolve_precision
@@ -111,6 +111,7 @@ class TrainOptions:
     synthetic_styles: list[str] = field(default_factory=lambda: ["A", "C"])
     augment: str = "paper"
     intensity: str = "foreground"
+    context_slices: int = 0  # 1: the slice and its two neighbours are the model's three channels
     lr_schedule: str | None = None
     ema_decay: float | None = None
     fp_weight: float | None = None
@@ -137,6 +138,8 @@ class TrainOptions:
             raise ValueError(f"--max-minutes must be positive, got {self.max_minutes}")
         if not 0.0 <= self.synthetic_lesions <= 1.0:
             raise ValueError(f"--synthetic-lesions is a probability in [0, 1], got {self.synthetic_lesions}")
+        if self.context_slices not in CONTEXT_SLICES:
+            raise ValueError(f"--context-slices must be one of {CONTEXT_SLICES}, got {self.context_slices!r}")
         if self.intensity not in INTENSITY_METHODS:
             raise ValueError(f"--intensity must be one of {', '.join(INTENSITY_METHODS)}, got {self.intensity!r}")
         known = [*STYLES, RANDOM_LOOK, "mixed"]
@@ -426,7 +429,14 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
     if resume_payload is not None:
         model.load_state_dict(resume_payload["state_dict"], strict=False)
     elif opts.init_from:  # fine-tune: the saved weights; what a checkpoint omits is rebuilt by the model
-        model.load_state_dict(read_checkpoint(opts.init_from)["state_dict"], strict=False)
+        start = read_checkpoint(opts.init_from)
+        context = start.get("context_slices", 0)
+        if context != opts.context_slices:
+            raise ValueError(
+                f"cannot fine-tune {opts.init_from}: it was trained with context slices {context}, this run "
+                f"asks for {opts.context_slices}; pass --context-slices {context}"
+            )
+        model.load_state_dict(start["state_dict"], strict=False)
         logger.info("fine-tuning from %s", opts.init_from)
     model.to(ctx.device)
     size = int(model.image_size)
@@ -478,8 +488,16 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
         augment=opts.augment,
         intensity=opts.intensity,
         seed=opts.seed + ctx.rank,
+        context=opts.context_slices,
     )
-    val_ds = slice_dataset(val_samples, size, train=False, slice_axis=opts.slice_axis, intensity=opts.intensity)
+    val_ds = slice_dataset(
+        val_samples,
+        size,
+        train=False,
+        slice_axis=opts.slice_axis,
+        intensity=opts.intensity,
+        context=opts.context_slices,
+    )
     sampler = dist_utils.sampler(train_ds, ctx, seed=opts.seed)
     if opts.balance_sources:
         if sampler is not None:
@@ -619,8 +637,15 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
                         out / PENDING_BEST,
                         extra={k: v for k, v in extra.items() if k != "optimizer"},
                         intensity=opts.intensity,
+                        context_slices=opts.context_slices,
                     )
-                save_checkpoint(model, out / "last.pt", extra=last_extra, intensity=opts.intensity)
+                save_checkpoint(
+                    model,
+                    out / "last.pt",
+                    extra=last_extra,
+                    intensity=opts.intensity,
+                    context_slices=opts.context_slices,
+                )
                 if is_best:
                     os.replace(out / PENDING_BEST, out / "best.pt")
                 _write_rows(out / "metrics.csv", rows)

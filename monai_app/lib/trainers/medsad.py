@@ -26,7 +26,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from medsad_monai.atomic import atomic_write
-from medsad_monai.checkpoint import read_checkpoint
+from medsad_monai.checkpoint import context_slices_of, intensity_of, read_checkpoint
 from medsad_monai.configs import load_preset
 from medsad_monai.data.images import IMAGE_SUFFIXES
 from medsad_monai.data.layouts import image_sample, volume_samples
@@ -150,7 +150,7 @@ class MedSADTrain(TrainTask):
         run.mkdir(parents=True)
         atomic_write(run / "request.json", lambda fh: fh.write(json.dumps(opts, default=str)), binary=False)
         samples, layout = _samples(datalist, self.cache.serve.slice_axis)
-        init_from, image_size = self._fine_tune_source(opts)
+        init_from, image_size, inherited = self._fine_tune_source(opts)
         logger.info(
             "training on %d labelled images (%s) into %s, %s",
             len(datalist),
@@ -178,6 +178,7 @@ class MedSADTrain(TrainTask):
                 device=opts["device"],
                 image_size=image_size,
                 init_from=str(init_from) if init_from else None,
+                **inherited,
             ),
             samples=samples,
         )
@@ -225,13 +226,14 @@ class MedSADTrain(TrainTask):
         atomic_write(run / "summary.json", lambda fh: fh.write(json.dumps(result, indent=2, default=str)), binary=False)
         return json.loads(json.dumps(result, default=str))
 
-    def _fine_tune_source(self, opts: dict[str, Any]) -> tuple[Path | None, int | None]:
-        """The served checkpoint to start from and its input size, or ``(None, None)`` for a run
-        from scratch (asked for, or nothing served yet). A served model of another backbone or
-        preset is refused with both names."""
+    def _fine_tune_source(self, opts: dict[str, Any]) -> tuple[Path | None, int | None, dict[str, Any]]:
+        """The served checkpoint to start from, its input size and the input settings a
+        fine-tune keeps (its intensity normalisation and context slices), or ``(None, None, {})``
+        for a run from scratch (asked for, or nothing served yet). A served model of another
+        backbone or preset is refused with both names."""
         served = self.cache.path
         if opts["from_scratch"] or not served.is_file():
-            return None, None
+            return None, None, {}
         with as_input_error():
             payload = read_checkpoint(served)
         config = payload.get("config", {})
@@ -247,7 +249,11 @@ class MedSADTrain(TrainTask):
                     f"cannot fine-tune: the served model has {key} {config.get(key)!r}, this run {mine!r}; "
                     f"pass {key} {config.get(key)!r} or from_scratch: true"
                 )
-        return served, config.get("image_size")
+        inherited = {
+            "intensity": intensity_of(payload, served),
+            "context_slices": context_slices_of(payload, served),
+        }
+        return served, config.get("image_size"), inherited
 
     def _val_dice(self, checkpoint: Path, val_samples: list, opts: dict[str, Any]) -> float:
         """Pooled validation Dice of ``checkpoint`` at its own calibrated operating point (the
