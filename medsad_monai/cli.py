@@ -125,6 +125,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "(above Otsu) to 0.5, robust to skull and scalp; percentile = 0.5-99.5th percentiles",
     )
     p.add_argument(
+        "--synthetic-region",
+        default="slice",
+        choices=["slice", "brain"],
+        help="where synthetic lesions are painted: slice (default) = inside each slice's brain estimate; "
+        "brain = on a head with its skull, never on neck, face or vertex slices, whose estimate is muscle, "
+        "orbits or scalp (fewer false positives there, lower lesion Dice on the sample data: docs/data.md)",
+    )
+    p.add_argument(
         "--context-slices",
         type=int,
         default=0,
@@ -346,6 +354,7 @@ def _train(args: argparse.Namespace) -> int:
         augment=args.augment,
         intensity=args.intensity,
         context_slices=args.context_slices,
+        synthetic_region=args.synthetic_region,
         lr_schedule=args.lr_schedule,
         ema_decay=args.ema_decay,
         fp_weight=args.fp_weight,

@@ -199,6 +199,31 @@ def test_slab_lesions_are_painted_on_the_middle_slice_and_carried_into_the_neigh
     assert min(strengths) < 0.02 and max(strengths) > 0.5  # both kinds occur
 
 
+def test_no_lesion_is_painted_on_the_neck_and_face_slices_of_a_head():
+    """``synthetic_region="brain"``: the sample data's S1 heads keep skull, face and neck; their
+    lowest slices get no painted lesion even when every normal slice is painted (the default
+    paints most of them), their mid-brain slices do, and the ``skull`` flag that tells the
+    painter so never reaches the batch."""
+    from pathlib import Path
+
+    from medsad_monai.data.layouts import read_layout
+    from medsad_monai.engine.datasets import slice_dataset
+
+    data = Path(__file__).resolve().parents[1] / "sample_data" / "volumes"
+    normal = {s.slice_index: s for s in read_layout(data).samples if s.group == "case_021" and s.label == 0}
+    low, mid = [normal[i] for i in range(2, 20, 3)], [normal[i] for i in (56, 58, 60, 62)]
+    kw = dict(train=True, synthetic_lesions=1.0, synthetic_styles=["A", "C"], seed=0)
+    ds = slice_dataset(low + mid, 64, synthetic_region="brain", **kw)
+    items = [ds[i] for i in range(len(ds))]
+    assert all("skull" not in item for item in items)
+    assert all(float(item["mask"].sum()) == 0 and float(item["label"]) == 0 for item in items[: len(low)])
+    assert all(float(item["mask"].sum()) > 0 for item in items[len(low) :])
+    plain = slice_dataset(low, 64, synthetic_region="slice", **kw)  # the default: the slice's estimate as it is
+    assert sum(float(plain[i]["mask"].sum()) > 0 for i in range(len(low))) >= len(low) // 2
+    with pytest.raises(ValueError, match="synthetic_region"):
+        slice_dataset(low, 64, synthetic_region="skull", **kw)
+
+
 def test_context_slices_train_into_the_checkpoint_and_a_fine_tune_must_keep_them(tiny_volumes, tmp_path):
     from medsad_monai.engine.inference import Predictor
 
@@ -287,6 +312,7 @@ def test_weight_averaging_validates_and_saves_the_average_and_resumes(tiny_volum
         (dict(ema_decay=1.0), "ema_decay"),
         (dict(precision="fp16"), "--precision"),
         (dict(context_slices=2), "--context-slices"),
+        (dict(synthetic_region="head"), "--synthetic-region"),
     ],
 )
 def test_bad_recipe_options_are_refused_before_training(tiny_volumes, tmp_path, kw, match):

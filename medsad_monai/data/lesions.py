@@ -25,7 +25,7 @@ import functools
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["STYLES", "paint_lesions", "estimate_tissue", "estimate_brain_mask", "smooth_noise"]
+__all__ = ["STYLES", "paint_lesions", "estimate_tissue", "estimate_brain_mask", "volume_has_skull", "smooth_noise"]
 
 STYLES: dict[str, str] = {
     "A": "smooth ellipsoid, hyperintense (tumour/oedema-like), soft edge",
@@ -60,7 +60,19 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == (int(np.argmax(sizes)) + 1)
 
 
-def estimate_brain_mask(image: np.ndarray, threshold: float = 0.05) -> np.ndarray:
+#: On a head with its skull, a slice's brain estimate covering this share of the head or more is
+#: not a brain (neck, face or vertex slices, where no dark skull separates tissue from scalp).
+_WHOLE_HEAD = 0.85
+#: ... nor is one whose outline runs along the head's surface (within 2 pixels) for more than
+#: this share of it: a brain lies inside the skull, face and neck tissue reach the skin.
+_MAX_SURFACE_CONTACT = 0.1
+
+
+def _head(image: np.ndarray, threshold: float) -> np.ndarray:
+    return _largest_component(ndimage.binary_fill_holes(image > threshold))
+
+
+def estimate_brain_mask(image: np.ndarray, threshold: float = 0.05, skull: bool | None = None) -> np.ndarray:
     """Where lesions may be painted on a T1-like slice: the brain, also when the slice keeps
     skull and scalp.
 
@@ -68,15 +80,43 @@ def estimate_brain_mask(image: np.ndarray, threshold: float = 0.05) -> np.ndarra
     brighter than 0.6 × the head's median, opened to cut the thin bridges between brain and
     scalp, largest component, closed and holes filled: on a head with its skull, the dark skull
     separates the brain from the scalp, orbits and face; on a skull-stripped slice it is the
-    brain itself. Returns uint8.
+    brain itself.
+
+    ``skull=True`` (the slice's volume keeps skull and scalp, :func:`volume_has_skull`) rejects
+    what cannot be a brain there — an estimate covering nearly the whole head, or one whose
+    outline runs along the skin — and returns an empty mask: on neck, face and skull-base slices
+    the estimate is muscle, orbits and face, and lesions painted there teach a model that such
+    tissue is a lesion. ``None`` or ``False``: the estimate as it is. Returns uint8.
     """
-    head = _largest_component(ndimage.binary_fill_holes(image > threshold))
+    head = _head(image, threshold)
     if head.sum() < 64:
         return head.astype(np.uint8)
     tissue = image > 0.6 * float(np.median(image[head]))
     inner = _largest_component(ndimage.binary_opening(tissue & head, structure=np.ones((3, 3)), iterations=2))
     inner = ndimage.binary_fill_holes(ndimage.binary_closing(inner, structure=np.ones((3, 3)), iterations=3))
-    return (inner & head).astype(np.uint8)
+    brain = inner & head
+    if skull and brain.sum() >= 64:
+        outline = brain & ~ndimage.binary_erosion(brain)
+        near_skin = ndimage.distance_transform_edt(head) <= 2
+        if brain.sum() >= _WHOLE_HEAD * head.sum() or float(near_skin[outline].mean()) > _MAX_SURFACE_CONTACT:
+            brain = np.zeros_like(brain)
+    return brain.astype(np.uint8)
+
+
+def volume_has_skull(volume: np.ndarray, axis: int = 2, threshold: float = 0.05) -> bool:
+    """Whether a normalised volume keeps skull and scalp (a head) rather than a skull-stripped
+    brain: on its central slices (40-60 % along ``axis``) the brain estimate of
+    :func:`estimate_brain_mask` covers less than 85 % of the head (median over the slices)."""
+    n = volume.shape[axis]
+    ratios = []
+    for index in range(int(0.4 * n), int(0.6 * n) + 1):
+        where: list = [slice(None)] * volume.ndim
+        where[axis] = index
+        image = np.asarray(volume[tuple(where)], dtype=np.float32)
+        head = _head(image, threshold)
+        if head.sum() >= 64:
+            ratios.append(estimate_brain_mask(image, threshold).sum() / head.sum())
+    return bool(ratios) and float(np.median(ratios)) < _WHOLE_HEAD
 
 
 @functools.lru_cache(maxsize=256)

@@ -31,7 +31,7 @@ from monai.transforms import (
 
 from medsad_monai.data.images import load_image_2d, load_mask_2d
 from medsad_monai.data.layouts import Sample
-from medsad_monai.data.lesions import estimate_brain_mask, paint_lesions
+from medsad_monai.data.lesions import estimate_brain_mask, paint_lesions, volume_has_skull
 from medsad_monai.data.preprocess import is_background, prepare_mask, prepare_slice
 from medsad_monai.data.volumes import (
     CONTEXT_SLICES,
@@ -43,9 +43,14 @@ from medsad_monai.data.volumes import (
 )
 
 AUGMENTS: tuple[str, ...] = ("paper", "intensity", "strong")
+#: Where synthetic lesions may go: ``slice`` = the slice's brain estimate as it is (on a head's
+#: neck, face and vertex slices that is muscle, orbits and scalp); ``brain`` = on a head with its
+#: skull, only slices whose estimate is a brain (:func:`estimate_brain_mask` with ``skull``).
+SYNTHETIC_REGIONS: tuple[str, ...] = ("slice", "brain")
 
 __all__ = [
     "AUGMENTS",
+    "SYNTHETIC_REGIONS",
     "Split",
     "make_split",
     "load_sample",
@@ -206,6 +211,17 @@ def _volume(path: str, intensity: str = "percentile") -> np.ndarray:
     return _CACHE.get(("image", *_file_key(path), intensity), make)
 
 
+_SKULL: dict[tuple, bool] = {}
+
+
+def _has_skull(path: str, intensity: str, axis: int) -> bool:
+    """Whether the volume at ``path`` keeps skull and scalp (:func:`volume_has_skull`), once per file."""
+    key = ("skull", *_file_key(path), intensity, axis)
+    if key not in _SKULL:
+        _SKULL[key] = volume_has_skull(_volume(path, intensity), axis)
+    return _SKULL[key]
+
+
 def _label_volume(path: str) -> np.ndarray:
     def make() -> np.ndarray:
         return (np.asarray(load_volume(path)[0]) > 0).astype(np.uint8)
@@ -245,24 +261,30 @@ def drop_background(samples: Sequence[Sample], slice_axis: int = 2, intensity: s
 
 class LoadSliced(MapTransform):
     """``{"sample": Sample}`` -> ``image`` (H, W[, 3]) float, ``mask`` (H, W), ``label``
-    (``context`` 1: a volume slice comes with its neighbours as channels 0 and 2)."""
+    (``context`` 1: a volume slice comes with its neighbours as channels 0 and 2). With
+    ``skull`` a volume slice also carries ``skull``: whether its volume keeps skull and scalp
+    (for :class:`PaintLesionsd`, which removes the key)."""
 
-    def __init__(self, slice_axis: int = 2, intensity: str = "percentile", context: int = 0) -> None:
+    def __init__(self, slice_axis: int = 2, intensity: str = "percentile", context: int = 0, skull: bool = False):
         super().__init__(keys=["sample"])
         self.slice_axis = slice_axis
         self.intensity = intensity
         self.context = context
+        self.skull = skull
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         sample: Sample = data["sample"]
         image, mask = load_sample(sample, self.slice_axis, self.intensity, self.context)
-        return {
+        out = {
             "image": image,
             "mask": mask,
             "label": float(sample.label),
             "name": _name(sample),
             "group": sample.group,
         }
+        if self.skull and sample.slice_index is not None:
+            out["skull"] = _has_skull(str(sample.image), self.intensity, self.slice_axis)
+        return out
 
 
 class PaintLesionsd(Randomizable, MapTransform):
@@ -274,6 +296,9 @@ class PaintLesionsd(Randomizable, MapTransform):
     lesion is painted on the middle slice and carried into each neighbour with a random
     strength in [0.5, 1] (a lesion tapering off), or with probability 0.2 not at all (the
     lesion ends at this slice), so that lesions look three-dimensional as real ones do.
+    Lesions go inside the slice's brain estimate (:func:`estimate_brain_mask`); on a slice of a
+    head with its skull (``skull`` from :class:`LoadSliced`) a slice whose estimate is not a
+    brain (neck, face, vertex) gets none, so no lesion is ever painted on muscle, orbits or scalp.
     """
 
     def __init__(self, prob: float, styles: Sequence[str] = ("A", "C"), context: int = 0) -> None:
@@ -283,12 +308,14 @@ class PaintLesionsd(Randomizable, MapTransform):
         self.context = context
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        data = dict(data)
+        skull = data.pop("skull", None)
         if data["label"] != 0 or self.R.rand() >= self.prob:
             return data
         image = np.asarray(data["image"], dtype=np.float32)
         slab = self.context > 0 and image.ndim == 3
         grey = image if image.ndim == 2 else image[..., 1] if slab else image.mean(axis=-1)
-        brain = estimate_brain_mask(grey)
+        brain = estimate_brain_mask(grey, skull=skull)
         if brain.sum() < 64:
             return data
         rng = np.random.default_rng(self.R.randint(0, 2**31 - 1))
@@ -348,6 +375,7 @@ def slice_dataset(
     seed: int = 0,
     intensity: str = "percentile",
     context: int = 0,
+    synthetic_region: str = "slice",
 ) -> Dataset:
     """A MONAI ``Dataset`` of model-sized slices: ``image`` (3, S, S) in [0, 1], ``mask`` (1, S, S).
 
@@ -359,7 +387,7 @@ def slice_dataset(
     Volumes are normalised per volume with ``intensity`` (:func:`normalize_intensity`); the
     model's own normalisation (``model.normalize``) follows inside the model. ``context`` 1 gives
     the model a volume slice with its two neighbours as its three channels (2-D images are
-    unchanged).
+    unchanged). ``synthetic_region`` (:data:`SYNTHETIC_REGIONS`) says where lesions are painted.
     """
     if augment not in AUGMENTS:
         raise ValueError(f"augment={augment!r}; expected one of {AUGMENTS}")
@@ -367,7 +395,10 @@ def slice_dataset(
         raise ValueError(f"intensity={intensity!r}; expected one of {INTENSITY_METHODS}")
     if context not in CONTEXT_SLICES:
         raise ValueError(f"context={context!r}; expected one of {CONTEXT_SLICES}")
-    transforms: list[Any] = [LoadSliced(slice_axis, intensity, context)]
+    if synthetic_region not in SYNTHETIC_REGIONS:
+        raise ValueError(f"synthetic_region={synthetic_region!r}; expected one of {SYNTHETIC_REGIONS}")
+    skull = train and synthetic_lesions > 0 and synthetic_region == "brain"
+    transforms: list[Any] = [LoadSliced(slice_axis, intensity, context, skull=skull)]
     if train and synthetic_lesions > 0:
         transforms.append(PaintLesionsd(synthetic_lesions, synthetic_styles, context))
     transforms.append(_ToModelSized(size))

@@ -40,7 +40,14 @@ from medsad_monai.data.lesions import RANDOM_LOOK, STYLES
 from medsad_monai.data.protocol import BMAD_USAGES, DataProtocol
 from medsad_monai.data.volumes import CONTEXT_SLICES, INTENSITY_METHODS
 from medsad_monai.engine import distributed as dist_utils
-from medsad_monai.engine.datasets import Split, drop_background, make_split, slice_dataset, source_balanced_sampler
+from medsad_monai.engine.datasets import (
+    SYNTHETIC_REGIONS,
+    Split,
+    drop_background,
+    make_split,
+    slice_dataset,
+    source_balanced_sampler,
+)
 from medsad_monai.engine.inference import PRECISIONS, resolve_precision
 from medsad_monai.engine.metrics import MetricAccumulator
 from medsad_monai.losses import MedSADLoss
@@ -109,6 +116,7 @@ class TrainOptions:
     slice_axis: int = 2
     synthetic_lesions: float = 0.0
     synthetic_styles: list[str] = field(default_factory=lambda: ["A", "C"])
+    synthetic_region: str = "slice"  # brain: never on a head's neck, face or vertex slices (SYNTHETIC_REGIONS)
     augment: str = "paper"
     intensity: str = "foreground"
     context_slices: int = 0  # 1: the slice and its two neighbours are the model's three channels
@@ -138,6 +146,10 @@ class TrainOptions:
             raise ValueError(f"--max-minutes must be positive, got {self.max_minutes}")
         if not 0.0 <= self.synthetic_lesions <= 1.0:
             raise ValueError(f"--synthetic-lesions is a probability in [0, 1], got {self.synthetic_lesions}")
+        if self.synthetic_region not in SYNTHETIC_REGIONS:
+            raise ValueError(
+                f"--synthetic-region must be one of {', '.join(SYNTHETIC_REGIONS)}, got {self.synthetic_region!r}"
+            )
         if self.context_slices not in CONTEXT_SLICES:
             raise ValueError(f"--context-slices must be one of {CONTEXT_SLICES}, got {self.context_slices!r}")
         if self.intensity not in INTENSITY_METHODS:
@@ -489,6 +501,7 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
         intensity=opts.intensity,
         seed=opts.seed + ctx.rank,
         context=opts.context_slices,
+        synthetic_region=opts.synthetic_region,
     )
     val_ds = slice_dataset(
         val_samples,
