@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import pytest
@@ -234,6 +235,10 @@ def test_context_slices_train_into_the_checkpoint_and_a_fine_tune_must_keep_them
     assert Predictor.from_checkpoint(run / "best.pt").context_slices == 1
     with pytest.raises(ValueError, match="pass --context-slices 1"):
         train(_opts(tiny_volumes, tmp_path / "tune", epochs=1, init_from=str(run / "best.pt")))
+    bmad = Path(__file__).resolve().parents[1] / "sample_data" / "bmad"  # 2-D images: no neighbours
+    with pytest.raises(ValueError, match="needs volumes"):
+        train(_opts(bmad, tmp_path / "images", epochs=1, context_slices=1))
+    assert not (tmp_path / "images" / "last.pt").exists()
 
 
 def test_cosine_schedule_decays_the_learning_rate_over_the_run(tiny_volumes, tmp_path):

@@ -436,6 +436,8 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
         split = make_split(samples, opts.val_fraction, opts.seed, sources=sources)
     train_samples = drop_background(split.select(samples, "train"), opts.slice_axis, opts.intensity)
     val_samples = drop_background(split.select(samples, "val"), opts.slice_axis, opts.intensity)
+    if opts.context_slices and any(s.slice_index is None for s in samples):
+        raise ValueError("--context-slices 1 needs volumes: 2-D images have no neighbouring slices (train them with 0)")
 
     model, loss_fn, cfg = build_model(opts)
     if resume_payload is not None:
