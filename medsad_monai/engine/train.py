@@ -492,27 +492,19 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
         protocol.describe(layout) if data_path is not None else "the given samples",
     )
 
+    inputs = dict(slice_axis=opts.slice_axis, intensity=opts.intensity, context=opts.context_slices)
     train_ds = slice_dataset(
         train_samples,
         size,
         train=True,
-        slice_axis=opts.slice_axis,
         synthetic_lesions=opts.synthetic_lesions,
         synthetic_styles=opts.synthetic_styles,
         augment=opts.augment,
-        intensity=opts.intensity,
         seed=opts.seed + ctx.rank,
-        context=opts.context_slices,
         synthetic_region=opts.synthetic_region,
+        **inputs,
     )
-    val_ds = slice_dataset(
-        val_samples,
-        size,
-        train=False,
-        slice_axis=opts.slice_axis,
-        intensity=opts.intensity,
-        context=opts.context_slices,
-    )
+    val_ds = slice_dataset(val_samples, size, train=False, **inputs)
     sampler = dist_utils.sampler(train_ds, ctx, seed=opts.seed)
     if opts.balance_sources:
         if sampler is not None:
