@@ -284,6 +284,7 @@ def test_a_context_slices_checkpoint_exports_an_inferer_that_feeds_the_neighbour
     parser.read_config(str(out / "configs" / "inference.json"))
     parser["bundle_root"] = str(out)
     parser["device"] = "cpu"
+    parser["precision"] = "fp32"  # Predictor.from_checkpoint's default on a CPU (auto = bf16 on CPUs with bf16 units)
     inferer, network = parser.get_parsed_content("inferer"), parser.get_parsed_content("network")
     volume = normalize_intensity(load_volume(tiny_volumes / VOLUME)[0], method="percentile")
     got = inferer(volume, network)

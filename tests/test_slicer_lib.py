@@ -296,10 +296,11 @@ def test_remote_backend_against_a_real_monai_label_server(scene, app_studies, ti
 
     volume = _volume(scene)
     logic = MedSADLogic(scene)
-    # fp32 on both sides: the server's default on CPUs (`--conf precision` not given)
+    # fp32 on both sides (`auto`, the server's default, is bf16 on CPUs with bf16 units)
     local = logic.run(volume, LocalBackend(str(tiny_checkpoint), batch_size=4, precision="fp32"), threshold=0.3)
     studies, checkpoint = app_studies
-    with monailabel_server(studies, {"checkpoint": str(checkpoint)}, tmp_path / "server.log") as url:
+    conf = {"checkpoint": str(checkpoint), "precision": "fp32"}
+    with monailabel_server(studies, conf, tmp_path / "server.log") as url:
         remote = logic.run(volume, ServerBackend(url), threshold=0.3)
         np.testing.assert_allclose(remote.slice_scores, local.slice_scores, atol=1e-5)
         np.testing.assert_array_equal(remote.mask, local.mask)
