@@ -58,3 +58,23 @@ def test_two_cpu_ranks_see_disjoint_data_and_rank0_writes(tiny_volumes, tmp_path
     assert seen[0].isdisjoint(seen[1])
     assert read_checkpoint(run / "last.pt")["extra"]["epoch"] == 1
     assert sorted(p.name for p in run.glob("*.pt")) == ["best.pt", "last.pt"]
+
+
+def test_single_process_cuda_device_gets_an_index(monkeypatch):
+    """`medsad train` on a GPU without torchrun: "cuda" (the default) must become "cuda:<current>",
+    since `torch.cuda.set_device` refuses an index-less device (found by the GPU check on an H200).
+    No GPU here, so CUDA's three calls are replaced; the logic under test is ours."""
+    import torch
+
+    from medsad_monai.engine import distributed
+
+    chosen: list[torch.device] = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: chosen.append(torch.device(dev)))
+    for asked, expected in ((None, "cuda:3"), ("cuda", "cuda:3"), ("cuda:1", "cuda:1")):
+        ctx = distributed.setup(asked)
+        assert ctx.device == torch.device(expected) and chosen[-1] == torch.device(expected)
+        assert not ctx.distributed
+    assert distributed.setup("cpu").device == torch.device("cpu")

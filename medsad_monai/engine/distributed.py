@@ -46,6 +46,8 @@ def setup(device: str | None = None) -> DistContext:
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if use_cuda:
         dev = torch.device(f"cuda:{local}" if world > 1 else (device or "cuda"))
+        if dev.index is None:  # "cuda" = the current CUDA device; set_device needs an index
+            dev = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
