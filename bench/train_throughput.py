@@ -13,7 +13,7 @@ optimizer; from timing hooks on extra steps), and the ratio on the last line:
     train_step_over_forward=<step / bare forward>
 
     python bench/train_throughput.py [--model ViT-B-16] [--batch 8] [--runs 5] [--preset full]
-                                     [--precision auto|fp32|bf16]
+                                     [--precision auto|fp32|bf16] [--no-adapter-mix-back]
 
 ``--precision bf16`` runs the step and the bare forward under bf16 autocast (the ratio is against
 the bare bf16 forward) and also times the fp32 step: ``bf16_step_speedup=`` (fp32 step / bf16
@@ -42,6 +42,12 @@ def _own_args() -> argparse.Namespace:
     """``--precision`` (this benchmark only); the rest goes to _common."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument(
+        "--no-adapter-mix-back",
+        dest="mix_back",
+        action="store_false",
+        help="side adapters (config adapter_mix_back=False): the backbone runs without autograd",
+    )
     own, rest = parser.parse_known_args()
     sys.argv = sys.argv[:1] + rest
     return own
@@ -52,7 +58,7 @@ def main() -> None:
     args = model_bench_args(__doc__, runs=5)
 
     torch.manual_seed(0)
-    cfg = load_preset(args.preset, clip_model=args.model, clip_pretrained="none")
+    cfg = load_preset(args.preset, clip_model=args.model, clip_pretrained="none", adapter_mix_back=own.mix_back)
     model = MedSADCLIP(cfg).to(args.device)
     loss_fn = MedSADLoss.from_config(cfg)
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
@@ -102,7 +108,7 @@ def main() -> None:
         peak = ""
     b, s = statistics.median(bare_t), statistics.median(step_t)
     parts = _breakdown(model, loss_fn, optimizer, x, mask, label, autocast, sync, args.runs)
-    print(header(args, size, f" autocast_bf16={autocast}{peak}"))
+    print(header(args, size, f" autocast_bf16={autocast} adapter_mix_back={cfg.adapter_mix_back}{peak}"))
     print(f"bare_forward_s={b:.4f} train_step_s={s:.4f}")
     print("breakdown " + " ".join(f"{k}={v / b:.3f}" for k, v in parts.items()))
     if fp32_t:

@@ -58,6 +58,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="linear layer from the Det class token into the text space (not in the paper; default on; "
         "--no-classifier-projection = the paper's equations)",
     )
+    p.add_argument(
+        "--adapter-mix-back",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mix the adapted tokens back into the backbone's residual stream (the paper; default on); "
+        "--no-adapter-mix-back = side adapters: the backbone runs without autograd and a training step "
+        "costs little more than a forward",
+    )
     p.add_argument("--clip-model", help="open_clip architecture (default: the preset's)")
     p.add_argument("--clip-pretrained", help="open_clip tag, local weight file, or 'none' (random init)")
     p.add_argument("--image-size", type=int)
@@ -338,6 +346,7 @@ def _train(args: argparse.Namespace) -> int:
         busi_normal=args.busi_normal,
         seg_projection=args.seg_projection,
         classifier_projection=args.classifier_projection,
+        adapter_mix_back=args.adapter_mix_back,
         clip_model=args.clip_model,
         clip_pretrained=args.clip_pretrained,
         image_size=args.image_size,

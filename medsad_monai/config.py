@@ -44,6 +44,10 @@ class MedSADConfig:
         adapter_bottleneck: hidden width of every Det/Seg adapter; ``None`` = CLIP embed dim.
         residual_weight, seg_adapter_weight, det_adapter_weight: mixing of the adapted tokens
             back into the residual stream (MVFA: 0.8 / 0.1 / 0.1).
+        adapter_mix_back: mix the adapted tokens back into the residual stream (MVFA and the
+            paper: on). Off = side adapters: every tap reads the frozen backbone's own tokens,
+            the backbone runs without autograd and training backpropagates through the adapters
+            and heads only (a training step costs little more than a forward; docs/model.md).
 
     Prompt:
         category: the organ / object name filled into the templates (``medsad train
@@ -61,8 +65,8 @@ class MedSADConfig:
         classifier_projection: a linear layer from the Det-adapter class token into the text
             space before the comparison with the prototypes (``AnomalyClassifier.proj``). Off =
             the paper's equations (same width condition).
-        Both default to on, the behaviour of every checkpoint written so far; the default is
-        kept, not measured yet against the paper's form.
+        Both default to on here (every older checkpoint was written with them, and the ``tiny``
+        preset keeps them); the paper presets and dataset configs turn them off (docs/model.md).
 
     Segmentation head:
         use_tpca: Token-Patch Cross-Attention + SegDecoder; off = dot-product similarity map.
@@ -125,6 +129,7 @@ class MedSADConfig:
     residual_weight: float = 0.8
     seg_adapter_weight: float = 0.1
     det_adapter_weight: float = 0.1
+    adapter_mix_back: bool = True
 
     category: str = "brain"
     normal_templates: list[str] = field(default_factory=lambda: ["a photo of a normal {}."])

@@ -7,7 +7,8 @@ import torch
 
 from medsad_monai.configs import load_preset
 from medsad_monai.losses import MedSADLoss
-from medsad_monai.networks import MedSADCLIP
+from medsad_monai.networks import MedSADCLIP, medsad_clip
+from medsad_monai.networks.clip_backbone import run_block
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
@@ -69,11 +70,12 @@ def test_optimizer_step_changes_heads_but_not_frozen_backbone(frozen_tiny_config
         assert changed, f"no weight under {prefix} changed after an optimizer step"
 
 
+# The paper presets run the paper's equations: no seg / classifier projection (config switches).
 EXPECTED_TRAINABLE = {
-    "adapt": {"adapters", "seg_proj", "classifier"},
-    "adapt_prompt": {"adapters", "seg_proj", "classifier", "prompt"},
-    "adapt_prompt_tpca": {"adapters", "seg_proj", "classifier", "prompt", "tpca", "decoder"},
-    "full": {"adapters", "seg_proj", "classifier", "prompt", "tpca", "decoder"},
+    "adapt": {"adapters"},
+    "adapt_prompt": {"adapters", "prompt"},
+    "adapt_prompt_tpca": {"adapters", "prompt", "tpca", "decoder"},
+    "full": {"adapters", "prompt", "tpca", "decoder"},
 }
 
 
@@ -83,6 +85,9 @@ def test_each_ablation_trains_exactly_its_modules(preset):
     model = MedSADCLIP(cfg)
     trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == EXPECTED_TRAINABLE[preset]
+    projected = MedSADCLIP(cfg.replace(seg_projection=True, classifier_projection=True))
+    trainable = {name.split(".")[0] for name, p in projected.named_parameters() if p.requires_grad}
+    assert trainable == EXPECTED_TRAINABLE[preset] | {"seg_proj", "classifier"}
     assert not any(p.requires_grad for p in model.backbone.parameters())
     loss = MedSADLoss.from_config(cfg)
     assert (loss.weights["mc"] > 0) == (preset == "full")
@@ -97,6 +102,41 @@ def test_every_trainable_parameter_gets_a_gradient(preset):
     MedSADLoss.from_config(cfg)(out, torch.ones(2, 1, 64, 64), torch.ones(2))["loss"].backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing
+
+
+@pytest.mark.parametrize("mix_back", [True, False])
+def test_adapter_mix_back_decides_whether_autograd_runs_through_the_backbone(frozen_tiny_config, mix_back, monkeypatch):
+    """Mixed back (the paper), every block after the first tap is on the autograd graph; side
+    adapters (mix_back off) leave the backbone's stream untouched and off the graph, so a
+    training step backpropagates through the adapters and heads only, and still trains them all."""
+    torch.manual_seed(0)
+    model = MedSADCLIP(frozen_tiny_config.replace(adapter_mix_back=mix_back)).train()
+    on_graph: list[bool] = []
+    blocks = list(model.backbone.blocks)
+
+    def recording_run_block(block, tokens):
+        out = run_block(block, tokens)
+        on_graph.append(out.requires_grad)
+        return out
+
+    monkeypatch.setattr(medsad_clip, "run_block", recording_run_block)
+    x = torch.rand(2, 3, 64, 64)
+    out = model(model.normalize(x))
+    first_tap = model.backbone.tap_layers[0]
+    assert on_graph[first_tap:] == [mix_back] * (len(on_graph) - first_tap) and len(on_graph) == len(blocks)
+    assert all(a.up is not None for a in model.adapters.seg[:-1]) == mix_back
+    MedSADLoss.from_config(frozen_tiny_config)(out, torch.ones(2, 1, 64, 64), torch.ones(2))["loss"].backward()
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    if not mix_back:  # every tap reads the frozen backbone's own tokens
+        taps = model.backbone.tap_layers
+        with torch.no_grad():
+            seg, _ = model.encode_image(model.normalize(x))
+            tokens, expected = model.backbone.embed(model.normalize(x)), 0.0
+            for index, block in enumerate(blocks[: taps[-1]]):
+                tokens = run_block(block, tokens)
+                if index + 1 in taps:
+                    expected = expected + model.adapters.seg[taps.index(index + 1)](tokens[:, 1:].contiguous())[0]
+        assert torch.allclose(seg, expected / len(taps), atol=1e-5)
 
 
 def test_train_backbone_trains_image_tower_but_never_text_tower(tiny_config):

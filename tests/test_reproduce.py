@@ -137,7 +137,9 @@ def test_projection_switches_off_give_the_papers_equations() -> None:
     assert not any(k.startswith(("seg_proj.", "classifier.")) for k in paper.state_dict())
     with torch.no_grad():
         assert paper(paper.normalize(torch.rand(1, 3, 32, 32)))["mask"].shape == (1, 2, 32, 32)
-    assert isinstance(MedSADCLIP(cfg).seg_proj, torch.nn.Linear)  # default kept: on
+    assert isinstance(MedSADCLIP(cfg).seg_proj, torch.nn.Identity)  # the paper presets' default: off
+    assert isinstance(MedSADCLIP(cfg.replace(seg_projection=True)).seg_proj, torch.nn.Linear)
+    assert isinstance(MedSADCLIP(load_preset("tiny")).classifier.proj, torch.nn.Linear)  # tiny keeps them
     with pytest.raises(ValueError, match="seg_projection=False needs"):
         MedSADCLIP(cfg.replace(seg_projection=False, adapter_bottleneck=64))
 

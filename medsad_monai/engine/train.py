@@ -103,6 +103,7 @@ class TrainOptions:
     busi_normal: bool | None = None
     seg_projection: bool | None = None
     classifier_projection: bool | None = None
+    adapter_mix_back: bool | None = None
     clip_model: str | None = None
     clip_pretrained: str | None = None
     image_size: int | None = None
@@ -192,6 +193,7 @@ def build_model(opts: TrainOptions) -> tuple[nn.Module, MedSADLoss, dict[str, An
         category=opts.category,
         seg_projection=opts.seg_projection,
         classifier_projection=opts.classifier_projection,
+        adapter_mix_back=opts.adapter_mix_back,
         clip_model=opts.clip_model,
         clip_pretrained=opts.clip_pretrained,
         image_size=opts.image_size,

@@ -50,6 +50,8 @@ class MultiLevelAdapters(nn.Module):
         width: backbone token width.
         bottleneck: adapted feature width.
         residual_weight, seg_weight, det_weight: the mixing weights.
+        mix_back: off = side adapters: no level mixes back (no up-projections), the tokens pass
+            through unchanged.
     """
 
     def __init__(
@@ -60,12 +62,15 @@ class MultiLevelAdapters(nn.Module):
         residual_weight: float = 0.8,
         seg_weight: float = 0.1,
         det_weight: float = 0.1,
+        mix_back: bool = True,
     ) -> None:
         super().__init__()
         if n_levels <= 0:
             raise ValueError(f"n_levels must be positive, got {n_levels}")
-        self.seg = nn.ModuleList(TokenAdapter(width, bottleneck, i < n_levels - 1) for i in range(n_levels))
-        self.det = nn.ModuleList(TokenAdapter(width, bottleneck, i < n_levels - 1) for i in range(n_levels))
+        self.mix_back = mix_back
+        ups = [mix_back and i < n_levels - 1 for i in range(n_levels)]
+        self.seg = nn.ModuleList(TokenAdapter(width, bottleneck, up) for up in ups)
+        self.det = nn.ModuleList(TokenAdapter(width, bottleneck, up) for up in ups)
         self.residual_weight = residual_weight
         self.seg_weight = seg_weight
         self.det_weight = det_weight
@@ -81,7 +86,7 @@ class MultiLevelAdapters(nn.Module):
             seg features of the patches (B, N, bottleneck), det feature of the class token
             (B, bottleneck), and the (possibly mixed) tokens (B, 1+N, width).
         """
-        if level < len(self.seg) - 1:
+        if self.mix_back and level < len(self.seg) - 1:
             seg_feat, seg_res = self.seg[level](x)
             det_feat, det_res = self.det[level](x)
             # One scaled add per branch into a fresh tensor (fewer passes over the tokens, which
@@ -89,7 +94,8 @@ class MultiLevelAdapters(nn.Module):
             mixed = (x * self.residual_weight).add_(seg_res, alpha=self.seg_weight).add_(det_res, alpha=self.det_weight)
             x = mixed.to(x.dtype)
             return seg_feat[:, 1:], det_feat[:, 0], x
-        # Last tap: only the heads read the features; the det path needs the class token only.
+        # Last tap (every tap without mix-back): only the heads read the features; the det path
+        # needs the class token only.
         # Contiguous slices: a strided 3-D input cannot be folded into one matmul, and under
         # bf16 autocast the fallback bmm copies the weight once per batch item (issue 16).
         seg_feat, _ = self.seg[level](x[:, 1:].contiguous())

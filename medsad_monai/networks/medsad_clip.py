@@ -68,6 +68,7 @@ class MedSADCLIP(nn.Module):
             config.residual_weight,
             config.seg_adapter_weight,
             config.det_adapter_weight,
+            mix_back=config.adapter_mix_back,
         )
         # Not in the paper (config switch, docs/model.md): off = the adapter output as it is.
         if not config.seg_projection and bottleneck != bb.embed_dim:
@@ -186,14 +187,18 @@ class MedSADCLIP(nn.Module):
         taps = bb.tap_layers
         x = bb.embed(images)
         frozen_prefix = not bb.trainable
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_prefix):
+        grad = torch.is_grad_enabled()
+        with torch.set_grad_enabled(grad and not frozen_prefix):
             for block in bb.blocks[: taps[0] - 1]:
                 x = run_block(block, x)
+        # Side adapters on a frozen backbone: no gradient ever flows into the stream.
+        stream_grad = grad and (self.adapters.mix_back or not frozen_prefix)
         seg_sum: torch.Tensor | None = None
         det_sum: torch.Tensor | None = None
         level = 0
         for index in range(taps[0] - 1, taps[-1]):
-            x = run_block(bb.blocks[index], x)
+            with torch.set_grad_enabled(stream_grad):
+                x = run_block(bb.blocks[index], x)
             if index + 1 == taps[level]:
                 seg, det, x = self.adapters.adapt(level, x)
                 seg_sum = seg if seg_sum is None else seg_sum + seg
