@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from monai.losses import DiceLoss, FocalLoss
@@ -149,3 +151,18 @@ def test_fp_weight_adds_the_term_to_the_total():
     assert on["loss"] == pytest.approx(float(off["loss"] + 2.0 * on["fp"]), rel=1e-5)
     with pytest.raises(ValueError, match="fp_weight"):
         MedSADLoss(fp_weight=-1.0)
+
+
+def test_a_switched_off_term_cannot_poison_the_total():
+    """A term with weight 0 is left out of the sum (0 x inf = NaN); all weights 0 is refused."""
+    loss = MedSADLoss(bce_weight=0.0, mc_weight=0.0)
+    outputs = {
+        "mask_logits": torch.randn(2, 2, 8, 8),
+        "image_logits": torch.tensor([[0.0, math.inf], [0.0, math.inf]]),
+        "cos": torch.tensor([[0.1, 0.9], [0.2, 0.8]]),
+    }
+    parts = loss(outputs, torch.zeros(2, 1, 8, 8), torch.tensor([1.0, 0.0]))
+    assert not torch.isfinite(parts["bce"]) and torch.isfinite(parts["loss"])
+    assert torch.allclose(parts["loss"], parts["dicefocal"])
+    with pytest.raises(ValueError, match="all 0"):
+        MedSADLoss(bce_weight=0.0, dicefocal_weight=0.0, mc_weight=0.0)

@@ -265,3 +265,24 @@ def test_flip_averaging_makes_eval_predictions_mirror_equivariant(tiny_config, k
         assert torch.allclose(plain(x, flip_tta=True)["mask"], a["mask"], atol=1e-6)
     with torch.no_grad():  # training sees one view: no averaging
         assert torch.allclose(model.train()(x)["mask"], plain.train()(x)["mask"], atol=1e-6)
+
+
+def test_unet_baseline_image_logit_stays_finite_when_its_score_saturates_under_bf16():
+    """The baseline's image logit is logit(max lesion probability) clamped to 1 - 1e-6; in bf16
+    that bound is 1.0 and the logit infinite, which made every logged training loss NaN under bf16
+    autocast (CPUs with bf16 units, CUDA; 2026-12-05). The score is computed in fp32."""
+    from medsad_monai.networks.unet_baseline import UNetBaseline
+
+    class Confident(torch.nn.Module):  # a UNet sure of a lesion everywhere
+        def forward(self, x):
+            logits = torch.tensor([-12.0, 12.0], dtype=torch.bfloat16)[None, :, None, None]  # as a conv under autocast
+            return logits.expand(x.shape[0], 2, *x.shape[-2:])
+
+    model = UNetBaseline(64).train()
+    model.net = Confident()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.rand(2, 3, 64, 64))
+    assert torch.isfinite(out["image_logits"]).all(), out["image_logits"]
+    loss = MedSADLoss.from_config(load_preset("tiny"))
+    parts = loss({k: v.float() for k, v in out.items()}, torch.ones(2, 1, 64, 64), torch.ones(2))
+    assert torch.isfinite(parts["loss"]) and torch.isfinite(parts["bce"])

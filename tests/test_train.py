@@ -119,6 +119,13 @@ def test_unet_baseline_trains_on_the_same_pipeline_and_loads(tiny_volumes, tmp_p
     assert out["mask"].shape == (2, 2, 64, 64)
 
 
+def test_a_loss_that_blows_up_stops_training_with_a_clear_error(tiny_volumes, tmp_path):
+    """An absurd learning rate sends the weights to infinity within a few steps: training stops at
+    the first non-finite loss, before the optimizer writes it into the weights, and says what to do."""
+    with pytest.raises(train_mod.NonFiniteLossError, match=r"not finite at epoch 1, step \d+ .*lower --lr"):
+        train(_opts(tiny_volumes, tmp_path / "run", epochs=1, lr=1e30, precision="fp32"))
+
+
 def test_evaluate_writes_report_on_the_test_split(tiny_volumes, tmp_path):
     run = tmp_path / "run"
     train(_opts(tiny_volumes, run, epochs=1))

@@ -54,7 +54,15 @@ from medsad_monai.losses import MedSADLoss
 from medsad_monai.networks import MedSADCLIP
 from medsad_monai.networks.unet_baseline import UNetBaseline
 
-__all__ = ["TrainOptions", "train", "build_model", "evaluate_model", "training_pool", "data_protocol"]
+__all__ = [
+    "TrainOptions",
+    "NonFiniteLossError",
+    "train",
+    "build_model",
+    "evaluate_model",
+    "training_pool",
+    "data_protocol",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +170,19 @@ class TrainOptions:
                 f"--synthetic-styles {','.join(self.synthetic_styles)!r}: use a comma-separated "
                 f"list of {', '.join(known)}"
             )
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: stop before the optimizer writes it into the weights."""
+
+    def __init__(self, epoch: int, step: int, parts: dict[str, torch.Tensor], bf16: bool) -> None:
+        terms = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in parts.items())
+        hint = "--precision fp32 or a lower --lr" if bf16 else "a lower --lr"
+        super().__init__(
+            f"the training loss is not finite at epoch {epoch}, step {step} ({terms}); stopped before the "
+            f"weights were updated with it. The run folder's last.pt (if any) holds the last completed epoch: try "
+            f"{hint}, then --resume"
+        )
 
 
 def dataset_config(opts: TrainOptions) -> DatasetConfig | None:
@@ -581,6 +602,8 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
                     batch["mask"].to(ctx.device),
                     batch["label"].to(ctx.device),
                 )
+                if not torch.isfinite(parts["loss"].detach()):
+                    raise NonFiniteLossError(epoch, i + 1, parts, autocast)
                 optimizer.zero_grad(set_to_none=True)
                 parts["loss"].backward()
                 optimizer.step()

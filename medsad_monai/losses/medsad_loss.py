@@ -88,6 +88,8 @@ class MedSADLoss(nn.Module):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self.weights = {"bce": bce_weight, "dicefocal": dicefocal_weight, "mc": mc_weight}
+        if not any(self.weights.values()):
+            raise ValueError("bce_weight, dicefocal_weight and mc_weight are all 0: nothing to train")
         if dice_reduction not in ("batch", "lesion_images"):
             raise ValueError(f"dice_reduction must be batch or lesion_images, got {dice_reduction!r}")
         self.dice_reduction = dice_reduction
@@ -133,7 +135,9 @@ class MedSADLoss(nn.Module):
             "dicefocal": self._mask_term(lesion_logit(logits), masks.to(logits.dtype)),
             "mc": self.mc(outputs["cos"], labels),
         }
-        parts["loss"] = sum(self.weights[k] * parts[k] for k in ("bce", "dicefocal", "mc"))
+        # a switched-off term stays out of the sum: 0 * inf would make the loss NaN (the UNet
+        # baseline's image logit is infinite once its score saturates, and its BCE weight is 0)
+        parts["loss"] = sum(self.weights[k] * parts[k] for k in ("bce", "dicefocal", "mc") if self.weights[k] != 0)
         parts["fp"] = (
             lesion_free_penalty(lesion_logit(logits), masks, self.fp_topk)
             if self.fp_weight > 0

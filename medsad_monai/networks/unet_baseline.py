@@ -69,7 +69,7 @@ class UNetBaseline(nn.Module):
 
     def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.net(images)
-        mask = logits.softmax(dim=1)
+        mask = logits.float().softmax(dim=1)  # fp32 under autocast: 1 - 1e-6 is 1.0 in bf16
         score = mask[:, 1].flatten(1).max(dim=1).values
         eps = 1e-6
         image_logit = torch.logit(score.clamp(eps, 1 - eps))
