@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from medsad_monai.checkpoint import operating_point_of, read_checkpoint, write_calibration
+from medsad_monai.data.volumes import load_volume
 from medsad_monai.engine.calibration import CaseOutput, fit_operating_point
 from medsad_monai.engine.decision import OperatingPoint, lesion_mask, slice_scores
 from medsad_monai.engine.inference import Predictor, VolumeResult
@@ -173,6 +175,10 @@ def test_calibrate_cli_stores_the_block_and_never_uses_test(tiny_checkpoint, tin
     op = operating_point_of(read_checkpoint(out), out)
     assert op.source == "calibrate"
     assert op.validation["cases"] == [f"case_{i:03d}" for i in range(6)]  # imagesTr only, never imagesTs
+    # sizes are counted in the validation volumes' own voxels and pixels, read from their files
+    spacing = load_volume(tiny_volumes / "imagesTr" / "case_000.nii.gz")[1].spacing
+    assert op.voxel_mm3 == pytest.approx(float(np.prod(spacing)))
+    assert op.pixel_mm2 == pytest.approx(spacing[0] * spacing[1])
     assert "calibration" not in read_checkpoint(tiny_checkpoint)  # the original is left as it was
     with pytest.raises(SystemExit):
         main(["calibrate", "--ckpt", str(tiny_checkpoint), "--data", str(tiny_volumes), "--split", "test"])
@@ -294,3 +300,52 @@ def test_the_slice_score_is_chosen_by_how_its_threshold_carries_over(monkeypatch
     assert calibration._choose_slice_score(kinds, [], None)[0] == "model"
     cv.update(model=None, peak=None, lesion_area=None)  # < 3 volumes: the AUROC rule
     assert calibration._choose_slice_score(kinds, [], None)[0] == "model"
+
+
+def _blob(scale: int) -> np.ndarray:
+    """A 3x3x3-voxel lesion (probability 0.9) on a 2 mm grid, or the same lesion on a grid
+    ``scale`` times finer (each voxel repeated ``scale`` times along every axis)."""
+    prob = np.zeros((12, 12, 12), np.float32)
+    prob[4:7, 4:7, 4:7] = 0.9
+    return np.repeat(np.repeat(np.repeat(prob, scale, 0), scale, 1), scale, 2)
+
+
+def test_lesion_sizes_are_physical_across_voxel_sizes():
+    """The minimum lesion size and the area/volume scores are fitted in the validation volumes'
+    voxels (``voxel_mm3``, ``pixel_mm2``); a scan with 1 mm voxels keeps or drops the same
+    lesions in mm³ and scores them the same as a 2 mm scan. Without a physical size (older
+    checkpoints, 2-D images) they stay voxel counts."""
+    coarse, fine = _blob(1), _blob(2)  # 27 voxels of 8 mm³ = 216 mm³; 216 voxels of 1 mm³
+    op = OperatingPoint(min_lesion_voxels=32, voxel_mm3=8.0, pixel_mm2=4.0, slice_score="lesion_area")
+    assert op.min_lesion_mm3 == 256.0 and op.min_voxels_at(1.0) == 256 and op.min_voxels_at(8.0) == 32
+    assert lesion_mask(coarse, op, 8.0).sum() == 0 and lesion_mask(fine, op, 1.0).sum() == 0  # 216 < 256 mm³
+    assert lesion_mask(fine, op).sum() == 216  # in voxel counts the fine scan's lesion would have stayed
+    smaller = OperatingPoint(min_lesion_voxels=16, voxel_mm3=8.0, pixel_mm2=4.0, slice_score="lesion_area")
+    assert lesion_mask(coarse, smaller, 8.0).sum() == 27 and lesion_mask(fine, smaller, 1.0).sum() == 216
+    results = [
+        VolumeResult(prob, [0.5] * prob.shape[2], [False] * prob.shape[2], 2, smaller, spacing=(mm, mm, mm))
+        for prob, mm in ((coarse, 2.0), (fine, 1.0))
+    ]
+    assert results[0].volume_score == pytest.approx(results[1].volume_score)
+    assert max(results[0].slice_scores) == pytest.approx(max(results[1].slice_scores))
+    assert results[1].summary()["min_lesion_voxels_applied"] == 128
+    assert results[1].summary()["operating_point"]["min_lesion_mm3"] == 128.0
+    old = OperatingPoint.from_dict({k: v for k, v in smaller.to_dict().items() if k not in ("voxel_mm3", "pixel_mm2")})
+    assert old.voxel_mm3 is None and old.min_voxels_at(1.0) == 16  # a block written before: voxel counts
+    with pytest.raises(ValueError, match="voxel_mm3"):
+        OperatingPoint(voxel_mm3=0)
+
+
+def test_fit_counts_sizes_in_the_validation_voxels():
+    """Validation volumes of different voxel sizes: the size filter is applied per volume in mm³,
+    counted in the median validation voxel; cases without a spacing (2-D images) keep counts."""
+    rng = np.random.default_rng(1)
+    cases = [_case(f"v{i}", rng, lesion=i < 3, speckles=4) for i in range(5)]
+    op = fit_operating_point(cases)
+    assert op.voxel_mm3 is None and op.pixel_mm2 is None and op.min_lesion_mm3 is None
+    spaced = [dataclasses.replace(c, spacing=(s, s, 2 * s)) for c, s in zip(cases, (1.0, 1.0, 2.0, 1.0, 2.0))]
+    op = fit_operating_point(spaced)
+    assert op.voxel_mm3 == 2.0 and op.pixel_mm2 == 1.0
+    assert op.min_lesion_voxels > 2  # the 2-voxel speckles still go (they are 2 or 16 mm³ here)
+    for c in spaced:
+        assert (lesion_mask(c.probability, op, c.voxel_mm3).astype(bool) == c.truth).all(), c.name

@@ -170,8 +170,10 @@ class SliceWiseInferer(Inferer):
 
     def __call__(self, inputs: Any, network: nn.Module, *args: Any, **kwargs: Any):  # type: ignore[override]
         volume = inputs.numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
+        affine = getattr(inputs, "affine", None)  # a MetaTensor's: lesion sizes in mm³
+        spacing = None if affine is None else np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
         return self.predictor(network).predict_volume(
-            volume, axis=self.slice_axis, skip_background=self.skip_background
+            volume, axis=self.slice_axis, skip_background=self.skip_background, spacing=spacing
         )
 
 

@@ -298,7 +298,7 @@ def _sha256(path: Path) -> str:
 
 
 def _inference_config(op: Any, intensity: str, context_slices: int = 0) -> dict[str, Any]:
-    ref_op = op.summary()
+    ref_op = {k: v for k, v in op.summary().items() if k != "min_lesion_mm3"}  # derived, not a field
     return {
         "imports": ["$import torch", "$import medsad_monai.bundle as medsad_bundle"],
         "bundle_root": ".",

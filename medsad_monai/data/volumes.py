@@ -84,6 +84,11 @@ class Geometry:
     direction: tuple[tuple[float, float, float], ...]
 
     @property
+    def voxel_mm3(self) -> float:
+        """The volume of one voxel in mm³ (the product of the spacing)."""
+        return float(abs(np.prod(self.spacing)))
+
+    @property
     def affine(self) -> np.ndarray:
         """The 4x4 voxel-to-RAS affine, ``direction @ diag(spacing)`` plus ``origin``."""
         out = np.eye(4)

@@ -50,8 +50,11 @@ from medsad_monai.engine.decision import (
     VOLUME_SCORES,
     OperatingPoint,
     lesion_mask,
+    pixel_mm2,
+    scaled_min_voxels,
     slice_scores,
     volume_score,
+    voxel_mm3,
 )
 from medsad_monai.engine.metrics import auroc, best_threshold
 
@@ -61,6 +64,7 @@ __all__ = [
     "predict_cases",
     "fit_operating_point",
     "calibrate_checkpoint",
+    "reference_sizes",
     "MAP_THRESHOLDS",
     "MIN_LESION_SIZES",
 ]
@@ -68,7 +72,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAP_THRESHOLDS: tuple[float, ...] = tuple(round(0.3 + 0.05 * i, 2) for i in range(14))  # 0.30 … 0.95
-MIN_LESION_SIZES: tuple[int, ...] = (0, 4, 8, 16, 32, 64)
+#: Doubling steps up to 512 voxels. Until 2026-12-05 the grid ended at 64, and the `tiny`
+#: recipe's validation optimum sat on that edge with all three seeds (docs/experiments.md).
+MIN_LESION_SIZES: tuple[int, ...] = (0, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 @dataclass
@@ -83,6 +89,15 @@ class CaseOutput:
     axis: int
     tags: dict[str, str] = field(default_factory=dict)
     image: np.ndarray | None = None  # the normalised input (kept for report overlays)
+    spacing: tuple[float, float, float] | None = None  # a volume's mm per voxel (None for a 2-D image)
+
+    @property
+    def voxel_mm3(self) -> float | None:
+        return voxel_mm3(self.spacing)
+
+    @property
+    def pixel_mm2(self) -> float | None:
+        return pixel_mm2(self.spacing, self.axis)
 
     def image_slice(self, index: int) -> np.ndarray | None:
         return None if self.image is None else take_slice(self.image, self.axis, index)
@@ -128,12 +143,12 @@ def iter_cases(
     for name, image, mask_path, is_volume in bar:
         case_tags = (tags or {}).get(name, {})
         if is_volume:
-            array, _ = load_volume(image)
+            array, geometry = load_volume(image)
             truth = (np.asarray(load_volume(mask_path)[0]) > 0) if mask_path else np.zeros(array.shape, bool)
             if truth.shape != array.shape:
                 raise ValueError(f"label {str(mask_path)!r} has shape {truth.shape}, its image {array.shape}")
             volume = predictor.normalize_volume(array)
-            result = predictor.predict_volume(volume, axis=slice_axis)
+            result = predictor.predict_volume(volume, axis=slice_axis, spacing=geometry.spacing)
             yield CaseOutput(
                 name,
                 result.probability,
@@ -143,6 +158,7 @@ def iter_cases(
                 slice_axis,
                 case_tags,
                 volume if keep_image else None,
+                result.spacing,
             )
         else:
             img = load_image_2d(image)
@@ -172,8 +188,25 @@ def predict_cases(
     return list(iter_cases(predictor, samples, slice_axis, tags=tags, desc=desc, keep_image=False))
 
 
-def _grid_dice(cases: Sequence[CaseOutput], thresholds: Sequence[float], sizes: Sequence[int]) -> np.ndarray:
-    """Pooled Dice (T, M) of every (map threshold, minimum lesion size) pair over all cases."""
+def reference_sizes(cases: Sequence[CaseOutput]) -> tuple[float | None, float | None]:
+    """The voxel volume (mm³) and slice pixel area (mm²) the operating point's sizes count in:
+    medians over the validation volumes (None when a case has no physical size, e.g. a 2-D image)."""
+    if not cases or any(c.spacing is None for c in cases):
+        return None, None
+    return (
+        float(np.median([c.voxel_mm3 for c in cases])),
+        float(np.median([c.pixel_mm2 for c in cases])),
+    )
+
+
+def _grid_dice(
+    cases: Sequence[CaseOutput],
+    thresholds: Sequence[float],
+    sizes: Sequence[int],
+    reference_mm3: float | None = None,
+) -> np.ndarray:
+    """Pooled Dice (T, M) of every (map threshold, minimum lesion size) pair over all cases; the
+    sizes count voxels of ``reference_mm3`` mm³ (each case's own voxels are scaled to them)."""
     inter = np.zeros((len(thresholds), len(sizes)))
     pred = np.zeros_like(inter)
     truth_total = sum(int(c.truth.sum()) for c in cases)
@@ -188,7 +221,7 @@ def _grid_dice(cases: Sequence[CaseOutput], thresholds: Sequence[float], sizes: 
             hits = np.bincount(labels.ravel(), weights=c.truth.ravel().astype(np.float64), minlength=n + 1)
             size[0], hits[0] = 0, 0
             for j, m in enumerate(sizes):
-                keep = size >= max(m, 1)
+                keep = size >= max(scaled_min_voxels(m, reference_mm3, c.voxel_mm3), 1)
                 pred[i, j] += size[keep].sum()
                 inter[i, j] += hits[keep].sum()
     denom = pred + truth_total
@@ -206,8 +239,8 @@ def _slices_per_case(cases: Sequence[CaseOutput], kind: str, op: OperatingPoint)
     """(slice scores, slice labels) of each case's evaluated slices."""
     out = []
     for c in cases:
-        mask = lesion_mask(c.probability, op)
-        s = slice_scores(kind, c.probability, mask, c.model_scores, c.skipped, c.axis)
+        mask = lesion_mask(c.probability, op, c.voxel_mm3)
+        s = slice_scores(kind, c.probability, mask, c.model_scores, c.skipped, c.axis, op.area_factor(c.pixel_mm2))
         keep = c.evaluated
         out.append((s[keep], c.slice_labels[keep]))
     return out
@@ -247,9 +280,11 @@ def cross_validated_balanced_accuracy(per_case: Sequence[tuple[np.ndarray, np.nd
 def _volume_table(cases: Sequence[CaseOutput], kind: str, op: OperatingPoint) -> tuple[np.ndarray, np.ndarray]:
     scores, labels = [], []
     for c in cases:
-        mask = lesion_mask(c.probability, op)
-        s = slice_scores(op.slice_score, c.probability, mask, c.model_scores, c.skipped, c.axis)
-        scores.append(volume_score(kind, c.probability, mask, s))
+        mask = lesion_mask(c.probability, op, c.voxel_mm3)
+        s = slice_scores(
+            op.slice_score, c.probability, mask, c.model_scores, c.skipped, c.axis, op.area_factor(c.pixel_mm2)
+        )
+        scores.append(volume_score(kind, c.probability, mask, s, op.volume_factor(c.voxel_mm3)))
         labels.append(c.abnormal)
     return np.asarray(scores), np.asarray(labels, bool)
 
@@ -323,9 +358,12 @@ def fit_operating_point(
         raise ValueError("calibration needs at least one validation volume or image")
     if slice_score != "auto" and slice_score not in SLICE_SCORES:
         raise ValueError(f"slice_score {slice_score!r}: expected auto or one of {', '.join(SLICE_SCORES)}")
-    grid = _grid_dice(cases, thresholds, sizes)
+    reference_mm3, reference_mm2 = reference_sizes(cases)
+    grid = _grid_dice(cases, thresholds, sizes, reference_mm3)
     t, m, dice = _pick_map(grid, thresholds, sizes)
-    op = OperatingPoint(map_threshold=t, min_lesion_voxels=m, source=source)
+    op = OperatingPoint(
+        map_threshold=t, min_lesion_voxels=m, source=source, voxel_mm3=reference_mm3, pixel_mm2=reference_mm2
+    )
 
     candidates = list(SLICE_SCORES) if slice_score == "auto" else [slice_score]
     kind, slice_aurocs, slice_cv = _choose_slice_score(candidates, cases, op)
@@ -353,9 +391,12 @@ def fit_operating_point(
         volume_score=v_kind,
         volume_threshold=v_thr,
         source=source,
+        voxel_mm3=reference_mm3,
+        pixel_mm2=reference_mm2,
         objective={
             "map": "pooled Dice of all validation voxels (lesion-free volumes included) over map_threshold "
-            f"{list(thresholds)} x min_lesion_voxels {list(sizes)}",
+            f"{list(thresholds)} x min_lesion_voxels {list(sizes)}"
+            + (f" (voxels of {reference_mm3:.4g} mm³; other voxel sizes keep the same mm³)" if reference_mm3 else ""),
             "slice": f"slice score among {candidates} whose threshold carries over best between validation "
             f"volumes: leave-one-volume-out balanced accuracy (within {CV_TIE} a tie, broken in the order "
             f"{[k for k in PREFERENCE if k in candidates]}; with fewer than 3 volumes the best slice AUROC, within "

@@ -9,6 +9,9 @@ applied here by every front-end (``medsad infer``/``evaluate``, the MONAI Label 
 1. **Lesion mask**: ``probability >= map_threshold``, then connected lesions smaller than
    ``min_lesion_voxels`` removed with MONAI's ``RemoveSmallObjects`` (3-D components for a
    volume, 2-D for an image) — nnU-Net's post-processing, chosen on validation, never on test.
+   The size is physical: it was fitted on validation voxels of ``voxel_mm3`` mm³, and a volume
+   with another voxel size drops lesions under the same ``min_lesion_voxels * voxel_mm3`` mm³
+   (:meth:`OperatingPoint.min_voxels_at`; 2-D images and older checkpoints count voxels).
 2. **Slice score** (``slice_score``), one of:
 
    - ``model``: the model's own image score (the paper: P(abnormal) from the class token);
@@ -43,6 +46,10 @@ from medsad_monai.config import strict_from_dict
 
 __all__ = [
     "AREA_SCALE",
+    "scaled_min_voxels",
+    "checked_spacing",
+    "voxel_mm3",
+    "pixel_mm2",
     "VOLUME_SCALE",
     "SLICE_SCORES",
     "VOLUME_SCORES",
@@ -60,6 +67,40 @@ AREA_SCALE = 20.0
 VOLUME_SCALE = 200.0
 SLICE_SCORES: tuple[str, ...] = ("model", "peak", "lesion_area")
 VOLUME_SCORES: tuple[str, ...] = ("lesion_volume", "max_slice")
+
+
+def checked_spacing(spacing: Any) -> tuple[float, float, float] | None:
+    """``spacing`` (mm per voxel along the three array axes) as floats, or None; a spacing that
+    is not three positive finite numbers counts as unknown (sizes are then voxel counts)."""
+    if spacing is None:
+        return None
+    try:
+        values = tuple(abs(float(v)) for v in spacing)
+    except (TypeError, ValueError):
+        return None
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        return None
+    return values  # type: ignore[return-value]
+
+
+def voxel_mm3(spacing: Any) -> float | None:
+    """The volume of one voxel in mm³ (None when the spacing is unknown)."""
+    checked = checked_spacing(spacing)
+    return None if checked is None else float(np.prod(checked))
+
+
+def pixel_mm2(spacing: Any, axis: int) -> float | None:
+    """The area of one pixel of a slice across ``axis`` in mm² (None when the spacing is unknown)."""
+    checked = checked_spacing(spacing)
+    return None if checked is None else float(np.prod([v for i, v in enumerate(checked) if i != axis]))
+
+
+def scaled_min_voxels(min_voxels: int, fitted_mm3: float | None, voxel_mm3: float | None) -> int:
+    """``min_voxels`` fitted on voxels of ``fitted_mm3`` mm³, as a voxel count for voxels of
+    ``voxel_mm3`` mm³ (the same physical size); unchanged when either is unknown."""
+    if min_voxels <= 0 or not fitted_mm3 or not voxel_mm3:
+        return int(min_voxels)
+    return max(1, int(round(min_voxels * fitted_mm3 / voxel_mm3)))
 
 
 def check_threshold(name: str, value: Any) -> float:
@@ -89,6 +130,11 @@ class OperatingPoint:
             is added when a request or option replaced a value.
         objective: what each value maximised, in words.
         validation: the validation cases and the figures reached on them.
+        voxel_mm3: the voxel volume (mm³) of the validation volumes ``min_lesion_voxels`` and the
+            ``lesion_volume`` score count in; ``None`` = plain voxel counts (2-D images,
+            checkpoints before 2026-12-05).
+        pixel_mm2: the in-slice pixel area (mm²) the ``lesion_area`` score counts in; ``None`` =
+            plain pixel counts.
     """
 
     map_threshold: float = 0.5
@@ -100,8 +146,20 @@ class OperatingPoint:
     source: str = "default"
     objective: dict[str, str] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
+    voxel_mm3: float | None = None
+    pixel_mm2: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("voxel_mm3", "pixel_mm2"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    v = float(value)
+                except (TypeError, ValueError):
+                    v = float("nan")
+                if not (np.isfinite(v) and v > 0):
+                    raise ValueError(f"{name} {value!r}: expected a positive size in mm or None")
+                object.__setattr__(self, name, v)
         for name in ("map_threshold", "slice_threshold", "volume_threshold"):
             object.__setattr__(self, name, check_threshold(name, getattr(self, name)))
         if int(self.min_lesion_voxels) != self.min_lesion_voxels or self.min_lesion_voxels < 0:
@@ -111,6 +169,23 @@ class OperatingPoint:
             raise ValueError(f"slice_score {self.slice_score!r}: expected one of {', '.join(SLICE_SCORES)}")
         if self.volume_score not in VOLUME_SCORES:
             raise ValueError(f"volume_score {self.volume_score!r}: expected one of {', '.join(VOLUME_SCORES)}")
+
+    def min_voxels_at(self, voxel_mm3: float | None) -> int:
+        """The minimum lesion size in voxels of ``voxel_mm3`` mm³ (see :func:`scaled_min_voxels`)."""
+        return scaled_min_voxels(self.min_lesion_voxels, self.voxel_mm3, voxel_mm3)
+
+    def volume_factor(self, voxel_mm3: float | None) -> float:
+        """Voxels of ``voxel_mm3`` mm³ in this operating point's voxels (1 when either is unknown)."""
+        return voxel_mm3 / self.voxel_mm3 if voxel_mm3 and self.voxel_mm3 else 1.0
+
+    def area_factor(self, pixel_mm2: float | None) -> float:
+        """Pixels of ``pixel_mm2`` mm² in this operating point's pixels (1 when either is unknown)."""
+        return pixel_mm2 / self.pixel_mm2 if pixel_mm2 and self.pixel_mm2 else 1.0
+
+    @property
+    def min_lesion_mm3(self) -> float | None:
+        """The minimum lesion size in mm³ (None when it is a voxel count)."""
+        return None if self.voxel_mm3 is None else round(self.min_lesion_voxels * self.voxel_mm3, 3)
 
     @property
     def calibrated(self) -> bool:
@@ -146,22 +221,27 @@ class OperatingPoint:
                 "volume_score",
                 "volume_threshold",
                 "source",
+                "voxel_mm3",
+                "pixel_mm2",
+                "min_lesion_mm3",
             )
         }
 
 
-def lesion_mask(probability: np.ndarray, op: OperatingPoint) -> np.ndarray:
+def lesion_mask(probability: np.ndarray, op: OperatingPoint, voxel_mm3: float | None = None) -> np.ndarray:
     """Binary lesion mask (uint8, same shape): threshold, then drop lesions below the minimum size.
 
     Components are 3-D for a volume and 2-D for an image (face connectivity), removed with
-    MONAI's ``RemoveSmallObjects``.
+    MONAI's ``RemoveSmallObjects``; ``voxel_mm3`` (this volume's voxel volume) turns the
+    operating point's physical minimum into voxels (:meth:`OperatingPoint.min_voxels_at`).
     """
     mask = np.asarray(probability) >= op.map_threshold
-    if op.min_lesion_voxels > 1 and mask.any():
+    min_voxels = op.min_voxels_at(voxel_mm3)
+    if min_voxels > 1 and mask.any():
         with warnings.catch_warnings():  # scikit-image 0.26 deprecates the min_size that MONAI 1.6 passes
             warnings.filterwarnings("ignore", message=".*min_size.*deprecated", category=FutureWarning)
             warnings.filterwarnings("ignore", message=".*min_size.*deprecated", category=DeprecationWarning)
-            kept = RemoveSmallObjects(min_size=op.min_lesion_voxels, connectivity=1)(torch.from_numpy(mask[None]))
+            kept = RemoveSmallObjects(min_size=min_voxels, connectivity=1)(torch.from_numpy(mask[None]))
         mask = np.asarray(kept[0], dtype=bool)
     return mask.astype(np.uint8)
 
@@ -178,10 +258,12 @@ def slice_scores(
     model_scores: list[float] | np.ndarray,
     skipped: list[bool] | np.ndarray,
     axis: int,
+    area_factor: float = 1.0,
 ) -> np.ndarray:
     """Per-slice scores (n_slices,) of ``kind`` for a 3-D ``probability`` / post-processed ``mask``.
 
-    Skipped (background) slices score 0.
+    Skipped (background) slices score 0. ``area_factor`` turns this volume's pixels into the
+    operating point's (:meth:`OperatingPoint.area_factor`) for ``lesion_area``.
     """
     if kind == "model":
         scores = np.asarray(model_scores, dtype=np.float64)
@@ -192,7 +274,7 @@ def slice_scores(
         other = tuple(i for i in range(3) if i != axis)
         scores = smoothed.max(axis=other).astype(np.float64)
     elif kind == "lesion_area":
-        area = _per_slice(np.where(mask > 0, probability, 0.0).astype(np.float64), axis)
+        area = _per_slice(np.where(mask > 0, probability, 0.0).astype(np.float64), axis) * area_factor
         scores = area / (area + AREA_SCALE)
     else:
         raise ValueError(f"slice_score {kind!r}: expected one of {', '.join(SLICE_SCORES)}")
@@ -201,10 +283,14 @@ def slice_scores(
     return scores
 
 
-def volume_score(kind: str, probability: np.ndarray, mask: np.ndarray, scores: np.ndarray) -> float:
-    """The volume's (or image's) score of ``kind`` from its post-processed mask or slice scores."""
+def volume_score(
+    kind: str, probability: np.ndarray, mask: np.ndarray, scores: np.ndarray, volume_factor: float = 1.0
+) -> float:
+    """The volume's (or image's) score of ``kind`` from its post-processed mask or slice scores;
+    ``volume_factor`` turns this volume's voxels into the operating point's
+    (:meth:`OperatingPoint.volume_factor`) for ``lesion_volume``."""
     if kind == "lesion_volume":
-        mass = float(np.where(mask > 0, probability, 0.0).sum(dtype=np.float64))
+        mass = float(np.where(mask > 0, probability, 0.0).sum(dtype=np.float64)) * volume_factor
         return mass / (mass + VOLUME_SCALE)
     if kind == "max_slice":
         return float(np.max(scores)) if len(scores) else 0.0

@@ -142,7 +142,9 @@ def evaluate_checkpoint(
     keeper = CaseKeeper(2)
     per_case: dict[str, dict[str, Any]] = {}
     for case in iter_cases(predictor, samples, slice_axis, tags=tags, desc="evaluating"):
-        result = VolumeResult(case.probability, list(case.model_scores), list(case.skipped), case.axis, op)
+        result = VolumeResult(
+            case.probability, list(case.model_scores), list(case.skipped), case.axis, op, spacing=case.spacing
+        )
         prob, truth, pred, scores, labels = _case_slices(case, result)
         record = {
             "name": case.name,

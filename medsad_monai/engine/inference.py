@@ -39,7 +39,15 @@ from medsad_monai.data.volumes import (
     take_slice,
     volume_suffix,
 )
-from medsad_monai.engine.decision import OperatingPoint, lesion_mask, slice_scores, volume_score
+from medsad_monai.engine.decision import (
+    OperatingPoint,
+    checked_spacing,
+    lesion_mask,
+    pixel_mm2,
+    slice_scores,
+    volume_score,
+    voxel_mm3,
+)
 
 __all__ = [
     "PRECISIONS",
@@ -211,9 +219,18 @@ class VolumeResult:
     op: OperatingPoint = field(default_factory=OperatingPoint)
     extra: dict[str, Any] = field(default_factory=dict)
     precision: str | None = None  # the precision the model ran in ("fp32" / "bf16")
+    spacing: tuple[float, float, float] | None = None  # mm per voxel along the array axes (sizes are physical)
 
     def with_operating_point(self, op: OperatingPoint) -> VolumeResult:
         return dataclasses.replace(self, op=op)
+
+    @property
+    def voxel_mm3(self) -> float | None:
+        return voxel_mm3(self.spacing)
+
+    @property
+    def pixel_mm2(self) -> float | None:
+        return pixel_mm2(self.spacing, self.axis)
 
     @property
     def threshold(self) -> float:
@@ -222,20 +239,32 @@ class VolumeResult:
     @functools.cached_property
     def mask(self) -> np.ndarray:
         """The post-processed binary lesion mask (uint8)."""
-        return lesion_mask(self.probability, self.op)
+        return lesion_mask(self.probability, self.op, self.voxel_mm3)
 
     @functools.cached_property
     def slice_scores(self) -> list[float]:
         return [
             float(s)
             for s in slice_scores(
-                self.op.slice_score, self.probability, self.mask, self.model_scores, self.skipped, self.axis
+                self.op.slice_score,
+                self.probability,
+                self.mask,
+                self.model_scores,
+                self.skipped,
+                self.axis,
+                self.op.area_factor(self.pixel_mm2),
             )
         ]
 
     @functools.cached_property
     def volume_score(self) -> float:
-        return volume_score(self.op.volume_score, self.probability, self.mask, np.asarray(self.slice_scores))
+        return volume_score(
+            self.op.volume_score,
+            self.probability,
+            self.mask,
+            np.asarray(self.slice_scores),
+            self.op.volume_factor(self.voxel_mm3),
+        )
 
     @property
     def volume_abnormal(self) -> bool:
@@ -263,6 +292,7 @@ class VolumeResult:
             "abnormal_slices": self.abnormal_slices,
             "skipped_slices": int(sum(self.skipped)),
             "lesion_voxels": int(self.mask.sum()),
+            "min_lesion_voxels_applied": self.op.min_voxels_at(self.voxel_mm3),
             "operating_point": self.op.summary(),
             **({"precision": self.precision} if self.precision else {}),
             **self.extra,
@@ -378,8 +408,11 @@ class Predictor:
         skip_background: bool = True,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
+        spacing: Sequence[float] | None = None,
     ) -> VolumeResult:
-        """A normalised 3-D volume in [0, 1], slice by slice along ``axis``.
+        """A normalised 3-D volume in [0, 1], slice by slice along ``axis``; ``spacing`` (mm per
+        voxel along the array axes, from the file) makes the lesion sizes the decisions count
+        physical (see :class:`~medsad_monai.engine.decision.OperatingPoint`).
 
         Raises:
             ValueError: not 3-D, bad axis or non-finite voxels.
@@ -410,7 +443,15 @@ class Predictor:
             done += len(chunk)
             if progress is not None:
                 progress(done, len(todo))
-        return VolumeResult(probability, scores, skipped, axis, self.operating_point, precision=self.precision)
+        return VolumeResult(
+            probability,
+            scores,
+            skipped,
+            axis,
+            self.operating_point,
+            precision=self.precision,
+            spacing=checked_spacing(spacing),
+        )
 
 
 def _outputs_for(path: Path, out_dir: Path) -> tuple[Path, Path]:
@@ -511,6 +552,7 @@ class InputImage:
     path: Path
     array: np.ndarray
     is_volume: bool
+    spacing: tuple[float, float, float] | None = None  # a volume's mm per voxel along the array axes
 
 
 def read_input(path: str | os.PathLike, axis: int = 2) -> InputImage:
@@ -522,7 +564,7 @@ def read_input(path: str | os.PathLike, axis: int = 2) -> InputImage:
     """
     path = Path(path)
     if volume_suffix(path) is not None:
-        volume, _ = load_volume(path)
+        volume, geometry = load_volume(path)
         if volume.ndim != 3:
             raise ValueError(f"{str(path)!r} is not a 3-D volume (shape {volume.shape})")
         if axis not in (0, 1, 2):
@@ -532,7 +574,8 @@ def read_input(path: str | os.PathLike, axis: int = 2) -> InputImage:
                 f"{str(path)!r}: its slices along axis {axis} are lines, not images (shape {volume.shape}); "
                 "pick another slice axis"
             )
-        return InputImage(path, volume, True)  # one slice along the axis (nnU-Net's 2-D NIfTI) is fine
+        # one slice along the axis (nnU-Net's 2-D NIfTI) is fine
+        return InputImage(path, volume, True, geometry.spacing)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"unsupported input {str(path)!r}: use .nii/.nii.gz/.nrrd volumes or .png/.jpg images")
     return InputImage(path, load_image_2d(path), False)
@@ -555,6 +598,7 @@ def predict_input(
             skip_background=skip_background,
             progress=progress,
             cancel=cancel,
+            spacing=image.spacing,
         )
     return predictor.predict_image(image.array)
 

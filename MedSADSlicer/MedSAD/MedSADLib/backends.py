@@ -86,7 +86,13 @@ class LocalBackend:
 
         volume = nodes.voxels_ijk(volume_node)
         try:
-            out = predictor.predict_volume(predictor.normalize_volume(volume), axis=2, progress=progress, cancel=cancel)
+            out = predictor.predict_volume(
+                predictor.normalize_volume(volume),
+                axis=2,
+                progress=progress,
+                cancel=cancel,
+                spacing=tuple(volume_node.GetSpacing()),  # I, J, K as the voxels: lesion sizes in mm³
+            )
         except InferenceCancelled as err:
             raise MedSADError(f"cancelled: {err}") from err
         except ValueError as err:

@@ -154,6 +154,8 @@ def describe_decision(result: MedSADResult) -> str:
     kind = f" ({op['volume_score']})" if op.get("volume_score") else ""
     min_voxels = int(op.get("min_lesion_voxels") or 0)
     size = f", minimum lesion {min_voxels} voxels" if min_voxels > 1 else ""
+    if min_voxels > 1 and op.get("min_lesion_mm3"):
+        size = f", minimum lesion {float(op['min_lesion_mm3']):g} mm³"
     abnormal = sum(result.abnormal())
     text = (
         f"Volume {verdict}: score {result.volume_score:.3f} {relation} threshold {result.volume_threshold:.3f}"

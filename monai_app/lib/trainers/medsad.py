@@ -263,7 +263,7 @@ class MedSADTrain(TrainTask):
         )
         cases = predict_cases(predictor, val_samples, self.cache.serve.slice_axis, desc="comparing")
         op = predictor.operating_point
-        return float(_grid_dice(cases, [op.map_threshold], [op.min_lesion_voxels])[0, 0])
+        return float(_grid_dice(cases, [op.map_threshold], [op.min_lesion_voxels], op.voxel_mm3)[0, 0])
 
     def _publish(self, best: Path) -> None:
         publish_checkpoint(best, self.cache.path)
