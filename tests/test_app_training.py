@@ -102,6 +102,35 @@ def test_bad_switch_is_a_clear_error(client):
     assert "force" in res.json()["detail"]
 
 
+def test_a_starting_run_is_never_visible_without_its_request(client, monkeypatch):
+    """``/info`` reads a starting run's epoch budget from its ``request.json``: a run folder must
+    never be visible without it (a live ``train_stats`` once said ``total_epochs: None``)."""
+    import sys
+
+    trainer = next(m for name, m in sys.modules.items() if name.endswith("trainers.medsad"))
+    real, bare = trainer.atomic_write, []
+
+    def spy(path, *args, **kwargs):
+        path = Path(path)
+        if path.name == "request.json":
+            runs = path.parent.parent
+            bare.append(
+                [
+                    p.name
+                    for p in runs.iterdir()
+                    if p.is_dir()
+                    and not p.name.startswith(".")
+                    and not any((p / f).is_file() for f in ("request.json", "config.json", "summary.json"))
+                ]
+            )
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "atomic_write", spy)
+    res = client.post("/train/medsad?run_sync=true", json={"max_epochs": 1, "force": True})
+    assert res.status_code == 200, res.text
+    assert bare == [[]]  # the request was written once, and no visible run folder lacked it
+
+
 def test_train_stats_are_live_during_a_run(client):
     results: dict = {}
 

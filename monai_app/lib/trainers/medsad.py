@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 from types import MappingProxyType
@@ -115,7 +116,11 @@ class MedSADTrain(TrainTask):
         """The latest run: live (``epoch``, ``total_epochs``, ``best_metric``, ``total_time``
         from its ``metrics.csv``) while it trains, its summary once it has finished (with the
         same keys, as MONAI Label's Slicer plugin reads them); empty before the first run."""
-        runs = sorted(p for p in self.runs_dir.iterdir() if p.is_dir()) if self.runs_dir.is_dir() else []
+        runs = (
+            sorted(p for p in self.runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if self.runs_dir.is_dir()
+            else []
+        )
         if not runs:
             return {}
         latest = runs[-1]
@@ -146,9 +151,12 @@ class MedSADTrain(TrainTask):
         n = 1
         while run.exists():
             run, n = self.runs_dir / f"{stamp}-{n}", n + 1
-        # the request first: /info reads the run's budget from it until the run's config.json exists
-        run.mkdir(parents=True)
-        atomic_write(run / "request.json", lambda fh: fh.write(json.dumps(opts, default=str)), binary=False)
+        # the request first: /info reads the run's budget from it until the run's config.json exists;
+        # the folder appears under its name (an atomic rename) with request.json already inside
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".starting-", dir=self.runs_dir))
+        atomic_write(staging / "request.json", lambda fh: fh.write(json.dumps(opts, default=str)), binary=False)
+        staging.rename(run)
         samples, layout = _samples(datalist, self.cache.serve.slice_axis)
         init_from, image_size, inherited = self._fine_tune_source(opts)
         logger.info(
