@@ -424,6 +424,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         "volume_ranking_separates",
         "fp_voxels_max",
         "fp_max_over_mean_lesion",
+        "lesion_recall",
+        "lesion_f1",
     )
     print(" ".join(f"{k}={_short(metrics.get(k))}" for k in keys))
     print(f"report: {Path(args.out) / 'report.md'}")

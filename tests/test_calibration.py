@@ -12,7 +12,7 @@ import pytest
 from medsad_monai.checkpoint import operating_point_of, read_checkpoint, write_calibration
 from medsad_monai.data.volumes import load_volume
 from medsad_monai.engine.calibration import CaseOutput, fit_operating_point
-from medsad_monai.engine.decision import OperatingPoint, lesion_mask, slice_scores
+from medsad_monai.engine.decision import OperatingPoint, lesion_mask, lesion_table, slice_scores
 from medsad_monai.engine.inference import Predictor, VolumeResult
 from medsad_monai.engine.metrics import best_threshold, dice_score
 
@@ -349,3 +349,29 @@ def test_fit_counts_sizes_in_the_validation_voxels():
     assert op.min_lesion_voxels > 2  # the 2-voxel speckles still go (they are 2 or 16 mm³ here)
     for c in spaced:
         assert (lesion_mask(c.probability, op, c.voxel_mm3).astype(bool) == c.truth).all(), c.name
+
+
+def test_a_result_lists_its_lesions_largest_first_in_mm3_with_their_slices():
+    """``n_lesions`` and ``lesions`` of a result describe the post-processed mask: a lesion the
+    size filter removed is not listed, sizes are in mm³ of the scan's voxels, ``slices`` counts
+    along the slice axis as ``slice_scores`` do, and the list is capped (largest first)."""
+    prob = np.zeros((20, 20, 10), np.float32)
+    prob[2:6, 2:6, 1:5] = 0.8  # 64 voxels on slices 1-4
+    prob[3, 3, 2] = 0.97
+    prob[12:15, 12:15, 6:9] = 0.7  # 27 voxels on slices 6-8
+    prob[18, 1, 9] = 0.9  # one voxel: removed by the size filter
+    op = OperatingPoint(map_threshold=0.5, min_lesion_voxels=8, voxel_mm3=8.0)
+    result = VolumeResult(prob, [0.5] * 10, [False] * 10, 2, op, spacing=(2.0, 2.0, 2.0))
+    summary = result.summary()
+    assert summary["n_lesions"] == 2 and summary["lesion_voxels"] == 64 + 27
+    big, small = summary["lesions"]
+    assert big["voxels"] == 64 and big["volume_mm3"] == 512.0 and big["slices"] == [1, 4]
+    assert big["centroid_voxel"] == [3.5, 3.5, 2.5] and big["peak_probability"] == pytest.approx(0.97)
+    assert small["voxels"] == 27 and small["volume_mm3"] == 216.0 and small["slices"] == [6, 8]
+    assert small["mean_probability"] == pytest.approx(0.7, abs=1e-4)
+    assert json.loads(json.dumps(summary))["lesions"] == summary["lesions"]  # plain JSON types
+    on_axis0 = lesion_table(result.mask, prob, 0, None)[1][0]
+    assert on_axis0["slices"] == [2, 5] and on_axis0["volume_mm3"] is None  # no spacing: voxels only
+    n, capped = lesion_table(result.mask, prob, 2, 8.0, limit=1)
+    assert n == 2 and [lesion["voxels"] for lesion in capped] == [64]
+    assert lesion_table(np.zeros_like(result.mask), prob, 2) == (0, [])

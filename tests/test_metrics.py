@@ -9,7 +9,14 @@ import pytest
 import torch
 from monai.metrics import compute_roc_auc
 
-from medsad_monai.engine.metrics import MetricAccumulator, auroc_from_histograms, dice_score
+from medsad_monai.engine.metrics import (
+    MetricAccumulator,
+    auroc_from_histograms,
+    dice_score,
+    lesion_detection,
+    lesion_f1,
+    volume_metrics,
+)
 
 
 def _tiny_set():
@@ -207,3 +214,59 @@ def test_histogram_auroc_counts_ties_within_a_bin_as_half():
     assert auroc == 0.5 and bound == 0.5
     assert auroc_from_histograms(np.array([0, 3]), np.array([2, 0])) == (1.0, 0.0)
     assert auroc_from_histograms(np.array([0, 0]), np.array([2, 0]))[0] is None
+
+
+def test_lesion_detection_counts_detected_missed_and_false_positive_lesions():
+    truth = np.zeros((12, 12, 4), np.uint8)
+    truth[1:3, 1:3, 1] = 1  # lesion 1: found by a prediction touching one voxel of it
+    truth[8:10, 8:10, 2] = 1  # lesion 2: missed
+    pred = np.zeros_like(truth)
+    pred[2:5, 2:5, 1] = 1  # overlaps lesion 1 (and spills over: still one detection, no FP)
+    pred[6, 0, 0] = 1  # a lone false-positive voxel
+    pred[0, 11, 3] = 1  # another, not face-connected to anything
+    pred[1, 11, 3] = 1  # face-connected to the previous one: the same false-positive lesion
+    assert lesion_detection(pred, truth) == {"lesions": 2, "lesions_detected": 1, "fp_lesions": 2}
+    assert lesion_detection(np.zeros_like(truth), truth) == {"lesions": 2, "lesions_detected": 0, "fp_lesions": 0}
+    diagonal = np.zeros((3, 3, 3), np.uint8)
+    diagonal[0, 0, 0] = diagonal[1, 1, 1] = 1  # corners only: two lesions under face connectivity
+    assert lesion_detection(diagonal, np.zeros_like(diagonal))["fp_lesions"] == 2
+    with pytest.raises(ValueError, match="shape"):
+        lesion_detection(pred[..., :2], truth)
+    with pytest.raises(ValueError, match="0 and 1"):
+        lesion_detection(pred * 2, truth)
+
+
+def test_volume_metrics_pool_lesion_counts_into_recall_and_f1():
+    records = [
+        {
+            "name": "a",
+            "score": 0.9,
+            "abnormal": True,
+            "true_voxels": 50,
+            "predicted_voxels": 40,
+            "lesions": 3,
+            "lesions_detected": 2,
+            "fp_lesions": 1,
+        },
+        {
+            "name": "b",
+            "score": 0.2,
+            "abnormal": False,
+            "true_voxels": 0,
+            "predicted_voxels": 6,
+            "lesions": 0,
+            "lesions_detected": 0,
+            "fp_lesions": 2,
+        },
+    ]
+    out = volume_metrics(records, 0.5)
+    assert out["n_lesions"] == 3 and out["lesions_detected"] == 2 and out["fp_lesions"] == 3
+    assert out["lesion_recall"] == pytest.approx(2 / 3)
+    assert out["lesion_f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 3))
+    assert out["fp_lesions_per_lesion_free_volume"] == 2.0
+    assert lesion_f1(0, 0, 0) is None
+    nothing = volume_metrics([{**records[1], "fp_lesions": 0}], 0.5)
+    assert nothing["lesion_recall"] is None and nothing["lesion_f1"] is None
+    assert "lesion_f1" in nothing["volume_reasons"] and "lesion_recall" in nothing["volume_reasons"]
+    older = volume_metrics([{k: v for k, v in r.items() if "lesion" not in k} for r in records], 0.5)
+    assert "lesion_f1" not in older  # records without lesion counts keep the other figures

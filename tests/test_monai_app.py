@@ -60,6 +60,10 @@ def test_infer_returns_scores_and_a_mask_in_the_input_geometry(client):
     assert params["volume_abnormal"] == (params["volume_score"] >= params["volume_threshold"] == 0.5)
     data = np.asarray(mask.dataobj)
     assert set(np.unique(data)) <= {0, 1} and int(data.sum()) == params["lesion_voxels"]
+    lesions = params["lesions"]  # the mask's lesions, largest first, sizes in the scan's mm³
+    assert params["n_lesions"] >= len(lesions) and sum(x["voxels"] for x in lesions) <= params["lesion_voxels"]
+    voxel = float(np.prod(image.header.get_zooms()[:3]))
+    assert all(x["volume_mm3"] == pytest.approx(x["voxels"] * voxel, rel=1e-3) for x in lesions)
     json.dumps(params)  # plain Python types only
 
 

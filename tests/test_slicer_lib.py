@@ -826,6 +826,9 @@ def test_the_decision_is_described_with_its_operating_point(scene, local):
     assert text.startswith(f"Volume {verdict}: score {result.volume_score:.3f}")
     assert f"threshold {result.volume_threshold:.3f}" in text and "not calibrated" in text
     assert f"lesion threshold {result.threshold:.2f}" in text
+    n_lesions = result.info["n_lesions"]  # the mask's lesions, as the library counts them
+    assert n_lesions == len(result.info["lesions"]) or n_lesions > 50
+    assert ("No lesion remains" in text) if n_lesions == 0 else (f" {n_lesions} lesion" in text and " mm³" in text)
     outputs = logic.create_outputs(volume, result)
     logic.rethreshold(volume, result, 0.3, outputs)
     assert result.threshold == 0.3 and result.source == "default+override"

@@ -148,6 +148,8 @@ def test_local_mode_overlay_scores_and_table(browser, tmp_path):
         "slice_threshold": 0.5,
         "volume_threshold": 0.5,
         "slice_axis": 2,
+        "n_lesions": 1,
+        "lesions": [{"voxels": 237, "volume_mm3": 625.68, "slices": [5, 7], "centroid_voxel": [25.0, 12.0, 6.0]}],
     }
     (tmp_path / "case_scores.json").write_text(json.dumps(summary))
     start = time.monotonic()
@@ -167,6 +169,7 @@ def test_local_mode_overlay_scores_and_table(browser, tmp_path):
             assert abs(1 - rows.mean() / h - 12.5 / 32) < 0.05
             assert "ABNORMAL" in page.locator("#verdict").inner_text()
             assert "0.900" in page.locator("#verdict").inner_text()
+            assert "1 lesion, the largest 626 mm³ on slices 5-7" in page.locator("#verdict").inner_text()
             assert page.locator("#score-plot polyline").count() == 1
             page.locator(".score-row").nth(1).click()  # slice 1: lesion-free
             wait_slice(page, 1)

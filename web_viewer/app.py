@@ -23,6 +23,22 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 MODEL = "medsad"
 
 
+def lesions_text(result: dict[str, Any]) -> str:
+    """The verdict's lesion phrase (e.g. ``; 2 lesions, the largest 1,234 mm³ on slices 40-45``) from a
+    result's lesion table (``n_lesions``/``lesions`` of ``medsad infer`` and the server); empty for
+    older results."""
+    if "n_lesions" not in result:
+        return ""
+    n = int(result["n_lesions"])
+    if n == 0:
+        return "; no lesion"
+    largest = (result.get("lesions") or [{}])[0]
+    mm3 = largest.get("volume_mm3")
+    size = f"{float(mm3):,.0f} mm³" if mm3 is not None else f"{int(largest.get('voxels', 0)):,} voxels"
+    where = f" on slices {largest['slices'][0]}-{largest['slices'][1]}" if largest.get("slices") else ""
+    return f"; {n} lesion{'s' if n != 1 else ''}, the largest {size}{where}"
+
+
 def _error_text(exc: BaseException, server_url: str) -> str:
     """One line for the page: what went wrong, without a traceback."""
     msg = str(getattr(exc, "msg", None) or exc or type(exc).__name__)
@@ -188,6 +204,7 @@ class Viewer:
         vt = r.get("volume_threshold")
         verdict = "ABNORMAL" if r.get("volume_abnormal") else "normal"
         s.verdict = verdict + (f" (volume score {s.volume_score}, threshold {vt:.3f})" if vt is not None else "")
+        s.verdict += lesions_text(r)
         s.model_sha = str(r.get("checkpoint_sha256") or "- (not in the result)")
         worst = int(r.get("worst_slice", 0))
         if s.slice_index == worst:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.inferers import Inferer
 from torch import nn
 
@@ -82,7 +83,8 @@ def setup_logging() -> None:
 
 class LoadVolumed:
     """Load the volume named by ``data[key]`` (MedSAD's :func:`~medsad_monai.data.volumes.load_volume`:
-    the file's voxel order and dtype), keep its path in ``data[f"{key}_path"]``.
+    the file's voxel order and dtype) as a ``MetaTensor`` whose ``affine`` is the file's (lesion
+    sizes downstream are physical), keep its path in ``data[f"{key}_path"]``.
 
     Raises:
         ValueError: naming the file: unreadable, not 3-D, or slices that are lines.
@@ -97,7 +99,7 @@ class LoadVolumed:
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
         d = dict(data)
         path = Path(d[self.key])
-        volume, _ = load_volume(path)
+        volume, geometry = load_volume(path)
         if volume.ndim != 3:
             raise ValueError(f"{str(path)!r} is not a 3-D volume (shape {volume.shape})")
         if min(n for i, n in enumerate(volume.shape) if i != self.slice_axis) < 2:
@@ -106,14 +108,16 @@ class LoadVolumed:
                 f"(shape {volume.shape}); pick another slice axis"
             )
         d[f"{self.key}_path"] = str(path)
-        d[self.key] = volume
+        d[self.key] = MetaTensor(
+            torch.from_numpy(np.ascontiguousarray(volume)), affine=torch.as_tensor(geometry.affine)
+        )
         return d
 
 
 class NormalizeVolumed:
     """Map ``data[key]`` to [0, 1] with the checkpoint's per-volume intensity normalisation
     (:func:`~medsad_monai.data.volumes.normalize_intensity`, ``method`` = the checkpoint's
-    ``intensity``)."""
+    ``intensity``); a ``MetaTensor`` keeps its affine."""
 
     def __init__(self, keys: str = IMAGE_KEY, method: str = "percentile") -> None:
         self.key = keys
@@ -121,7 +125,11 @@ class NormalizeVolumed:
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
         d = dict(data)
-        d[self.key] = normalize_intensity(d[self.key], method=self.method)
+        volume = d[self.key]
+        affine = getattr(volume, "affine", None)
+        array = volume.numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+        normalized = normalize_intensity(array, method=self.method)
+        d[self.key] = normalized if affine is None else MetaTensor(torch.from_numpy(normalized), affine=affine)
         return d
 
 

@@ -55,6 +55,8 @@ __all__ = [
     "VOLUME_SCORES",
     "OperatingPoint",
     "lesion_mask",
+    "lesion_table",
+    "LESION_TABLE_LIMIT",
     "slice_scores",
     "volume_score",
     "calibrated_probability",
@@ -244,6 +246,54 @@ def lesion_mask(probability: np.ndarray, op: OperatingPoint, voxel_mm3: float | 
             kept = RemoveSmallObjects(min_size=min_voxels, connectivity=1)(torch.from_numpy(mask[None]))
         mask = np.asarray(kept[0], dtype=bool)
     return mask.astype(np.uint8)
+
+
+#: The most lesions a result lists (largest first); ``n_lesions`` counts them all.
+LESION_TABLE_LIMIT = 50
+
+
+def lesion_table(
+    mask: np.ndarray,
+    probability: np.ndarray,
+    axis: int | None,
+    voxel_mm3: float | None = None,
+    limit: int = LESION_TABLE_LIMIT,
+) -> tuple[int, list[dict[str, Any]]]:
+    """The lesions of a post-processed mask (connected components, face connectivity, as
+    :func:`lesion_mask` removes them), largest first: how many there are, and up to ``limit`` of
+    them as dicts with ``voxels``, ``volume_mm3`` (None without a voxel size), ``slices`` (first
+    and last index along ``axis``, as ``slice_scores`` count them; left out for a 2-D image,
+    ``axis`` None), ``centroid_voxel`` (array indices of the mask, one decimal) and the
+    ``peak_probability`` and ``mean_probability`` of its voxels."""
+    binary = np.asarray(mask) > 0
+    labels, n = ndimage.label(binary, structure=ndimage.generate_binary_structure(binary.ndim, 1))
+    if n == 0:
+        return 0, []
+    index = np.arange(1, n + 1)
+    prob = np.asarray(probability, dtype=np.float64)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    peaks = ndimage.maximum(prob, labels, index)
+    means = ndimage.mean(prob, labels, index)
+    centroids = ndimage.center_of_mass(binary, labels, index)
+    boxes = ndimage.find_objects(labels)
+    lesions = []
+    for k in np.argsort(-sizes, kind="stable")[:limit]:
+        lesion: dict[str, Any] = {
+            "voxels": int(sizes[k]),
+            "volume_mm3": None if not voxel_mm3 else round(float(sizes[k]) * voxel_mm3, 2),
+        }
+        if axis is not None:
+            along = boxes[k][axis]
+            lesion["slices"] = [int(along.start), int(along.stop) - 1]
+        lesions.append(
+            {
+                **lesion,
+                "centroid_voxel": [round(float(c), 1) for c in centroids[k]],
+                "peak_probability": round(float(peaks[k]), 4),
+                "mean_probability": round(float(means[k]), 4),
+            }
+        )
+    return int(n), lesions
 
 
 def _per_slice(values: np.ndarray, axis: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from medsad_monai.engine.calibration import CaseOutput, iter_cases
 from medsad_monai.engine.datasets import Split
 from medsad_monai.engine.decision import OperatingPoint
 from medsad_monai.engine.inference import Predictor, VolumeResult
-from medsad_monai.engine.metrics import MetricAccumulator, dice_score, volume_metrics
+from medsad_monai.engine.metrics import MetricAccumulator, dice_score, lesion_detection, volume_metrics
 from medsad_monai.engine.report import CaseKeeper, CaseRecord, write_report
 
 __all__ = ["evaluate_checkpoint", "select_split", "checkpoint_protocol", "case_tags"]
@@ -152,6 +152,7 @@ def evaluate_checkpoint(
             "abnormal": case.abnormal,
             "true_voxels": int(case.truth.sum()),
             "predicted_voxels": int(result.mask.sum()),
+            **lesion_detection(result.mask, case.truth),
         }
         dice = dice_score(result.mask, case.truth) if case.abnormal else None
         per_case[case.name] = {

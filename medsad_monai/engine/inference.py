@@ -43,6 +43,7 @@ from medsad_monai.engine.decision import (
     OperatingPoint,
     checked_spacing,
     lesion_mask,
+    lesion_table,
     pixel_mm2,
     slice_scores,
     volume_score,
@@ -198,6 +199,7 @@ class ImageResult:
             "threshold": self.op.map_threshold,
             "abnormal": bool(self.abnormal),
             "lesion_pixels": int(self.mask.sum()),
+            **dict(zip(("n_lesions", "lesions"), lesion_table(self.mask, self.probability, None))),
             "operating_point": self.op.summary(),
             **({"precision": self.precision} if self.precision else {}),
         }
@@ -278,8 +280,15 @@ class VolumeResult:
     def abnormal_slices(self) -> list[int]:
         return [i for i, s in enumerate(self.slice_scores) if s >= self.op.slice_threshold]
 
+    @functools.cached_property
+    def lesions(self) -> tuple[int, list[dict[str, Any]]]:
+        """The post-processed mask's lesions: their number and the largest ones
+        (:func:`~medsad_monai.engine.decision.lesion_table`)."""
+        return lesion_table(self.mask, self.probability, self.axis, self.voxel_mm3)
+
     def summary(self) -> dict[str, Any]:
         """Plain-Python result (JSON / MONAI Label ``result`` ready)."""
+        n_lesions, lesions = self.lesions
         return {
             "slice_scores": [round(float(s), 6) for s in self.slice_scores],
             "volume_score": round(float(self.volume_score), 6),
@@ -292,6 +301,8 @@ class VolumeResult:
             "abnormal_slices": self.abnormal_slices,
             "skipped_slices": int(sum(self.skipped)),
             "lesion_voxels": int(self.mask.sum()),
+            "n_lesions": n_lesions,
+            "lesions": lesions,
             "min_lesion_voxels_applied": self.op.min_voxels_at(self.voxel_mm3),
             "operating_point": self.op.summary(),
             **({"precision": self.precision} if self.precision else {}),

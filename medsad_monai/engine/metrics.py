@@ -16,6 +16,11 @@ ground truth and reports (docs/decisions.md, "What the report says"):
   :func:`auroc_from_histograms`); no pixel is kept after :meth:`MetricAccumulator.update`;
 - ``threshold_sweep``: Dice, global Dice and accuracy at each sweep threshold.
 
+Per volume, :func:`lesion_detection` counts lesions (connected components, face connectivity)
+the way lesion challenges do (ISLES, MSSEG): a true lesion is *detected* when a predicted lesion
+overlaps it, a predicted lesion that overlaps no true lesion is a *false-positive lesion*;
+:func:`volume_metrics` pools them into ``lesion_recall`` and ``lesion_f1`` (``2 TP / (2 TP + FN + FP)``).
+
 Conventions (decided here, used everywhere):
 
 - A pixel or an image is predicted positive when its value is ``>= threshold``.
@@ -37,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_roc_auc
+from scipy import ndimage
 
 __all__ = [
     "MetricAccumulator",
@@ -44,6 +50,8 @@ __all__ = [
     "auroc_from_histograms",
     "best_threshold",
     "dice_score",
+    "lesion_detection",
+    "lesion_f1",
     "rates_at",
     "volume_metrics",
 ]
@@ -122,6 +130,39 @@ def dice_score(pred_bin: ArrayLike, gt_bin: ArrayLike) -> float:
     p = torch.from_numpy(pred.reshape(1, 1, -1).astype(np.float64))  # (1, 1, N)
     g = torch.from_numpy(gt.reshape(1, 1, -1).astype(np.float64))
     return float(compute_dice(p, g, include_background=True, ignore_empty=False)[0, 0])
+
+
+def lesion_detection(pred_bin: ArrayLike, gt_bin: ArrayLike) -> dict[str, int]:
+    """Lesion-wise counts of one volume (or image): connected components, face connectivity.
+
+    Returns:
+        ``lesions`` (true lesions), ``lesions_detected`` (true lesions that a predicted lesion
+        overlaps) and ``fp_lesions`` (predicted lesions that overlap no true lesion).
+
+    Raises:
+        ValueError: on a shape mismatch or values other than 0 and 1.
+    """
+    pred = _check_binary(_to_numpy(pred_bin, "pred_bin"), "pred_bin")
+    gt = _check_binary(_to_numpy(gt_bin, "gt_bin"), "gt_bin")
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred_bin shape {pred.shape} != gt_bin shape {gt.shape}")
+    structure = ndimage.generate_binary_structure(gt.ndim, 1)
+    true_labels, n_true = ndimage.label(gt, structure=structure)
+    pred_labels, n_pred = ndimage.label(pred, structure=structure)
+    detected = np.unique(true_labels[pred & gt])
+    hit = np.unique(pred_labels[pred & gt])
+    return {
+        "lesions": int(n_true),
+        "lesions_detected": int(detected.size),
+        "fp_lesions": int(n_pred - hit.size),
+    }
+
+
+def lesion_f1(detected: int, missed: int, fp_lesions: int) -> float | None:
+    """Lesion-wise F1, ``2 TP / (2 TP + FN + FP)`` over lesions; None when there is nothing to
+    count (no true and no predicted lesion)."""
+    denominator = 2 * detected + missed + fp_lesions
+    return 2 * detected / denominator if denominator else None
 
 
 def auroc_from_histograms(pos_hist: np.ndarray, neg_hist: np.ndarray) -> tuple[float | None, float]:
@@ -487,7 +528,8 @@ def volume_metrics(records: Sequence[dict[str, Any]], threshold: float) -> dict[
 
     Args:
         records: dicts with ``name``, ``score`` (volume score in [0, 1]), ``abnormal`` (has a
-            lesion), ``true_voxels`` and ``predicted_voxels`` (post-processed lesion voxels).
+            lesion), ``true_voxels`` and ``predicted_voxels`` (post-processed lesion voxels);
+            optionally the :func:`lesion_detection` counts.
         threshold: a volume is called abnormal when its score is ``>= threshold``.
 
     Returns:
@@ -495,7 +537,9 @@ def volume_metrics(records: Sequence[dict[str, Any]], threshold: float) -> dict[
         ``volume_balanced_accuracy``, ``volume_accuracy``, ``volume_ranking_separates`` (every
         lesion-free volume scores below every lesion volume), ``fp_voxels`` per lesion-free
         volume with their mean and max, ``mean_true_lesion_voxels``,
-        ``fp_max_over_mean_lesion`` and the counts; None with a reason where undefined.
+        ``fp_max_over_mean_lesion`` and the counts; with lesion counts in every record
+        ``lesion_recall``, ``lesion_f1`` (pooled over the volumes) and
+        ``fp_lesions_per_lesion_free_volume``; None with a reason where undefined.
     """
     scores = np.asarray([float(r["score"]) for r in records], dtype=np.float64)
     labels = np.asarray([bool(r["abnormal"]) for r in records], dtype=bool)
@@ -530,5 +574,30 @@ def volume_metrics(records: Sequence[dict[str, Any]], threshold: float) -> dict[
     for k in ("fp_voxels_mean", "fp_voxels_max", "fp_max_over_mean_lesion"):
         if out[k] is None:
             reasons[k] = "no lesion-free volume" if not fp else "no lesion volume"
+    if records and all("lesions" in r for r in records):
+        out.update(_lesion_figures(records, reasons))
     out["volume_reasons"] = reasons
+    return out
+
+
+def _lesion_figures(records: Sequence[dict[str, Any]], reasons: dict[str, str]) -> dict[str, Any]:
+    """Lesion-wise figures pooled over the volumes' :func:`lesion_detection` counts."""
+    lesions = sum(int(r["lesions"]) for r in records)
+    detected = sum(int(r["lesions_detected"]) for r in records)
+    fp = sum(int(r["fp_lesions"]) for r in records)
+    free = [int(r["fp_lesions"]) for r in records if not r["abnormal"]]
+    out: dict[str, Any] = {
+        "n_lesions": lesions,
+        "lesions_detected": detected,
+        "fp_lesions": fp,
+        "lesion_recall": detected / lesions if lesions else None,
+        "lesion_f1": lesion_f1(detected, lesions - detected, fp),
+        "fp_lesions_per_lesion_free_volume": float(np.mean(free)) if free else None,
+    }
+    if not lesions:
+        reasons["lesion_recall"] = "no true lesion"
+    if out["lesion_f1"] is None:
+        reasons["lesion_f1"] = "no true and no predicted lesion"
+    if not free:
+        reasons["fp_lesions_per_lesion_free_volume"] = "no lesion-free volume"
     return out

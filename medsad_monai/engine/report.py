@@ -53,6 +53,9 @@ _VOLUME: list[tuple[str, str]] = [
     ("fp_voxels_max", "False-positive voxels per lesion-free volume (max)"),
     ("mean_true_lesion_voxels", "Mean true lesion voxels per lesion volume"),
     ("fp_max_over_mean_lesion", "Max false-positive voxels / mean true lesion voxels"),
+    ("lesion_recall", "Lesions detected (lesion-wise recall)"),
+    ("lesion_f1", "Lesion-wise F1"),
+    ("fp_lesions_per_lesion_free_volume", "False-positive lesions per lesion-free volume"),
 ]
 _GROUP_COLUMNS = [
     "dice",
@@ -62,6 +65,7 @@ _GROUP_COLUMNS = [
     "volume_auroc",
     "volume_accuracy",
     "fp_voxels_max",
+    "lesion_f1",
 ]
 _COUNTS = [
     "n_images",

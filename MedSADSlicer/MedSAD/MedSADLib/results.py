@@ -120,6 +120,9 @@ class MedSADResult:
         info = dict(kwargs.pop("info", {}) or {})
         if "operating_point" in summary:
             info.setdefault("operating_point", dict(summary["operating_point"]))
+        if "lesions" in summary:  # the post-processed mask's lesions, largest first
+            info.setdefault("n_lesions", int(summary.get("n_lesions", len(summary["lesions"]))))
+            info.setdefault("lesions", [dict(lesion) for lesion in summary["lesions"]])
         return cls(
             slice_scores=[float(s) for s in summary["slice_scores"]],
             mask=mask,
@@ -163,12 +166,31 @@ def describe_decision(result: MedSADResult) -> str:
         f"{size}. Most anomalous slice K={result.worst_slice}; {abnormal} of {len(result.slice_scores)} slices "
         f"at or above {result.slice_threshold:.3f}."
     )
+    text += describe_lesions(result.info)
     if not result.can_rethreshold:
         text += (
             f" The {result.backend} result's mask is fixed at {result.threshold:.2f}: run again to segment "
             "at another threshold."
         )
     return text
+
+
+def describe_lesions(info: dict[str, Any]) -> str:
+    """The decision's lesion sentence (e.g. `` 2 lesions; the largest 1,234 mm³ on slices K=40–45.``)
+    from a result's lesion table; empty when the result has none (an older server)."""
+    if "n_lesions" not in info:
+        return ""
+    n = int(info["n_lesions"])
+    if n == 0:
+        return " No lesion remains after post-processing."
+    largest = (info.get("lesions") or [{}])[0]
+    size = (
+        f"{float(largest['volume_mm3']):,.0f} mm³"
+        if largest.get("volume_mm3") is not None
+        else f"{int(largest.get('voxels', 0)):,} voxels"
+    )
+    where = f" on slices K={largest['slices'][0]}–{largest['slices'][1]}" if largest.get("slices") else ""
+    return f" {n} lesion{'s' if n != 1 else ''}; the largest {size}{where}."
 
 
 def check_threshold(threshold: float | None) -> float | None:
