@@ -202,6 +202,14 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "model", "peak", "lesion_area"],
         help="how slices are scored (default: the model config's: auto for tiny, model for the paper presets)",
     )
+    p.add_argument(
+        "--objective",
+        default="dice",
+        choices=["dice", "dice+lesion_f1"],
+        help="what the lesion threshold and minimum lesion size maximise on the validation data: dice = the "
+        "pooled Dice of all voxels (default); dice+lesion_f1 = its mean with the lesion-wise F1 (fewer "
+        "false-positive lesions, some voxel overlap lost)",
+    )
     p.add_argument("--out", help="write the calibrated checkpoint here instead of updating --ckpt in place")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
@@ -474,6 +482,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         clip_pretrained=args.clip_pretrained,
         device=args.device,
         out=args.out,
+        objective=args.objective,
     )
     print(json.dumps({"operating_point": op.summary(), "validation": op.validation}, indent=2))
     print(f"calibration stored in {args.out or args.ckpt}")

@@ -63,6 +63,11 @@ def test_lesion_mask_removes_components_below_the_minimum_size():
     kept = lesion_mask(prob, OperatingPoint(min_lesion_voxels=3))
     assert kept.sum() == 18 and kept[1:4, 1:4, 1:3].all()
     assert lesion_mask(prob, OperatingPoint(map_threshold=0.75, min_lesion_voxels=2)).sum() == 18
+    # a lesion of exactly the minimum size stays, as calibration counts it (scikit-image 0.26 made
+    # MONAI's RemoveSmallObjects(min_size=2) drop 2-voxel objects too)
+    assert lesion_mask(prob, OperatingPoint(min_lesion_voxels=2)).sum() == 20
+    assert lesion_mask(prob, OperatingPoint(min_lesion_voxels=18)).sum() == 18
+    assert lesion_mask(prob, OperatingPoint(min_lesion_voxels=19)).sum() == 0
 
 
 def test_fit_removes_speckles_and_separates_volumes(cases):
@@ -375,3 +380,31 @@ def test_a_result_lists_its_lesions_largest_first_in_mm3_with_their_slices():
     n, capped = lesion_table(result.mask, prob, 2, 8.0, limit=1)
     assert n == 2 and [lesion["voxels"] for lesion in capped] == [64]
     assert lesion_table(np.zeros_like(result.mask), prob, 2) == (0, [])
+
+
+def test_the_lesion_objective_counts_lesions_as_the_metrics_module_does(cases):
+    """The grid's lesion-wise F1 at each (threshold, size) equals the F1 that ``medsad evaluate``
+    would report for the post-processed masks (metrics.lesion_detection, pooled), and the
+    ``dice+lesion_f1`` objective is recorded with the figures it reached."""
+    from medsad_monai.engine.calibration import _grid_dice, _grids
+    from medsad_monai.engine.metrics import lesion_detection
+    from medsad_monai.engine.metrics import lesion_f1 as f1_of
+
+    thresholds, sizes = (0.5, 0.8, 0.95), (0, 2, 3, 64)
+    dice_grid, f1_grid = _grids(cases, thresholds, sizes)
+    for i, t in enumerate(thresholds):
+        for j, m in enumerate(sizes):
+            op = OperatingPoint(map_threshold=t, min_lesion_voxels=m)
+            counts = [lesion_detection(lesion_mask(c.probability, op), c.truth) for c in cases]
+            found = sum(k["lesions_detected"] for k in counts)
+            missed = sum(k["lesions"] for k in counts) - found
+            expected = f1_of(found, missed, sum(k["fp_lesions"] for k in counts))
+            assert f1_grid[i, j] == pytest.approx(1.0 if expected is None else expected), (t, m)
+    assert f1_grid[0, 0] < 1.0 and f1_grid[0, 2] == 1.0  # 2-voxel speckles are false lesions until size 3
+    assert np.array_equal(dice_grid, _grid_dice(cases, thresholds, sizes))
+    op = fit_operating_point(cases, objective="dice+lesion_f1")
+    assert op.validation["map_objective"] == "dice+lesion_f1" and op.validation["lesion_f1"] == 1.0
+    assert "lesion-wise F1" in op.objective["map"]
+    assert fit_operating_point(cases).validation["map_objective"] == "dice"
+    with pytest.raises(ValueError, match="objective 'f1'"):
+        fit_operating_point(cases, objective="f1")

@@ -4,8 +4,9 @@ The validation volumes (or images) run through the one inference path
 (:class:`~medsad_monai.engine.inference.Predictor`) at their own resolution; then, in order:
 
 1. **Lesion map** — ``map_threshold`` × ``min_lesion_voxels`` on a grid, maximising the Dice of
-   all validation voxels pooled (lesion-free volumes included, so their false positives count);
-   ties go to the smaller size filter and the threshold nearer 0.5.
+   all validation voxels pooled (lesion-free volumes included, so their false positives count),
+   or with ``objective="dice+lesion_f1"`` the mean of that and the lesion-wise F1 (found and
+   false lesions counted); ties go to the smaller size filter and the threshold nearer 0.5.
 2. **Slice score** — with that mask, each candidate slice score (``slice_score="auto"``: all of
    :data:`~medsad_monai.engine.decision.SLICE_SCORES`; otherwise the one named) is ranked by
    how well its threshold carries over to a volume it was not fitted on: leave one validation
@@ -65,6 +66,7 @@ __all__ = [
     "fit_operating_point",
     "calibrate_checkpoint",
     "reference_sizes",
+    "MAP_OBJECTIVES",
     "MAP_THRESHOLDS",
     "MIN_LESION_SIZES",
 ]
@@ -75,6 +77,11 @@ MAP_THRESHOLDS: tuple[float, ...] = tuple(round(0.3 + 0.05 * i, 2) for i in rang
 #: Doubling steps up to 512 voxels. Until 2026-12-05 the grid ended at 64, and the `tiny`
 #: recipe's validation optimum sat on that edge with all three seeds (docs/experiments.md).
 MIN_LESION_SIZES: tuple[int, ...] = (0, 4, 8, 16, 32, 64, 128, 256, 512)
+#: What the lesion map's threshold and minimum size maximise on validation: ``dice`` the pooled
+#: Dice of all voxels (the default); ``dice+lesion_f1`` the mean of that and the lesion-wise F1
+#: (lesion challenges' count of found and false lesions: fewer false-positive lesions, at some
+#: cost in voxel overlap; docs/experiments.md, 2026-12-05).
+MAP_OBJECTIVES: tuple[str, ...] = ("dice", "dice+lesion_f1")
 
 
 @dataclass
@@ -207,25 +214,50 @@ def _grid_dice(
 ) -> np.ndarray:
     """Pooled Dice (T, M) of every (map threshold, minimum lesion size) pair over all cases; the
     sizes count voxels of ``reference_mm3`` mm³ (each case's own voxels are scaled to them)."""
+    return _grids(cases, thresholds, sizes, reference_mm3)[0]
+
+
+def _grids(
+    cases: Sequence[CaseOutput],
+    thresholds: Sequence[float],
+    sizes: Sequence[int],
+    reference_mm3: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled Dice and lesion-wise F1 (each (T, M)) of every (map threshold, minimum lesion
+    size) pair over all cases, counted as :func:`~medsad_monai.engine.metrics.lesion_detection`
+    counts (a true lesion is detected when a kept predicted lesion overlaps it; a kept predicted
+    lesion overlapping none is a false positive); sizes as in :func:`_grid_dice`."""
     inter = np.zeros((len(thresholds), len(sizes)))
     pred = np.zeros_like(inter)
+    detected, missed, false = np.zeros_like(inter), np.zeros_like(inter), np.zeros_like(inter)
     truth_total = sum(int(c.truth.sum()) for c in cases)
     structure = ndimage.generate_binary_structure(3, 1)  # face connectivity, as RemoveSmallObjects(connectivity=1)
     for c in cases:
+        true_labels, n_true = ndimage.label(c.truth, structure=structure)
         for i, t in enumerate(thresholds):
             binary = c.probability >= t
             labels, n = ndimage.label(binary, structure=structure)
-            if n == 0:
-                continue
             size = np.bincount(labels.ravel(), minlength=n + 1)
             hits = np.bincount(labels.ravel(), weights=c.truth.ravel().astype(np.float64), minlength=n + 1)
             size[0], hits[0] = 0, 0
+            cover = np.zeros(n_true + 1)  # per true lesion: the largest predicted lesion overlapping it
+            both = binary & c.truth
+            if both.any():
+                np.maximum.at(cover, true_labels[both], size[labels[both]])
             for j, m in enumerate(sizes):
-                keep = size >= max(scaled_min_voxels(m, reference_mm3, c.voxel_mm3), 1)
+                least = max(scaled_min_voxels(m, reference_mm3, c.voxel_mm3), 1)
+                keep = size >= least
                 pred[i, j] += size[keep].sum()
                 inter[i, j] += hits[keep].sum()
+                found = int((cover[1:] >= least).sum())
+                detected[i, j] += found
+                missed[i, j] += n_true - found
+                false[i, j] += int((keep & (hits == 0)).sum())
     denom = pred + truth_total
-    return np.where(denom > 0, 2 * inter / np.maximum(denom, 1), 1.0)
+    dice = np.where(denom > 0, 2 * inter / np.maximum(denom, 1), 1.0)
+    counted = 2 * detected + missed + false
+    f1 = np.where(counted > 0, 2 * detected / np.maximum(counted, 1), 1.0)
+    return dice, f1
 
 
 def _pick_map(dice: np.ndarray, thresholds: Sequence[float], sizes: Sequence[int]) -> tuple[float, int, float]:
@@ -343,6 +375,7 @@ def fit_operating_point(
     source: str = "validation",
     thresholds: Sequence[float] = MAP_THRESHOLDS,
     sizes: Sequence[int] = MIN_LESION_SIZES,
+    objective: str = "dice",
 ) -> OperatingPoint:
     """Fit the operating point on ``cases`` (validation data only; see the module docstring).
 
@@ -350,17 +383,22 @@ def fit_operating_point(
         cases: validation volumes / images with the model's outputs (:func:`predict_cases`).
         slice_score: ``auto`` (the best-ranking of :data:`SLICE_SCORES` on validation) or one of them.
         source: recorded in the operating point (``validation`` or ``calibrate``).
+        objective: what the lesion map's threshold and size maximise (:data:`MAP_OBJECTIVES`).
 
     Raises:
-        ValueError: no cases, or an unknown ``slice_score``.
+        ValueError: no cases, an unknown ``slice_score`` or ``objective``.
     """
     if not cases:
         raise ValueError("calibration needs at least one validation volume or image")
     if slice_score != "auto" and slice_score not in SLICE_SCORES:
         raise ValueError(f"slice_score {slice_score!r}: expected auto or one of {', '.join(SLICE_SCORES)}")
+    if objective not in MAP_OBJECTIVES:
+        raise ValueError(f"objective {objective!r}: expected one of {', '.join(MAP_OBJECTIVES)}")
     reference_mm3, reference_mm2 = reference_sizes(cases)
-    grid = _grid_dice(cases, thresholds, sizes, reference_mm3)
-    t, m, dice = _pick_map(grid, thresholds, sizes)
+    dice_grid, f1_grid = _grids(cases, thresholds, sizes, reference_mm3)
+    t, m, _ = _pick_map(dice_grid if objective == "dice" else (dice_grid + f1_grid) / 2, thresholds, sizes)
+    dice = float(dice_grid[list(thresholds).index(t), list(sizes).index(m)])
+    lesion_f1 = float(f1_grid[list(thresholds).index(t), list(sizes).index(m)])
     op = OperatingPoint(
         map_threshold=t, min_lesion_voxels=m, source=source, voxel_mm3=reference_mm3, pixel_mm2=reference_mm2
     )
@@ -394,8 +432,13 @@ def fit_operating_point(
         voxel_mm3=reference_mm3,
         pixel_mm2=reference_mm2,
         objective={
-            "map": "pooled Dice of all validation voxels (lesion-free volumes included) over map_threshold "
-            f"{list(thresholds)} x min_lesion_voxels {list(sizes)}"
+            "map": (
+                "pooled Dice of all validation voxels (lesion-free volumes included)"
+                if objective == "dice"
+                else "mean of the pooled Dice of all validation voxels (lesion-free volumes included) and the "
+                "lesion-wise F1 (2 TP / (2 TP + FN + FP) over connected lesions)"
+            )
+            + f" over map_threshold {list(thresholds)} x min_lesion_voxels {list(sizes)}"
             + (f" (voxels of {reference_mm3:.4g} mm³; other voxel sizes keep the same mm³)" if reference_mm3 else ""),
             "slice": f"slice score among {candidates} whose threshold carries over best between validation "
             f"volumes: leave-one-volume-out balanced accuracy (within {CV_TIE} a tie, broken in the order "
@@ -410,7 +453,9 @@ def fit_operating_point(
             "n_lesion_volumes": int(sum(c.abnormal for c in cases)),
             "n_slices": int(s_labels.size),
             "n_lesion_slices": int(s_labels.sum()),
+            "map_objective": objective,
             "dice_pooled": _r(dice),
+            "lesion_f1": _r(lesion_f1),
             "slice_auroc": {k: _r(v) for k, v in slice_aurocs.items()},
             "slice_cv_balanced_accuracy": {k: _r(v) for k, v in slice_cv.items()},
             "slice_balanced_accuracy": _r(s_bal),
@@ -448,6 +493,7 @@ def calibrate_checkpoint(
     device: str | None = None,
     out: str | os.PathLike | None = None,
     protocol: Any = None,
+    objective: str = "dice",
 ) -> OperatingPoint:
     """``medsad calibrate``: fit the operating point of ``ckpt`` on ``data`` and store it.
 
@@ -460,6 +506,7 @@ def calibrate_checkpoint(
         protocol: the data protocol (:class:`~medsad_monai.data.protocol.DataProtocol`) whose
             training pool holds the validation data; default: the one ``ckpt`` was trained
             under, so the run's test set never calibrates it.
+        objective: what the lesion map's threshold and size maximise (:data:`MAP_OBJECTIVES`).
 
     Returns:
         The fitted operating point (also written into the checkpoint).
@@ -474,6 +521,8 @@ def calibrate_checkpoint(
 
         protocol = DataProtocol.from_dict(read_checkpoint(ckpt).get("extra", {}).get("data_protocol"))
     samples, _ = training_pool(data, layout, slice_axis, protocol)
+    if objective not in MAP_OBJECTIVES:  # before any model runs
+        raise ValueError(f"objective {objective!r}: expected one of {', '.join(MAP_OBJECTIVES)}")
     if split == "val":
         split_file = Path(ckpt).parent / "split.json"
         if not split_file.exists():
@@ -486,7 +535,7 @@ def calibrate_checkpoint(
     predictor = Predictor.from_checkpoint(ckpt, clip_pretrained=clip_pretrained, batch_size=batch_size, device=device)
     kind = slice_score or getattr(getattr(predictor.model, "config", None), "slice_score", "auto")
     cases = predict_cases(predictor, samples, slice_axis, desc="calibrating")
-    op = fit_operating_point(cases, slice_score=kind, source="calibrate")
+    op = fit_operating_point(cases, slice_score=kind, source="calibrate", objective=objective)
     target = Path(ckpt)
     if out is not None:
         import shutil

@@ -7,7 +7,7 @@ A model gives, per slice, a lesion probability map and a score. What a user read
 applied here by every front-end (``medsad infer``/``evaluate``, the MONAI Label app, Slicer):
 
 1. **Lesion mask**: ``probability >= map_threshold``, then connected lesions smaller than
-   ``min_lesion_voxels`` removed with MONAI's ``RemoveSmallObjects`` (3-D components for a
+   ``min_lesion_voxels`` removed (3-D components for a
    volume, 2-D for an image) — nnU-Net's post-processing, chosen on validation, never on test.
    The size is physical: it was fitted on validation voxels of ``voxel_mm3`` mm³, and a volume
    with another voxel size drops lesions under the same ``min_lesion_voxels * voxel_mm3`` mm³
@@ -33,13 +33,10 @@ monotone score, so rankings (AUROC) do not depend on them. The default operating
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-from monai.transforms import RemoveSmallObjects
 from scipy import ndimage
 
 from medsad_monai.config import strict_from_dict
@@ -233,18 +230,21 @@ class OperatingPoint:
 def lesion_mask(probability: np.ndarray, op: OperatingPoint, voxel_mm3: float | None = None) -> np.ndarray:
     """Binary lesion mask (uint8, same shape): threshold, then drop lesions below the minimum size.
 
-    Components are 3-D for a volume and 2-D for an image (face connectivity), removed with
-    MONAI's ``RemoveSmallObjects``; ``voxel_mm3`` (this volume's voxel volume) turns the
-    operating point's physical minimum into voxels (:meth:`OperatingPoint.min_voxels_at`).
+    Components are 3-D for a volume and 2-D for an image (face connectivity); a lesion of at
+    least ``min_voxels`` voxels stays, exactly as calibration counts them. (MONAI's
+    ``RemoveSmallObjects`` did this until scikit-image 0.26, whose deprecation of ``min_size``
+    turned it into "at most ``min_size``" removed: a lesion of exactly the minimum size went.)
+    ``voxel_mm3`` (this volume's voxel volume) turns the operating point's physical minimum into
+    voxels (:meth:`OperatingPoint.min_voxels_at`).
     """
     mask = np.asarray(probability) >= op.map_threshold
     min_voxels = op.min_voxels_at(voxel_mm3)
     if min_voxels > 1 and mask.any():
-        with warnings.catch_warnings():  # scikit-image 0.26 deprecates the min_size that MONAI 1.6 passes
-            warnings.filterwarnings("ignore", message=".*min_size.*deprecated", category=FutureWarning)
-            warnings.filterwarnings("ignore", message=".*min_size.*deprecated", category=DeprecationWarning)
-            kept = RemoveSmallObjects(min_size=min_voxels, connectivity=1)(torch.from_numpy(mask[None]))
-        mask = np.asarray(kept[0], dtype=bool)
+        labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1))
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        keep = sizes >= min_voxels
+        keep[0] = False
+        mask = keep[labels]
     return mask.astype(np.uint8)
 
 
