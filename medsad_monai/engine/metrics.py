@@ -106,6 +106,15 @@ def _check_binary(a: np.ndarray, name: str) -> np.ndarray:
     return a.astype(bool)
 
 
+def _binary_pair(pred_bin: ArrayLike, gt_bin: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """A prediction and its ground truth as bool arrays of one shape, or ValueError."""
+    pred = _check_binary(_to_numpy(pred_bin, "pred_bin"), "pred_bin")
+    gt = _check_binary(_to_numpy(gt_bin, "gt_bin"), "gt_bin")
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred_bin shape {pred.shape} != gt_bin shape {gt.shape}")
+    return pred, gt
+
+
 def dice_score(pred_bin: ArrayLike, gt_bin: ArrayLike) -> float:
     """Dice of one binary prediction against one binary ground truth, any equal shapes.
 
@@ -123,10 +132,7 @@ def dice_score(pred_bin: ArrayLike, gt_bin: ArrayLike) -> float:
     Raises:
         ValueError: on a shape mismatch or values other than 0 and 1.
     """
-    pred = _check_binary(_to_numpy(pred_bin, "pred_bin"), "pred_bin")
-    gt = _check_binary(_to_numpy(gt_bin, "gt_bin"), "gt_bin")
-    if pred.shape != gt.shape:
-        raise ValueError(f"pred_bin shape {pred.shape} != gt_bin shape {gt.shape}")
+    pred, gt = _binary_pair(pred_bin, gt_bin)
     p = torch.from_numpy(pred.reshape(1, 1, -1).astype(np.float64))  # (1, 1, N)
     g = torch.from_numpy(gt.reshape(1, 1, -1).astype(np.float64))
     return float(compute_dice(p, g, include_background=True, ignore_empty=False)[0, 0])
@@ -142,10 +148,7 @@ def lesion_detection(pred_bin: ArrayLike, gt_bin: ArrayLike) -> dict[str, int]:
     Raises:
         ValueError: on a shape mismatch or values other than 0 and 1.
     """
-    pred = _check_binary(_to_numpy(pred_bin, "pred_bin"), "pred_bin")
-    gt = _check_binary(_to_numpy(gt_bin, "gt_bin"), "gt_bin")
-    if pred.shape != gt.shape:
-        raise ValueError(f"pred_bin shape {pred.shape} != gt_bin shape {gt.shape}")
+    pred, gt = _binary_pair(pred_bin, gt_bin)
     structure = ndimage.generate_binary_structure(gt.ndim, 1)
     true_labels, n_true = ndimage.label(gt, structure=structure)
     pred_labels, n_pred = ndimage.label(pred, structure=structure)
