@@ -460,10 +460,13 @@ def _infer(args: argparse.Namespace) -> int:
     for r in infer_path(
         predictor, args.input, args.out, axis=args.slice_axis, skip_background=not args.no_skip_background
     ):
+        largest = (r.get("lesions") or [{}])[0].get("volume_mm3")
         print(
             f"{r['input']}: volume_score={r['volume_score']:.3f} volume_abnormal={r.get('volume_abnormal')} "
             f"worst_slice={r['worst_slice']} lesion_voxels={r.get('lesion_voxels', r.get('lesion_pixels'))} "
-            f"-> {r['mask']}"
+            f"lesions={r.get('n_lesions')}"
+            + (f" largest_mm3={largest:g}" if largest is not None else "")
+            + f" -> {r['mask']}"
         )
     return 0
 

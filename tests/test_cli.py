@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +59,12 @@ def test_train_then_infer_from_the_command_line(tiny_volumes, tmp_path, capsys):
     )
     assert len(list(out.glob("*_mask.nii.gz"))) == 2
     assert len(list(out.glob("*_scores.json"))) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    for line in lines:  # one line per volume, its lesion count from scores.json
+        stem = Path(line.split(": ", 1)[0]).name.removesuffix(".nii.gz")
+        scores = json.loads((out / f"{stem}_scores.json").read_text())
+        assert f"lesions={scores['n_lesions']}" in line and "volume_abnormal=" in line
 
 
 def test_unknown_preset_is_rejected_by_the_parser():
