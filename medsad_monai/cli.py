@@ -113,6 +113,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "every slice without a lesion (default: the preset's; 0 = off, the paper)",
     )
     p.add_argument(
+        "--calibration-objective",
+        default="dice",
+        choices=["dice", "dice+lesion_f1"],
+        help="what the operating point fitted at the end of training maximises on the validation volumes "
+        "(as medsad calibrate --objective): dice = pooled Dice (default); dice+lesion_f1 = its mean with the "
+        "lesion-wise F1",
+    )
+    p.add_argument(
         "--fp-start",
         type=float,
         help="fraction of the run after which the lesion-free-image term switches on (default: the preset's)",
@@ -376,6 +384,7 @@ def _train(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay,
         fp_weight=args.fp_weight,
         fp_start=args.fp_start,
+        calibration_objective=args.calibration_objective,
         balance_sources=args.balance_sources,
         precision=args.precision,
         num_workers=args.num_workers,

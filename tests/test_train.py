@@ -46,6 +46,7 @@ def test_training_writes_a_complete_run_folder(tiny_volumes, tmp_path):
     selections = [float(r["selection"]) for r in rows]
     assert float(rows[best["epoch"] - 1]["selection"]) == max(selections)  # chosen on validation
     assert "optimizer" not in best
+    assert read_checkpoint(run / "best.pt")["calibration"]["validation"]["map_objective"] == "dice"
     # TensorBoard events beside metrics.csv, with the same values
     assert _board(run, "val/dice") == [(1, float(rows[0]["val_dice"])), (2, float(rows[1]["val_dice"]))]
     assert [step for step, _ in _board(run, "lr")] == [1, 2] and _board(run, "train/loss")
@@ -325,12 +326,20 @@ def test_weight_averaging_validates_and_saves_the_average_and_resumes(tiny_volum
         (dict(precision="fp16"), "--precision"),
         (dict(context_slices=2), "--context-slices"),
         (dict(synthetic_region="head"), "--synthetic-region"),
+        (dict(calibration_objective="f1"), "--calibration-objective"),
     ],
 )
 def test_bad_recipe_options_are_refused_before_training(tiny_volumes, tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         train(_opts(tiny_volumes, tmp_path / "run", **kw))
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_the_end_of_training_calibration_can_count_lesions(tiny_volumes, tmp_path):
+    summary = train(_opts(tiny_volumes, tmp_path / "run", epochs=1, calibration_objective="dice+lesion_f1"))
+    block = read_checkpoint(tmp_path / "run" / "best.pt")["calibration"]
+    assert block["validation"]["map_objective"] == "dice+lesion_f1" and "lesion-wise F1" in block["objective"]["map"]
+    assert summary["calibration"]["map_threshold"] == block["map_threshold"]
 
 
 def test_validation_draws_from_every_anatomy_source():

@@ -141,6 +141,7 @@ class TrainOptions:
     device: str | None = None
     record_samples: bool = False
     init_from: str | None = None  # fine-tune: start from this checkpoint's weights (not a resume)
+    calibration_objective: str = "dice"  # what the end-of-training lesion threshold and size maximise
 
     def validate(self) -> None:
         if self.precision is not None and str(self.precision).lower() not in PRECISIONS:
@@ -161,6 +162,13 @@ class TrainOptions:
             )
         if self.context_slices not in CONTEXT_SLICES:
             raise ValueError(f"--context-slices must be one of {CONTEXT_SLICES}, got {self.context_slices!r}")
+        from medsad_monai.engine.calibration import MAP_OBJECTIVES
+
+        if self.calibration_objective not in MAP_OBJECTIVES:
+            raise ValueError(
+                f"--calibration-objective must be one of {', '.join(MAP_OBJECTIVES)}, "
+                f"got {self.calibration_objective!r}"
+            )
         if self.intensity not in INTENSITY_METHODS:
             raise ValueError(f"--intensity must be one of {', '.join(INTENSITY_METHODS)}, got {self.intensity!r}")
         known = [*STYLES, RANDOM_LOOK, "mixed"]
@@ -710,6 +718,7 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
             opts.slice_axis,
             ctx.device,
             cfg.get("slice_score", "auto") if opts.model == "medsad" else "auto",
+            objective=opts.calibration_objective,
         )
     dist_utils.teardown(ctx)
     last_row = rows[-1] if rows else {}
@@ -724,8 +733,11 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
     }
 
 
-def calibrate_run(best: Path, val_samples: list, slice_axis: int, device: torch.device, slice_score: str):
-    """Fit the operating point of ``best`` on the run's validation volumes and store it there."""
+def calibrate_run(
+    best: Path, val_samples: list, slice_axis: int, device: torch.device, slice_score: str, objective: str = "dice"
+):
+    """Fit the operating point of ``best`` on the run's validation volumes and store it there
+    (``objective``: what the lesion threshold and size maximise, see ``MAP_OBJECTIVES``)."""
     from medsad_monai.checkpoint import write_calibration
     from medsad_monai.engine.calibration import fit_operating_point, predict_cases
     from medsad_monai.engine.decision import OperatingPoint
@@ -733,7 +745,7 @@ def calibrate_run(best: Path, val_samples: list, slice_axis: int, device: torch.
 
     predictor = Predictor.from_checkpoint(best, device=device, operating_point=OperatingPoint())  # not yet calibrated
     cases = predict_cases(predictor, val_samples, slice_axis, desc="calibrating")
-    op = fit_operating_point(cases, slice_score=slice_score, source="validation")
+    op = fit_operating_point(cases, slice_score=slice_score, source="validation", objective=objective)
     write_calibration(best, op)
     return op
 
