@@ -82,6 +82,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="share of the training images (by volume / image, stratified by lesion) held out for checkpoint "
         "selection and calibration; never taken from the test set",
     )
+    p.add_argument(
+        "--val-data",
+        help="a separate validation folder (same layout as --data): epochs are selected and the operating "
+        "point fitted on its non-test cases, and every non-test case of --data trains (--val-fraction unused)",
+    )
     p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
     p.add_argument(
         "--synthetic-lesions",
@@ -373,6 +378,7 @@ def _train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         resume=args.resume,
         val_fraction=args.val_fraction,
+        val_data=args.val_data,
         slice_axis=args.slice_axis,
         synthetic_lesions=args.synthetic_lesions,
         synthetic_styles=[s for s in args.synthetic_styles.split(",") if s],

@@ -434,6 +434,59 @@ def test_train_takes_samples_instead_of_a_folder(tiny_volumes, tmp_path):
         )
 
 
+def _validation_folder(root: Path) -> Path:
+    """A separate validation folder of 3 new cases (val_000 and val_002 with a lesion, val_001 without)."""
+    import numpy as np
+    from conftest import _write_case
+
+    rng = np.random.default_rng(7)
+    for i in range(3):
+        _write_case(root / "tmp", f"val_{i:03d}", (40, 48, 10), np.diag([0.9, 0.8, 3.0, 1.0]), rng, i != 1)
+    (root / "tmp" / "images").rename(root / "imagesTr")
+    (root / "tmp" / "labels").rename(root / "labelsTr")
+    return root
+
+
+def test_a_separate_validation_folder_selects_and_calibrates_while_every_case_trains(tiny_volumes, tmp_path):
+    from medsad_monai.engine.calibration import calibrate_checkpoint
+
+    val = _validation_folder(tmp_path / "val")
+    run = tmp_path / "run"
+    train(_opts(tiny_volumes, run, epochs=1, val_data=str(val)))
+    split = json.loads((run / "split.json").read_text())
+    assert split["val_data"] == str(val.resolve())
+    assert split["train_groups"] == [f"case_{i:03d}" for i in range(6)]  # no case of --data is held out
+    assert split["val_groups"] == ["val_000", "val_001", "val_002"]
+    block = read_checkpoint(run / "best.pt")["calibration"]["validation"]
+    assert block["cases"] == ["val_000", "val_001", "val_002"] and block["n_lesion_volumes"] == 2
+    # --split val of calibrate (and evaluate) reads the run's validation folder, not the --data given
+    op = calibrate_checkpoint(run / "best.pt", str(tiny_volumes), split="val", out=tmp_path / "again.pt")
+    assert op.validation["cases"] == ["val_000", "val_001", "val_002"]
+
+
+def test_a_validation_folder_that_overlaps_the_training_data_is_refused(tiny_volumes, tmp_path):
+    with pytest.raises(ValueError, match="is the training folder"):
+        train(_opts(tiny_volumes, tmp_path / "a", val_data=str(tiny_volumes)))
+    linked = tmp_path / "linked"
+    for sub in ("imagesTr", "labelsTr"):
+        (linked / sub).mkdir(parents=True)
+        (linked / sub / "case_000.nii.gz").symlink_to(tiny_volumes / sub / "case_000.nii.gz")
+    with pytest.raises(ValueError, match="shares 1 image file"):
+        train(_opts(tiny_volumes, tmp_path / "b", val_data=str(linked)))
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        train(_opts(tiny_volumes, tmp_path / "c", val_data=str(tmp_path / "missing")))
+    with pytest.raises(ValueError, match="--val-data needs"):
+        train(_opts("x", tmp_path / "d", val_data=str(linked)), samples=read_layout_samples(tiny_volumes))
+    for name in "abcd":
+        assert not (tmp_path / name / "last.pt").exists()
+
+
+def read_layout_samples(root: Path) -> list:
+    from medsad_monai.data.layouts import read_layout
+
+    return [s for s in read_layout(str(root)).samples if s.split != "test"]
+
+
 @pytest.mark.parametrize("after_commit", [False, True])
 def test_a_kill_around_the_commit_loses_no_metrics_row_and_best_matches_last(
     tiny_volumes, tmp_path, monkeypatch, after_commit

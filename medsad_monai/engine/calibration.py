@@ -512,7 +512,7 @@ def calibrate_checkpoint(
         The fitted operating point (also written into the checkpoint).
     """
     from medsad_monai.checkpoint import read_checkpoint, write_calibration
-    from medsad_monai.engine.datasets import Split
+    from medsad_monai.engine.datasets import saved_validation
     from medsad_monai.engine.inference import Predictor
     from medsad_monai.engine.train import training_pool
 
@@ -520,15 +520,13 @@ def calibrate_checkpoint(
         from medsad_monai.data.protocol import DataProtocol
 
         protocol = DataProtocol.from_dict(read_checkpoint(ckpt).get("extra", {}).get("data_protocol"))
-    samples, _ = training_pool(data, layout, slice_axis, protocol)
     if objective not in MAP_OBJECTIVES:  # before any model runs
         raise ValueError(f"objective {objective!r}: expected one of {', '.join(MAP_OBJECTIVES)}")
     if split == "val":
-        split_file = Path(ckpt).parent / "split.json"
-        if not split_file.exists():
-            raise FileNotFoundError(f"--split val needs the run's {split_file} (written by medsad train)")
-        samples = Split.from_json(split_file).select(samples, "val")
-    elif split != "all":
+        samples, _ = saved_validation(Path(ckpt).parent / "split.json", data, layout, slice_axis, protocol)
+    elif split == "all":
+        samples, _ = training_pool(data, layout, slice_axis, protocol)
+    else:
         raise ValueError(f"--split must be all or val (never test), got {split!r}")
     if not samples:
         raise ValueError(f"no validation cases in {data} (split {split})")

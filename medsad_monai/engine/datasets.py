@@ -53,6 +53,7 @@ __all__ = [
     "SYNTHETIC_REGIONS",
     "Split",
     "make_split",
+    "saved_validation",
     "load_sample",
     "slice_dataset",
     "drop_background",
@@ -71,11 +72,13 @@ class Split:
     val_fraction: float
     train_groups: list[str]
     val_groups: list[str]
+    val_data: str | None = None  # a separate validation folder (``medsad train --val-data``): its groups
 
     def to_json(self, path: str | os.PathLike, **meta: Any) -> None:
         payload = {
             "seed": self.seed,
             "val_fraction": self.val_fraction,
+            **({"val_data": self.val_data} if self.val_data is not None else {}),
             **meta,
             "train_groups": self.train_groups,
             "val_groups": self.val_groups,
@@ -85,11 +88,36 @@ class Split:
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> Split:
         data = json.loads(Path(path).read_text())
-        return cls(data["seed"], data["val_fraction"], data["train_groups"], data["val_groups"])
+        return cls(data["seed"], data["val_fraction"], data["train_groups"], data["val_groups"], data.get("val_data"))
 
     def select(self, samples: Sequence[Sample], which: str) -> list[Sample]:
         groups = set(self.train_groups if which == "train" else self.val_groups)
         return [s for s in samples if s.group in groups]
+
+
+def saved_validation(
+    split_file: Path, data: str, layout: str | None, slice_axis: int, protocol: Any
+) -> tuple[list[Sample], str]:
+    """The validation samples of a training run (``--split val``) and their layout name.
+
+    Its ``split.json`` names them: the held-out groups of ``data``'s training pool, or, for a run
+    trained with ``--val-data``, that folder's non-test cases (``data`` is then not read).
+
+    Raises:
+        FileNotFoundError: no ``split.json``, or the run's validation folder is gone.
+    """
+    if not split_file.exists():
+        raise FileNotFoundError(f"--split val needs the run's {split_file} (written by medsad train)")
+    split = Split.from_json(split_file)
+    if split.val_data is not None:
+        if not Path(split.val_data).is_dir():
+            raise FileNotFoundError(
+                f"the run validated on the folder {split.val_data} (--val-data), which is not there any more"
+            )
+        logger.info("the run's validation folder: %s (its --val-data)", split.val_data)
+        data = split.val_data
+    pool, name = protocol.training_pool(data, layout, slice_axis)
+    return split.select(pool, "val"), name
 
 
 def make_split(

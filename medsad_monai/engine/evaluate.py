@@ -16,7 +16,7 @@ import medsad_monai
 from medsad_monai.data.layouts import case_tags, read_layout
 from medsad_monai.data.protocol import DataProtocol
 from medsad_monai.engine.calibration import CaseOutput, iter_cases
-from medsad_monai.engine.datasets import Split
+from medsad_monai.engine.datasets import saved_validation
 from medsad_monai.engine.decision import OperatingPoint
 from medsad_monai.engine.inference import Predictor, VolumeResult
 from medsad_monai.engine.metrics import MetricAccumulator, dice_score, lesion_detection, volume_metrics
@@ -41,11 +41,7 @@ def select_split(
     if split == "test":
         return protocol.test_samples(data, layout, slice_axis)
     if split == "val":
-        split_file = Path(ckpt).parent / "split.json"
-        if not split_file.exists():
-            raise FileNotFoundError(f"--split val needs the run's {split_file} (written by medsad train)")
-        pool, name = protocol.training_pool(data, layout, slice_axis)
-        return Split.from_json(split_file).select(pool, "val"), name
+        return saved_validation(Path(ckpt).parent / "split.json", data, layout, slice_axis, protocol)
     if split == "all":
         index = read_layout(data, layout, slice_axis=slice_axis)
         return index.samples, index.layout

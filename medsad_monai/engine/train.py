@@ -142,6 +142,9 @@ class TrainOptions:
     record_samples: bool = False
     init_from: str | None = None  # fine-tune: start from this checkpoint's weights (not a resume)
     calibration_objective: str = "dice"  # what the end-of-training lesion threshold and size maximise
+    # a separate validation folder: epochs are selected and the operating point fitted on its non-test
+    # cases, and every non-test case of ``data`` trains (``val_fraction`` is then unused)
+    val_data: str | None = None
 
     def validate(self) -> None:
         if self.precision is not None and str(self.precision).lower() not in PRECISIONS:
@@ -416,6 +419,39 @@ def _recover_run(out: Path, committed: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _validation_folder(
+    opts: TrainOptions, samples: Sequence[Sample], protocol: DataProtocol, data_path: Path | None, out: Path
+) -> list[Sample]:
+    """The non-test cases of ``opts.val_data`` (read as ``opts.data`` is), checked to be a separate folder.
+
+    Raises:
+        ValueError: the run trains on given samples, ``--val-data`` is the training folder (or holds
+            ``--out``), shares image files with it, or has no non-test case.
+    """
+    if data_path is None:
+        raise ValueError("--val-data needs the training data read from --data (train(samples=...) was given)")
+    val_path = Path(opts.val_data).resolve()
+    if not val_path.is_dir():
+        raise FileNotFoundError(f"--val-data {opts.val_data}: no such folder")
+    if val_path == data_path:
+        raise ValueError(
+            f"--val-data {opts.val_data} is the training folder; give a separate validation folder, or leave "
+            "--val-data out to hold out --val-fraction of --data"
+        )
+    if out.resolve() == val_path or val_path in out.resolve().parents:
+        raise ValueError(f"--out {out} lies inside the validation folder {val_path}; data folders are never written to")
+    val_pool, _ = training_pool(opts.val_data, _layout(opts), opts.slice_axis, protocol)
+    if not val_pool:
+        raise ValueError(f"--val-data {opts.val_data} holds no non-test case to validate on")
+    shared = sorted({s.image.resolve() for s in samples} & {s.image.resolve() for s in val_pool})
+    if shared:
+        raise ValueError(
+            f"--val-data {opts.val_data} shares {len(shared)} image file(s) with --data (e.g. {shared[0]}); "
+            "validation volumes must not be trained on"
+        )
+    return val_pool
+
+
 def _prepare_run(opts: TrainOptions, out: Path, is_main: bool) -> dict[str, Any] | None:
     """Check the run folder; return the resume payload (or None for a fresh run)."""
     last = out / "last.pt"
@@ -461,12 +497,19 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
         if any(s.split == "test" for s in samples):
             raise ValueError("train(samples=...) was given test-split samples; training never sees the test split")
     split_path = out / "split.json"
-    if opts.resume and split_path.exists():
-        split = Split.from_json(split_path)
+    if opts.val_data is not None:
+        val_pool = _validation_folder(opts, samples, protocol, data_path, out)
+        groups = (sorted({s.group for s in samples}), sorted({s.group for s in val_pool}))
+        split = Split(opts.seed, 0.0, *groups, val_data=str(Path(opts.val_data).resolve()))
+        train_cases, val_cases = list(samples), val_pool
     else:
-        split = make_split(samples, opts.val_fraction, opts.seed, sources=sources)
-    train_samples = drop_background(split.select(samples, "train"), opts.slice_axis, opts.intensity)
-    val_samples = drop_background(split.select(samples, "val"), opts.slice_axis, opts.intensity)
+        if opts.resume and split_path.exists():
+            split = Split.from_json(split_path)
+        else:
+            split = make_split(samples, opts.val_fraction, opts.seed, sources=sources)
+        train_cases, val_cases = split.select(samples, "train"), split.select(samples, "val")
+    train_samples = drop_background(train_cases, opts.slice_axis, opts.intensity)
+    val_samples = drop_background(val_cases, opts.slice_axis, opts.intensity)
     if opts.context_slices and any(s.slice_index is None for s in samples):
         raise ValueError("--context-slices 1 needs volumes: 2-D images have no neighbouring slices (train them with 0)")
 
@@ -496,7 +539,7 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
             slice_axis=opts.slice_axis,
             n_train_samples=len(train_samples),
             n_val_samples=len(val_samples),
-            stratified_by=["lesion"] + (["anatomy"] if sources else []),
+            stratified_by=[] if opts.val_data is not None else ["lesion"] + (["anatomy"] if sources else []),
             data_protocol=protocol.to_dict(),
         )
         (out / "config.json").write_text(
@@ -714,7 +757,7 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
     if ctx.is_main and (out / "best.pt").exists():
         calibration = calibrate_run(
             out / "best.pt",
-            split.select(samples, "val"),
+            val_cases,
             opts.slice_axis,
             ctx.device,
             cfg.get("slice_score", "auto") if opts.model == "medsad" else "auto",
