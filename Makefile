@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.medsad-installed
+# pytest-xdist workers of `make test`; the torch threads of each are the cores divided among them
+TEST_WORKERS ?= 2
 
 .PHONY: run view demo-cli test lint venv bench clean-venv
 
@@ -22,7 +24,7 @@ $(STAMP): Makefile requirements/core.txt requirements/server.txt requirements/mo
 	@touch $(STAMP)
 
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lint: venv
 	$(PY) -m ruff check .

@@ -62,7 +62,7 @@ def _check_visible_state(run: Path) -> None:
 @pytest.mark.timeout(600)
 def test_sigkill_at_several_moments_then_resume_loses_nothing(tiny_volumes, tmp_path):
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+    env = {"OMP_NUM_THREADS": "2", **os.environ, "PYTHONUNBUFFERED": "1"}  # the worker's share under xdist
     log = (tmp_path / "train.log").open("w")
     # where in the epoch cycle each kill lands: right after the commit, mid-training, late
     # (validation and the writes), measured from the last commit in units of one epoch
