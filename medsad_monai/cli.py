@@ -281,6 +281,11 @@ def _add_thresholds(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--slice-threshold", type=float, help="slice decision threshold (default: calibrated)")
     p.add_argument("--volume-threshold", type=float, help="volume decision threshold (default: calibrated)")
+    p.add_argument(
+        "--min-lesion-mm3",
+        type=float,
+        help="remove connected lesions under this many mm³ (default: the calibrated minimum; 0 keeps every lesion)",
+    )
 
 
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:
@@ -428,6 +433,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         slice_threshold=args.slice_threshold,
         volume_threshold=args.volume_threshold,
+        min_lesion_mm3=args.min_lesion_mm3,
         batch_size=args.batch_size,
         clip_pretrained=args.clip_pretrained,
         device=args.device,
@@ -470,7 +476,10 @@ def _infer(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     predictor.operating_point = predictor.operating_point.with_overrides(
-        map_threshold=args.threshold, slice_threshold=args.slice_threshold, volume_threshold=args.volume_threshold
+        map_threshold=args.threshold,
+        slice_threshold=args.slice_threshold,
+        volume_threshold=args.volume_threshold,
+        min_lesion_mm3=args.min_lesion_mm3,
     )
     for r in infer_path(
         predictor, args.input, args.out, axis=args.slice_axis, skip_background=not args.no_skip_background

@@ -179,6 +179,8 @@ def test_conf_and_request_values_share_one_validator(app_lib, tmp_path):
         ("batch_size", "0"),
         ("device", "tpu"),
         ("precision", "fp16"),
+        ("min_lesion_mm3", "-5"),
+        ("min_lesion_mm3", "lots"),
     ]:
         with pytest.raises(errors.ConfError) as from_conf:
             serve_config.ServeConfig.from_conf({key: value}, tmp_path)
@@ -186,6 +188,7 @@ def test_conf_and_request_values_share_one_validator(app_lib, tmp_path):
             serve_config.InferParams.from_request({key: value}, conf) if key in (
                 "threshold",
                 "slice_axis",
+                "min_lesion_mm3",
             ) else getattr(serve_config, f"check_{key}")(key, value)
         assert str(from_conf.value) == f"--conf {from_request.value}"
     params = serve_config.InferParams.from_request({"slice_threshold": "0.4", "skip_background": "false"}, conf)
@@ -193,6 +196,11 @@ def test_conf_and_request_values_share_one_validator(app_lib, tmp_path):
     fixed = serve_config.ServeConfig.from_conf({"threshold": "0.3"}, tmp_path)
     assert serve_config.InferParams.from_request({"threshold": ""}, fixed).threshold == 0.3
     assert serve_config.InferParams.from_request({"threshold": 0.6}, fixed).threshold == 0.6
+    sized = serve_config.ServeConfig.from_conf({"min_lesion_mm3": "50"}, tmp_path)  # every request's minimum
+    assert serve_config.InferParams.from_request({}, sized).min_lesion_mm3 == 50.0
+    assert serve_config.InferParams.from_request({"min_lesion_mm3": "calibrated"}, sized).min_lesion_mm3 == 50.0
+    assert serve_config.InferParams.from_request({"min_lesion_mm3": 0}, sized).min_lesion_mm3 == 0.0
+    assert serve_config.InferParams.from_request({}, conf).min_lesion_mm3 is None
 
 
 # --- the served model and its sha256 ----------------------------------------------------------------

@@ -54,6 +54,31 @@ def test_operating_point_refuses_bad_values_by_name():
     assert op.with_overrides(map_threshold=None) is op
 
 
+def test_a_minimum_lesion_size_in_mm3_overrides_the_calibrated_one():
+    op = OperatingPoint(map_threshold=0.6, min_lesion_voxels=64, voxel_mm3=8.0, source="validation")
+    # lesions under 100 mm³ go: 13 voxels of 8 mm³ (104 mm³) is the smallest that stays
+    smaller = op.with_overrides(min_lesion_mm3=100)
+    assert smaller.min_lesion_voxels == 13 and smaller.min_lesion_mm3 == 104.0
+    assert smaller.source == "validation+override" and smaller.map_threshold == 0.6
+    assert op.with_overrides(min_lesion_mm3=96).min_lesion_voxels == 12  # exactly 12 voxels
+    assert op.with_overrides(min_lesion_mm3=0.5).min_lesion_voxels == 1  # any lesion of one voxel stays
+    assert op.with_overrides(min_lesion_mm3=0).min_lesion_voxels == 0
+    assert (
+        op.with_overrides(min_lesion_mm3=512) is not op and op.with_overrides(min_lesion_mm3=512).source == "validation"
+    )
+    assert op.with_overrides(min_lesion_mm3=100).min_voxels_at(1.0) == 104  # a 1 mm scan: 104 of its voxels
+    prob = np.zeros((12, 12, 4), np.float32)
+    prob[1:4, 1:4, 1:3] = 0.9  # 18 voxels: 144 mm³ at 8 mm³
+    assert lesion_mask(prob, op).sum() == 0 and lesion_mask(prob, smaller).sum() == 18
+    for bad in (-1, float("nan"), "big", True):
+        with pytest.raises(ValueError, match="min_lesion_mm3"):
+            op.with_overrides(min_lesion_mm3=bad)
+    voxels_only = OperatingPoint(min_lesion_voxels=8)  # a 2-D model or an old checkpoint: no voxel size
+    assert voxels_only.with_overrides(min_lesion_mm3=0).min_lesion_voxels == 0
+    with pytest.raises(ValueError, match="no voxel size"):
+        voxels_only.with_overrides(min_lesion_mm3=50)
+
+
 def test_lesion_mask_removes_components_below_the_minimum_size():
     prob = np.zeros((10, 10, 6), np.float32)
     prob[1:4, 1:4, 1:3] = 0.9  # 18 voxels

@@ -98,3 +98,25 @@ def test_demo_reuses_a_calibrated_checkpoint_and_picks_the_largest_test_lesion(
         p.name: int((np.asarray(nib.load(p).dataobj) > 0).sum()) for p in (tiny_volumes / "labelsTs").glob("*.nii*")
     }
     assert demo_volume(tiny_volumes).name == max(sizes, key=sizes.get)
+
+
+def test_infer_takes_a_minimum_lesion_size_in_mm3(tiny_checkpoint, tiny_volumes, tmp_path, capsys):
+    import shutil
+
+    from medsad_monai.checkpoint import write_calibration
+    from medsad_monai.engine.decision import OperatingPoint
+
+    ckpt = tmp_path / "best.pt"
+    shutil.copyfile(tiny_checkpoint, ckpt)
+    volume = sorted((tiny_volumes / "imagesTs").glob("*.nii.gz"))[0]
+    args = ["infer", "--ckpt", str(ckpt), "--input", str(volume), "--out", str(tmp_path / "pred")]
+    write_calibration(ckpt, OperatingPoint(map_threshold=0.5, min_lesion_voxels=4, source="validation"))
+    assert main([*args, "--min-lesion-mm3", "30"]) == 2  # no voxel size in this operating point
+    assert "no voxel size" in capsys.readouterr().err
+    write_calibration(ckpt, OperatingPoint(map_threshold=0.5, min_lesion_voxels=4, voxel_mm3=2.0, source="validation"))
+    assert main([*args, "--min-lesion-mm3", "-1"]) == 2
+    assert "min_lesion_mm3 -1" in capsys.readouterr().err
+    assert main([*args, "--min-lesion-mm3", "30"]) == 0
+    stem = volume.name.removesuffix(".nii.gz")
+    op = json.loads((tmp_path / "pred" / f"{stem}_scores.json").read_text())["operating_point"]
+    assert (op["min_lesion_voxels"], op["min_lesion_mm3"], op["source"]) == (15, 30.0, "validation+override")

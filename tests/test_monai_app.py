@@ -102,6 +102,31 @@ def test_infer_uses_the_checkpoints_calibration_and_a_request_may_override_it(cl
     over, _ = _infer(client, "case_001", threshold=0.6, volume_threshold="0.9", slice_threshold="calibrated")
     assert over["threshold"] == 0.6 and over["volume_threshold"] == 0.9 and over["slice_threshold"] == 0.25
     assert over["operating_point"]["source"] == "calibrate+override"
+    every, _ = _infer(client, "case_001", min_lesion_mm3=0)  # 0 keeps every lesion
+    assert every["operating_point"]["min_lesion_voxels"] == 0 and every["lesion_voxels"] >= params["lesion_voxels"]
+    # a size in mm³ needs an operating point that knows its voxel size: a clear 422, not a guess
+    res = client.post("/infer/medsad?image=case_001&output=json", data={"params": json.dumps({"min_lesion_mm3": 100})})
+    assert res.status_code == 422 and "no voxel size" in res.json()["detail"], res.text
+
+
+def test_a_request_sets_the_minimum_lesion_size_in_mm3(client):
+    from scipy import ndimage
+
+    from medsad_monai.checkpoint import write_calibration
+    from medsad_monai.engine.decision import OperatingPoint
+
+    voxel = float(np.prod(nib.load(client.studies / "case_001.nii.gz").header.get_zooms()[:3]))
+    op = OperatingPoint(map_threshold=0.3, min_lesion_voxels=2, voxel_mm3=voxel, source="calibrate")
+    write_calibration(client.checkpoint, op)
+    params, content = _infer(client, "case_001", min_lesion_mm3=40.5 * voxel)
+    applied = params["operating_point"]
+    assert applied["min_lesion_voxels"] == 41 and applied["min_lesion_mm3"] == pytest.approx(41 * voxel)
+    assert applied["source"] == "calibrate+override" and params["min_lesion_voxels_applied"] == 41
+    labels, n = ndimage.label(np.asarray(_nifti(content).dataobj), structure=ndimage.generate_binary_structure(3, 1))
+    assert n == 0 or np.bincount(labels.ravel())[1:].min() >= 41
+    calibrated, _ = _infer(client, "case_001")
+    assert calibrated["operating_point"]["min_lesion_voxels"] == 2
+    assert calibrated["lesion_voxels"] >= params["lesion_voxels"]
 
 
 def _truncated(tmp_path: Path, studies: Path) -> Path:
@@ -117,7 +142,9 @@ def _volume(tmp_path: Path, name: str, array: np.ndarray) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["unknown_id", "truncated", "four_d", "line", "nan", "bad_threshold"])
+@pytest.mark.parametrize(
+    "case", ["unknown_id", "truncated", "four_d", "line", "nan", "bad_threshold", "bad_min_lesion_size"]
+)
 def test_bad_infer_requests_get_a_clear_json_error_and_change_nothing(client, tmp_path, case, monkeypatch):
     import tempfile
 
@@ -135,6 +162,10 @@ def test_bad_infer_requests_get_a_clear_json_error_and_change_nothing(client, tm
         url += "&image=case_000"
         params = {"threshold": 1.5}
         expect = (422, "threshold")
+    elif case == "bad_min_lesion_size":
+        url += "&image=case_000"
+        params = {"min_lesion_mm3": -3}
+        expect = (422, "min_lesion_mm3")
     else:
         path = {
             "truncated": lambda: _truncated(tmp_path, client.studies),
@@ -238,6 +269,7 @@ def test_training_with_too_few_labels_is_a_clear_error(client):
         ("batch_size", "0", "batch_size"),
         ("device", "tpu", "device"),
         ("precision", "fp16", "precision"),
+        ("min_lesion_mm3", "-5", "min_lesion_mm3"),
     ],
 )
 def test_bad_conf_values_name_the_key(app_studies, key, value, needle):

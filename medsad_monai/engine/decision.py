@@ -33,6 +33,7 @@ monotone score, so rankings (AUROC) do not depend on them. The default operating
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,8 +200,37 @@ class OperatingPoint:
         """Build from a ``calibration`` block, rejecting unknown keys."""
         return strict_from_dict(cls, data, "calibration")
 
-    def with_overrides(self, **values: Any) -> OperatingPoint:
-        """A copy with the given values replaced (``None`` values are ignored); marks the source."""
+    def min_voxels_for_mm3(self, min_lesion_mm3: Any) -> int:
+        """``min_lesion_voxels`` (this operating point's voxels) that removes lesions under
+        ``min_lesion_mm3`` mm³: the fewest voxels of ``voxel_mm3`` whose volume reaches it.
+
+        Raises:
+            ValueError: not a finite number ``>= 0``, or a size above 0 while this operating point
+                has no voxel size (a 2-D model, or one calibrated before 2026-12-05).
+        """
+        try:
+            mm3 = float(min_lesion_mm3)
+        except (TypeError, ValueError):
+            mm3 = float("nan")
+        if isinstance(min_lesion_mm3, bool) or not (np.isfinite(mm3) and mm3 >= 0):
+            raise ValueError(f"min_lesion_mm3 {min_lesion_mm3!r}: expected a size in mm³ >= 0 (0 keeps every lesion)")
+        if mm3 == 0:
+            return 0
+        if self.voxel_mm3 is None:
+            raise ValueError(
+                f"min_lesion_mm3 {mm3:g}: this model's operating point has no voxel size (a 2-D model, or "
+                "one calibrated before 2026-12-05), so a size in mm³ cannot be applied; recalibrate it "
+                "with 'medsad calibrate' on volumes, or give 0 to keep every lesion"
+            )
+        return max(1, math.ceil(mm3 / self.voxel_mm3 - 1e-9))
+
+    def with_overrides(self, min_lesion_mm3: Any = None, **values: Any) -> OperatingPoint:
+        """A copy with the given values replaced (``None`` values are ignored); marks the source.
+
+        ``min_lesion_mm3`` replaces the minimum lesion size by a physical one
+        (:meth:`min_voxels_for_mm3`)."""
+        if min_lesion_mm3 is not None:
+            values["min_lesion_voxels"] = self.min_voxels_for_mm3(min_lesion_mm3)
         changes = {k: v for k, v in values.items() if v is not None}
         if not changes:
             return self

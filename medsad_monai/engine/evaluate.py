@@ -96,6 +96,7 @@ def evaluate_checkpoint(
     threshold: float | None = None,
     slice_threshold: float | None = None,
     volume_threshold: float | None = None,
+    min_lesion_mm3: float | None = None,
     batch_size: int = 8,
     clip_pretrained: str | None = None,
     device: str | None = None,
@@ -112,7 +113,7 @@ def evaluate_checkpoint(
 
     Every volume runs through the inference path at its own resolution (as ``medsad infer``
     and the server do), is post-processed and decided at the checkpoint's calibrated operating
-    point (the thresholds given here override it), and is scored per slice (background slices
+    point (the thresholds and ``min_lesion_mm3`` given here override it), and is scored per slice (background slices
     left out, as at inference, unless they hold a lesion) and per volume. Groups of cases
     (``dataset.json`` tags such as seen/unseen anatomy) get their own figures.
 
@@ -125,7 +126,10 @@ def evaluate_checkpoint(
         ckpt, clip_pretrained=clip_pretrained, batch_size=batch_size, device=device, precision=precision
     )
     op = predictor.operating_point.with_overrides(
-        map_threshold=threshold, slice_threshold=slice_threshold, volume_threshold=volume_threshold
+        map_threshold=threshold,
+        slice_threshold=slice_threshold,
+        volume_threshold=volume_threshold,
+        min_lesion_mm3=min_lesion_mm3,
     )
     payload = read_checkpoint(ckpt)
     protocol = checkpoint_protocol(payload, protocol)

@@ -43,6 +43,7 @@ CONF_KEYS = (
     "device",
     "precision",
     "infer_workers",
+    "min_lesion_mm3",
 )
 
 #: What a request sends (and Slicer shows) for "the checkpoint's calibrated value".
@@ -69,6 +70,17 @@ def check_optional_threshold(key: str, value: Any) -> float | None:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", CALIBRATED)):
         return None
     return check_threshold(key, value)
+
+
+def check_optional_min_lesion_mm3(key: str, value: Any) -> float | None:
+    """``min_lesion_mm3``: None for the checkpoint's calibrated minimum lesion size (absent, empty
+    or ``calibrated``), else a size in mm³ ``>= 0`` (0 keeps every lesion)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", CALIBRATED)):
+        return None
+    size = _number(key, value)
+    if size < 0:
+        raise InputError(f"{key} {size:g}: must be 0 (keep every lesion) or a size in mm³ above it")
+    return size
 
 
 def check_slice_axis(key: str, value: Any) -> int:
@@ -246,6 +258,8 @@ class ServeConfig:
         preset: model preset for training.
         threshold: lesion-map threshold for every request (default None: the checkpoint's
             calibrated operating point; a request may override it).
+        min_lesion_mm3: minimum lesion size (mm³) for every request, 0 keeps every lesion
+            (default None: the checkpoint's calibrated one; a request may override it).
         slice_axis: volume axis slices are taken along.
         batch_size: slices per forward pass.
         device: ``cpu``/``cuda``/``cuda:N``; default CUDA when available.
@@ -266,6 +280,7 @@ class ServeConfig:
     device: str | None = None
     precision: str | None = "auto"
     infer_workers: int = 1
+    min_lesion_mm3: float | None = None
 
     @classmethod
     def from_conf(cls, conf: dict[str, str], app_dir: str | os.PathLike) -> ServeConfig:
@@ -286,6 +301,7 @@ class ServeConfig:
             device=_conf(check_device, conf, "device", None),
             precision=_conf(check_precision, conf, "precision", "auto"),
             infer_workers=_conf(check_count, conf, "infer_workers", 1),
+            min_lesion_mm3=_conf(check_optional_min_lesion_mm3, conf, "min_lesion_mm3", None),
         )
 
 
@@ -312,15 +328,18 @@ class InferParams:
     volume_threshold: float | None
     slice_axis: int
     skip_background: bool
+    min_lesion_mm3: float | None = None
 
     @classmethod
     def from_request(cls, request: dict[str, Any], serve: ServeConfig) -> InferParams:
         """Raises :class:`InputError` naming the first bad key."""
         threshold = check_optional_threshold("threshold", request.get("threshold"))
+        min_lesion_mm3 = check_optional_min_lesion_mm3("min_lesion_mm3", request.get("min_lesion_mm3"))
         return cls(
             threshold=serve.threshold if threshold is None else threshold,
             slice_threshold=check_optional_threshold("slice_threshold", request.get("slice_threshold")),
             volume_threshold=check_optional_threshold("volume_threshold", request.get("volume_threshold")),
             slice_axis=check_slice_axis("slice_axis", request.get("slice_axis", serve.slice_axis)),
             skip_background=check_flag("skip_background", request.get("skip_background", True)),
+            min_lesion_mm3=serve.min_lesion_mm3 if min_lesion_mm3 is None else min_lesion_mm3,
         )

@@ -34,8 +34,9 @@ class MedSADInfer(InferTask):
 
     Request keys: ``image`` (path, filled in by MONAI Label), optional ``threshold`` (lesion-map
     threshold 0-1), ``slice_threshold``, ``volume_threshold`` (each ``calibrated`` or empty = the
-    checkpoint's operating point), ``slice_axis`` (0/1/2) and ``skip_background`` (bool), validated
-    by :class:`lib.serve_config.InferParams`.
+    checkpoint's operating point), ``min_lesion_mm3`` (connected lesions under this many mm³ are
+    removed, 0 keeps every lesion; ``calibrated`` or empty = the checkpoint's), ``slice_axis``
+    (0/1/2) and ``skip_background`` (bool), validated by :class:`lib.serve_config.InferParams`.
     Result JSON: ``slice_scores``, ``volume_score``, ``volume_abnormal``, ``worst_slice``,
     ``abnormal_slices``, the thresholds and ``operating_point`` they came from, ``label_names``,
     ``checkpoint_sha256`` (of the checkpoint whose model made this mask) and a few counts, all
@@ -52,6 +53,7 @@ class MedSADInfer(InferTask):
                 "threshold": _shown(cache.serve.threshold),
                 "slice_threshold": CALIBRATED,
                 "volume_threshold": CALIBRATED,
+                "min_lesion_mm3": _shown(cache.serve.min_lesion_mm3),
                 "slice_axis": cache.serve.slice_axis,
                 "skip_background": True,
             },
@@ -76,11 +78,15 @@ class MedSADInfer(InferTask):
         data = read_image(path, params.slice_axis)
         loaded = self.cache.get()
         predictor = loaded.predictor
-        op = predictor.operating_point.with_overrides(
-            map_threshold=params.threshold,
-            slice_threshold=params.slice_threshold,
-            volume_threshold=params.volume_threshold,
-        )
+        try:
+            op = predictor.operating_point.with_overrides(
+                map_threshold=params.threshold,
+                slice_threshold=params.slice_threshold,
+                volume_threshold=params.volume_threshold,
+                min_lesion_mm3=params.min_lesion_mm3,
+            )
+        except ValueError as err:  # a size in mm³ for a model without a voxel size
+            raise InputError(str(err)) from None
         result = predict(predictor, data, params.slice_axis, params.skip_background).with_operating_point(op)
         suffix, dtype = _result_format(request, path)
         fd, out = tempfile.mkstemp(prefix="medsad_", suffix=suffix)
