@@ -213,6 +213,47 @@ def test_calibrated_checkpoint_decides_in_slicer_as_in_medsad_monai(scene, tiny_
     assert outputs.segmentation.GetAttribute("MedSAD.volumeAbnormal") == str(again.volume_abnormal)
 
 
+def test_a_minimum_lesion_size_in_mm3_set_in_slicer_re_decides_as_medsad_monai(scene, tiny_checkpoint, tmp_path):
+    import shutil
+
+    from medsad_monai.checkpoint import write_calibration
+    from medsad_monai.data.volumes import normalize_intensity
+    from medsad_monai.engine.decision import OperatingPoint
+    from medsad_monai.engine.inference import Predictor
+
+    volume = _volume(scene)
+    voxel = float(np.prod(volume.GetSpacing()))
+    ckpt = tmp_path / "calibrated.pt"
+    shutil.copy2(tiny_checkpoint, ckpt)
+    op = OperatingPoint(map_threshold=0.3, min_lesion_voxels=20, voxel_mm3=voxel, source="calibrate")
+    write_calibration(ckpt, op)
+    logic = MedSADLogic(scene)
+    backend = LocalBackend(str(ckpt), batch_size=4)
+    every = logic.run(volume, backend, min_lesion_mm3=0)  # 0 keeps every lesion
+    array_ijk = slicer.util.arrayFromVolume(volume).transpose(2, 1, 0).astype(np.float32)
+    direct = Predictor.from_checkpoint(ckpt, batch_size=4, precision="auto")
+    direct = direct.predict_volume(normalize_intensity(array_ijk), spacing=tuple(volume.GetSpacing()))
+    np.testing.assert_array_equal(
+        every.mask, direct.with_operating_point(op.with_overrides(min_lesion_mm3=0)).mask.transpose(2, 1, 0)
+    )
+    assert every.min_lesion_mm3 == 0 and every.info["operating_point"]["min_lesion_voxels"] == 0
+    assert every.source == "calibrate+override" and "set by hand" in describe_decision(every)
+    outputs = logic.create_outputs(volume, every)
+    size = 5.5 * voxel  # lesions of 6 voxels and more stay
+    logic.rethreshold(volume, every, None, outputs, min_lesion_mm3=size)
+    again = direct.with_operating_point(op.with_overrides(min_lesion_mm3=size))
+    assert again.op.min_lesion_voxels == 6 and every.info["operating_point"]["min_lesion_voxels"] == 6
+    np.testing.assert_array_equal(
+        nodes.segment_array(scene, outputs.segmentation, volume), again.mask.transpose(2, 1, 0)
+    )
+    assert every.at(None, size) is every and every.at(None).info["operating_point"]["min_lesion_voxels"] == 20
+    with pytest.raises(MedSADError, match="minimum lesion size -1"):
+        logic.run(volume, backend, min_lesion_mm3=-1)
+    write_calibration(ckpt, OperatingPoint(map_threshold=0.3, min_lesion_voxels=20, source="calibrate"))
+    with pytest.raises(MedSADError, match="no voxel size"):  # an operating point in plain voxel counts
+        logic.run(volume, LocalBackend(str(ckpt), batch_size=4), min_lesion_mm3=50)
+
+
 def test_seg_nrrd_written_by_slicer_reads_back_with_slicerio(scene, local, tmp_path):
     slicerio = pytest.importorskip("slicerio")
     volume = _volume(scene)
@@ -310,6 +351,9 @@ def test_remote_backend_against_a_real_monai_label_server(scene, app_studies, ti
         assert (remote.volume_abnormal, remote.volume_threshold) == (local.volume_abnormal, local.volume_threshold)
         calibrated = logic.run(volume, ServerBackend(url))
         assert calibrated.source == "default" and calibrated.threshold == calibrated.calibrated_threshold == 0.5
+        # the minimum lesion size travels in the request: this default operating point has no voxel size
+        with pytest.raises(MedSADError, match="no voxel size"):
+            logic.run(volume, ServerBackend(url), min_lesion_mm3=50)
         assert not calibrated.can_rethreshold and "not calibrated" in describe_decision(calibrated)
         outputs = logic.create_outputs(volume, remote)
         np.testing.assert_array_equal(nodes.segment_array(scene, outputs.segmentation, volume), remote.mask)
@@ -628,7 +672,14 @@ def test_both_backends_are_called_the_same_way(scene, local, tiny_checkpoint):
     import inspect
 
     local_signature = inspect.signature(LocalBackend.run)
-    assert list(local_signature.parameters) == ["self", "volume_node", "threshold", "progress", "cancel"]
+    assert list(local_signature.parameters) == [
+        "self",
+        "volume_node",
+        "threshold",
+        "progress",
+        "cancel",
+        "min_lesion_mm3",
+    ]
     assert inspect.signature(ServerBackend.run) == local_signature
     volume = _volume(scene)
     # the logic has no backend switch: anything with that run() is a backend
@@ -643,7 +694,7 @@ def test_both_backends_are_called_the_same_way(scene, local, tiny_checkpoint):
 
     progress, cancel = (lambda done, total: None), (lambda: False)
     result = MedSADLogic(scene).run(volume, Recording(), threshold=0.4, progress=progress, cancel=cancel)
-    assert calls == [(volume, 0.4, progress, cancel)] and result.threshold == 0.4
+    assert calls == [(volume, 0.4, progress, cancel)] and result.threshold == 0.4  # a backend without a size works
 
     class WrongShape(Recording):
         def run(self, volume_node, threshold=None, progress=None, cancel=None):
@@ -774,6 +825,15 @@ def test_parameter_node_defaults_and_validation(scene):
         params.checkpoint = "/models/best.pt"
         params.threshold = 0.25
     assert len(events) == 1 and params.threshold == 0.25 and params.checkpoint == "/models/best.pt"
+    assert params.min_lesion_mm3 is None  # the model's calibrated size
+    params.min_lesion_mm3 = 0
+    assert params.min_lesion_mm3 == 0.0
+    params.min_lesion_mm3 = 120.5
+    assert params.min_lesion_mm3 == 120.5
+    with pytest.raises(MedSADError, match="minimum lesion size"):
+        params.min_lesion_mm3 = -3
+    params.node.SetParameter("minLesionMm3", "lots")  # a scene edited by hand
+    assert params.min_lesion_mm3 is None
 
 
 def test_parameter_node_round_trip_through_a_saved_scene(scene, local, tmp_path):

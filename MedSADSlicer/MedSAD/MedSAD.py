@@ -100,6 +100,7 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
         self.ui.thresholdSliderWidget.connect("valueChanged(double)", self.onThresholdChanged)
         self.ui.calibratedThresholdCheckBox.connect("toggled(bool)", self.onCalibratedToggled)
+        self.ui.minLesionSpinBox.connect("valueChanged(double)", self.onMinLesionChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.goToWorstSliceButton.connect("clicked(bool)", self.onGoToWorstSliceButton)
@@ -167,6 +168,8 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 threshold = self._result.threshold
             if threshold is not None:
                 self.ui.thresholdSliderWidget.value = threshold
+            min_lesion = parameters.min_lesion_mm3  # None: calibrated (the spin box's special value)
+            self.ui.minLesionSpinBox.value = self.ui.minLesionSpinBox.minimum if min_lesion is None else min_lesion
             local = parameters.backend == BACKEND_LOCAL
             for widget in (self.ui.checkpointLabel, self.ui.checkpointPathLineEdit):
                 widget.visible = local
@@ -282,7 +285,12 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setRunning(True)
             # threshold None: the model's calibrated operating point; the slider then re-decides the result
             result = self.logic.run(
-                volume, backend, threshold=parameters.threshold, progress=self._onProgress, cancel=self._cancel
+                volume,
+                backend,
+                threshold=parameters.threshold,
+                progress=self._onProgress,
+                cancel=self._cancel,
+                min_lesion_mm3=parameters.min_lesion_mm3,
             )
             table = parameters.output_table if self.logic.outputs_belong_to(parameters.output_table, volume) else None
             outputs = self.logic.create_outputs(
@@ -320,7 +328,9 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateStatus()
             return
         try:
-            self.logic.rethreshold(self._resultVolume, self._result, threshold, self._outputs)
+            self.logic.rethreshold(
+                self._resultVolume, self._result, threshold, self._outputs, self._parameters.min_lesion_mm3
+            )
         except MedSADError as err:
             slicer.util.errorDisplay(str(err))
             return
@@ -338,6 +348,12 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         threshold = None if checked else self.ui.thresholdSliderWidget.value
         self._parameters.threshold = threshold
         self._rethreshold(threshold)
+
+    def onMinLesionChanged(self, value: float) -> None:
+        if self._updatingGUI or self._parameters is None:
+            return
+        self._parameters.min_lesion_mm3 = None if value < 0 else value  # below 0: "calibrated"
+        self._rethreshold(self._parameters.threshold)
 
     def onGoToWorstSliceButton(self):
         volume, table = self._resultsVolume(), self._parameters.output_table

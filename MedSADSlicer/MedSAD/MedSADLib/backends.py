@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 
 from . import nodes
-from .results import Backend, CancelFn, MedSADError, MedSADResult, ProgressFn, check_threshold
+from .results import (
+    Backend,
+    CancelFn,
+    MedSADError,
+    MedSADResult,
+    ProgressFn,
+    check_min_lesion_mm3,
+    check_threshold,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +84,13 @@ class LocalBackend:
         threshold: float | None = None,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
+        min_lesion_mm3: float | None = None,
     ) -> MedSADResult:
         """Run the volume slice by slice along K on the checkpoint's model; ``threshold`` (lesion
-        map) overrides the checkpoint's calibrated one. The voxels are copied once, to the
-        (I, J, K) float32 array ``medsad_monai`` reads."""
+        map) and ``min_lesion_mm3`` override the checkpoint's calibrated ones. The voxels are
+        copied once, to the (I, J, K) float32 array ``medsad_monai`` reads."""
         threshold = check_threshold(threshold)
+        min_lesion_mm3 = check_min_lesion_mm3(min_lesion_mm3)
         predictor = self._load()
         from medsad_monai.engine.inference import InferenceCancelled
 
@@ -97,13 +107,20 @@ class LocalBackend:
             raise MedSADError(f"cancelled: {err}") from err
         except ValueError as err:
             raise MedSADError(str(err)) from err
-        return _local_result(out, self, threshold)
+        return _local_result(out, self, threshold, min_lesion_mm3)
 
 
-def _local_result(out: Any, backend: LocalBackend, threshold: float | None) -> MedSADResult:
+def _local_result(
+    out: Any, backend: LocalBackend, threshold: float | None, min_lesion_mm3: float | None = None
+) -> MedSADResult:
     """A ``medsad_monai`` VolumeResult (I, J, K) at the model's operating point -> MedSADResult
-    (K, J, I) at ``threshold`` (None: the calibrated one) that can re-decide at another."""
-    decided = out.with_operating_point(out.op.with_overrides(map_threshold=threshold))
+    (K, J, I) at ``threshold`` and ``min_lesion_mm3`` (None: the calibrated ones) that can
+    re-decide at others."""
+    try:
+        op = out.op.with_overrides(map_threshold=threshold, min_lesion_mm3=min_lesion_mm3)
+    except ValueError as err:  # a size in mm³ for an operating point without a voxel size
+        raise MedSADError(str(err)) from err
+    decided = out.with_operating_point(op)
     summary = decided.summary()
     return MedSADResult.from_summary(
         summary,
@@ -117,7 +134,8 @@ def _local_result(out: Any, backend: LocalBackend, threshold: float | None) -> M
             "operating_point": summary["operating_point"],
         },
         calibrated_threshold=float(out.op.map_threshold),
-        redecide=lambda t: _local_result(out, backend, t),
+        redecide=lambda t, m=None: _local_result(out, backend, t, m),
+        min_lesion_mm3=min_lesion_mm3,
     )
 
 
@@ -143,10 +161,13 @@ class ServerBackend:
         threshold: float | None = None,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
+        min_lesion_mm3: float | None = None,
     ) -> MedSADResult:
         """Send the volume (slices along K: start the server with ``--conf slice_axis 2``);
-        ``threshold`` is sent as the request's lesion-map threshold, None keeps the server's."""
+        ``threshold`` and ``min_lesion_mm3`` are sent as the request's lesion-map threshold and
+        minimum lesion size, None keeps the server's."""
         threshold = check_threshold(threshold)
+        min_lesion_mm3 = check_min_lesion_mm3(min_lesion_mm3)
         try:
             from monailabel.client import MONAILabelClient
             from monailabel.client.client import MONAILabelClientException
@@ -164,7 +185,9 @@ class ServerBackend:
             nodes.write_volume(volume_node, upload)
             client = MONAILabelClient(self.url, tmpdir=tmp)
             try:
-                request = {} if threshold is None else {"threshold": threshold}
+                request: dict[str, float] = {} if threshold is None else {"threshold": threshold}
+                if min_lesion_mm3 is not None:
+                    request["min_lesion_mm3"] = min_lesion_mm3
                 mask_file, params = client.infer(self.model, "", request, file=upload)
             except MONAILabelClientException as err:
                 raise MedSADError(f"MONAI Label server {self.url} answered with an error: {err.msg}") from err
@@ -196,6 +219,7 @@ class ServerBackend:
             backend=self.name,
             info=info,
             calibrated_threshold=None if calibrated is None else float(calibrated),
+            min_lesion_mm3=min_lesion_mm3,
         )
 
 

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import nodes
-from .results import Backend, CancelFn, MedSADError, MedSADResult, ProgressFn, check_threshold
+from .results import (
+    Backend,
+    CancelFn,
+    MedSADError,
+    MedSADResult,
+    ProgressFn,
+    check_min_lesion_mm3,
+    check_threshold,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,20 +76,26 @@ class MedSADLogic:
         threshold: float | None = None,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
+        min_lesion_mm3: float | None = None,
     ) -> MedSADResult:
         """Run ``volume_node`` through ``backend`` (slices along K). Creates no nodes.
 
         Every backend is called the same way (:class:`~MedSADLib.results.Backend`).
-        ``threshold`` (lesion map) overrides the model's calibrated one; None keeps it.
+        ``threshold`` (lesion map) and ``min_lesion_mm3`` (connected lesions under it are
+        removed; 0 keeps every lesion) override the model's calibrated ones; None keeps them.
 
         Raises:
             MedSADError: bad input, a backend failure (checkpoint, server), or cancel.
         """
         shape = self.check_volume(volume_node)
         check_threshold(threshold)
+        min_lesion_mm3 = check_min_lesion_mm3(min_lesion_mm3)
         if not callable(getattr(backend, "run", None)):
             raise MedSADError(f"{backend!r} is not a MedSAD backend")
-        result = backend.run(volume_node, threshold, progress, cancel)
+        if min_lesion_mm3 is None:  # backends written before the minimum lesion size keep working
+            result = backend.run(volume_node, threshold, progress, cancel)
+        else:
+            result = backend.run(volume_node, threshold, progress, cancel, min_lesion_mm3=min_lesion_mm3)
         if result.mask.shape != shape:
             raise MedSADError(f"backend returned a mask of shape {result.mask.shape} for a volume of {shape}")
         logger.info(
@@ -126,20 +140,28 @@ class MedSADLogic:
         return OutputNodes(seg, table, series, chart)
 
     def rethreshold(
-        self, volume_node: Any, result: MedSADResult, threshold: float | None, outputs: OutputNodes
+        self,
+        volume_node: Any,
+        result: MedSADResult,
+        threshold: float | None,
+        outputs: OutputNodes,
+        min_lesion_mm3: float | None = None,
     ) -> MedSADResult:
-        """Apply a new lesion-map threshold (None: the model's calibrated one) without running
-        the model again: with the local backend the mask, slice scores, flags and volume decision
-        are re-decided (post-processing included) and the nodes updated. A result that cannot
-        re-decide (server: a binary mask) is returned unchanged: run again for a new mask."""
+        """Apply a new lesion-map threshold and minimum lesion size in mm³ (None: the model's
+        calibrated ones) without running the model again: with the local backend the mask, slice
+        scores, flags and volume decision are re-decided (post-processing included) and the nodes
+        updated. A result that cannot re-decide (server: a binary mask) is returned unchanged:
+        run again for a new mask."""
         threshold = check_threshold(threshold)
+        min_lesion_mm3 = check_min_lesion_mm3(min_lesion_mm3)
         if threshold is None:
             threshold = result.calibrated_threshold
         if not result.can_rethreshold or threshold is None:
             return result
         self._check_fits(volume_node, result)
-        new = result.redecide(float(threshold))
-        for name in ("mask", "threshold", "slice_scores", "volume_score", "volume_abnormal", "info"):
+        new = result.redecide(float(threshold), min_lesion_mm3)
+        names = ("mask", "threshold", "slice_scores", "volume_score", "volume_abnormal", "info", "min_lesion_mm3")
+        for name in names:
             setattr(result, name, getattr(new, name))
         nodes.set_segment(self.scene, volume_node, result.mask, outputs.segmentation)
         nodes.update_scores(outputs.table, result.slice_scores, result.abnormal())

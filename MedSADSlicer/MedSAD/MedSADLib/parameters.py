@@ -15,7 +15,7 @@ from typing import Any
 import slicer
 
 from .backends import BACKEND_LOCAL, BACKENDS, DEFAULT_SERVER_URL
-from .results import MedSADError, check_threshold
+from .results import MedSADError, check_min_lesion_mm3, check_threshold
 
 MODULE_NAME = "MedSAD"
 NODE_CLASS = "vtkMRMLScriptedModuleNode"
@@ -26,11 +26,18 @@ class MedSADParameters:
 
     Fields: ``input_volume`` (scalar volume), ``backend`` (``local`` / ``server``),
     ``checkpoint`` (path), ``server_url``, ``threshold`` (lesion-map threshold in (0, 1), or None
-    for the model's calibrated one), ``output_segmentation`` and ``output_table``.
+    for the model's calibrated one), ``min_lesion_mm3`` (minimum lesion size in mm³, 0 keeps every
+    lesion, or None for the model's calibrated one), ``output_segmentation`` and ``output_table``.
     """
 
     #: field -> parameter name (strings)
-    PARAMETERS = {"backend": "backend", "checkpoint": "checkpoint", "server_url": "serverUrl", "threshold": "threshold"}
+    PARAMETERS = {
+        "backend": "backend",
+        "checkpoint": "checkpoint",
+        "server_url": "serverUrl",
+        "threshold": "threshold",
+        "min_lesion_mm3": "minLesionMm3",
+    }
     #: field -> node reference role
     REFERENCES = {
         "input_volume": "inputVolume",
@@ -122,6 +129,20 @@ class MedSADParameters:
     def threshold(self, value: float | None) -> None:
         value = check_threshold(value)
         self._set("threshold", "" if value is None else repr(float(value)))
+
+    @property
+    def min_lesion_mm3(self) -> float | None:
+        """The minimum lesion size (mm³) chosen by hand, or None: the model's calibrated one."""
+        value = self.node.GetParameter(self.PARAMETERS["min_lesion_mm3"]) or ""
+        try:
+            return check_min_lesion_mm3(float(value)) if value else None
+        except (ValueError, MedSADError):
+            return None  # a scene edited by hand: fall back to the calibrated size
+
+    @min_lesion_mm3.setter
+    def min_lesion_mm3(self, value: float | None) -> None:
+        value = check_min_lesion_mm3(value)
+        self._set("min_lesion_mm3", "" if value is None else repr(float(value)))
 
     @property
     def input_volume(self) -> Any:

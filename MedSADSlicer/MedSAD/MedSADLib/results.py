@@ -59,7 +59,10 @@ class MedSADResult:
             (``map_threshold``, ``slice_threshold``, ``volume_threshold``, ``source``...).
         calibrated_threshold: the lesion-map threshold of the model's own operating point
             (before any override): where "Calibrated" goes back to.
-        redecide: local backend only: re-decides everything at another lesion-map threshold.
+        redecide: local backend only: ``redecide(threshold, min_lesion_mm3)`` re-decides
+            everything at another lesion-map threshold and minimum lesion size (None: calibrated).
+        min_lesion_mm3: the minimum lesion size (mm³) set by hand for this result; None = the
+            model's calibrated one.
     """
 
     slice_scores: list[float]
@@ -73,7 +76,8 @@ class MedSADResult:
     backend: str = "local"
     info: dict[str, Any] = field(default_factory=dict)
     calibrated_threshold: float | None = None
-    redecide: Callable[[float], MedSADResult] | None = None
+    redecide: Callable[[float, float | None], MedSADResult] | None = None
+    min_lesion_mm3: float | None = None
 
     @property
     def worst_slice(self) -> int:
@@ -101,17 +105,21 @@ class MedSADResult:
         t = self.slice_threshold if threshold is None else threshold
         return [s >= t for s in self.slice_scores]
 
-    def at(self, threshold: float | None) -> MedSADResult:
-        """This result decided at another lesion-map threshold (None: the model's calibrated
-        one), when it can re-decide (local backend); otherwise (a server's binary mask) itself."""
+    def at(self, threshold: float | None, min_lesion_mm3: float | None = None) -> MedSADResult:
+        """This result decided at another lesion-map threshold and minimum lesion size (None:
+        the model's calibrated ones), when it can re-decide (local backend); otherwise (a
+        server's binary mask) itself."""
         t = self.calibrated_threshold if threshold is None else float(threshold)
-        if t is None or self.redecide is None or abs(t - self.threshold) < 1e-12:
+        min_lesion_mm3 = check_min_lesion_mm3(min_lesion_mm3)
+        if t is None or self.redecide is None:
             return self
-        return self.redecide(t)
+        if abs(t - self.threshold) < 1e-12 and min_lesion_mm3 == self.min_lesion_mm3:
+            return self
+        return self.redecide(t, min_lesion_mm3)
 
-    def mask_at(self, threshold: float | None) -> np.ndarray:
-        """The post-processed mask at another lesion-map threshold (see :meth:`at`)."""
-        return self.at(threshold).mask
+    def mask_at(self, threshold: float | None, min_lesion_mm3: float | None = None) -> np.ndarray:
+        """The post-processed mask at another lesion-map threshold and size (see :meth:`at`)."""
+        return self.at(threshold, min_lesion_mm3).mask
 
     @classmethod
     def from_summary(cls, summary: dict[str, Any], mask: np.ndarray, **kwargs: Any) -> MedSADResult:
@@ -144,7 +152,7 @@ def describe_source(source: str) -> str:
         "calibrate": "calibrated with 'medsad calibrate'",
         "validation": "calibrated on the validation split",
     }.get(base, f"calibrated ({base})")
-    return words + (", lesion threshold set by hand" if override else "")
+    return words + (", values set by hand" if override else "")
 
 
 def describe_decision(result: MedSADResult) -> str:
@@ -203,6 +211,20 @@ def check_threshold(threshold: float | None) -> float | None:
     return t
 
 
+def check_min_lesion_mm3(value: float | None) -> float | None:
+    """``None`` (the model's calibrated minimum lesion size) or a size in mm³ ``>= 0`` (0 keeps
+    every lesion)."""
+    if value is None:
+        return None
+    try:
+        size = float(value)
+    except (TypeError, ValueError):
+        raise MedSADError(f"minimum lesion size {value!r}: expected a number of mm³") from None
+    if not (np.isfinite(size) and size >= 0):
+        raise MedSADError(f"minimum lesion size {size:g} mm³: must be 0 (keep every lesion) or more")
+    return size
+
+
 class Backend(Protocol):
     """Where the model runs. Every backend is called the same way; ``MedSADLogic.run`` checks
     the volume node first, so a backend may assume a 3-D scalar volume."""
@@ -215,7 +237,9 @@ class Backend(Protocol):
         threshold: float | None = None,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
+        min_lesion_mm3: float | None = None,
     ) -> MedSADResult:
-        """Run ``volume_node`` slice by slice along K; ``threshold`` (lesion map) overrides the
-        model's calibrated one, ``None`` keeps it. Raises :class:`MedSADError`."""
+        """Run ``volume_node`` slice by slice along K; ``threshold`` (lesion map) and
+        ``min_lesion_mm3`` (connected lesions under it are removed) override the model's
+        calibrated ones, ``None`` keeps them. Raises :class:`MedSADError`."""
         ...
