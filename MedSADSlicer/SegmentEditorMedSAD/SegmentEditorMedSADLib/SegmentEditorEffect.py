@@ -33,7 +33,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.name = "MedSAD"
         scriptedEffect.perSegment = True  # writes into the selected segment
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
-        self._cache = None  # (key, asked threshold, MedSADResult): re-use a run while nothing it depends on changed
+        # (key, asked (threshold, minimum lesion mm³), MedSADResult): re-use a run while nothing it depends on changed
+        self._cache = None
 
     def clone(self):
         clonedEffect = slicer.qSlicerSegmentEditorScriptedEffect(None)
@@ -127,7 +128,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for widget, wasBlocked in zip(widgets, blocked):
             widget.blockSignals(wasBlocked)
         where = (params.checkpoint or "no checkpoint chosen") if params.backend == BACKEND_LOCAL else params.server_url
-        self.backendLabel.text = f"{where} (set in the MedSAD module)"
+        size = "calibrated" if params.min_lesion_mm3 is None else f"{params.min_lesion_mm3:g} mm³"
+        self.backendLabel.text = f"{where}; minimum lesion {size} (both set in the MedSAD module)"
 
     def updateMRMLFromGUI(self, *_):
         self.scriptedEffect.setParameter("Scope", SCOPES[max(0, self.scopeComboBox.currentIndex)])
@@ -149,8 +151,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     # ----------------------------------------------------------------- apply
 
     def _run(self, volumeNode, threshold):
-        """MedSAD's result for the volume at ``threshold``, re-using the last run when nothing it
-        depends on changed (a local result re-decides at any threshold without running again)."""
+        """MedSAD's result for the volume at ``threshold`` and the MedSAD module's minimum lesion
+        size, re-using the last run when nothing it depends on changed (a local result re-decides
+        at any threshold and size without running again)."""
         from MedSADLib import MedSADLogic, gui, make_backend
 
         params = gui.parameters()
@@ -161,16 +164,19 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             params.checkpoint,
             params.server_url,
         )
+        decision = (threshold, params.min_lesion_mm3)
         if self._cache is not None and self._cache[0] == key:
             _, asked, result = self._cache
-            if result.can_rethreshold or asked == threshold:
-                return result.at(threshold)
+            if result.can_rethreshold or asked == decision:
+                return result.at(*decision)
         if not gui.ensure_dependencies(params.backend):
             return None
         backend = make_backend(params.backend, params.checkpoint, params.server_url)
         with slicer.util.WaitCursor():
-            result = MedSADLogic(slicer.mrmlScene).run(volumeNode, backend, threshold=threshold)
-        self._cache = (key, threshold, result)
+            result = MedSADLogic(slicer.mrmlScene).run(
+                volumeNode, backend, threshold=threshold, min_lesion_mm3=params.min_lesion_mm3
+            )
+        self._cache = (key, decision, result)
         return result
 
     def onApply(self):
