@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import nodes
-from .results import (
-    Backend,
-    CancelFn,
-    MedSADError,
-    MedSADResult,
-    ProgressFn,
-    check_min_lesion_mm3,
-    check_threshold,
-)
+from .results import MedSADError, check_min_lesion_mm3, check_threshold
+
+if TYPE_CHECKING:  # annotations only
+    from .results import Backend, CancelFn, MedSADResult, ProgressFn
 
 logger = logging.getLogger(__name__)
 

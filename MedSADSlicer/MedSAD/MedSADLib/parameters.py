@@ -10,6 +10,7 @@ and the Segment Editor effect read and write the module state only through this 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import slicer
@@ -119,30 +120,20 @@ class MedSADParameters:
     @property
     def threshold(self) -> float | None:
         """The lesion-map threshold chosen by hand, or None: the model's calibrated one."""
-        value = self.node.GetParameter(self.PARAMETERS["threshold"]) or ""
-        try:
-            return check_threshold(float(value)) if value else None
-        except (ValueError, MedSADError):
-            return None  # a scene edited by hand: fall back to the calibrated threshold
+        return self._get_optional("threshold", check_threshold)
 
     @threshold.setter
     def threshold(self, value: float | None) -> None:
-        value = check_threshold(value)
-        self._set("threshold", "" if value is None else repr(float(value)))
+        self._set_optional("threshold", check_threshold, value)
 
     @property
     def min_lesion_mm3(self) -> float | None:
         """The minimum lesion size (mm³) chosen by hand, or None: the model's calibrated one."""
-        value = self.node.GetParameter(self.PARAMETERS["min_lesion_mm3"]) or ""
-        try:
-            return check_min_lesion_mm3(float(value)) if value else None
-        except (ValueError, MedSADError):
-            return None  # a scene edited by hand: fall back to the calibrated size
+        return self._get_optional("min_lesion_mm3", check_min_lesion_mm3)
 
     @min_lesion_mm3.setter
     def min_lesion_mm3(self, value: float | None) -> None:
-        value = check_min_lesion_mm3(value)
-        self._set("min_lesion_mm3", "" if value is None else repr(float(value)))
+        self._set_optional("min_lesion_mm3", check_min_lesion_mm3, value)
 
     @property
     def input_volume(self) -> Any:
@@ -186,6 +177,18 @@ class MedSADParameters:
         name = self.PARAMETERS[field]
         if self.node.GetParameter(name) != value:
             self.node.SetParameter(name, value)
+
+    def _get_optional(self, field: str, check: Callable[[float | None], float | None]) -> float | None:
+        """A number set by hand (``check`` passes it), or None: the model's calibrated value."""
+        value = self.node.GetParameter(self.PARAMETERS[field]) or ""
+        try:
+            return check(float(value)) if value else None
+        except (ValueError, MedSADError):
+            return None  # a scene edited by hand: fall back to the calibrated value
+
+    def _set_optional(self, field: str, check: Callable[[float | None], float | None], value: float | None) -> None:
+        value = check(value)
+        self._set(field, "" if value is None else repr(float(value)))
 
     def _get_node(self, field: str) -> Any:
         return self.node.GetNodeReference(self.REFERENCES[field])
