@@ -286,6 +286,12 @@ def _add_thresholds(p: argparse.ArgumentParser) -> None:
         type=float,
         help="remove connected lesions under this many mm³ (default: the calibrated minimum; 0 keeps every lesion)",
     )
+    p.add_argument(
+        "--min-lesion-mean",
+        type=float,
+        help="remove connected lesions whose mean probability is under this (default: the calibrated value; "
+        "0 keeps every lesion)",
+    )
 
 
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:
@@ -434,6 +440,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         slice_threshold=args.slice_threshold,
         volume_threshold=args.volume_threshold,
         min_lesion_mm3=args.min_lesion_mm3,
+        min_lesion_mean=args.min_lesion_mean,
         batch_size=args.batch_size,
         clip_pretrained=args.clip_pretrained,
         device=args.device,
@@ -480,6 +487,7 @@ def _infer(args: argparse.Namespace) -> int:
         slice_threshold=args.slice_threshold,
         volume_threshold=args.volume_threshold,
         min_lesion_mm3=args.min_lesion_mm3,
+        min_lesion_mean=args.min_lesion_mean,
     )
     for r in infer_path(
         predictor, args.input, args.out, axis=args.slice_axis, skip_background=not args.no_skip_background

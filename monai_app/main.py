@@ -3,7 +3,7 @@
     monailabel start_server --app monai_app --studies DIR --conf models medsad \
         [--conf checkpoint PATH] [--conf clip_model NAME] [--conf clip_pretrained TAG|PATH|none] \
         [--conf preset tiny|full|…] [--conf threshold 0.5 (default: calibrated)] [--conf slice_axis 2] \
-        [--conf min_lesion_mm3 50 (default: calibrated)]
+        [--conf min_lesion_mm3 50 (default: calibrated)] [--conf min_lesion_mean 0.8 (default: calibrated)]
 
 Laid out like MONAI Label's radiology app: ``lib/configs`` (``--conf`` parsing, task config),
 ``lib/infers``, ``lib/trainers``, ``lib/scoring``, ``lib/activelearning``; ``lib/serve_config``

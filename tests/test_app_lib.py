@@ -181,6 +181,9 @@ def test_conf_and_request_values_share_one_validator(app_lib, tmp_path):
         ("precision", "fp16"),
         ("min_lesion_mm3", "-5"),
         ("min_lesion_mm3", "lots"),
+        ("min_lesion_mean", "1"),
+        ("min_lesion_mean", "-0.2"),
+        ("min_lesion_mean", "high"),
     ]:
         with pytest.raises(errors.ConfError) as from_conf:
             serve_config.ServeConfig.from_conf({key: value}, tmp_path)
@@ -189,6 +192,7 @@ def test_conf_and_request_values_share_one_validator(app_lib, tmp_path):
                 "threshold",
                 "slice_axis",
                 "min_lesion_mm3",
+                "min_lesion_mean",
             ) else getattr(serve_config, f"check_{key}")(key, value)
         assert str(from_conf.value) == f"--conf {from_request.value}"
     params = serve_config.InferParams.from_request({"slice_threshold": "0.4", "skip_background": "false"}, conf)
@@ -201,6 +205,11 @@ def test_conf_and_request_values_share_one_validator(app_lib, tmp_path):
     assert serve_config.InferParams.from_request({"min_lesion_mm3": "calibrated"}, sized).min_lesion_mm3 == 50.0
     assert serve_config.InferParams.from_request({"min_lesion_mm3": 0}, sized).min_lesion_mm3 == 0.0
     assert serve_config.InferParams.from_request({}, conf).min_lesion_mm3 is None
+    confident = serve_config.ServeConfig.from_conf({"min_lesion_mean": "0.8"}, tmp_path)
+    assert serve_config.InferParams.from_request({}, confident).min_lesion_mean == 0.8
+    assert serve_config.InferParams.from_request({"min_lesion_mean": "calibrated"}, confident).min_lesion_mean == 0.8
+    assert serve_config.InferParams.from_request({"min_lesion_mean": "0"}, confident).min_lesion_mean == 0.0
+    assert serve_config.InferParams.from_request({}, conf).min_lesion_mean is None
 
 
 # --- the served model and its sha256 ----------------------------------------------------------------

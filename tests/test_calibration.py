@@ -407,26 +407,71 @@ def test_a_result_lists_its_lesions_largest_first_in_mm3_with_their_slices():
     assert lesion_table(np.zeros_like(result.mask), prob, 2) == (0, [])
 
 
+def _blob_case(name: str, rng: np.random.Generator, lesion: bool) -> CaseOutput:
+    """A 3-D case whose false positive is as large as the lesion but less confident as a whole: the
+    lesion a 0.95 core in a 0.6 rim (mean ≈ 0.76), the blob a uniform 0.62."""
+    shape = (24, 24, 12)
+    prob = (0.2 * rng.random(shape)).astype(np.float32)
+    truth = np.zeros(shape, bool)
+    if lesion:
+        truth[2:8, 2:8, 3:7] = True
+        prob[truth] = 0.6
+        prob[3:7, 3:7, 3:7] = 0.95
+    prob[14:20, 14:20, 3:7] = 0.62  # the false blob, 144 voxels like the lesion
+    scores = prob.reshape(-1, shape[2]).max(axis=0)
+    return CaseOutput(name, prob, truth, scores, np.zeros(shape[2], bool), 2)
+
+
+def test_a_minimum_lesion_mean_removes_large_unconfident_false_positives():
+    """Where false blobs are as large as lesions, size cannot remove them and a threshold that
+    does cuts the lesions' rims; the fit finds the mean probability that keeps lesions and drops
+    the blobs (the middle of the tied means), and every front-end's mask applies it."""
+    rng = np.random.default_rng(1)
+    val = [_blob_case(f"v{i}", rng, lesion=i < 3) for i in range(5)]
+    op = fit_operating_point(val)
+    assert 0.62 < op.min_lesion_mean <= 0.75 and op.min_lesion_mean == pytest.approx(0.7)
+    assert op.map_threshold <= 0.6 and op.validation["dice_pooled"] == 1.0
+    assert "min_lesion_mean" in op.objective["map"] and op.summary()["min_lesion_mean"] == op.min_lesion_mean
+    assert OperatingPoint.from_dict(json.loads(json.dumps(op.to_dict()))) == op
+    fresh = _blob_case("new", np.random.default_rng(7), lesion=True)
+    assert np.array_equal(lesion_mask(fresh.probability, op) > 0, fresh.truth)  # the blob is gone, the rim kept
+    unfiltered = lesion_mask(fresh.probability, op.with_overrides(min_lesion_mean=0.0))
+    assert unfiltered.sum() == 2 * fresh.truth.sum()
+    assert op.with_overrides(min_lesion_mean=0.0).source.endswith("+override")
+    # without the mean filter the best the grid can do is worse on the same validation volumes
+    plain = fit_operating_point(val, means=(0.0,))
+    assert plain.min_lesion_mean == 0.0 and plain.validation["dice_pooled"] < 1.0
+    for bad in (1.0, -0.1, "high", True):
+        with pytest.raises(ValueError, match="min_lesion_mean"):
+            OperatingPoint(min_lesion_mean=bad)
+    # a checkpoint's block from before the filter existed loads without it
+    old = {k: v for k, v in op.to_dict().items() if k != "min_lesion_mean"}
+    assert OperatingPoint.from_dict(old).min_lesion_mean == 0.0
+
+
 def test_the_lesion_objective_counts_lesions_as_the_metrics_module_does(cases):
-    """The grid's lesion-wise F1 at each (threshold, size) equals the F1 that ``medsad evaluate``
-    would report for the post-processed masks (metrics.lesion_detection, pooled), and the
-    ``dice+lesion_f1`` objective is recorded with the figures it reached."""
-    from medsad_monai.engine.calibration import _grid_dice, _grids
+    """The grid's pooled Dice and lesion-wise F1 at each (threshold, size, mean) equal what
+    ``medsad evaluate`` would report for the masks ``lesion_mask`` makes (metrics.lesion_detection,
+    pooled), and the ``dice+lesion_f1`` objective is recorded with the figures it reached."""
+    from medsad_monai.engine.calibration import _grids, pooled_dice
     from medsad_monai.engine.metrics import lesion_detection
     from medsad_monai.engine.metrics import lesion_f1 as f1_of
 
-    thresholds, sizes = (0.5, 0.8, 0.95), (0, 2, 3, 64)
-    dice_grid, f1_grid = _grids(cases, thresholds, sizes)
+    thresholds, sizes, means = (0.5, 0.8, 0.95), (0, 2, 3, 64), (0.0, 0.8, 0.86)
+    dice_grid, f1_grid = _grids(cases, thresholds, sizes, None, means)
+    assert dice_grid.shape == f1_grid.shape == (3, 4, 3)
     for i, t in enumerate(thresholds):
         for j, m in enumerate(sizes):
-            op = OperatingPoint(map_threshold=t, min_lesion_voxels=m)
-            counts = [lesion_detection(lesion_mask(c.probability, op), c.truth) for c in cases]
-            found = sum(k["lesions_detected"] for k in counts)
-            missed = sum(k["lesions"] for k in counts) - found
-            expected = f1_of(found, missed, sum(k["fp_lesions"] for k in counts))
-            assert f1_grid[i, j] == pytest.approx(1.0 if expected is None else expected), (t, m)
-    assert f1_grid[0, 0] < 1.0 and f1_grid[0, 2] == 1.0  # 2-voxel speckles are false lesions until size 3
-    assert np.array_equal(dice_grid, _grid_dice(cases, thresholds, sizes))
+            for k, q in enumerate(means):
+                op = OperatingPoint(map_threshold=t, min_lesion_voxels=m, min_lesion_mean=q)
+                counts = [lesion_detection(lesion_mask(c.probability, op), c.truth) for c in cases]
+                found = sum(n["lesions_detected"] for n in counts)
+                missed = sum(n["lesions"] for n in counts) - found
+                expected = f1_of(found, missed, sum(n["fp_lesions"] for n in counts))
+                assert f1_grid[i, j, k] == pytest.approx(1.0 if expected is None else expected), (t, m, q)
+                assert dice_grid[i, j, k] == pytest.approx(pooled_dice(cases, op)), (t, m, q)
+    assert f1_grid[0, 0, 0] < 1.0 and f1_grid[0, 2, 0] == 1.0  # 2-voxel speckles are false lesions until size 3
+    assert dice_grid[0, 2, 2] == 0.0 < dice_grid[0, 2, 0]  # every lesion's mean is under 0.85: 0.86 loses them all
     op = fit_operating_point(cases, objective="dice+lesion_f1")
     assert op.validation["map_objective"] == "dice+lesion_f1" and op.validation["lesion_f1"] == 1.0
     assert "lesion-wise F1" in op.objective["map"]

@@ -120,3 +120,14 @@ def test_infer_takes_a_minimum_lesion_size_in_mm3(tiny_checkpoint, tiny_volumes,
     stem = volume.name.removesuffix(".nii.gz")
     op = json.loads((tmp_path / "pred" / f"{stem}_scores.json").read_text())["operating_point"]
     assert (op["min_lesion_voxels"], op["min_lesion_mm3"], op["source"]) == (15, 30.0, "validation+override")
+    # the minimum mean lesion probability: refused by name when out of range, applied when given
+    assert main([*args, "--min-lesion-mean", "1.5"]) == 2
+    assert "min_lesion_mean 1.5" in capsys.readouterr().err
+    voxels = {}
+    for mean in ("0", "0.97"):
+        assert main([*args, "--min-lesion-mm3", "0", "--min-lesion-mean", mean]) == 0
+        result = json.loads((tmp_path / "pred" / f"{stem}_scores.json").read_text())
+        assert result["operating_point"]["min_lesion_mean"] == float(mean)
+        voxels[mean] = result["lesion_voxels"]
+        assert all(lesion["mean_probability"] >= float(mean) for lesion in result["lesions"])
+    assert voxels["0.97"] <= voxels["0"]

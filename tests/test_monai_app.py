@@ -127,6 +127,13 @@ def test_a_request_sets_the_minimum_lesion_size_in_mm3(client):
     calibrated, _ = _infer(client, "case_001")
     assert calibrated["operating_point"]["min_lesion_voxels"] == 2
     assert calibrated["lesion_voxels"] >= params["lesion_voxels"]
+    # the minimum mean lesion probability, from the request: every lesion left is at least that confident
+    confident, _ = _infer(client, "case_001", min_lesion_mean=0.9)
+    assert confident["operating_point"]["min_lesion_mean"] == 0.9
+    assert all(lesion["mean_probability"] >= 0.9 for lesion in confident["lesions"])
+    assert confident["lesion_voxels"] <= calibrated["lesion_voxels"]
+    res = client.post("/infer/medsad?image=case_001&output=json", data={"params": json.dumps({"min_lesion_mean": 1})})
+    assert res.status_code == 422 and "min_lesion_mean" in res.json()["detail"], res.text
 
 
 def _truncated(tmp_path: Path, studies: Path) -> Path:

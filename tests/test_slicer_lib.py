@@ -901,6 +901,9 @@ def test_the_decision_is_described_with_its_operating_point(scene, local):
     fixed_outputs = logic.create_outputs(volume, fixed)
     assert logic.rethreshold(volume, fixed, 0.2, fixed_outputs) is fixed and fixed.threshold == 0.5
     assert "run again" in describe_decision(fixed)
+    assert "mean probability" not in describe_decision(fixed)
+    fixed.info["operating_point"]["min_lesion_mean"] = 0.8  # a calibrated confidence filter is said
+    assert "lesions kept at a mean probability ≥ 0.80" in describe_decision(fixed)
 
 
 def test_progress_is_reported_and_cancel_stops_without_new_nodes(scene, local):

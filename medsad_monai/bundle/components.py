@@ -187,8 +187,9 @@ class SliceWiseInferer(Inferer):
 
 class LesionMaskd:
     """Decide ``data[key]`` (a :class:`~medsad_monai.engine.inference.VolumeResult`) at
-    ``operating_point``: map threshold, then connected lesions below ``min_lesion_voxels``
-    removed (:func:`~medsad_monai.engine.decision.lesion_mask`); the mask goes to
+    ``operating_point``: map threshold, then connected lesions below ``min_lesion_voxels`` or
+    below a mean probability of ``min_lesion_mean`` removed
+    (:func:`~medsad_monai.engine.decision.lesion_mask`); the mask goes to
     ``data["mask"]``."""
 
     def __init__(self, keys: str = PRED_KEY, operating_point: Any = None) -> None:

@@ -198,7 +198,9 @@ def _metadata(payload: dict[str, Any], ckpt: Path, op: Any, intensity: str, prov
             f"{_channels(payload)}; the network gives a 2-channel (background, lesion) probability map and a "
             "slice score. The "
             f"maps are put back on the volume's grid and decided at the checkpoint's operating point "
-            f"(map threshold {op.map_threshold:g}, lesions under {op.min_lesion_voxels} voxels removed; source "
+            f"(map threshold {op.map_threshold:g}, lesions under {op.min_lesion_voxels} voxels"
+            + (f" or a mean probability under {op.min_lesion_mean:g}" if op.min_lesion_mean > op.map_threshold else "")
+            + f" removed; source "
             f"'{op.source}'). Output: a binary lesion mask with the input's geometry and a JSON of slice and volume "
             f"scores. {use[0].upper() + use[1:]}."
         ),

@@ -3,10 +3,11 @@
 The validation volumes (or images) run through the one inference path
 (:class:`~medsad_monai.engine.inference.Predictor`) at their own resolution; then, in order:
 
-1. **Lesion map** — ``map_threshold`` × ``min_lesion_voxels`` on a grid, maximising the Dice of
-   all validation voxels pooled (lesion-free volumes included, so their false positives count),
-   or with ``objective="dice+lesion_f1"`` the mean of that and the lesion-wise F1 (found and
-   false lesions counted); ties go to the smaller size filter and the threshold nearer 0.5.
+1. **Lesion map** — ``map_threshold`` × ``min_lesion_voxels`` × ``min_lesion_mean`` on a grid,
+   maximising the Dice of all validation voxels pooled (lesion-free volumes included, so their
+   false positives count), or with ``objective="dice+lesion_f1"`` the mean of that and the
+   lesion-wise F1 (found and false lesions counted); ties go to the smaller size filter, the
+   threshold nearer 0.5, then no mean filter, else the middle of the tied means.
 2. **Slice score** — with that mask, each candidate slice score (``slice_score="auto"``: all of
    :data:`~medsad_monai.engine.decision.SLICE_SCORES`; otherwise the one named) is ranked by
    how well its threshold carries over to a volume it was not fitted on: leave one validation
@@ -50,6 +51,7 @@ from medsad_monai.engine.decision import (
     VOLUME_SCALE,
     VOLUME_SCORES,
     OperatingPoint,
+    lesion_components,
     lesion_mask,
     pixel_mm2,
     scaled_min_voxels,
@@ -69,6 +71,8 @@ __all__ = [
     "MAP_OBJECTIVES",
     "MAP_THRESHOLDS",
     "MIN_LESION_SIZES",
+    "MIN_LESION_MEANS",
+    "pooled_dice",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +81,10 @@ MAP_THRESHOLDS: tuple[float, ...] = tuple(round(0.3 + 0.05 * i, 2) for i in rang
 #: Doubling steps up to 512 voxels. Until 2026-12-05 the grid ended at 64, and the `tiny`
 #: recipe's validation optimum sat on that edge with all three seeds (docs/experiments.md).
 MIN_LESION_SIZES: tuple[int, ...] = (0, 4, 8, 16, 32, 64, 128, 256, 512)
+#: Minimum mean probability of a kept lesion: 0 (none) and 0.50 … 0.95. Since 2026-12-06: on the
+#: sample data the model's false-positive blobs are as large as small true lesions but less
+#: confident as a whole (docs/experiments.md).
+MIN_LESION_MEANS: tuple[float, ...] = (0.0,) + tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 #: What the lesion map's threshold and minimum size maximise on validation: ``dice`` the pooled
 #: Dice of all voxels (the default); ``dice+lesion_f1`` the mean of that and the lesion-wise F1
 #: (lesion challenges' count of found and false lesions: fewer false-positive lesions, at some
@@ -206,15 +214,17 @@ def reference_sizes(cases: Sequence[CaseOutput]) -> tuple[float | None, float | 
     )
 
 
-def _grid_dice(
-    cases: Sequence[CaseOutput],
-    thresholds: Sequence[float],
-    sizes: Sequence[int],
-    reference_mm3: float | None = None,
-) -> np.ndarray:
-    """Pooled Dice (T, M) of every (map threshold, minimum lesion size) pair over all cases; the
-    sizes count voxels of ``reference_mm3`` mm³ (each case's own voxels are scaled to them)."""
-    return _grids(cases, thresholds, sizes, reference_mm3)[0]
+def pooled_dice(cases: Sequence[CaseOutput], op: OperatingPoint) -> float:
+    """The Dice of all voxels of ``cases`` pooled, their lesion maps post-processed at ``op``
+    (:func:`~medsad_monai.engine.decision.lesion_mask`, each case at its own voxel size):
+    the figure calibration maximises, lesion-free cases included."""
+    inter = pred = truth = 0
+    for c in cases:
+        mask = lesion_mask(c.probability, op, c.voxel_mm3) > 0
+        inter += int((mask & c.truth).sum())
+        pred += int(mask.sum())
+        truth += int(c.truth.sum())
+    return 1.0 if pred + truth == 0 else 2 * inter / (pred + truth)
 
 
 def _grids(
@@ -222,37 +232,41 @@ def _grids(
     thresholds: Sequence[float],
     sizes: Sequence[int],
     reference_mm3: float | None = None,
+    means: Sequence[float] = (0.0,),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled Dice and lesion-wise F1 (each (T, M)) of every (map threshold, minimum lesion
-    size) pair over all cases, counted as :func:`~medsad_monai.engine.metrics.lesion_detection`
-    counts (a true lesion is detected when a kept predicted lesion overlaps it; a kept predicted
-    lesion overlapping none is a false positive); sizes as in :func:`_grid_dice`."""
-    inter = np.zeros((len(thresholds), len(sizes)))
-    pred = np.zeros_like(inter)
-    detected, missed, false = np.zeros_like(inter), np.zeros_like(inter), np.zeros_like(inter)
+    """Pooled Dice and lesion-wise F1 (each (T, M, Q)) of every (map threshold, minimum lesion
+    size, minimum lesion mean probability) triple over all cases, the masks as
+    :func:`~medsad_monai.engine.decision.lesion_mask` makes them and the lesions counted as
+    :func:`~medsad_monai.engine.metrics.lesion_detection` counts (a true lesion is detected when
+    a kept predicted lesion overlaps it; a kept predicted lesion overlapping none is a false
+    positive); the sizes count voxels of ``reference_mm3`` mm³ (each case's own voxels are
+    scaled to them). A mean at or below the threshold filters nothing (every kept voxel is above it)."""
+    shape = (len(thresholds), len(sizes), len(means))
+    inter, pred = np.zeros(shape), np.zeros(shape)
+    detected, missed, false = np.zeros(shape), np.zeros(shape), np.zeros(shape)
     truth_total = sum(int(c.truth.sum()) for c in cases)
-    structure = ndimage.generate_binary_structure(3, 1)  # face connectivity, as RemoveSmallObjects(connectivity=1)
+    structure = ndimage.generate_binary_structure(3, 1)  # face connectivity, as lesion_mask
     for c in cases:
         true_labels, n_true = ndimage.label(c.truth, structure=structure)
         for i, t in enumerate(thresholds):
-            binary = c.probability >= t
-            labels, n = ndimage.label(binary, structure=structure)
-            size = np.bincount(labels.ravel(), minlength=n + 1)
-            hits = np.bincount(labels.ravel(), weights=c.truth.ravel().astype(np.float64), minlength=n + 1)
-            size[0], hits[0] = 0, 0
-            cover = np.zeros(n_true + 1)  # per true lesion: the largest predicted lesion overlapping it
-            both = binary & c.truth
-            if both.any():
-                np.maximum.at(cover, true_labels[both], size[labels[both]])
+            labels, size, mean = lesion_components(c.probability, t)
+            hits = np.bincount(labels.ravel(), weights=c.truth.ravel().astype(np.float64), minlength=size.size)
+            hits[0] = 0
+            both = (labels > 0) & c.truth
+            pairs = np.unique(np.stack([true_labels[both], labels[both]]), axis=1)  # (true, predicted) overlaps
             for j, m in enumerate(sizes):
                 least = max(scaled_min_voxels(m, reference_mm3, c.voxel_mm3), 1)
-                keep = size >= least
-                pred[i, j] += size[keep].sum()
-                inter[i, j] += hits[keep].sum()
-                found = int((cover[1:] >= least).sum())
-                detected[i, j] += found
-                missed[i, j] += n_true - found
-                false[i, j] += int((keep & (hits == 0)).sum())
+                for k, q in enumerate(means):
+                    keep = size >= least
+                    if q > t:
+                        keep &= mean >= q
+                    keep[0] = False
+                    pred[i, j, k] += size[keep].sum()
+                    inter[i, j, k] += hits[keep].sum()
+                    found = np.unique(pairs[0][keep[pairs[1]]]).size
+                    detected[i, j, k] += found
+                    missed[i, j, k] += n_true - found
+                    false[i, j, k] += int((keep & (hits == 0)).sum())
     denom = pred + truth_total
     dice = np.where(denom > 0, 2 * inter / np.maximum(denom, 1), 1.0)
     counted = 2 * detected + missed + false
@@ -260,11 +274,27 @@ def _grids(
     return dice, f1
 
 
-def _pick_map(dice: np.ndarray, thresholds: Sequence[float], sizes: Sequence[int]) -> tuple[float, int, float]:
-    best = float(dice.max())
-    ties = [(j, abs(thresholds[i] - 0.5), i) for i, j in zip(*np.nonzero(dice >= best - 1e-9))]
-    j, _, i = min(ties)
-    return float(thresholds[i]), int(sizes[j]), best
+def _pick_map(
+    score: np.ndarray, thresholds: Sequence[float], sizes: Sequence[int], means: Sequence[float] = (0.0,)
+) -> tuple[float, int, float, tuple[int, int, int]]:
+    """The (threshold, size, mean) of the best ``score`` (T, M, Q), and the grid index whose
+    figures they reach. Ties: the smaller size filter,
+    then the threshold nearer 0.5, then no mean filter if it ties, else the middle of the run of
+    tied means (every lesion's mean lies outside it, so the validation figures are the same)."""
+    best = float(score.max())
+    tied = score >= best - 1e-9
+    i, j = min(
+        ((i, j) for i, j, _ in zip(*np.nonzero(tied))), key=lambda ij: (sizes[ij[1]], abs(thresholds[ij[0]] - 0.5))
+    )
+    useful = [k for k, q in enumerate(means) if q > thresholds[i]]  # means at or below the threshold filter nothing
+    if not useful or any(tied[i, j, k] for k in range(len(means)) if k not in useful):
+        k = next((k for k in range(len(means)) if k not in useful and tied[i, j, k]), 0)
+        return float(thresholds[i]), int(sizes[j]), 0.0, (int(i), int(j), k)
+    first = next(k for k in useful if tied[i, j, k])
+    last = first
+    while last + 1 < len(means) and last + 1 in useful and tied[i, j, last + 1]:
+        last += 1
+    return float(thresholds[i]), int(sizes[j]), round((means[first] + means[last]) / 2, 4), (int(i), int(j), first)
 
 
 def _slices_per_case(cases: Sequence[CaseOutput], kind: str, op: OperatingPoint) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -375,6 +405,7 @@ def fit_operating_point(
     source: str = "validation",
     thresholds: Sequence[float] = MAP_THRESHOLDS,
     sizes: Sequence[int] = MIN_LESION_SIZES,
+    means: Sequence[float] = MIN_LESION_MEANS,
     objective: str = "dice",
 ) -> OperatingPoint:
     """Fit the operating point on ``cases`` (validation data only; see the module docstring).
@@ -395,12 +426,16 @@ def fit_operating_point(
     if objective not in MAP_OBJECTIVES:
         raise ValueError(f"objective {objective!r}: expected one of {', '.join(MAP_OBJECTIVES)}")
     reference_mm3, reference_mm2 = reference_sizes(cases)
-    dice_grid, f1_grid = _grids(cases, thresholds, sizes, reference_mm3)
-    t, m, _ = _pick_map(dice_grid if objective == "dice" else (dice_grid + f1_grid) / 2, thresholds, sizes)
-    dice = float(dice_grid[list(thresholds).index(t), list(sizes).index(m)])
-    lesion_f1 = float(f1_grid[list(thresholds).index(t), list(sizes).index(m)])
+    dice_grid, f1_grid = _grids(cases, thresholds, sizes, reference_mm3, means)
+    t, m, q, at = _pick_map(dice_grid if objective == "dice" else (dice_grid + f1_grid) / 2, thresholds, sizes, means)
+    dice, lesion_f1 = float(dice_grid[at]), float(f1_grid[at])
     op = OperatingPoint(
-        map_threshold=t, min_lesion_voxels=m, source=source, voxel_mm3=reference_mm3, pixel_mm2=reference_mm2
+        map_threshold=t,
+        min_lesion_voxels=m,
+        min_lesion_mean=q,
+        source=source,
+        voxel_mm3=reference_mm3,
+        pixel_mm2=reference_mm2,
     )
 
     candidates = list(SLICE_SCORES) if slice_score == "auto" else [slice_score]
@@ -415,7 +450,7 @@ def fit_operating_point(
     volume_note = "threshold of best balanced accuracy on validation volumes, mid-gap"
     if v_thr is None:
         v_kind = "lesion_volume"
-        least = max(m, 1) * t  # the smallest mass a lesion that survives post-processing can have
+        least = max(m, 1) * max(t, q)  # the smallest mass a lesion that survives post-processing can have
         v_thr = float(np.clip(least / (least + VOLUME_SCALE), 1e-4, 1 - 1e-4))
         volume_note = (
             "validation holds only one class of volumes: a volume is abnormal when any post-processed lesion remains"
@@ -424,6 +459,7 @@ def fit_operating_point(
     op = OperatingPoint(
         map_threshold=t,
         min_lesion_voxels=m,
+        min_lesion_mean=q,
         slice_score=kind,
         slice_threshold=op.slice_threshold,
         volume_score=v_kind,
@@ -438,7 +474,9 @@ def fit_operating_point(
                 else "mean of the pooled Dice of all validation voxels (lesion-free volumes included) and the "
                 "lesion-wise F1 (2 TP / (2 TP + FN + FP) over connected lesions)"
             )
-            + f" over map_threshold {list(thresholds)} x min_lesion_voxels {list(sizes)}"
+            + f" over map_threshold {list(thresholds)} x min_lesion_voxels {list(sizes)} x min_lesion_mean "
+            f"{list(means)} (ties: the smaller size, the threshold nearer 0.5, no mean filter, else the middle of "
+            "the tied means)"
             + (f" (voxels of {reference_mm3:.4g} mm³; other voxel sizes keep the same mm³)" if reference_mm3 else ""),
             "slice": f"slice score among {candidates} whose threshold carries over best between validation "
             f"volumes: leave-one-volume-out balanced accuracy (within {CV_TIE} a tie, broken in the order "
@@ -465,12 +503,13 @@ def fit_operating_point(
         },
     )
     logger.info(
-        "operating point (%s, %d validation cases): map %.2f, min lesion %d voxels, slice %s >= %.3f, "
-        "volume %s >= %.3f; pooled Dice %.3f",
+        "operating point (%s, %d validation cases): map %.2f, min lesion %d voxels, min lesion mean %.3g, "
+        "slice %s >= %.3f, volume %s >= %.3f; pooled Dice %.3f",
         source,
         len(cases),
         op.map_threshold,
         op.min_lesion_voxels,
+        op.min_lesion_mean,
         op.slice_score,
         op.slice_threshold,
         op.volume_score,

@@ -8,7 +8,9 @@ applied here by every front-end (``medsad infer``/``evaluate``, the MONAI Label 
 
 1. **Lesion mask**: ``probability >= map_threshold``, then connected lesions smaller than
    ``min_lesion_voxels`` removed (3-D components for a
-   volume, 2-D for an image) — nnU-Net's post-processing, chosen on validation, never on test.
+   volume, 2-D for an image) — nnU-Net's post-processing, chosen on validation, never on test —
+   and so are lesions whose voxels' mean probability is below ``min_lesion_mean`` (a lesion
+   outlined at a low threshold stays only when the model is confident of it as a whole).
    The size is physical: it was fitted on validation voxels of ``voxel_mm3`` mm³, and a volume
    with another voxel size drops lesions under the same ``min_lesion_voxels * voxel_mm3`` mm³
    (:meth:`OperatingPoint.min_voxels_at`; 2-D images and older checkpoints count voxels).
@@ -52,6 +54,7 @@ __all__ = [
     "SLICE_SCORES",
     "VOLUME_SCORES",
     "OperatingPoint",
+    "lesion_components",
     "lesion_mask",
     "lesion_table",
     "LESION_TABLE_LIMIT",
@@ -59,6 +62,7 @@ __all__ = [
     "volume_score",
     "calibrated_probability",
     "check_threshold",
+    "check_min_lesion_mean",
 ]
 
 #: Pixels at which a ``lesion_area`` slice score reaches 0.5.
@@ -135,6 +139,8 @@ class OperatingPoint:
             checkpoints before 2026-12-05).
         pixel_mm2: the in-slice pixel area (mm²) the ``lesion_area`` score counts in; ``None`` =
             plain pixel counts.
+        min_lesion_mean: connected lesions whose voxels' mean probability is below this are
+            removed (0 = no such filter: checkpoints calibrated before 2026-12-06).
     """
 
     map_threshold: float = 0.5
@@ -148,6 +154,7 @@ class OperatingPoint:
     validation: dict[str, Any] = field(default_factory=dict)
     voxel_mm3: float | None = None
     pixel_mm2: float | None = None
+    min_lesion_mean: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("voxel_mm3", "pixel_mm2"):
@@ -165,6 +172,7 @@ class OperatingPoint:
         if int(self.min_lesion_voxels) != self.min_lesion_voxels or self.min_lesion_voxels < 0:
             raise ValueError(f"min_lesion_voxels {self.min_lesion_voxels!r}: expected a whole number >= 0")
         object.__setattr__(self, "min_lesion_voxels", int(self.min_lesion_voxels))
+        object.__setattr__(self, "min_lesion_mean", check_min_lesion_mean(self.min_lesion_mean))
         if self.slice_score not in SLICE_SCORES:
             raise ValueError(f"slice_score {self.slice_score!r}: expected one of {', '.join(SLICE_SCORES)}")
         if self.volume_score not in VOLUME_SCORES:
@@ -245,6 +253,7 @@ class OperatingPoint:
             for k in (
                 "map_threshold",
                 "min_lesion_voxels",
+                "min_lesion_mean",
                 "slice_score",
                 "slice_threshold",
                 "volume_score",
@@ -257,8 +266,35 @@ class OperatingPoint:
         }
 
 
+def check_min_lesion_mean(value: Any) -> float:
+    """``value`` as a minimum mean lesion probability in [0, 1), or ValueError naming the value."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if isinstance(value, bool) or not 0.0 <= v < 1.0:
+        raise ValueError(f"min_lesion_mean {value!r}: expected a number >= 0 and below 1 (0 = no such filter)")
+    return v
+
+
+def lesion_components(probability: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The connected lesions of ``probability >= threshold`` (3-D for a volume, 2-D for an image,
+    face connectivity): ``(labels, sizes, means)`` — the label image, and per label (index 0 the
+    background, size 0) its voxel count and its voxels' mean probability. Calibration and
+    :func:`lesion_mask` count lesions with this one function, so they agree to the last voxel."""
+    prob = np.asarray(probability)
+    binary = prob >= threshold
+    labels, n = ndimage.label(binary, structure=ndimage.generate_binary_structure(binary.ndim, 1))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sums = np.bincount(labels.ravel(), weights=prob.ravel().astype(np.float64), minlength=n + 1)
+    sizes[0], sums[0] = 0, 0.0
+    means = sums / np.maximum(sizes, 1)
+    return labels, sizes, means
+
+
 def lesion_mask(probability: np.ndarray, op: OperatingPoint, voxel_mm3: float | None = None) -> np.ndarray:
-    """Binary lesion mask (uint8, same shape): threshold, then drop lesions below the minimum size.
+    """Binary lesion mask (uint8, same shape): threshold, then drop lesions below the minimum size
+    and lesions whose mean probability is below ``min_lesion_mean``.
 
     Components are 3-D for a volume and 2-D for an image (face connectivity); a lesion of at
     least ``min_voxels`` voxels stays, exactly as calibration counts them. (MONAI's
@@ -269,10 +305,9 @@ def lesion_mask(probability: np.ndarray, op: OperatingPoint, voxel_mm3: float | 
     """
     mask = np.asarray(probability) >= op.map_threshold
     min_voxels = op.min_voxels_at(voxel_mm3)
-    if min_voxels > 1 and mask.any():
-        labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1))
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        keep = sizes >= min_voxels
+    if (min_voxels > 1 or op.min_lesion_mean > op.map_threshold) and mask.any():
+        labels, sizes, means = lesion_components(probability, op.map_threshold)
+        keep = (sizes >= max(min_voxels, 1)) & (means >= op.min_lesion_mean)
         keep[0] = False
         mask = keep[labels]
     return mask.astype(np.uint8)

@@ -97,6 +97,7 @@ def evaluate_checkpoint(
     slice_threshold: float | None = None,
     volume_threshold: float | None = None,
     min_lesion_mm3: float | None = None,
+    min_lesion_mean: float | None = None,
     batch_size: int = 8,
     clip_pretrained: str | None = None,
     device: str | None = None,
@@ -113,9 +114,10 @@ def evaluate_checkpoint(
 
     Every volume runs through the inference path at its own resolution (as ``medsad infer``
     and the server do), is post-processed and decided at the checkpoint's calibrated operating
-    point (the thresholds and ``min_lesion_mm3`` given here override it), and is scored per slice (background slices
-    left out, as at inference, unless they hold a lesion) and per volume. Groups of cases
-    (``dataset.json`` tags such as seen/unseen anatomy) get their own figures.
+    point (the thresholds, ``min_lesion_mm3`` and ``min_lesion_mean`` given here override it), and
+    is scored per slice (background slices left out, as at inference, unless they hold a lesion)
+    and per volume. Groups of cases (``dataset.json`` tags such as seen/unseen anatomy) get their
+    own figures.
 
     Returns:
         The metrics dict (slice and pixel metrics, the ``volume`` figures and ``groups``).
@@ -130,6 +132,7 @@ def evaluate_checkpoint(
         slice_threshold=slice_threshold,
         volume_threshold=volume_threshold,
         min_lesion_mm3=min_lesion_mm3,
+        min_lesion_mean=min_lesion_mean,
     )
     payload = read_checkpoint(ckpt)
     protocol = checkpoint_protocol(payload, protocol)

@@ -44,6 +44,7 @@ CONF_KEYS = (
     "precision",
     "infer_workers",
     "min_lesion_mm3",
+    "min_lesion_mean",
 )
 
 #: What a request sends (and Slicer shows) for "the checkpoint's calibrated value".
@@ -81,6 +82,17 @@ def check_optional_min_lesion_mm3(key: str, value: Any) -> float | None:
     if size < 0:
         raise InputError(f"{key} {size:g}: must be 0 (keep every lesion) or a size in mm³ above it")
     return size
+
+
+def check_optional_min_lesion_mean(key: str, value: Any) -> float | None:
+    """``min_lesion_mean``: None for the checkpoint's calibrated value (absent, empty or
+    ``calibrated``), else a mean lesion probability in [0, 1) (0 keeps every lesion)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", CALIBRATED)):
+        return None
+    mean = _number(key, value)
+    if not 0.0 <= mean < 1.0:
+        raise InputError(f"{key} {mean:g}: must be 0 (keep every lesion) or a mean probability above it and below 1")
+    return mean
 
 
 def check_slice_axis(key: str, value: Any) -> int:
@@ -260,6 +272,9 @@ class ServeConfig:
             calibrated operating point; a request may override it).
         min_lesion_mm3: minimum lesion size (mm³) for every request, 0 keeps every lesion
             (default None: the checkpoint's calibrated one; a request may override it).
+        min_lesion_mean: connected lesions whose mean probability is under this are removed for
+            every request, 0 keeps every lesion (default None: the checkpoint's calibrated value;
+            a request may override it).
         slice_axis: volume axis slices are taken along.
         batch_size: slices per forward pass.
         device: ``cpu``/``cuda``/``cuda:N``; default CUDA when available.
@@ -281,6 +296,7 @@ class ServeConfig:
     precision: str | None = "auto"
     infer_workers: int = 1
     min_lesion_mm3: float | None = None
+    min_lesion_mean: float | None = None
 
     @classmethod
     def from_conf(cls, conf: dict[str, str], app_dir: str | os.PathLike) -> ServeConfig:
@@ -302,6 +318,7 @@ class ServeConfig:
             precision=_conf(check_precision, conf, "precision", "auto"),
             infer_workers=_conf(check_count, conf, "infer_workers", 1),
             min_lesion_mm3=_conf(check_optional_min_lesion_mm3, conf, "min_lesion_mm3", None),
+            min_lesion_mean=_conf(check_optional_min_lesion_mean, conf, "min_lesion_mean", None),
         )
 
 
@@ -329,12 +346,14 @@ class InferParams:
     slice_axis: int
     skip_background: bool
     min_lesion_mm3: float | None = None
+    min_lesion_mean: float | None = None
 
     @classmethod
     def from_request(cls, request: dict[str, Any], serve: ServeConfig) -> InferParams:
         """Raises :class:`InputError` naming the first bad key."""
         threshold = check_optional_threshold("threshold", request.get("threshold"))
         min_lesion_mm3 = check_optional_min_lesion_mm3("min_lesion_mm3", request.get("min_lesion_mm3"))
+        min_lesion_mean = check_optional_min_lesion_mean("min_lesion_mean", request.get("min_lesion_mean"))
         return cls(
             threshold=serve.threshold if threshold is None else threshold,
             slice_threshold=check_optional_threshold("slice_threshold", request.get("slice_threshold")),
@@ -342,4 +361,5 @@ class InferParams:
             slice_axis=check_slice_axis("slice_axis", request.get("slice_axis", serve.slice_axis)),
             skip_background=check_flag("skip_background", request.get("skip_background", True)),
             min_lesion_mm3=serve.min_lesion_mm3 if min_lesion_mm3 is None else min_lesion_mm3,
+            min_lesion_mean=serve.min_lesion_mean if min_lesion_mean is None else min_lesion_mean,
         )

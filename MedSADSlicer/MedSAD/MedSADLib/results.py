@@ -167,6 +167,9 @@ def describe_decision(result: MedSADResult) -> str:
     size = f", minimum lesion {min_voxels} voxels" if min_voxels > 1 else ""
     if min_voxels > 1 and op.get("min_lesion_mm3"):
         size = f", minimum lesion {float(op['min_lesion_mm3']):g} mm³"
+    mean = float(op.get("min_lesion_mean") or 0.0)
+    if mean > result.threshold:
+        size += f", lesions kept at a mean probability ≥ {mean:.2f}"
     abnormal = sum(result.abnormal())
     text = (
         f"Volume {verdict}: score {result.volume_score:.3f} {relation} threshold {result.volume_threshold:.3f}"

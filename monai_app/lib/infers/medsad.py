@@ -35,7 +35,8 @@ class MedSADInfer(InferTask):
     Request keys: ``image`` (path, filled in by MONAI Label), optional ``threshold`` (lesion-map
     threshold 0-1), ``slice_threshold``, ``volume_threshold`` (each ``calibrated`` or empty = the
     checkpoint's operating point), ``min_lesion_mm3`` (connected lesions under this many mm³ are
-    removed, 0 keeps every lesion; ``calibrated`` or empty = the checkpoint's), ``slice_axis``
+    removed, 0 keeps every lesion; ``calibrated`` or empty = the checkpoint's), ``min_lesion_mean``
+    (connected lesions whose mean probability is under this are removed; the same), ``slice_axis``
     (0/1/2) and ``skip_background`` (bool), validated by :class:`lib.serve_config.InferParams`.
     Result JSON: ``slice_scores``, ``volume_score``, ``volume_abnormal``, ``worst_slice``,
     ``abnormal_slices``, the thresholds and ``operating_point`` they came from, ``label_names``,
@@ -54,6 +55,7 @@ class MedSADInfer(InferTask):
                 "slice_threshold": CALIBRATED,
                 "volume_threshold": CALIBRATED,
                 "min_lesion_mm3": _shown(cache.serve.min_lesion_mm3),
+                "min_lesion_mean": _shown(cache.serve.min_lesion_mean),
                 "slice_axis": cache.serve.slice_axis,
                 "skip_background": True,
             },
@@ -84,6 +86,7 @@ class MedSADInfer(InferTask):
                 slice_threshold=params.slice_threshold,
                 volume_threshold=params.volume_threshold,
                 min_lesion_mm3=params.min_lesion_mm3,
+                min_lesion_mean=params.min_lesion_mean,
             )
         except ValueError as err:  # a size in mm³ for a model without a voxel size
             raise InputError(str(err)) from None

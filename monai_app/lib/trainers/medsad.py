@@ -32,7 +32,7 @@ from medsad_monai.configs import load_preset
 from medsad_monai.data.images import IMAGE_SUFFIXES
 from medsad_monai.data.layouts import image_sample, volume_samples
 from medsad_monai.data.volumes import volume_suffix
-from medsad_monai.engine.calibration import _grid_dice, predict_cases
+from medsad_monai.engine.calibration import pooled_dice, predict_cases
 from medsad_monai.engine.datasets import Split
 from medsad_monai.engine.inference import Predictor
 from medsad_monai.engine.train import TrainOptions, train
@@ -270,8 +270,7 @@ class MedSADTrain(TrainTask):
             checkpoint, clip_pretrained=self.cache.serve.clip_pretrained, device=opts["device"]
         )
         cases = predict_cases(predictor, val_samples, self.cache.serve.slice_axis, desc="comparing")
-        op = predictor.operating_point
-        return float(_grid_dice(cases, [op.map_threshold], [op.min_lesion_voxels], op.voxel_mm3)[0, 0])
+        return pooled_dice(cases, predictor.operating_point)
 
     def _publish(self, best: Path) -> None:
         publish_checkpoint(best, self.cache.path)
