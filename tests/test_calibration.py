@@ -478,3 +478,34 @@ def test_the_lesion_objective_counts_lesions_as_the_metrics_module_does(cases):
     assert fit_operating_point(cases).validation["map_objective"] == "dice"
     with pytest.raises(ValueError, match="objective 'f1'"):
         fit_operating_point(cases, objective="f1")
+
+
+def test_lesion_free_slices_are_ranked_by_their_peak_but_never_flagged():
+    """``lesion_area`` gives a slice without a post-processed lesion a score below every
+    threshold, ordered by its peak probability: a ranking (slice AUROC, the scores table) sees
+    which slices came close, a decision only the slices that show a lesion."""
+    from medsad_monai.engine.decision import NO_LESION_CEILING
+    from medsad_monai.engine.metrics import auroc
+
+    prob = np.zeros((16, 16, 4), np.float32)
+    prob[4:8, 4:8, 0] = 0.9  # a lesion that stays
+    prob[4:8, 4:8, 1] = 0.45  # below the map threshold: no lesion, a high peak
+    prob[4:6, 4:6, 2] = 0.2  # a lower peak
+    op = OperatingPoint(map_threshold=0.5)
+    mask = lesion_mask(prob, op)
+    scores = slice_scores("lesion_area", prob, mask, [0.0] * 4, [False] * 4, 2)
+    assert scores[0] > 1e-3 and NO_LESION_CEILING > scores[1] > scores[2] > scores[3] == 0.0
+    assert slice_scores("lesion_area", prob, mask, [0.0] * 4, [False, True, False, False], 2)[1] == 0.0  # skipped
+    labels = np.array([1, 1, 0, 0], bool)  # slice 1 holds a lesion the model barely saw
+    assert auroc(scores, labels) == 1.0  # with every lesion-free slice at 0 it would be 0.875
+    t, bal = best_threshold(scores, labels)
+    assert t >= 1e-4 and ((scores >= t) == [True, False, False, False]).all() and bal == 0.75  # the judged threshold
+
+
+def test_best_threshold_judges_the_threshold_it_returns():
+    """Candidates are clipped into (0, 1) before they are judged, so a threshold between tiny
+    scores is never reported with an accuracy it does not have."""
+    scores, labels = [0.0, 1e-5, 2e-5, 0.5], [0, 0, 1, 1]
+    t, bal = best_threshold(scores, labels)
+    s, y = np.array(scores), np.array(labels, bool)
+    assert t >= 1e-4 and bal == pytest.approx(((s >= t) & y).sum() / 4 + ((s < t) & ~y).sum() / 4)

@@ -19,7 +19,9 @@ applied here by every front-end (``medsad infer``/``evaluate``, the MONAI Label 
    - ``model``: the model's own image score (the paper: P(abnormal) from the class token);
    - ``peak``: the peak of the 5×5-smoothed probability map of the slice;
    - ``lesion_area``: the probability mass of the *post-processed* lesion pixels of the slice,
-     ``a / (a + AREA_SCALE)`` — zero where post-processing left nothing.
+     ``a / (a + AREA_SCALE)``; a slice where post-processing left nothing scores below
+     ``NO_LESION_CEILING``, ordered by its ``peak`` (so a ranking does not tie every lesion-free
+     slice at 0), and no slice threshold (at least 1e-4) flags it.
 
    A slice is abnormal when its score is ``>= slice_threshold``.
 3. **Volume score** (``volume_score``): ``lesion_volume`` — the probability mass of the
@@ -51,6 +53,7 @@ __all__ = [
     "voxel_mm3",
     "pixel_mm2",
     "VOLUME_SCALE",
+    "NO_LESION_CEILING",
     "SLICE_SCORES",
     "VOLUME_SCORES",
     "OperatingPoint",
@@ -67,6 +70,9 @@ __all__ = [
 
 #: Pixels at which a ``lesion_area`` slice score reaches 0.5.
 AREA_SCALE = 20.0
+#: ``lesion_area`` of a slice without a post-processed lesion: ``NO_LESION_CEILING * peak``, below
+#: every threshold (thresholds are at least 1e-4) and below any slice with a lesion pixel.
+NO_LESION_CEILING = 5e-5
 #: Voxels at which a ``lesion_volume`` volume score reaches 0.5.
 VOLUME_SCALE = 200.0
 SLICE_SCORES: tuple[str, ...] = ("model", "peak", "lesion_area")
@@ -366,6 +372,15 @@ def _per_slice(values: np.ndarray, axis: int) -> np.ndarray:
     return values.sum(axis=other)
 
 
+def _peaks(probability: np.ndarray, axis: int) -> np.ndarray:
+    """Per slice along ``axis``: the peak of the 5×5-smoothed probability map."""
+    size = [5, 5, 5]
+    size[axis] = 1
+    smoothed = ndimage.uniform_filter(np.asarray(probability, dtype=np.float32), size=size, mode="constant")
+    other = tuple(i for i in range(3) if i != axis)
+    return smoothed.max(axis=other).astype(np.float64)
+
+
 def slice_scores(
     kind: str,
     probability: np.ndarray,
@@ -383,14 +398,13 @@ def slice_scores(
     if kind == "model":
         scores = np.asarray(model_scores, dtype=np.float64)
     elif kind == "peak":
-        size = [5, 5, 5]
-        size[axis] = 1
-        smoothed = ndimage.uniform_filter(np.asarray(probability, dtype=np.float32), size=size, mode="constant")
-        other = tuple(i for i in range(3) if i != axis)
-        scores = smoothed.max(axis=other).astype(np.float64)
+        scores = _peaks(probability, axis)
     elif kind == "lesion_area":
         area = _per_slice(np.where(mask > 0, probability, 0.0).astype(np.float64), axis) * area_factor
         scores = area / (area + AREA_SCALE)
+        empty = area <= 0
+        if empty.any():  # ranked by their peak, below every threshold
+            scores[empty] = NO_LESION_CEILING * np.clip(_peaks(probability, axis)[empty], 0.0, 1.0)
     else:
         raise ValueError(f"slice_score {kind!r}: expected one of {', '.join(SLICE_SCORES)}")
     scores = np.clip(scores, 0.0, 1.0)

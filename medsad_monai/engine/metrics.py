@@ -237,14 +237,16 @@ def best_threshold(scores: ArrayLike, labels: ArrayLike) -> tuple[float | None, 
         return None, None
     values = np.unique(s)
     edges = np.concatenate([[max(values[0] - 1e-3, 0.0)], values, [min(values[-1] + 1e-3, 1.0)]])
-    candidates = (edges[:-1] + edges[1:]) / 2
+    # a threshold lies strictly inside (0, 1) (OperatingPoint): candidates are clipped before they
+    # are judged, so the accuracy returned is the accuracy of the threshold returned
+    candidates = np.clip((edges[:-1] + edges[1:]) / 2, 1e-4, 1 - 1e-4)
     gaps = edges[1:] - edges[:-1]
     n_pos, n_neg = y.sum(), (~y).sum()
     bal = np.array([((s >= t) & y).sum() / n_pos / 2 + ((s < t) & ~y).sum() / n_neg / 2 for t in candidates])
     best = bal.max()
     tied = np.flatnonzero(bal >= best - 1e-12)
     pick = tied[np.argmax(gaps[tied])]
-    return float(np.clip(candidates[pick], 1e-4, 1 - 1e-4)), float(best)
+    return float(candidates[pick]), float(best)
 
 
 def _one_class_reason(n_abnormal: int, n_normal: int, what: str) -> str:
