@@ -22,6 +22,20 @@ MODULE_NAME = "MedSAD"
 NODE_CLASS = "vtkMRMLScriptedModuleNode"
 
 
+def _optional_number(field: str, check: Callable[[float | None], float | None], doc: str) -> property:
+    """A parameter-node property holding an optional number: ``None`` (unset, the model's
+    calibrated value) or a value ``check`` accepts; stored through ``_get_optional`` /
+    ``_set_optional``."""
+
+    def get(self: MedSADParameters) -> float | None:
+        return self._get_optional(field, check)
+
+    def set(self: MedSADParameters, value: float | None) -> None:
+        self._set_optional(field, check, value)
+
+    return property(get, set, doc=doc)
+
+
 class MedSADParameters:
     """Typed access to the MedSAD parameter node.
 
@@ -117,23 +131,14 @@ class MedSADParameters:
     def server_url(self, value: str) -> None:
         self._set("server_url", (value or "").strip() or DEFAULT_SERVER_URL)
 
-    @property
-    def threshold(self) -> float | None:
-        """The lesion-map threshold chosen by hand, or None: the model's calibrated one."""
-        return self._get_optional("threshold", check_threshold)
-
-    @threshold.setter
-    def threshold(self, value: float | None) -> None:
-        self._set_optional("threshold", check_threshold, value)
-
-    @property
-    def min_lesion_mm3(self) -> float | None:
-        """The minimum lesion size (mm³) chosen by hand, or None: the model's calibrated one."""
-        return self._get_optional("min_lesion_mm3", check_min_lesion_mm3)
-
-    @min_lesion_mm3.setter
-    def min_lesion_mm3(self, value: float | None) -> None:
-        self._set_optional("min_lesion_mm3", check_min_lesion_mm3, value)
+    threshold = _optional_number(
+        "threshold", check_threshold, "The lesion-map threshold chosen by hand, or None: the model's calibrated one."
+    )
+    min_lesion_mm3 = _optional_number(
+        "min_lesion_mm3",
+        check_min_lesion_mm3,
+        "The minimum lesion size (mm³) chosen by hand, or None: the model's calibrated one.",
+    )
 
     @property
     def input_volume(self) -> Any:
