@@ -254,6 +254,55 @@ def test_a_minimum_lesion_size_in_mm3_set_in_slicer_re_decides_as_medsad_monai(s
         logic.run(volume, LocalBackend(str(ckpt), batch_size=4), min_lesion_mm3=50)
 
 
+def test_a_minimum_lesion_mean_set_in_slicer_re_decides_as_medsad_monai(scene, tiny_checkpoint, tmp_path):
+    import shutil
+
+    from medsad_monai.checkpoint import write_calibration
+    from medsad_monai.data.volumes import normalize_intensity
+    from medsad_monai.engine.decision import OperatingPoint, lesion_components
+    from medsad_monai.engine.inference import Predictor
+
+    volume = _volume(scene)
+    ckpt = tmp_path / "calibrated.pt"
+    shutil.copy2(tiny_checkpoint, ckpt)
+    array_ijk = slicer.util.arrayFromVolume(volume).transpose(2, 1, 0).astype(np.float32)
+    direct = Predictor.from_checkpoint(ckpt, batch_size=4, precision="auto")
+    direct = direct.predict_volume(normalize_intensity(array_ijk), spacing=tuple(volume.GetSpacing()))
+    # a threshold that outlines lesions of different mean probabilities, and a mean between them
+    threshold = float(np.quantile(direct.probability, 0.9))
+    _, sizes, means = lesion_components(direct.probability, threshold)
+    means = np.sort(means[sizes > 0])
+    assert means.size >= 2 and means[-1] > means[0], "the random model outlines too few lesions for this test"
+    mean = float((means[0] + means[-1]) / 2)
+    write_calibration(ckpt, OperatingPoint(map_threshold=threshold, min_lesion_mean=mean, source="calibrate"))
+    logic = MedSADLogic(scene)
+    backend = LocalBackend(str(ckpt), batch_size=4)
+    calibrated = logic.run(volume, backend)
+    every = logic.run(volume, backend, min_lesion_mean=0)  # 0 keeps every lesion the threshold outlines
+    op = direct.op.with_overrides(map_threshold=threshold)
+    np.testing.assert_array_equal(
+        calibrated.mask, direct.with_operating_point(op.with_overrides(min_lesion_mean=mean)).mask.transpose(2, 1, 0)
+    )
+    np.testing.assert_array_equal(every.mask, (direct.probability >= threshold).astype(np.uint8).transpose(2, 1, 0))
+    assert every.mask.sum() > calibrated.mask.sum() > 0  # the filter removed some lesions, not all
+    assert every.min_lesion_mean == 0 and every.info["operating_point"]["min_lesion_mean"] == 0
+    assert every.source == "calibrate+override" and "set by hand" in describe_decision(every)
+    assert "mean probability" in describe_decision(calibrated) and "mean probability" not in describe_decision(every)
+    outputs = logic.create_outputs(volume, every)
+    higher = float((mean + means[-1]) / 2)
+    logic.rethreshold(volume, every, None, outputs, min_lesion_mean=higher)
+    again = direct.with_operating_point(op.with_overrides(min_lesion_mean=higher))
+    assert every.min_lesion_mean == higher and every.info["operating_point"]["min_lesion_mean"] == higher
+    np.testing.assert_array_equal(
+        nodes.segment_array(scene, outputs.segmentation, volume), again.mask.transpose(2, 1, 0)
+    )
+    assert every.at(None, None, higher) is every
+    np.testing.assert_array_equal(every.at(None).mask, calibrated.mask)  # None: back to the calibrated mean
+    for bad in (1.0, -0.1, "high"):
+        with pytest.raises(MedSADError, match="minimum lesion mean"):
+            logic.run(volume, backend, min_lesion_mean=bad)
+
+
 def test_seg_nrrd_written_by_slicer_reads_back_with_slicerio(scene, local, tmp_path):
     slicerio = pytest.importorskip("slicerio")
     volume = _volume(scene)
@@ -354,6 +403,13 @@ def test_remote_backend_against_a_real_monai_label_server(scene, app_studies, ti
         # the minimum lesion size travels in the request: this default operating point has no voxel size
         with pytest.raises(MedSADError, match="no voxel size"):
             logic.run(volume, ServerBackend(url), min_lesion_mm3=50)
+        # so does the minimum lesion mean: the server's mask is the local one at the same value
+        strict = logic.run(volume, ServerBackend(url), threshold=0.3, min_lesion_mean=0.9)
+        fp32 = LocalBackend(str(tiny_checkpoint), batch_size=4, precision="fp32")
+        local_strict = logic.run(volume, fp32, threshold=0.3, min_lesion_mean=0.9)
+        np.testing.assert_array_equal(strict.mask, local_strict.mask)
+        assert strict.mask.sum() < remote.mask.sum()  # the value reached the server and removed lesions
+        assert strict.info["operating_point"]["min_lesion_mean"] == 0.9 and strict.min_lesion_mean == 0.9
         assert not calibrated.can_rethreshold and "not calibrated" in describe_decision(calibrated)
         outputs = logic.create_outputs(volume, remote)
         np.testing.assert_array_equal(nodes.segment_array(scene, outputs.segmentation, volume), remote.mask)
@@ -679,6 +735,7 @@ def test_both_backends_are_called_the_same_way(scene, local, tiny_checkpoint):
         "progress",
         "cancel",
         "min_lesion_mm3",
+        "min_lesion_mean",
     ]
     assert inspect.signature(ServerBackend.run) == local_signature
     volume = _volume(scene)
@@ -834,6 +891,17 @@ def test_parameter_node_defaults_and_validation(scene):
         params.min_lesion_mm3 = -3
     params.node.SetParameter("minLesionMm3", "lots")  # a scene edited by hand
     assert params.min_lesion_mm3 is None
+    assert params.min_lesion_mean is None  # the model's calibrated minimum mean
+    params.min_lesion_mean = 0
+    assert params.min_lesion_mean == 0.0
+    params.min_lesion_mean = 0.75
+    assert params.min_lesion_mean == 0.75 and params.node.GetParameter("minLesionMean") == "0.75"
+    for bad in (1.0, -0.2):
+        with pytest.raises(MedSADError, match="minimum lesion mean"):
+            params.min_lesion_mean = bad
+    assert params.min_lesion_mean == 0.75
+    params.node.SetParameter("minLesionMean", "2")  # a scene edited by hand
+    assert params.min_lesion_mean is None
 
 
 def test_parameter_node_round_trip_through_a_saved_scene(scene, local, tmp_path):

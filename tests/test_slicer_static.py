@@ -47,6 +47,8 @@ EXPECTED_WIDGETS = {
     "serverUrlLineEdit": "QLineEdit",
     "thresholdSliderWidget": "ctkSliderWidget",
     "calibratedThresholdCheckBox": "QCheckBox",
+    "minLesionSpinBox": "QDoubleSpinBox",
+    "minLesionMeanSpinBox": "QDoubleSpinBox",
     "applyButton": "QPushButton",
     "cancelButton": "QPushButton",
     "progressBar": "QProgressBar",

@@ -101,6 +101,7 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.thresholdSliderWidget.connect("valueChanged(double)", self.onThresholdChanged)
         self.ui.calibratedThresholdCheckBox.connect("toggled(bool)", self.onCalibratedToggled)
         self.ui.minLesionSpinBox.connect("valueChanged(double)", self.onMinLesionChanged)
+        self.ui.minLesionMeanSpinBox.connect("valueChanged(double)", self.onMinLesionMeanChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.goToWorstSliceButton.connect("clicked(bool)", self.onGoToWorstSliceButton)
@@ -170,6 +171,8 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.thresholdSliderWidget.value = threshold
             min_lesion = parameters.min_lesion_mm3  # None: calibrated (the spin box's special value)
             self.ui.minLesionSpinBox.value = self.ui.minLesionSpinBox.minimum if min_lesion is None else min_lesion
+            min_mean = parameters.min_lesion_mean  # None: calibrated (the spin box's special value)
+            self.ui.minLesionMeanSpinBox.value = self.ui.minLesionMeanSpinBox.minimum if min_mean is None else min_mean
             local = parameters.backend == BACKEND_LOCAL
             for widget in (self.ui.checkpointLabel, self.ui.checkpointPathLineEdit):
                 widget.visible = local
@@ -291,6 +294,7 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 progress=self._onProgress,
                 cancel=self._cancel,
                 min_lesion_mm3=parameters.min_lesion_mm3,
+                min_lesion_mean=parameters.min_lesion_mean,
             )
             table = parameters.output_table if self.logic.outputs_belong_to(parameters.output_table, volume) else None
             outputs = self.logic.create_outputs(
@@ -329,7 +333,12 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:
             self.logic.rethreshold(
-                self._resultVolume, self._result, threshold, self._outputs, self._parameters.min_lesion_mm3
+                self._resultVolume,
+                self._result,
+                threshold,
+                self._outputs,
+                self._parameters.min_lesion_mm3,
+                self._parameters.min_lesion_mean,
             )
         except MedSADError as err:
             slicer.util.errorDisplay(str(err))
@@ -353,6 +362,12 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._updatingGUI or self._parameters is None:
             return
         self._parameters.min_lesion_mm3 = None if value < 0 else value  # below 0: "calibrated"
+        self._rethreshold(self._parameters.threshold)
+
+    def onMinLesionMeanChanged(self, value: float) -> None:
+        if self._updatingGUI or self._parameters is None:
+            return
+        self._parameters.min_lesion_mean = None if value < 0 else value  # below 0: "calibrated"
         self._rethreshold(self._parameters.threshold)
 
     def onGoToWorstSliceButton(self):

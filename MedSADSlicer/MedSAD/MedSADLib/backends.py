@@ -3,7 +3,8 @@ server (``monailabel.client``, no torch), and the factory that the module and th
 Editor effect share.
 
 Both backends implement :class:`~MedSADLib.results.Backend`, called the same way:
-``backend.run(volume_node, threshold, progress, cancel) -> MedSADResult``.
+``backend.run(volume_node, threshold, progress, cancel, min_lesion_mm3=..., min_lesion_mean=...)
+-> MedSADResult``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .results import (
     MedSADError,
     MedSADResult,
     ProgressFn,
+    check_min_lesion_mean,
     check_min_lesion_mm3,
     check_threshold,
 )
@@ -85,12 +87,14 @@ class LocalBackend:
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
         min_lesion_mm3: float | None = None,
+        min_lesion_mean: float | None = None,
     ) -> MedSADResult:
         """Run the volume slice by slice along K on the checkpoint's model; ``threshold`` (lesion
-        map) and ``min_lesion_mm3`` override the checkpoint's calibrated ones. The voxels are
-        copied once, to the (I, J, K) float32 array ``medsad_monai`` reads."""
+        map), ``min_lesion_mm3`` and ``min_lesion_mean`` override the checkpoint's calibrated ones.
+        The voxels are copied once, to the (I, J, K) float32 array ``medsad_monai`` reads."""
         threshold = check_threshold(threshold)
         min_lesion_mm3 = check_min_lesion_mm3(min_lesion_mm3)
+        min_lesion_mean = check_min_lesion_mean(min_lesion_mean)
         predictor = self._load()
         from medsad_monai.engine.inference import InferenceCancelled
 
@@ -107,17 +111,23 @@ class LocalBackend:
             raise MedSADError(f"cancelled: {err}") from err
         except ValueError as err:
             raise MedSADError(str(err)) from err
-        return _local_result(out, self, threshold, min_lesion_mm3)
+        return _local_result(out, self, threshold, min_lesion_mm3, min_lesion_mean)
 
 
 def _local_result(
-    out: Any, backend: LocalBackend, threshold: float | None, min_lesion_mm3: float | None = None
+    out: Any,
+    backend: LocalBackend,
+    threshold: float | None,
+    min_lesion_mm3: float | None = None,
+    min_lesion_mean: float | None = None,
 ) -> MedSADResult:
     """A ``medsad_monai`` VolumeResult (I, J, K) at the model's operating point -> MedSADResult
-    (K, J, I) at ``threshold`` and ``min_lesion_mm3`` (None: the calibrated ones) that can
-    re-decide at others."""
+    (K, J, I) at ``threshold``, ``min_lesion_mm3`` and ``min_lesion_mean`` (None: the calibrated
+    ones) that can re-decide at others."""
     try:
-        op = out.op.with_overrides(map_threshold=threshold, min_lesion_mm3=min_lesion_mm3)
+        op = out.op.with_overrides(
+            map_threshold=threshold, min_lesion_mm3=min_lesion_mm3, min_lesion_mean=min_lesion_mean
+        )
     except ValueError as err:  # a size in mm³ for an operating point without a voxel size
         raise MedSADError(str(err)) from err
     decided = out.with_operating_point(op)
@@ -134,8 +144,9 @@ def _local_result(
             "operating_point": summary["operating_point"],
         },
         calibrated_threshold=float(out.op.map_threshold),
-        redecide=lambda t, m=None: _local_result(out, backend, t, m),
+        redecide=lambda t, m=None, q=None: _local_result(out, backend, t, m, q),
         min_lesion_mm3=min_lesion_mm3,
+        min_lesion_mean=min_lesion_mean,
     )
 
 
@@ -162,12 +173,15 @@ class ServerBackend:
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
         min_lesion_mm3: float | None = None,
+        min_lesion_mean: float | None = None,
     ) -> MedSADResult:
         """Send the volume (slices along K: start the server with ``--conf slice_axis 2``);
-        ``threshold`` and ``min_lesion_mm3`` are sent as the request's lesion-map threshold and
-        minimum lesion size, None keeps the server's."""
+        ``threshold``, ``min_lesion_mm3`` and ``min_lesion_mean`` are sent as the request's
+        lesion-map threshold, minimum lesion size and minimum lesion mean probability, None keeps
+        the server's."""
         threshold = check_threshold(threshold)
         min_lesion_mm3 = check_min_lesion_mm3(min_lesion_mm3)
+        min_lesion_mean = check_min_lesion_mean(min_lesion_mean)
         try:
             from monailabel.client import MONAILabelClient
             from monailabel.client.client import MONAILabelClientException
@@ -188,6 +202,8 @@ class ServerBackend:
                 request: dict[str, float] = {} if threshold is None else {"threshold": threshold}
                 if min_lesion_mm3 is not None:
                     request["min_lesion_mm3"] = min_lesion_mm3
+                if min_lesion_mean is not None:
+                    request["min_lesion_mean"] = min_lesion_mean
                 mask_file, params = client.infer(self.model, "", request, file=upload)
             except MONAILabelClientException as err:
                 raise MedSADError(f"MONAI Label server {self.url} answered with an error: {err.msg}") from err
@@ -220,6 +236,7 @@ class ServerBackend:
             info=info,
             calibrated_threshold=None if calibrated is None else float(calibrated),
             min_lesion_mm3=min_lesion_mm3,
+            min_lesion_mean=min_lesion_mean,
         )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import nodes
-from .results import MedSADError, check_min_lesion_mm3, check_threshold
+from .results import MedSADError, check_min_lesion_mean, check_min_lesion_mm3, check_threshold
 
 if TYPE_CHECKING:  # annotations only
     from .results import Backend, CancelFn, MedSADResult, ProgressFn
@@ -72,12 +72,15 @@ class MedSADLogic:
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
         min_lesion_mm3: float | None = None,
+        min_lesion_mean: float | None = None,
     ) -> MedSADResult:
         """Run ``volume_node`` through ``backend`` (slices along K). Creates no nodes.
 
         Every backend is called the same way (:class:`~MedSADLib.results.Backend`).
-        ``threshold`` (lesion map) and ``min_lesion_mm3`` (connected lesions under it are
-        removed; 0 keeps every lesion) override the model's calibrated ones; None keeps them.
+        ``threshold`` (lesion map), ``min_lesion_mm3`` (connected lesions under it are removed;
+        0 keeps every lesion) and ``min_lesion_mean`` (connected lesions whose mean probability
+        is under it are removed; 0 keeps every lesion) override the model's calibrated ones;
+        None keeps them.
 
         Raises:
             MedSADError: bad input, a backend failure (checkpoint, server), or cancel.
@@ -85,12 +88,13 @@ class MedSADLogic:
         shape = self.check_volume(volume_node)
         check_threshold(threshold)
         min_lesion_mm3 = check_min_lesion_mm3(min_lesion_mm3)
+        min_lesion_mean = check_min_lesion_mean(min_lesion_mean)
         if not callable(getattr(backend, "run", None)):
             raise MedSADError(f"{backend!r} is not a MedSAD backend")
-        if min_lesion_mm3 is None:  # backends written before the minimum lesion size keep working
-            result = backend.run(volume_node, threshold, progress, cancel)
-        else:
-            result = backend.run(volume_node, threshold, progress, cancel, min_lesion_mm3=min_lesion_mm3)
+        # only the overrides given: backends written before an override existed keep working
+        given = {"min_lesion_mm3": min_lesion_mm3, "min_lesion_mean": min_lesion_mean}
+        overrides = {k: v for k, v in given.items() if v is not None}
+        result = backend.run(volume_node, threshold, progress, cancel, **overrides)
         if result.mask.shape != shape:
             raise MedSADError(f"backend returned a mask of shape {result.mask.shape} for a volume of {shape}")
         logger.info(
@@ -141,21 +145,24 @@ class MedSADLogic:
         threshold: float | None,
         outputs: OutputNodes,
         min_lesion_mm3: float | None = None,
+        min_lesion_mean: float | None = None,
     ) -> MedSADResult:
-        """Apply a new lesion-map threshold and minimum lesion size in mm³ (None: the model's
-        calibrated ones) without running the model again: with the local backend the mask, slice
-        scores, flags and volume decision are re-decided (post-processing included) and the nodes
-        updated. A result that cannot re-decide (server: a binary mask) is returned unchanged:
-        run again for a new mask."""
+        """Apply a new lesion-map threshold, minimum lesion size in mm³ and minimum lesion mean
+        probability (None: the model's calibrated ones) without running the model again: with the
+        local backend the mask, slice scores, flags and volume decision are re-decided
+        (post-processing included) and the nodes updated. A result that cannot re-decide (server:
+        a binary mask) is returned unchanged: run again for a new mask."""
         threshold = check_threshold(threshold)
         min_lesion_mm3 = check_min_lesion_mm3(min_lesion_mm3)
+        min_lesion_mean = check_min_lesion_mean(min_lesion_mean)
         if threshold is None:
             threshold = result.calibrated_threshold
         if not result.can_rethreshold or threshold is None:
             return result
         self._check_fits(volume_node, result)
-        new = result.redecide(float(threshold), min_lesion_mm3)
-        names = ("mask", "threshold", "slice_scores", "volume_score", "volume_abnormal", "info", "min_lesion_mm3")
+        new = result.redecide(float(threshold), min_lesion_mm3, min_lesion_mean)
+        names = ("mask", "threshold", "slice_scores", "volume_score", "volume_abnormal", "info")
+        names += ("min_lesion_mm3", "min_lesion_mean")
         for name in names:
             setattr(result, name, getattr(new, name))
         nodes.set_segment(self.scene, volume_node, result.mask, outputs.segmentation)

@@ -16,7 +16,7 @@ from typing import Any
 import slicer
 
 from .backends import BACKEND_LOCAL, BACKENDS, DEFAULT_SERVER_URL
-from .results import MedSADError, check_min_lesion_mm3, check_threshold
+from .results import MedSADError, check_min_lesion_mean, check_min_lesion_mm3, check_threshold
 
 MODULE_NAME = "MedSAD"
 NODE_CLASS = "vtkMRMLScriptedModuleNode"
@@ -42,7 +42,9 @@ class MedSADParameters:
     Fields: ``input_volume`` (scalar volume), ``backend`` (``local`` / ``server``),
     ``checkpoint`` (path), ``server_url``, ``threshold`` (lesion-map threshold in (0, 1), or None
     for the model's calibrated one), ``min_lesion_mm3`` (minimum lesion size in mm³, 0 keeps every
-    lesion, or None for the model's calibrated one), ``output_segmentation`` and ``output_table``.
+    lesion, or None for the model's calibrated one), ``min_lesion_mean`` (minimum mean probability
+    of a kept lesion, 0 keeps every lesion, or None for the model's calibrated one),
+    ``output_segmentation`` and ``output_table``.
     """
 
     #: field -> parameter name (strings)
@@ -52,6 +54,7 @@ class MedSADParameters:
         "server_url": "serverUrl",
         "threshold": "threshold",
         "min_lesion_mm3": "minLesionMm3",
+        "min_lesion_mean": "minLesionMean",
     }
     #: field -> node reference role
     REFERENCES = {
@@ -138,6 +141,11 @@ class MedSADParameters:
         "min_lesion_mm3",
         check_min_lesion_mm3,
         "The minimum lesion size (mm³) chosen by hand, or None: the model's calibrated one.",
+    )
+    min_lesion_mean = _optional_number(
+        "min_lesion_mean",
+        check_min_lesion_mean,
+        "The minimum mean probability of a kept lesion chosen by hand, or None: the model's calibrated one.",
     )
 
     @property

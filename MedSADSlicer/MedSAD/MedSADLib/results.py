@@ -59,10 +59,13 @@ class MedSADResult:
             (``map_threshold``, ``slice_threshold``, ``volume_threshold``, ``source``...).
         calibrated_threshold: the lesion-map threshold of the model's own operating point
             (before any override): where "Calibrated" goes back to.
-        redecide: local backend only: ``redecide(threshold, min_lesion_mm3)`` re-decides
-            everything at another lesion-map threshold and minimum lesion size (None: calibrated).
+        redecide: local backend only: ``redecide(threshold, min_lesion_mm3, min_lesion_mean)``
+            re-decides everything at another lesion-map threshold, minimum lesion size and minimum
+            lesion mean probability (None: calibrated).
         min_lesion_mm3: the minimum lesion size (mm³) set by hand for this result; None = the
             model's calibrated one.
+        min_lesion_mean: the minimum mean probability of a kept lesion set by hand for this
+            result (0 keeps every lesion the threshold outlines); None = the model's calibrated one.
     """
 
     slice_scores: list[float]
@@ -76,8 +79,9 @@ class MedSADResult:
     backend: str = "local"
     info: dict[str, Any] = field(default_factory=dict)
     calibrated_threshold: float | None = None
-    redecide: Callable[[float, float | None], MedSADResult] | None = None
+    redecide: Callable[..., MedSADResult] | None = None
     min_lesion_mm3: float | None = None
+    min_lesion_mean: float | None = None
 
     @property
     def worst_slice(self) -> int:
@@ -105,21 +109,27 @@ class MedSADResult:
         t = self.slice_threshold if threshold is None else threshold
         return [s >= t for s in self.slice_scores]
 
-    def at(self, threshold: float | None, min_lesion_mm3: float | None = None) -> MedSADResult:
-        """This result decided at another lesion-map threshold and minimum lesion size (None:
-        the model's calibrated ones), when it can re-decide (local backend); otherwise (a
-        server's binary mask) itself."""
+    def at(
+        self, threshold: float | None, min_lesion_mm3: float | None = None, min_lesion_mean: float | None = None
+    ) -> MedSADResult:
+        """This result decided at another lesion-map threshold, minimum lesion size and minimum
+        lesion mean probability (None: the model's calibrated ones), when it can re-decide (local
+        backend); otherwise (a server's binary mask) itself."""
         t = self.calibrated_threshold if threshold is None else float(threshold)
         min_lesion_mm3 = check_min_lesion_mm3(min_lesion_mm3)
+        min_lesion_mean = check_min_lesion_mean(min_lesion_mean)
         if t is None or self.redecide is None:
             return self
-        if abs(t - self.threshold) < 1e-12 and min_lesion_mm3 == self.min_lesion_mm3:
+        same = (min_lesion_mm3, min_lesion_mean) == (self.min_lesion_mm3, self.min_lesion_mean)
+        if abs(t - self.threshold) < 1e-12 and same:
             return self
-        return self.redecide(t, min_lesion_mm3)
+        return self.redecide(t, min_lesion_mm3, min_lesion_mean)
 
-    def mask_at(self, threshold: float | None, min_lesion_mm3: float | None = None) -> np.ndarray:
-        """The post-processed mask at another lesion-map threshold and size (see :meth:`at`)."""
-        return self.at(threshold, min_lesion_mm3).mask
+    def mask_at(
+        self, threshold: float | None, min_lesion_mm3: float | None = None, min_lesion_mean: float | None = None
+    ) -> np.ndarray:
+        """The post-processed mask at another lesion-map threshold, size and mean (see :meth:`at`)."""
+        return self.at(threshold, min_lesion_mm3, min_lesion_mean).mask
 
     @classmethod
     def from_summary(cls, summary: dict[str, Any], mask: np.ndarray, **kwargs: Any) -> MedSADResult:
@@ -228,6 +238,20 @@ def check_min_lesion_mm3(value: float | None) -> float | None:
     return size
 
 
+def check_min_lesion_mean(value: float | None) -> float | None:
+    """``None`` (the model's calibrated minimum lesion mean probability) or a probability in
+    [0, 1) (0 keeps every lesion the threshold outlines)."""
+    if value is None:
+        return None
+    try:
+        mean = float(value)
+    except (TypeError, ValueError):
+        raise MedSADError(f"minimum lesion mean {value!r}: expected a probability between 0 and 1") from None
+    if not 0.0 <= mean < 1.0:
+        raise MedSADError(f"minimum lesion mean {mean:g}: must be 0 (keep every lesion) or more, and below 1")
+    return mean
+
+
 class Backend(Protocol):
     """Where the model runs. Every backend is called the same way; ``MedSADLogic.run`` checks
     the volume node first, so a backend may assume a 3-D scalar volume."""
@@ -241,8 +265,10 @@ class Backend(Protocol):
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
         min_lesion_mm3: float | None = None,
+        min_lesion_mean: float | None = None,
     ) -> MedSADResult:
-        """Run ``volume_node`` slice by slice along K; ``threshold`` (lesion map) and
-        ``min_lesion_mm3`` (connected lesions under it are removed) override the model's
+        """Run ``volume_node`` slice by slice along K; ``threshold`` (lesion map),
+        ``min_lesion_mm3`` (connected lesions under it are removed) and ``min_lesion_mean``
+        (connected lesions whose mean probability is under it are removed) override the model's
         calibrated ones, ``None`` keeps them. Raises :class:`MedSADError`."""
         ...

@@ -129,7 +129,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             widget.blockSignals(wasBlocked)
         where = (params.checkpoint or "no checkpoint chosen") if params.backend == BACKEND_LOCAL else params.server_url
         size = "calibrated" if params.min_lesion_mm3 is None else f"{params.min_lesion_mm3:g} mm³"
-        self.backendLabel.text = f"{where}; minimum lesion {size} (both set in the MedSAD module)"
+        mean = "calibrated" if params.min_lesion_mean is None else f"{params.min_lesion_mean:.2f}"
+        self.backendLabel.text = (
+            f"{where}; minimum lesion {size}, minimum lesion mean {mean} (all set in the MedSAD module)"
+        )
 
     def updateMRMLFromGUI(self, *_):
         self.scriptedEffect.setParameter("Scope", SCOPES[max(0, self.scopeComboBox.currentIndex)])
@@ -152,8 +155,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def _run(self, volumeNode, threshold):
         """MedSAD's result for the volume at ``threshold`` and the MedSAD module's minimum lesion
-        size, re-using the last run when nothing it depends on changed (a local result re-decides
-        at any threshold and size without running again)."""
+        size and mean, re-using the last run when nothing it depends on changed (a local result
+        re-decides at any threshold, size and mean without running again)."""
         from MedSADLib import MedSADLogic, gui, make_backend
 
         params = gui.parameters()
@@ -164,7 +167,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             params.checkpoint,
             params.server_url,
         )
-        decision = (threshold, params.min_lesion_mm3)
+        decision = (threshold, params.min_lesion_mm3, params.min_lesion_mean)
         if self._cache is not None and self._cache[0] == key:
             _, asked, result = self._cache
             if result.can_rethreshold or asked == decision:
@@ -174,7 +177,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         backend = make_backend(params.backend, params.checkpoint, params.server_url)
         with slicer.util.WaitCursor():
             result = MedSADLogic(slicer.mrmlScene).run(
-                volumeNode, backend, threshold=threshold, min_lesion_mm3=params.min_lesion_mm3
+                volumeNode,
+                backend,
+                threshold=threshold,
+                min_lesion_mm3=params.min_lesion_mm3,
+                min_lesion_mean=params.min_lesion_mean,
             )
         self._cache = (key, decision, result)
         return result
