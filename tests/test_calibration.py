@@ -11,7 +11,13 @@ import pytest
 
 from medsad_monai.checkpoint import operating_point_of, read_checkpoint, write_calibration
 from medsad_monai.data.volumes import load_volume
-from medsad_monai.engine.calibration import CaseOutput, fit_operating_point
+from medsad_monai.engine.calibration import (
+    FEW_VALIDATION_LESIONS,
+    WEAK_VALIDATION_DICE,
+    CaseOutput,
+    calibration_warnings,
+    fit_operating_point,
+)
 from medsad_monai.engine.decision import OperatingPoint, lesion_mask, lesion_table, slice_scores
 from medsad_monai.engine.inference import Predictor, VolumeResult
 from medsad_monai.engine.metrics import best_threshold, dice_score
@@ -229,6 +235,7 @@ def test_evaluate_reports_slice_and_volume_decisions_at_the_operating_point(tiny
         volume_score="lesion_volume",
         volume_threshold=0.5,
         source="calibrate",
+        validation={"warnings": ["validation holds 1 lesion(s): the minimum lesion size and mean are fitted to few"]},
     )
     write_calibration(ckpt, op)
     metrics = evaluate_checkpoint(ckpt, str(tiny_volumes), tmp_path / "report", split="all", batch_size=4, device="cpu")
@@ -248,6 +255,7 @@ def test_evaluate_reports_slice_and_volume_decisions_at_the_operating_point(tiny
     assert metrics["score_threshold"] == 0.3 and metrics["threshold"] == 0.4
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Volumes" in md and "## Operating point (calibrate)" in md and "case_005" in md
+    assert "**Calibration warnings**" in md and "- validation holds 1 lesion(s)" in md
 
 
 def test_active_learning_uncertainty_is_measured_on_calibrated_scores():
@@ -509,3 +517,29 @@ def test_best_threshold_judges_the_threshold_it_returns():
     t, bal = best_threshold(scores, labels)
     s, y = np.array(scores), np.array(labels, bool)
     assert t >= 1e-4 and bal == pytest.approx(((s >= t) & y).sum() / 4 + ((s < t) & ~y).sum() / 4)
+
+
+def test_calibration_says_when_its_validation_data_cannot_determine_it(cases, caplog):
+    rng = np.random.default_rng(5)
+    # enough lesions, lesion-free cases, a model that finds them: nothing to say
+    strong = [
+        _case(f"s{i}", rng, lesion=i < FEW_VALIDATION_LESIONS, speckles=2) for i in range(FEW_VALIDATION_LESIONS + 2)
+    ]
+    op = fit_operating_point(strong)
+    assert op.validation["warnings"] == [] and op.validation["dice_pooled"] > WEAK_VALIDATION_DICE
+    # the module fixture: 3 lesions, fewer than the lesion filters need
+    with caplog.at_level(logging.WARNING, logger="medsad_monai.engine.calibration"):
+        op = fit_operating_point(cases)
+    (warning,) = op.validation["warnings"]
+    assert "3 lesion(s)" in warning and "3 lesion(s)" in caplog.text
+    # a model that does not find the lesions: every fitted value is weakly determined
+    blind = [dataclasses.replace(c, probability=np.roll(c.probability, 10, axis=1)) for c in strong]
+    op = fit_operating_point(blind)
+    assert op.validation["dice_pooled"] < WEAK_VALIDATION_DICE
+    assert any("finds the validation lesions poorly" in w for w in op.validation["warnings"])
+    # too few cases, one class only
+    two = calibration_warnings(strong[:2], dice=0.9)
+    assert any("only 2 validation case(s)" in w for w in two) and any("no lesion-free" in w for w in two)
+    free = calibration_warnings(strong[-2:], dice=1.0)
+    assert any("no validation case has a lesion" in w for w in free)
+    assert not any("poorly" in w for w in free)  # no lesion to find: the Dice says nothing

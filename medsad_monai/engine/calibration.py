@@ -73,6 +73,9 @@ __all__ = [
     "MIN_LESION_SIZES",
     "MIN_LESION_MEANS",
     "pooled_dice",
+    "calibration_warnings",
+    "FEW_VALIDATION_LESIONS",
+    "WEAK_VALIDATION_DICE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,6 +95,14 @@ MIN_LESION_MEANS: tuple[float, ...] = (0.0,) + tuple(round(0.5 + 0.05 * i, 2) fo
 #: (lesion challenges' count of found and false lesions: fewer false-positive lesions, at some
 #: cost in voxel overlap; docs/experiments.md, 2026-12-05).
 MAP_OBJECTIVES: tuple[str, ...] = ("dice", "dice+lesion_f1")
+#: Validation with fewer connected lesions than this fits the lesion filters (minimum size and
+#: mean) to a handful of objects: the operating point says so (:func:`calibration_warnings`).
+FEW_VALIDATION_LESIONS = 5
+#: A fitted pooled validation Dice below this means the model barely finds the validation
+#: lesions, so every value fitted on them is weakly determined (seed 2 of the recipe, 0.11 on
+#: its 3 validation volumes, asked lesions for a mean probability of 0.85 and lost an unseen
+#: head's large lesion on test: docs/experiments.md, 2026-12-06).
+WEAK_VALIDATION_DICE = 0.3
 
 
 @dataclass
@@ -276,6 +287,38 @@ def _grids(
     return dice, f1
 
 
+def calibration_warnings(cases: Sequence[CaseOutput], dice: float) -> list[str]:
+    """What makes an operating point fitted on ``cases`` (reaching pooled Dice ``dice``) weakly
+    determined, in words a user can act on; empty when nothing does."""
+    structure = ndimage.generate_binary_structure(3, 1)
+    n_lesions = sum(int(ndimage.label(c.truth, structure=structure)[1]) for c in cases)
+    n_free = sum(not c.abnormal for c in cases)
+    warnings = []
+    if len(cases) < 3:
+        warnings.append(
+            f"only {len(cases)} validation case(s): the slice score is chosen by AUROC, not by how its "
+            "threshold carries over between volumes"
+        )
+    if n_free == 0:
+        warnings.append(
+            "no lesion-free validation case: false positives on normal scans were not measured, and the "
+            "volume decision falls back to 'any lesion left'"
+        )
+    if n_free == len(cases):
+        warnings.append("no validation case has a lesion: the lesion threshold and filters only remove")
+    elif n_lesions < FEW_VALIDATION_LESIONS:
+        warnings.append(
+            f"validation holds {n_lesions} lesion(s): the minimum lesion size and mean are fitted to few objects"
+        )
+    if n_free < len(cases) and dice < WEAK_VALIDATION_DICE:
+        warnings.append(
+            f"the model finds the validation lesions poorly (pooled Dice {dice:.2f} < {WEAK_VALIDATION_DICE}): "
+            "every value fitted on them is weakly determined; check the masks before trusting them, and "
+            "calibrate on more validation data from the scanners you serve"
+        )
+    return warnings
+
+
 def _pick_map(
     score: np.ndarray, thresholds: Sequence[float], sizes: Sequence[int], means: Sequence[float] = (0.0,)
 ) -> tuple[float, int, float, tuple[int, int, int]]:
@@ -431,6 +474,7 @@ def fit_operating_point(
     dice_grid, f1_grid = _grids(cases, thresholds, sizes, reference_mm3, means)
     t, m, q, at = _pick_map(dice_grid if objective == "dice" else (dice_grid + f1_grid) / 2, thresholds, sizes, means)
     dice, lesion_f1 = float(dice_grid[at]), float(f1_grid[at])
+    warnings = calibration_warnings(cases, dice)
     op = OperatingPoint(
         map_threshold=t,
         min_lesion_voxels=m,
@@ -502,6 +546,7 @@ def fit_operating_point(
             "volume_auroc": {k: _r(v) for k, v in volume_aurocs.items()},
             "volume_balanced_accuracy": _r(v_bal),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "warnings": warnings,
         },
     )
     logger.info(
@@ -518,6 +563,8 @@ def fit_operating_point(
         op.volume_threshold,
         dice,
     )
+    for warning in warnings:
+        logger.warning("operating point: %s", warning)
     return op
 
 

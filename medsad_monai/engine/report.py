@@ -238,6 +238,10 @@ def _markdown(metrics: dict[str, Any], meta: dict[str, Any], overlays: dict[str,
         lines += [f"| {k} | {v} |" for k, v in op.items() if k != "source"]
         if op.get("source") == "default":
             lines += ["", "Not calibrated: the 0.5 fallback (run `medsad calibrate` on validation data)."]
+        warnings = (meta.get("operating_point_validation") or {}).get("warnings") or []
+        if warnings:
+            lines += ["", "**Calibration warnings** (the validation data it was fitted on):", ""]
+            lines += [f"- {w}" for w in warnings]
     if any(k in metrics for k, _ in _VOLUME):
         reasons = {**(metrics.get("reasons") or {}), **(metrics.get("volume_reasons") or {})}
         vm = {**metrics, "reasons": reasons}
