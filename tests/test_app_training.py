@@ -236,3 +236,42 @@ def test_the_slicer_plugins_requests_against_the_real_server(app_studies, tmp_pa
         plugin_keys = {"best_metric", "total_time", "best_epoch", "last_epoch", "best_val_selection", "seconds"}
         missing = plugin_keys - set(stats)
         assert not missing, f"train_stats lacks {sorted(missing)}: {stats}"
+
+
+@pytest.mark.slow
+def test_monai_label_clients_upload_and_background_training_against_the_real_server(app_studies, tmp_path):
+    """What MONAI Label's own client does beyond infer-by-id: upload a volume the server does not
+    have and infer it by its new id; start training in the background (``train_start``), poll
+    ``train_status`` as the Slicer plugin's progress timer does, and get the new model served
+    without a restart."""
+    import shutil
+
+    from monailabel.client import MONAILabelClient
+    from server_process import monailabel_server
+
+    studies, checkpoint = app_studies
+    scan = tmp_path / "outside" / "from_the_scanner.nii.gz"
+    scan.parent.mkdir()
+    shutil.copy2(studies / "case_005.nii.gz", scan)
+    with monailabel_server(studies, {"checkpoint": str(checkpoint)}, tmp_path / "server.log") as url:
+        client = MONAILabelClient(url, tmpdir=str(tmp_path / "client"))
+        assert client.upload_image(str(scan), image_id="uploaded_scan") == {"image": "uploaded_scan"}
+        mask_file, params = client.infer("medsad", "uploaded_scan", {})
+        mask, image = nib.load(mask_file), nib.load(scan)
+        assert mask.shape == image.shape and np.allclose(mask.affine, image.affine, atol=1e-5)
+        assert len(params["slice_scores"]) == image.shape[2]
+        served = params["checkpoint_sha256"]
+
+        started = client.train_start("medsad", {"max_epochs": 1, "force": True})
+        assert started["status"] in ("SUBMITTED", "RUNNING"), started
+        for _ in range(1800):  # polls (the loop ends when the task does), bounded only against a hang
+            status = client.train_status()
+            if status.get("status") not in ("SUBMITTED", "RUNNING"):
+                break
+            time.sleep(1)
+        assert status["id"] == started["id"] and status["status"] == "DONE", str(status)[-2000:]
+        stats = client.info()["train_stats"]["medsad"]
+        assert stats["epoch"] == stats["total_epochs"] == 1 and "published" in stats
+        _, params = client.infer("medsad", "uploaded_scan", {})
+        assert (params["checkpoint_sha256"] != served) == stats["published"]  # the new model, no restart
+        assert client.train_status(check_if_running=True) is False  # nothing left running
