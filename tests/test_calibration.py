@@ -532,6 +532,11 @@ def test_calibration_says_when_its_validation_data_cannot_determine_it(cases, ca
         op = fit_operating_point(cases)
     (warning,) = op.validation["warnings"]
     assert "3 lesion(s)" in warning and "3 lesion(s)" in caplog.text
+    # every result says it with its operating point (the app's JSON, medsad infer, Slicer)
+    c = cases[0]
+    result = VolumeResult(c.probability, list(c.model_scores), list(c.skipped), 2, op).summary()
+    assert result["operating_point"]["warnings"] == [warning]
+    assert OperatingPoint().summary()["warnings"] == []  # an uncalibrated model: nothing fitted, nothing to warn
     # a model that does not find the lesions: every fitted value is weakly determined
     blind = [dataclasses.replace(c, probability=np.roll(c.probability, 10, axis=1)) for c in strong]
     op = fit_operating_point(blind)

@@ -972,6 +972,12 @@ def test_the_decision_is_described_with_its_operating_point(scene, local):
     assert "mean probability" not in describe_decision(fixed)
     fixed.info["operating_point"]["min_lesion_mean"] = 0.8  # a calibrated confidence filter is said
     assert "lesions kept at a mean probability ≥ 0.80" in describe_decision(fixed)
+    assert "Calibration warns" not in describe_decision(fixed)
+    fixed.info["operating_point"]["warnings"] = ["validation holds 3 lesion(s): few", "pooled Dice 0.11 < 0.3"]
+    assert (
+        "Calibration warns: validation holds 3 lesion(s): few (and 1 more: see the model's calibration block)."
+        in describe_decision(fixed)
+    )
 
 
 def test_progress_is_reported_and_cancel_stops_without_new_nodes(scene, local):

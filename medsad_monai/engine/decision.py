@@ -253,8 +253,10 @@ class OperatingPoint:
         return dataclasses.replace(self, **changes, source=source)
 
     def summary(self) -> dict[str, Any]:
-        """The values a result JSON reports (without the validation detail)."""
-        return {
+        """The values a result JSON reports (without the validation detail), and ``warnings``:
+        what calibration said made them weakly determined (``validation.warnings``; empty for
+        none, an uncalibrated model and checkpoints calibrated before 2026-12-06)."""
+        values = {
             k: getattr(self, k)
             for k in (
                 "map_threshold",
@@ -270,6 +272,8 @@ class OperatingPoint:
                 "min_lesion_mm3",
             )
         }
+        values["warnings"] = [str(w) for w in (self.validation or {}).get("warnings") or []]
+        return values
 
 
 def check_min_lesion_mean(value: Any) -> float:

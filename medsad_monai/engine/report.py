@@ -235,7 +235,7 @@ def _markdown(metrics: dict[str, Any], meta: dict[str, Any], overlays: dict[str,
     op = meta.get("operating_point")
     if op:
         lines += ["", f"## Operating point ({op.get('source')})", "", "| Value | Setting |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in op.items() if k != "source"]
+        lines += [f"| {k} | {v} |" for k, v in op.items() if k not in ("source", "warnings")]
         if op.get("source") == "default":
             lines += ["", "Not calibrated: the 0.5 fallback (run `medsad calibrate` on validation data)."]
         warnings = (meta.get("operating_point_validation") or {}).get("warnings") or []

@@ -188,6 +188,10 @@ def describe_decision(result: MedSADResult) -> str:
         f"at or above {result.slice_threshold:.3f}."
     )
     text += describe_lesions(result.info)
+    warnings = [str(w) for w in op.get("warnings") or []]
+    if warnings:
+        more = f" (and {len(warnings) - 1} more: see the model's calibration block)" if len(warnings) > 1 else ""
+        text += f" Calibration warns: {warnings[0]}{more}."
     if not result.can_rethreshold:
         text += (
             f" The {result.backend} result's mask is fixed at {result.threshold:.2f}: run again to segment "
