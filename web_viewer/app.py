@@ -39,6 +39,16 @@ def lesions_text(result: dict[str, Any]) -> str:
     return f"; {n} lesion{'s' if n != 1 else ''}, the largest {size}{where}"
 
 
+def warnings_text(result: dict[str, Any]) -> str:
+    """The verdict's calibration phrase (``; calibration warns: ...``): what made the model's
+    operating point weakly determined (``operating_point.warnings``); empty when nothing did."""
+    warnings = [str(w) for w in (result.get("operating_point") or {}).get("warnings") or []]
+    if not warnings:
+        return ""
+    more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
+    return f"; calibration warns: {warnings[0]}{more}"
+
+
 def _error_text(exc: BaseException, server_url: str) -> str:
     """One line for the page: what went wrong, without a traceback."""
     msg = str(getattr(exc, "msg", None) or exc or type(exc).__name__)
@@ -204,7 +214,7 @@ class Viewer:
         vt = r.get("volume_threshold")
         verdict = "ABNORMAL" if r.get("volume_abnormal") else "normal"
         s.verdict = verdict + (f" (volume score {s.volume_score}, threshold {vt:.3f})" if vt is not None else "")
-        s.verdict += lesions_text(r)
+        s.verdict += lesions_text(r) + warnings_text(r)
         s.model_sha = str(r.get("checkpoint_sha256") or "- (not in the result)")
         worst = int(r.get("worst_slice", 0))
         if s.slice_index == worst:
