@@ -70,7 +70,7 @@ def calibrated_ckpt(tiny_checkpoint, tiny_volumes, tmp_path_factory):
         min_lesion_voxels=3,
         source="calibrate",
         objective={"map": "test"},
-        validation={"cases": ["case_100"], "n_volumes": 1},
+        validation={"cases": ["case_100"], "n_volumes": 1, "warnings": ["only 1 validation case(s): a test"]},
     )
     write_calibration(path, op)
     return path
@@ -200,6 +200,8 @@ def test_monai_config_parser_reads_the_bundle(bundle, tiny_volumes):
     )
     workflow.initialize()
     assert workflow.check_properties() == []
+    # the bundle's operating point carries the calibration's warnings into every result
+    assert parser.get_parsed_content("operating_point").summary()["warnings"] == ["only 1 validation case(s): a test"]
 
 
 def test_monai_bundle_run_writes_the_mask_of_medsad_infer(bundle, calibrated_ckpt, tiny_volumes, tmp_path):

@@ -300,7 +300,10 @@ def _sha256(path: Path) -> str:
 
 
 def _inference_config(op: Any, intensity: str, context_slices: int = 0) -> dict[str, Any]:
-    ref_op = {k: v for k, v in op.summary().items() if k != "min_lesion_mm3"}  # derived, not a field
+    summary = op.summary()
+    ref_op = {k: v for k, v in summary.items() if k not in ("min_lesion_mm3", "warnings")}  # derived, not fields
+    if summary["warnings"]:  # the bundle's results say them as medsad infer's do
+        ref_op["validation"] = {"warnings": summary["warnings"]}
     return {
         "imports": ["$import torch", "$import medsad_monai.bundle as medsad_bundle"],
         "bundle_root": ".",
