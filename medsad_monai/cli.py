@@ -410,6 +410,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     summary = train(opts)
     print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=2, default=str))
+    _say_warnings((summary.get("calibration") or {}).get("warnings") or [])
     return 0
 
 
@@ -521,7 +522,14 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     print(json.dumps({"operating_point": op.summary(), "validation": op.validation}, indent=2))
     print(f"calibration stored in {args.out or args.ckpt}")
+    _say_warnings(op.summary()["warnings"])
     return 0
+
+
+def _say_warnings(warnings: list[str]) -> None:
+    """The calibration's warnings, last on the terminal where they are not lost in the JSON."""
+    for warning in warnings:
+        print(f"warning: the operating point: {warning}", file=sys.stderr)
 
 
 def _export_bundle(args: argparse.Namespace) -> int:

@@ -211,6 +211,8 @@ def test_calibrate_cli_stores_the_block_and_never_uses_test(tiny_checkpoint, tin
     op = operating_point_of(read_checkpoint(out), out)
     assert op.source == "calibrate"
     assert op.validation["cases"] == [f"case_{i:03d}" for i in range(6)]  # imagesTr only, never imagesTs
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: the operating point: ")]
+    assert op.validation["warnings"] and [line.split(": ", 2)[2] for line in said] == op.validation["warnings"]
     # sizes are counted in the validation volumes' own voxels and pixels, read from their files
     spacing = load_volume(tiny_volumes / "imagesTr" / "case_000.nii.gz")[1].spacing
     assert op.voxel_mm3 == pytest.approx(float(np.prod(spacing)))
