@@ -18,7 +18,13 @@ from medsad_monai.engine.calibration import (
     calibration_warnings,
     fit_operating_point,
 )
-from medsad_monai.engine.decision import OperatingPoint, lesion_mask, lesion_table, slice_scores
+from medsad_monai.engine.decision import (
+    OperatingPoint,
+    lesion_mask,
+    lesion_table,
+    low_confidence_mask,
+    slice_scores,
+)
 from medsad_monai.engine.inference import Predictor, VolumeResult
 from medsad_monai.engine.metrics import best_threshold, dice_score
 
@@ -447,6 +453,16 @@ def test_a_minimum_lesion_mean_removes_large_unconfident_false_positives():
     assert np.array_equal(lesion_mask(fresh.probability, op) > 0, fresh.truth)  # the blob is gone, the rim kept
     unfiltered = lesion_mask(fresh.probability, op.with_overrides(min_lesion_mean=0.0))
     assert unfiltered.sum() == 2 * fresh.truth.sum()
+    # the result says what the filter hid: the blob, with its size, place and mean
+    result = VolumeResult(fresh.probability, list(fresh.model_scores), list(fresh.skipped), 2, op, spacing=(1, 1, 2))
+    hidden = result.summary()["low_confidence"]
+    assert hidden["n_lesions"] == 1 and hidden["min_lesion_mean"] == op.min_lesion_mean
+    (blob,) = hidden["lesions"]
+    assert (blob["voxels"], blob["volume_mm3"], blob["slices"]) == (144, 288.0, [3, 6])
+    assert blob["mean_probability"] == pytest.approx(0.62, abs=1e-4) and blob["mean_probability"] < op.min_lesion_mean
+    assert np.array_equal(low_confidence_mask(fresh.probability, op) | (result.mask > 0), unfiltered > 0)
+    everything = result.with_operating_point(op.with_overrides(min_lesion_mean=0.0)).summary()["low_confidence"]
+    assert everything["n_lesions"] == 0 and everything["lesions"] == []  # no mean filter, nothing hidden
     assert op.with_overrides(min_lesion_mean=0.0).source.endswith("+override")
     # without the mean filter the best the grid can do is worse on the same validation volumes
     plain = fit_operating_point(val, means=(0.0,))

@@ -132,6 +132,11 @@ def test_a_request_sets_the_minimum_lesion_size_in_mm3(client):
     assert confident["operating_point"]["min_lesion_mean"] == 0.9
     assert all(lesion["mean_probability"] >= 0.9 for lesion in confident["lesions"])
     assert confident["lesion_voxels"] <= calibrated["lesion_voxels"]
+    # and the result says what that hid: the lesions of at least 2 voxels under that mean
+    hidden = confident["low_confidence"]
+    assert hidden["min_lesion_mean"] == 0.9 and calibrated["low_confidence"]["n_lesions"] == 0
+    assert all(lesion["mean_probability"] < 0.9 for lesion in hidden["lesions"])
+    assert hidden["n_lesions"] + confident["n_lesions"] == calibrated["n_lesions"]  # together: what the threshold kept
     res = client.post("/infer/medsad?image=case_001&output=json", data={"params": json.dumps({"min_lesion_mean": 1})})
     assert res.status_code == 422 and "min_lesion_mean" in res.json()["detail"], res.text
 

@@ -288,6 +288,9 @@ def test_a_minimum_lesion_mean_set_in_slicer_re_decides_as_medsad_monai(scene, t
     assert every.min_lesion_mean == 0 and every.info["operating_point"]["min_lesion_mean"] == 0
     assert every.source == "calibrate+override" and "set by hand" in describe_decision(every)
     assert "mean probability" in describe_decision(calibrated) and "mean probability" not in describe_decision(every)
+    assert calibrated.info["low_confidence"]["n_lesions"] > 0 and "confidence filter hid" in describe_decision(
+        calibrated
+    )
     outputs = logic.create_outputs(volume, every)
     higher = float((mean + means[-1]) / 2)
     logic.rethreshold(volume, every, None, outputs, min_lesion_mean=higher)
@@ -972,7 +975,16 @@ def test_the_decision_is_described_with_its_operating_point(scene, local):
     assert "mean probability" not in describe_decision(fixed)
     fixed.info["operating_point"]["min_lesion_mean"] = 0.8  # a calibrated confidence filter is said
     assert "lesions kept at a mean probability ≥ 0.80" in describe_decision(fixed)
-    assert "Calibration warns" not in describe_decision(fixed)
+    assert "Calibration warns" not in describe_decision(fixed) and "confidence filter" not in describe_decision(fixed)
+    fixed.info["low_confidence"] = {
+        "n_lesions": 1,
+        "min_lesion_mean": 0.85,
+        "lesions": [{"voxels": 1754, "volume_mm3": 14036.0, "slices": [40, 61], "mean_probability": 0.7891}],
+    }
+    assert (
+        " The confidence filter hid 1 region under a mean probability of 0.85: the largest 14,036 mm³ (mean 0.79) "
+        "on slices K=40–61; set Minimum lesion mean to 0 to see it." in describe_decision(fixed)
+    )
     fixed.info["operating_point"]["warnings"] = ["validation holds 3 lesion(s): few", "pooled Dice 0.11 < 0.3"]
     assert (
         "Calibration warns: validation holds 3 lesion(s): few (and 1 more: see the model's calibration block)."

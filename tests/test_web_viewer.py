@@ -151,6 +151,7 @@ def test_local_mode_overlay_scores_and_table(browser, tmp_path):
         "n_lesions": 1,
         "lesions": [{"voxels": 237, "volume_mm3": 625.68, "slices": [5, 7], "centroid_voxel": [25.0, 12.0, 6.0]}],
         "operating_point": {"source": "validation", "warnings": ["validation holds 3 lesion(s): few", "second"]},
+        "low_confidence": {"n_lesions": 2, "min_lesion_mean": 0.8, "lesions": [{"voxels": 90, "volume_mm3": 1300.4}]},
     }
     (tmp_path / "case_scores.json").write_text(json.dumps(summary))
     start = time.monotonic()
@@ -171,6 +172,7 @@ def test_local_mode_overlay_scores_and_table(browser, tmp_path):
             assert "ABNORMAL" in page.locator("#verdict").inner_text()
             assert "0.900" in page.locator("#verdict").inner_text()
             assert "1 lesion, the largest 626 mm³ on slices 5-7" in page.locator("#verdict").inner_text()
+            assert "2 low-confidence regions hidden, the largest 1,300 mm³" in page.locator("#verdict").inner_text()
             assert (
                 "calibration warns: validation holds 3 lesion(s): few (and 1 more)"
                 in page.locator("#verdict").inner_text()

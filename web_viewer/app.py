@@ -39,6 +39,19 @@ def lesions_text(result: dict[str, Any]) -> str:
     return f"; {n} lesion{'s' if n != 1 else ''}, the largest {size}{where}"
 
 
+def low_confidence_text(result: dict[str, Any]) -> str:
+    """The verdict's hidden-region phrase (``; 1 low-confidence region hidden, the largest 1,234 mm³``):
+    what the operating point's minimum mean removed (``low_confidence``); empty when nothing."""
+    hidden = result.get("low_confidence") or {}
+    n = int(hidden.get("n_lesions") or 0)
+    if n == 0:
+        return ""
+    largest = (hidden.get("lesions") or [{}])[0]
+    mm3 = largest.get("volume_mm3")
+    size = f"{float(mm3):,.0f} mm³" if mm3 is not None else f"{int(largest.get('voxels', 0)):,} voxels"
+    return f"; {n} low-confidence region{'s' if n != 1 else ''} hidden, the largest {size}"
+
+
 def warnings_text(result: dict[str, Any]) -> str:
     """The verdict's calibration phrase (``; calibration warns: ...``): what made the model's
     operating point weakly determined (``operating_point.warnings``); empty when nothing did."""
@@ -214,7 +227,7 @@ class Viewer:
         vt = r.get("volume_threshold")
         verdict = "ABNORMAL" if r.get("volume_abnormal") else "normal"
         s.verdict = verdict + (f" (volume score {s.volume_score}, threshold {vt:.3f})" if vt is not None else "")
-        s.verdict += lesions_text(r) + warnings_text(r)
+        s.verdict += lesions_text(r) + low_confidence_text(r) + warnings_text(r)
         s.model_sha = str(r.get("checkpoint_sha256") or "- (not in the result)")
         worst = int(r.get("worst_slice", 0))
         if s.slice_index == worst:

@@ -59,6 +59,8 @@ __all__ = [
     "OperatingPoint",
     "lesion_components",
     "lesion_mask",
+    "low_confidence_mask",
+    "LOW_CONFIDENCE_LIMIT",
     "lesion_table",
     "LESION_TABLE_LIMIT",
     "slice_scores",
@@ -323,6 +325,23 @@ def lesion_mask(probability: np.ndarray, op: OperatingPoint, voxel_mm3: float | 
     return mask.astype(np.uint8)
 
 
+def low_confidence_mask(probability: np.ndarray, op: OperatingPoint, voxel_mm3: float | None = None) -> np.ndarray:
+    """What the minimum mean removed (bool, same shape): the connected lesions of
+    ``probability >= map_threshold`` that pass the minimum size but whose mean probability is
+    below ``min_lesion_mean``. Empty without a mean filter. A result reports them (a model less sure
+    of a new scanner or lesion type than of its validation data loses true lesions here), so a
+    user sees what the filter hid; :func:`lesion_mask` at ``min_lesion_mean`` 0 is the two together."""
+    prob = np.asarray(probability)
+    if op.min_lesion_mean <= op.map_threshold:
+        return np.zeros(prob.shape, bool)
+    labels, sizes, means = lesion_components(prob, op.map_threshold)
+    dropped = (sizes >= max(op.min_voxels_at(voxel_mm3), 1)) & (means < op.min_lesion_mean)
+    dropped[0] = False
+    return dropped[labels]
+
+
+#: The most low-confidence regions a result lists (largest first).
+LOW_CONFIDENCE_LIMIT = 5
 #: The most lesions a result lists (largest first); ``n_lesions`` counts them all.
 LESION_TABLE_LIMIT = 50
 

@@ -40,10 +40,12 @@ from medsad_monai.data.volumes import (
     volume_suffix,
 )
 from medsad_monai.engine.decision import (
+    LOW_CONFIDENCE_LIMIT,
     OperatingPoint,
     checked_spacing,
     lesion_mask,
     lesion_table,
+    low_confidence_mask,
     pixel_mm2,
     slice_scores,
     volume_score,
@@ -157,6 +159,13 @@ class InferenceCancelled(RuntimeError):
     """Raised when the caller's cancel callback asks to stop."""
 
 
+def _low_confidence(probability: np.ndarray, op: OperatingPoint, axis: int | None, mm3: float | None) -> dict[str, Any]:
+    """A result's ``low_confidence`` entry: what the minimum mean removed, largest first."""
+    hidden = low_confidence_mask(probability, op, mm3)
+    n, lesions = lesion_table(hidden, probability, axis, mm3, limit=LOW_CONFIDENCE_LIMIT)
+    return {"n_lesions": n, "lesions": lesions, "min_lesion_mean": float(op.min_lesion_mean)}
+
+
 @dataclass
 class ImageResult:
     """Result for one 2-D image, decided at ``op`` (see :mod:`medsad_monai.engine.decision`)."""
@@ -200,6 +209,7 @@ class ImageResult:
             "abnormal": bool(self.abnormal),
             "lesion_pixels": int(self.mask.sum()),
             **dict(zip(("n_lesions", "lesions"), lesion_table(self.mask, self.probability, None))),
+            "low_confidence": _low_confidence(self.probability, self.op, None, None),
             "operating_point": self.op.summary(),
             **({"precision": self.precision} if self.precision else {}),
         }
@@ -286,6 +296,12 @@ class VolumeResult:
         (:func:`~medsad_monai.engine.decision.lesion_table`)."""
         return lesion_table(self.mask, self.probability, self.axis, self.voxel_mm3)
 
+    @functools.cached_property
+    def low_confidence(self) -> dict[str, Any]:
+        """What the operating point's minimum mean removed (:func:`~medsad_monai.engine.decision.low_confidence_mask`):
+        ``n_lesions``, the largest ``lesions`` (as :attr:`lesions` lists them) and the ``min_lesion_mean``."""
+        return _low_confidence(self.probability, self.op, self.axis, self.voxel_mm3)
+
     def summary(self) -> dict[str, Any]:
         """Plain-Python result (JSON / MONAI Label ``result`` ready)."""
         n_lesions, lesions = self.lesions
@@ -304,6 +320,7 @@ class VolumeResult:
             "n_lesions": n_lesions,
             "lesions": lesions,
             "min_lesion_voxels_applied": self.op.min_voxels_at(self.voxel_mm3),
+            "low_confidence": self.low_confidence,
             "operating_point": self.op.summary(),
             **({"precision": self.precision} if self.precision else {}),
             **self.extra,

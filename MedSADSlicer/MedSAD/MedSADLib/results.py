@@ -141,6 +141,8 @@ class MedSADResult:
         if "lesions" in summary:  # the post-processed mask's lesions, largest first
             info.setdefault("n_lesions", int(summary.get("n_lesions", len(summary["lesions"]))))
             info.setdefault("lesions", [dict(lesion) for lesion in summary["lesions"]])
+        if "low_confidence" in summary:  # what the minimum mean removed
+            info.setdefault("low_confidence", dict(summary["low_confidence"]))
         return cls(
             slice_scores=[float(s) for s in summary["slice_scores"]],
             mask=mask,
@@ -187,7 +189,7 @@ def describe_decision(result: MedSADResult) -> str:
         f"{size}. Most anomalous slice K={result.worst_slice}; {abnormal} of {len(result.slice_scores)} slices "
         f"at or above {result.slice_threshold:.3f}."
     )
-    text += describe_lesions(result.info)
+    text += describe_lesions(result.info) + describe_low_confidence(result.info)
     warnings = [str(w) for w in op.get("warnings") or []]
     if warnings:
         more = f" (and {len(warnings) - 1} more: see the model's calibration block)" if len(warnings) > 1 else ""
@@ -216,6 +218,30 @@ def describe_lesions(info: dict[str, Any]) -> str:
     )
     where = f" on slices K={largest['slices'][0]}–{largest['slices'][1]}" if largest.get("slices") else ""
     return f" {n} lesion{'s' if n != 1 else ''}; the largest {size}{where}."
+
+
+def describe_low_confidence(info: dict[str, Any]) -> str:
+    """The sentence on what the minimum lesion mean removed (e.g. `` The confidence filter hid 1
+    region under a mean probability of 0.85: the largest 14,036 mm³ (mean 0.79) on slices
+    K=40–61; set Minimum lesion mean to 0 to see it.``); empty when it removed nothing."""
+    hidden = info.get("low_confidence") or {}
+    n = int(hidden.get("n_lesions") or 0)
+    if n == 0:
+        return ""
+    largest = (hidden.get("lesions") or [{}])[0]
+    size = (
+        f"{float(largest['volume_mm3']):,.0f} mm³"
+        if largest.get("volume_mm3") is not None
+        else f"{int(largest.get('voxels', 0)):,} voxels"
+    )
+    mean = f" (mean {float(largest['mean_probability']):.2f})" if largest.get("mean_probability") is not None else ""
+    where = f" on slices K={largest['slices'][0]}–{largest['slices'][1]}" if largest.get("slices") else ""
+    regions = f"{n} region{'s' if n != 1 else ''}"
+    return (
+        f" The confidence filter hid {regions} under a mean probability of "
+        f"{float(hidden.get('min_lesion_mean') or 0):.2f}: the largest {size}{mean}{where}; set Minimum lesion "
+        f"mean to 0 to see {'them' if n != 1 else 'it'}."
+    )
 
 
 def check_threshold(threshold: float | None) -> float | None:
