@@ -33,10 +33,14 @@ def lesions_text(result: dict[str, Any]) -> str:
     if n == 0:
         return "; no lesion"
     largest = (result.get("lesions") or [{}])[0]
-    mm3 = largest.get("volume_mm3")
-    size = f"{float(mm3):,.0f} mm³" if mm3 is not None else f"{int(largest.get('voxels', 0)):,} voxels"
     where = f" on slices {largest['slices'][0]}-{largest['slices'][1]}" if largest.get("slices") else ""
-    return f"; {n} lesion{'s' if n != 1 else ''}, the largest {size}{where}"
+    return f"; {n} lesion{'s' if n != 1 else ''}, the largest {_size(largest)}{where}"
+
+
+def _size(lesion: dict[str, Any]) -> str:
+    """A lesion-table row's size: ``1,234 mm³``, or voxels without a voxel size."""
+    mm3 = lesion.get("volume_mm3")
+    return f"{float(mm3):,.0f} mm³" if mm3 is not None else f"{int(lesion.get('voxels', 0)):,} voxels"
 
 
 def low_confidence_text(result: dict[str, Any]) -> str:
@@ -46,10 +50,8 @@ def low_confidence_text(result: dict[str, Any]) -> str:
     n = int(hidden.get("n_lesions") or 0)
     if n == 0:
         return ""
-    largest = (hidden.get("lesions") or [{}])[0]
-    mm3 = largest.get("volume_mm3")
-    size = f"{float(mm3):,.0f} mm³" if mm3 is not None else f"{int(largest.get('voxels', 0)):,} voxels"
-    return f"; {n} low-confidence region{'s' if n != 1 else ''} hidden, the largest {size}"
+    largest = _size((hidden.get("lesions") or [{}])[0])
+    return f"; {n} low-confidence region{'s' if n != 1 else ''} hidden, the largest {largest}"
 
 
 def warnings_text(result: dict[str, Any]) -> str:

@@ -210,14 +210,20 @@ def describe_lesions(info: dict[str, Any]) -> str:
     n = int(info["n_lesions"])
     if n == 0:
         return " No lesion remains after post-processing."
-    largest = (info.get("lesions") or [{}])[0]
-    size = (
-        f"{float(largest['volume_mm3']):,.0f} mm³"
-        if largest.get("volume_mm3") is not None
-        else f"{int(largest.get('voxels', 0)):,} voxels"
-    )
-    where = f" on slices K={largest['slices'][0]}–{largest['slices'][1]}" if largest.get("slices") else ""
+    size, where = _size_and_place((info.get("lesions") or [{}])[0])
     return f" {n} lesion{'s' if n != 1 else ''}; the largest {size}{where}."
+
+
+def _size_and_place(lesion: dict[str, Any]) -> tuple[str, str]:
+    """A lesion-table row's size (``1,234 mm³``, or voxels without a voxel size) and place
+    (`` on slices K=40–45``, empty without slices)."""
+    size = (
+        f"{float(lesion['volume_mm3']):,.0f} mm³"
+        if lesion.get("volume_mm3") is not None
+        else f"{int(lesion.get('voxels', 0)):,} voxels"
+    )
+    where = f" on slices K={lesion['slices'][0]}–{lesion['slices'][1]}" if lesion.get("slices") else ""
+    return size, where
 
 
 def describe_low_confidence(info: dict[str, Any]) -> str:
@@ -229,13 +235,8 @@ def describe_low_confidence(info: dict[str, Any]) -> str:
     if n == 0:
         return ""
     largest = (hidden.get("lesions") or [{}])[0]
-    size = (
-        f"{float(largest['volume_mm3']):,.0f} mm³"
-        if largest.get("volume_mm3") is not None
-        else f"{int(largest.get('voxels', 0)):,} voxels"
-    )
+    size, where = _size_and_place(largest)
     mean = f" (mean {float(largest['mean_probability']):.2f})" if largest.get("mean_probability") is not None else ""
-    where = f" on slices K={largest['slices'][0]}–{largest['slices'][1]}" if largest.get("slices") else ""
     regions = f"{n} region{'s' if n != 1 else ''}"
     return (
         f" The confidence filter hid {regions} under a mean probability of "
