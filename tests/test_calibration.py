@@ -8,6 +8,7 @@ import logging
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from medsad_monai.checkpoint import operating_point_of, read_checkpoint, write_calibration
 from medsad_monai.data.volumes import load_volume
@@ -422,6 +423,35 @@ def test_a_result_lists_its_lesions_largest_first_in_mm3_with_their_slices():
     assert n == 2 and [lesion["voxels"] for lesion in capped] == [64]
     assert lesion_table(np.zeros_like(result.mask), prob, 2) == (0, [])
 
+
+
+@pytest.mark.parametrize("shape, axis", [((30, 26, 22), 0), ((30, 26, 22), 2), ((40, 36), None)])
+def test_lesion_table_agrees_with_scipys_per_label_measurements(shape, axis):
+    """The table counts over the lesion voxels only (not a sort of the whole volume); its sizes,
+    peaks, means, centroids and slice ranges are scipy.ndimage's per-label ones, for hundreds of
+    lesions of every size."""
+    rng = np.random.default_rng(3)
+    prob = ndimage.uniform_filter(rng.random(shape), 3).astype(np.float32)
+    mask = prob > np.quantile(prob, 0.8)
+    labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1))
+    assert n > 50
+    count, table = lesion_table(mask, prob, axis, 2.0, limit=n)
+    assert count == n and len(table) == n
+    index = np.arange(1, n + 1)
+    sizes = np.bincount(labels.ravel())[1:]
+    peaks = ndimage.maximum(prob.astype(np.float64), labels, index)
+    means = ndimage.mean(prob.astype(np.float64), labels, index)
+    centroids = ndimage.center_of_mass(mask, labels, index)
+    boxes = ndimage.find_objects(labels)
+    for k, row in zip(np.argsort(-sizes, kind="stable"), table):
+        assert row["voxels"] == sizes[k] and row["volume_mm3"] == pytest.approx(2.0 * sizes[k])
+        assert row["peak_probability"] == round(float(peaks[k]), 4)
+        assert row["mean_probability"] == pytest.approx(means[k], abs=6e-5)
+        assert row["centroid_voxel"] == pytest.approx([float(c) for c in centroids[k]], abs=0.051)
+        if axis is None:
+            assert "slices" not in row
+        else:
+            assert row["slices"] == [boxes[k][axis].start, boxes[k][axis].stop - 1]
 
 def _blob_case(name: str, rng: np.random.Generator, lesion: bool) -> CaseOutput:
     """A 3-D case whose false positive is as large as the lesion but less confident as a whole: the

@@ -363,12 +363,20 @@ def lesion_table(
     labels, n = ndimage.label(binary, structure=ndimage.generate_binary_structure(binary.ndim, 1))
     if n == 0:
         return 0, []
-    index = np.arange(1, n + 1)
-    prob = np.asarray(probability, dtype=np.float64)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    peaks = ndimage.maximum(prob, labels, index)
-    means = ndimage.mean(prob, labels, index)
-    centroids = ndimage.center_of_mass(binary, labels, index)
+    # Statistics over the lesion voxels only: scipy's per-label maximum sorts the whole volume
+    # (about 1 s for a 155×240×240 volume, twice per result), a cost a clean scan should not pay.
+    where = np.flatnonzero(labels)
+    owner = labels.ravel()[where]
+    prob = np.asarray(probability).ravel()[where].astype(np.float64)
+    sizes = np.bincount(owner, minlength=n + 1)[1:]
+    means = np.bincount(owner, weights=prob, minlength=n + 1)[1:] / sizes
+    peaks = np.full(n + 1, -np.inf)
+    np.maximum.at(peaks, owner, prob)
+    peaks = peaks[1:]
+    coords = np.unravel_index(where, binary.shape)
+    centroids = np.stack(
+        [np.bincount(owner, weights=c.astype(np.float64), minlength=n + 1)[1:] / sizes for c in coords], axis=1
+    )
     boxes = ndimage.find_objects(labels)
     lesions = []
     for k in np.argsort(-sizes, kind="stable")[:limit]:
