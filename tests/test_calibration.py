@@ -424,7 +424,6 @@ def test_a_result_lists_its_lesions_largest_first_in_mm3_with_their_slices():
     assert lesion_table(np.zeros_like(result.mask), prob, 2) == (0, [])
 
 
-
 @pytest.mark.parametrize("shape, axis", [((30, 26, 22), 0), ((30, 26, 22), 2), ((40, 36), None)])
 def test_lesion_table_agrees_with_scipys_per_label_measurements(shape, axis):
     """The table counts over the lesion voxels only (not a sort of the whole volume); its sizes,
@@ -452,6 +451,7 @@ def test_lesion_table_agrees_with_scipys_per_label_measurements(shape, axis):
             assert "slices" not in row
         else:
             assert row["slices"] == [boxes[k][axis].start, boxes[k][axis].stop - 1]
+
 
 def _blob_case(name: str, rng: np.random.Generator, lesion: bool) -> CaseOutput:
     """A 3-D case whose false positive is as large as the lesion but less confident as a whole: the
