@@ -58,7 +58,8 @@ def test_bf16_checkpoint_keeps_matmul_weights_in_bf16(tiny_checkpoint, volume):
 
 
 def test_batch_first_block_matches_open_clip(tiny_checkpoint):
-    """The bf16 fast path of the vision blocks computes what open_clip's own block computes."""
+    """The batch-first vision blocks (bf16 and fp32 inference on a CPU) compute what open_clip's
+    own block computes."""
     from medsad_monai.networks.clip_backbone import _needs_batch_first_attention, run_block
 
     predictor = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
@@ -69,13 +70,18 @@ def test_batch_first_block_matches_open_clip(tiny_checkpoint):
         assert _needs_batch_first_attention(block, x)
         ours, theirs = run_block(block, x).float(), block(x).float()
     assert torch.allclose(ours, theirs, atol=0.05, rtol=0.02)
-    with torch.inference_mode():
-        assert not _needs_batch_first_attention(block, x)  # fp32 keeps open_clip's own path
+    with torch.inference_mode():  # fp32 inference on a CPU runs batch-first too (faster there), same answer
+        assert _needs_batch_first_attention(block, x)
+        assert torch.allclose(run_block(block, x), block(x), atol=1e-5, rtol=1e-4)
+        assert not _needs_batch_first_attention(block, x.to("meta"))  # other devices keep the fused fast path
     backbone = predictor.model.backbone
     images = torch.randn(2, 3, backbone.image_size, backbone.image_size)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         ours, stock = backbone.encode_image(images).float(), backbone.encode_image_stock(images).float()
     assert torch.allclose(ours, stock, atol=0.05, rtol=0.02)
+    with torch.inference_mode():
+        ours, stock = backbone.encode_image(images), backbone.encode_image_stock(images)
+    assert torch.allclose(ours, stock, atol=1e-5, rtol=1e-4)
 
 
 def test_batch_first_block_with_gradients_matches_open_clip(tiny_checkpoint):

@@ -297,9 +297,10 @@ def lesion_components(probability: np.ndarray, threshold: float) -> tuple[np.nda
     prob = np.asarray(probability)
     binary = prob >= threshold
     labels, n = ndimage.label(binary, structure=ndimage.generate_binary_structure(binary.ndim, 1))
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    sums = np.bincount(labels.ravel(), weights=prob.ravel().astype(np.float64), minlength=n + 1)
-    sizes[0], sums[0] = 0, 0.0
+    where = np.flatnonzero(labels)  # the lesion voxels: counting them alone skips a clean scan's bulk
+    owner = labels.ravel()[where]
+    sizes = np.bincount(owner, minlength=n + 1)
+    sums = np.bincount(owner, weights=prob.ravel()[where].astype(np.float64), minlength=n + 1)
     means = sums / np.maximum(sizes, 1)
     return labels, sizes, means
 
