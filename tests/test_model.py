@@ -151,7 +151,8 @@ def _count_text_passes(model: MedSADCLIP) -> list[int]:
     """Passes through the text tower, counted at its first block's first norm (the tower runs
     block by block, batch-first on a CPU, so the block's own forward is not what runs)."""
     calls = [0]
-    model.backbone.clip.transformer.resblocks[0].ln_1.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    first_norm = model.backbone.clip.transformer.resblocks[0].ln_1
+    first_norm.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     return calls
 
 
