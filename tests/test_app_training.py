@@ -275,3 +275,48 @@ def test_monai_label_clients_upload_and_background_training_against_the_real_ser
         _, params = client.infer("medsad", "uploaded_scan", {})
         assert (params["checkpoint_sha256"] != served) == stats["published"]  # the new model, no restart
         assert client.train_status(check_if_running=True) is False  # nothing left running
+
+
+@pytest.mark.slow
+def test_monai_label_clients_sessions_file_upload_and_label_download_against_the_real_server(app_studies, tmp_path):
+    """The rest of MONAI Label's own client: a session holding a scan the datastore does not have
+    (``create_session``, infer by ``session_id``, ``remove_session``: how a client sends a local
+    volume without adding it to the studies), infer with the scan uploaded in the request
+    (``file=``), ``download_label`` of a saved label, ``train_stop`` with nothing running, and
+    ``wsi_infer`` refused with a message; no image or label of the datastore changes."""
+    import shutil
+
+    from conftest import datastore_files
+    from monailabel.client import MONAILabelClient
+    from monailabel.client.client import MONAILabelClientException
+    from server_process import monailabel_server
+
+    studies, checkpoint = app_studies
+    scan = tmp_path / "outside" / "local_scan.nii.gz"
+    scan.parent.mkdir()
+    shutil.copy2(studies / "case_005.nii.gz", scan)
+    before = datastore_files(studies)
+    env = {"MONAI_LABEL_SESSION_PATH": str(tmp_path / "sessions")}
+    with monailabel_server(studies, {"checkpoint": str(checkpoint)}, tmp_path / "server.log", env=env) as url:
+        client = MONAILabelClient(url, tmpdir=str(tmp_path / "client"))
+        _, by_id = client.infer("medsad", "case_005", {})
+        session = client.create_session(str(scan))["session_id"]
+        assert Path(client.get_session(session)["image"]).name == scan.name
+        image = nib.load(scan)
+        for kwargs in ({"session_id": session}, {"file": str(scan)}):
+            mask_file, params = client.infer("medsad", "", {}, **kwargs)
+            mask = nib.load(mask_file)
+            assert mask.shape == image.shape and np.allclose(mask.affine, image.affine, atol=1e-5), kwargs
+            assert params["slice_scores"] == by_id["slice_scores"], kwargs  # the same scan, the same answer
+        client.remove_session(session)
+        with pytest.raises(MONAILabelClientException):
+            client.get_session(session)
+        label = client.download_label("case_000", "final")
+        saved = studies / "labels" / "final" / "case_000.nii.gz"
+        assert np.array_equal(nib.load(label).get_fdata(), nib.load(saved).get_fdata())
+        assert client.train_stop() is None  # nothing running: nothing to stop, no error
+        with pytest.raises(MONAILabelClientException, match="not whole-slide images"):
+            client.wsi_infer("medsad", "case_005")
+        assert "case_005" in client.datastore()["objects"]
+    after = {k: v for k, v in datastore_files(studies).items() if k != "datastore_v2.json"}  # the server's index
+    assert after == before
