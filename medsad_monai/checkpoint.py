@@ -11,6 +11,7 @@ import torch
 
 from medsad_monai.atomic import atomic_write
 from medsad_monai.config import MedSADConfig
+from medsad_monai.data.orientation import ORIENTATIONS
 from medsad_monai.data.volumes import CONTEXT_SLICES, INTENSITY_METHODS
 from medsad_monai.engine.decision import OperatingPoint
 from medsad_monai.networks.medsad_clip import MedSADCLIP
@@ -25,6 +26,7 @@ __all__ = [
     "operating_point_of",
     "intensity_of",
     "context_slices_of",
+    "orientation_of",
     "write_calibration",
 ]
 
@@ -57,6 +59,7 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     intensity: str = "percentile",
     context_slices: int = 0,
+    orientation: str = "ras",
 ) -> Path:
     """Save what is needed to rebuild ``model`` (MedSAD-CLIP, or the UNet baseline whole).
 
@@ -72,11 +75,15 @@ def save_checkpoint(
             (:func:`medsad_monai.data.volumes.normalize_intensity`); inference uses the same.
         context_slices: neighbouring slices on each side the model sees as input channels
             (:func:`medsad_monai.data.volumes.take_slab`); inference uses the same.
+        orientation: which voxel order the model was trained to slice (``ras``: the RAS view,
+            :mod:`medsad_monai.data.orientation`); inference uses the same.
     """
     if intensity not in INTENSITY_METHODS:
         raise ValueError(f"intensity {intensity!r}: expected one of {', '.join(INTENSITY_METHODS)}")
     if context_slices not in CONTEXT_SLICES:
         raise ValueError(f"context_slices {context_slices!r}: expected one of {CONTEXT_SLICES}")
+    if orientation not in ORIENTATIONS:
+        raise ValueError(f"orientation {orientation!r}: expected one of {', '.join(ORIENTATIONS)}")
     if isinstance(model, UNetBaseline):
         payload = {
             "format": CHECKPOINT_FORMAT,
@@ -85,6 +92,7 @@ def save_checkpoint(
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "intensity": intensity,
             "context_slices": context_slices,
+            "orientation": orientation,
             "extra": extra or {},
         }
         atomic_torch_save(payload, path)
@@ -103,6 +111,7 @@ def save_checkpoint(
         "state_dict": state,
         "intensity": intensity,
         "context_slices": context_slices,
+        "orientation": orientation,
         "extra": extra or {},
     }
     atomic_torch_save(payload, path)
@@ -225,6 +234,18 @@ def context_slices_of(payload: dict[str, Any], path: str | os.PathLike = "checkp
             f"checkpoint {str(path)!r} asks for {context!r} context slices (this version knows {CONTEXT_SLICES})"
         )
     return int(context)
+
+
+def orientation_of(payload: dict[str, Any], path: str | os.PathLike = "checkpoint") -> str:
+    """Which voxel order the checkpoint's model slices (``file`` for checkpoints written before
+    the RAS view existed: they were trained on the files' own voxel order)."""
+    orientation = payload.get("orientation", "file")
+    if orientation not in ORIENTATIONS:
+        raise ValueError(
+            f"checkpoint {str(path)!r} names an unknown orientation {orientation!r} "
+            f"(this version knows {', '.join(ORIENTATIONS)})"
+        )
+    return str(orientation)
 
 
 def write_calibration(path: str | os.PathLike, op: OperatingPoint) -> Path:

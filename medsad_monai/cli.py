@@ -87,7 +87,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="a separate validation folder (same layout as --data): epochs are selected and the operating "
         "point fitted on its non-test cases, and every non-test case of --data trains (--val-fraction unused)",
     )
-    p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
+    p.add_argument(
+        "--slice-axis",
+        type=int,
+        default=2,
+        choices=[0, 1, 2],
+        help="axis of the volume's RAS view to slice along: 0 sagittal, 1 coronal, 2 axial (default)",
+    )
     p.add_argument(
         "--synthetic-lesions",
         type=float,
@@ -186,7 +192,13 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=["test", "val", "all"])
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
-    p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
+    p.add_argument(
+        "--slice-axis",
+        type=int,
+        default=2,
+        choices=[0, 1, 2],
+        help="axis of the volume's RAS view to slice along: 0 sagittal, 1 coronal, 2 axial (default)",
+    )
     _add_protocol(p, "default: the protocol the checkpoint was trained under")
     _add_thresholds(p)
     p.add_argument("--batch-size", type=int, default=8)
@@ -209,7 +221,13 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
         "validation split (split.json beside the checkpoint)",
     )
     p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
-    p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
+    p.add_argument(
+        "--slice-axis",
+        type=int,
+        default=2,
+        choices=[0, 1, 2],
+        help="axis of the volume's RAS view to slice along: 0 sagittal, 1 coronal, 2 axial (default)",
+    )
     p.add_argument(
         "--slice-score",
         choices=["auto", "model", "peak", "lesion_area"],
@@ -232,7 +250,13 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt", required=True)
     p.add_argument("--input", required=True, help="a file or a folder of files")
     p.add_argument("--out", required=True)
-    p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
+    p.add_argument(
+        "--slice-axis",
+        type=int,
+        default=2,
+        choices=[0, 1, 2],
+        help="axis of the volume's RAS view to slice along: 0 sagittal, 1 coronal, 2 axial (default)",
+    )
     _add_thresholds(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-skip-background", action="store_true", help="also run slices without anatomy")
@@ -351,7 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-data", help="validate a dataset folder and print counts")
     p.add_argument("data")
     p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
-    p.add_argument("--slice-axis", type=int, default=2, choices=[0, 1, 2])
+    p.add_argument(
+        "--slice-axis",
+        type=int,
+        default=2,
+        choices=[0, 1, 2],
+        help="axis of the volume's RAS view to slice along: 0 sagittal, 1 coronal, 2 axial (default)",
+    )
     p = sub.add_parser("make-sample-data", help="synthetic lesions on warped MNI152 brains (no download)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)

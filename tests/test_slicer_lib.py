@@ -69,6 +69,49 @@ def _volume(scene, name="brain", array=None, spacing=(0.9, 0.8, 3.0)):
     return node
 
 
+#: IJK-to-RAS directions whose columns run I anterior, J superior, K right: K is not axial
+SAGITTAL_K = [[0, 0, 1], [1, 0, 0], [0, 1, 0]]
+#: I left, J posterior, K superior: axial along K, both in-plane axes flipped
+LPS = [[-1, 0, 0], [0, -1, 0], [0, 0, 1]]
+
+
+def _set_direction(node, rows) -> None:
+    direction = vtk.vtkMatrix4x4()
+    for r, row in enumerate(rows):
+        for c, v in enumerate(row):
+            direction.SetElement(r, c, v)
+    node.SetIJKToRASDirectionMatrix(direction)
+
+
+def test_local_run_gives_the_model_the_ras_view_where_k_is_axial(scene, tiny_checkpoint, caplog):
+    """K axial but stored left/posterior first: the model sees the RAS view (the answer is
+    ``medsad_monai``'s with the node's affine). K not axial: slices along K as stored, and the
+    log says why."""
+    from medsad_monai.engine.inference import Predictor
+
+    logic = MedSADLogic(scene)
+    backend = LocalBackend(str(tiny_checkpoint), batch_size=4, precision="fp32")
+    direct = Predictor.from_checkpoint(tiny_checkpoint, batch_size=4, precision="fp32")
+    for rows, with_affine in ((LPS, True), (SAGITTAL_K, False)):
+        volume = _volume(scene, "oriented")
+        _set_direction(volume, rows)
+        caplog.clear()
+        result = logic.run(volume, backend, threshold=0.3)
+        ijk = slicer.util.arrayFromVolume(volume).transpose(2, 1, 0).astype(np.float32)
+        affine = nodes.ijk_to_ras_array(volume)
+        np.testing.assert_allclose(affine, _matrix(nodes.ijk_to_ras(volume)))
+        expected = direct.predict_volume(
+            direct.normalize_volume(ijk), spacing=volume.GetSpacing(), affine=affine if with_affine else None
+        )
+        assert expected.axis == 2 and len(result.slice_scores) == SHAPE_KJI[0]
+        np.testing.assert_allclose(result.slice_scores, expected.slice_scores, atol=1e-6)
+        np.testing.assert_allclose(result.probability, expected.probability.transpose(2, 1, 0), atol=1e-6)
+        assert ("K axis is not the axial one" in caplog.text) is not with_affine
+        if with_affine:  # the view mattered: slicing the stored order would answer otherwise
+            as_stored = direct.predict_volume(direct.normalize_volume(ijk), spacing=volume.GetSpacing())
+            assert not np.allclose(as_stored.probability, expected.probability, atol=1e-3)
+
+
 def _ids(scene) -> list[str]:
     return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
 
@@ -416,6 +459,12 @@ def test_remote_backend_against_a_real_monai_label_server(scene, app_studies, ti
         assert not calibrated.can_rethreshold and "not calibrated" in describe_decision(calibrated)
         outputs = logic.create_outputs(volume, remote)
         np.testing.assert_array_equal(nodes.segment_array(scene, outputs.segmentation, volume), remote.mask)
+        # a volume whose K axis is not the axial one: the server cuts the axial slices (along J),
+        # which the module cannot show along K; refused with a message rather than misread
+        sideways = _volume(scene, "sideways")
+        _set_direction(sideways, SAGITTAL_K)
+        with pytest.raises(MedSADError, match="slices along voxel axis 1, its axial axis"):
+            logic.run(sideways, ServerBackend(url), threshold=0.3)
         before = _ids(scene)
         with pytest.raises(MedSADError, match="answered with an error"):
             logic.run(volume, ServerBackend(url, model="no_such_model"), threshold=0.3)

@@ -153,9 +153,11 @@ class SliceWiseInferer(Inferer):
         device: str | torch.device | None = None,
         precision: str = "auto",
         context_slices: int = 0,
+        orientation: str = "ras",
     ) -> None:
         super().__init__()
         self.context_slices = context_slices  # the checkpoint's: 1 = each slice with its two neighbours
+        self.orientation = orientation  # the checkpoint's: "ras" slices the volume's RAS view
         self.precision = precision  # as `medsad infer --precision` (auto: bf16 where the device runs it fast)
         self.slice_axis = slice_axis
         self.batch_size = batch_size
@@ -173,6 +175,7 @@ class SliceWiseInferer(Inferer):
                 device=self.device,
                 precision=self.precision,
                 context_slices=self.context_slices,
+                orientation=self.orientation,
             )
         return self._predictor
 
@@ -181,7 +184,11 @@ class SliceWiseInferer(Inferer):
         affine = getattr(inputs, "affine", None)  # a MetaTensor's: lesion sizes in mm³
         spacing = None if affine is None else np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
         return self.predictor(network).predict_volume(
-            volume, axis=self.slice_axis, skip_background=self.skip_background, spacing=spacing
+            volume,
+            axis=self.slice_axis,
+            skip_background=self.skip_background,
+            spacing=spacing,
+            affine=None if affine is None else np.asarray(affine, dtype=np.float64),
         )
 
 

@@ -299,7 +299,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _inference_config(op: Any, intensity: str, context_slices: int = 0) -> dict[str, Any]:
+def _inference_config(op: Any, intensity: str, context_slices: int = 0, orientation: str = "ras") -> dict[str, Any]:
     summary = op.summary()
     ref_op = {k: v for k, v in summary.items() if k not in ("min_lesion_mm3", "warnings")}  # derived, not fields
     if summary["warnings"]:  # the bundle's results say them as medsad infer's do
@@ -319,6 +319,7 @@ def _inference_config(op: Any, intensity: str, context_slices: int = 0) -> dict[
         "clip_pretrained": None,
         "intensity": intensity,
         "context_slices": context_slices,
+        "orientation": orientation,
         "operating_point": {"_target_": "medsad_monai.engine.decision.OperatingPoint", **ref_op},
         "network_def": {
             "_target_": "medsad_monai.bundle.load_network",
@@ -347,6 +348,7 @@ def _inference_config(op: Any, intensity: str, context_slices: int = 0) -> dict[
             "device": "@device",
             "precision": "@precision",
             "context_slices": "@context_slices",
+            "orientation": "@orientation",
         },
         "writer": {"_target_": "medsad_monai.bundle.MaskWriter", "output_dir": "@output_dir", "keys": PRED_KEY},
         "postprocessing": {
@@ -553,7 +555,13 @@ def export_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bo
             invalid calibration block / intensity; ``out`` would overwrite the checkpoint.
         FileExistsError: ``out`` is a file, or a non-empty folder without ``overwrite``.
     """
-    from medsad_monai.checkpoint import context_slices_of, intensity_of, operating_point_of, read_checkpoint
+    from medsad_monai.checkpoint import (
+        context_slices_of,
+        intensity_of,
+        operating_point_of,
+        orientation_of,
+        read_checkpoint,
+    )
 
     ckpt, out = Path(ckpt), Path(out)
     try:
@@ -586,7 +594,7 @@ def export_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bo
     _copy_atomic(ckpt, model_pt)
     meta = _metadata(payload, ckpt, op, intensity, provenance)
     atomic_write_text(out / "configs" / "metadata.json", json.dumps(meta, indent=4) + "\n")
-    config = _inference_config(op, intensity, context_slices_of(payload, ckpt))
+    config = _inference_config(op, intensity, context_slices_of(payload, ckpt), orientation_of(payload, ckpt))
     atomic_write_text(out / "configs" / "inference.json", json.dumps(config, indent=4) + "\n")
     atomic_write_text(out / "configs" / "logging.conf", LOGGING_CONF)
     atomic_write_text(out / "docs" / "README.md", _readme(payload, ckpt, op, intensity, provenance, meta))

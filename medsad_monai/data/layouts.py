@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from medsad_monai.data.images import IMAGE_SUFFIXES, _read_binary_mask, load_image_2d, load_mask_2d
+from medsad_monai.data.orientation import ras_view
 from medsad_monai.data.volumes import check_label_matches, load_volume, read_volume_header, volume_suffix
 
 logger = logging.getLogger(__name__)
@@ -327,7 +328,8 @@ def _pair_volumes(images_dir: Path, labels_dir: Path) -> tuple[dict[str, Path], 
 def volume_samples(
     image: str | Path, label: str | Path, case: str, slice_axis: int = 2, split: str | None = None
 ) -> list[Sample]:
-    """One sample per slice of a labelled volume (an empty label slice is a normal sample).
+    """One sample per slice along ``slice_axis`` of a labelled volume's RAS view (as training
+    cuts it, :mod:`medsad_monai.data.orientation`; an empty label slice is a normal sample).
 
     Raises:
         ValueError: naming the label: unreadable, or its geometry differs from the image's.
@@ -336,8 +338,8 @@ def volume_samples(
     image_shape, image_geom = read_volume_header(image)
     label_array, label_geom = load_volume(label_path)
     check_label_matches(image_geom, label_geom, image_shape, label_array.shape, label_path)
-    other = tuple(a for a in range(3) if a != slice_axis)
-    has_lesion = np.any(label_array > 0, axis=other)
+    other = tuple(a for a in range(3) if a != slice_axis)  # slices of the RAS view, as training cuts them
+    has_lesion = np.any(ras_view(np.asarray(label_array), label_geom.affine) > 0, axis=other)
     return [Sample(image, (label_path,), int(flag), case, split, k) for k, flag in enumerate(has_lesion.tolist())]
 
 

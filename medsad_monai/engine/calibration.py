@@ -176,14 +176,14 @@ def iter_cases(
             if truth.shape != array.shape:
                 raise ValueError(f"label {str(mask_path)!r} has shape {truth.shape}, its image {array.shape}")
             volume = predictor.normalize_volume(array)
-            result = predictor.predict_volume(volume, axis=slice_axis, spacing=geometry.spacing)
+            result = predictor.predict_volume(volume, axis=slice_axis, spacing=geometry.spacing, affine=geometry.affine)
             yield CaseOutput(
                 name,
                 result.probability,
                 truth,
                 np.asarray(result.model_scores, float),
                 np.asarray(result.skipped, bool),
-                slice_axis,
+                result.axis,  # the file's axis the slices were cut along (the RAS view's slice_axis)
                 case_tags,
                 volume if keep_image else None,
                 result.spacing,

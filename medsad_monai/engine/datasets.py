@@ -32,6 +32,7 @@ from monai.transforms import (
 from medsad_monai.data.images import load_image_2d, load_mask_2d
 from medsad_monai.data.layouts import Sample
 from medsad_monai.data.lesions import estimate_brain_mask, paint_lesions, volume_has_skull
+from medsad_monai.data.orientation import ras_view
 from medsad_monai.data.preprocess import is_background, prepare_mask, prepare_slice
 from medsad_monai.data.volumes import (
     CONTEXT_SLICES,
@@ -234,7 +235,8 @@ _CACHE = _ArrayCache(VOLUME_CACHE_BYTES)
 
 def _volume(path: str, intensity: str = "percentile") -> np.ndarray:
     def make() -> np.ndarray:
-        return normalize_intensity(load_volume(path)[0], method=intensity)
+        array, geometry = load_volume(path)  # models slice the RAS view (data/orientation.py)
+        return normalize_intensity(ras_view(array, geometry.affine), method=intensity)
 
     return _CACHE.get(("image", *_file_key(path), intensity), make)
 
@@ -252,7 +254,8 @@ def _has_skull(path: str, intensity: str, axis: int) -> bool:
 
 def _label_volume(path: str) -> np.ndarray:
     def make() -> np.ndarray:
-        return (np.asarray(load_volume(path)[0]) > 0).astype(np.uint8)
+        array, geometry = load_volume(path)
+        return (ras_view(np.asarray(array), geometry.affine) > 0).astype(np.uint8)
 
     return _CACHE.get(("label", *_file_key(path)), make)
 

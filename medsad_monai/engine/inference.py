@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from medsad_monai.atomic import atomic_write_text
 from medsad_monai.data.images import IMAGE_SUFFIXES, load_image_2d
+from medsad_monai.data.orientation import ORIENTATIONS, reorientation
 from medsad_monai.data.preprocess import is_background, prepare_slice, restore_slice
 from medsad_monai.data.volumes import (
     CONTEXT_SLICES,
@@ -347,9 +348,13 @@ class Predictor:
         context_slices: neighbouring slices on each side the model sees as channels (a
             checkpoint's ``context_slices``); :meth:`predict_volume` feeds slabs
             (:func:`~medsad_monai.data.volumes.take_slab`) when it is 1.
+        orientation: which voxel order the model slices (a checkpoint's ``orientation``):
+            ``ras``, the RAS view of a volume whose affine :meth:`predict_volume` is given
+            (:mod:`~medsad_monai.data.orientation`), or ``file``, the array as it is.
 
     Raises:
-        ValueError: bad ``batch_size``, ``intensity``, ``precision`` or ``context_slices``.
+        ValueError: bad ``batch_size``, ``intensity``, ``precision``, ``context_slices`` or
+            ``orientation``.
     """
 
     def __init__(
@@ -362,6 +367,7 @@ class Predictor:
         intensity: str = "percentile",
         precision: str | None = None,
         context_slices: int = 0,
+        orientation: str = "ras",
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -369,8 +375,11 @@ class Predictor:
             raise ValueError(f"intensity {intensity!r}: expected one of {', '.join(INTENSITY_METHODS)}")
         if context_slices not in CONTEXT_SLICES:
             raise ValueError(f"context_slices {context_slices!r}: expected one of {CONTEXT_SLICES}")
+        if orientation not in ORIENTATIONS:
+            raise ValueError(f"orientation {orientation!r}: expected one of {', '.join(ORIENTATIONS)}")
         self.intensity = intensity
         self.context_slices = context_slices
+        self.orientation = orientation
         op = operating_point or OperatingPoint()
         self.operating_point = op.with_overrides(map_threshold=threshold)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -393,7 +402,13 @@ class Predictor:
         """Load a checkpoint written by ``medsad train`` (see :mod:`medsad_monai.checkpoint`),
         with its calibrated operating point (or the 0.5 fallback, said in the log).
         ``precision`` and ``kwargs`` go to :class:`Predictor`."""
-        from medsad_monai.checkpoint import context_slices_of, intensity_of, load_checkpoint, operating_point_of
+        from medsad_monai.checkpoint import (
+            context_slices_of,
+            intensity_of,
+            load_checkpoint,
+            operating_point_of,
+            orientation_of,
+        )
 
         resolve_precision(precision, torch.device("cpu"))  # refuse a bad name before loading the model
         kwargs["precision"] = precision
@@ -402,6 +417,7 @@ class Predictor:
             kwargs["operating_point"] = operating_point_of(payload, path)
         kwargs.setdefault("intensity", intensity_of(payload, path))
         kwargs.setdefault("context_slices", context_slices_of(payload, path))
+        kwargs.setdefault("orientation", orientation_of(payload, path))
         predictor = cls(model, **kwargs)
         if predictor.precision == "bf16":  # the model is this predictor's own: cast its weights once
             store_matmul_weights_bf16(predictor.model)
@@ -437,15 +453,36 @@ class Predictor:
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
         spacing: Sequence[float] | None = None,
+        affine: np.ndarray | None = None,
     ) -> VolumeResult:
         """A normalised 3-D volume in [0, 1], slice by slice along ``axis``; ``spacing`` (mm per
         voxel along the array axes, from the file) makes the lesion sizes the decisions count
         physical (see :class:`~medsad_monai.engine.decision.OperatingPoint`).
 
+        With the file's ``affine`` (voxel to RAS) a ``ras`` model slices the volume's RAS view,
+        ``axis`` counting there (2: axial), and the result is mapped back to the file's voxels:
+        its arrays have the input's shape and order, its ``axis`` is the file's axis the slices
+        were cut along and its per-slice lists run in the file's order.
+
         Raises:
             ValueError: not 3-D, bad axis or non-finite voxels.
             InferenceCancelled: ``cancel()`` returned True.
         """
+        if volume.ndim == 3 and axis in (0, 1, 2):
+            view = reorientation(affine, self.orientation)
+            if not view.identity:
+                result = self.predict_volume(
+                    view.to_ras(volume), axis, skip_background, progress, cancel, view.spacing_to_ras(spacing)
+                )
+                return VolumeResult(
+                    view.to_file(result.probability),
+                    view.slices_to_file(result.model_scores, axis),
+                    view.slices_to_file(result.skipped, axis),
+                    view.file_axis(axis),
+                    self.operating_point,
+                    precision=self.precision,
+                    spacing=checked_spacing(spacing),
+                )
         if volume.ndim != 3:
             raise ValueError(f"expected a 3-D volume, got shape {volume.shape}")
         if axis not in (0, 1, 2):
@@ -581,10 +618,12 @@ class InputImage:
     array: np.ndarray
     is_volume: bool
     spacing: tuple[float, float, float] | None = None  # a volume's mm per voxel along the array axes
+    affine: np.ndarray | None = None  # a volume's voxel-to-RAS affine (the RAS view's)
 
 
-def read_input(path: str | os.PathLike, axis: int = 2) -> InputImage:
-    """Read a NIfTI/NRRD volume (to be run slice-wise along ``axis``) or a 2-D PNG/JPG image.
+def read_input(path: str | os.PathLike, axis: int = 2, orientation: str = "ras") -> InputImage:
+    """Read a NIfTI/NRRD volume (to be run slice-wise along ``axis`` of the view a model of
+    ``orientation`` slices: 2 is axial in the RAS view) or a 2-D PNG/JPG image.
 
     Raises:
         ValueError: naming the file: unsupported type, unreadable or truncated, not 3-D, NaN/inf
@@ -597,13 +636,15 @@ def read_input(path: str | os.PathLike, axis: int = 2) -> InputImage:
             raise ValueError(f"{str(path)!r} is not a 3-D volume (shape {volume.shape})")
         if axis not in (0, 1, 2):
             raise ValueError(f"slice axis must be 0, 1 or 2, got {axis}")
-        if min(n for i, n in enumerate(volume.shape) if i != axis) < 2:
+        view = reorientation(geometry.affine, orientation)
+        if min(n for i, n in enumerate(volume.shape) if i != view.file_axis(axis)) < 2:
+            where = "" if view.identity else " of its RAS view"
             raise ValueError(
-                f"{str(path)!r}: its slices along axis {axis} are lines, not images (shape {volume.shape}); "
+                f"{str(path)!r}: its slices along axis {axis}{where} are lines, not images (shape {volume.shape}); "
                 "pick another slice axis"
             )
         # one slice along the axis (nnU-Net's 2-D NIfTI) is fine
-        return InputImage(path, volume, True, geometry.spacing)
+        return InputImage(path, volume, True, geometry.spacing, geometry.affine)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"unsupported input {str(path)!r}: use .nii/.nii.gz/.nrrd volumes or .png/.jpg images")
     return InputImage(path, load_image_2d(path), False)
@@ -627,6 +668,7 @@ def predict_input(
             progress=progress,
             cancel=cancel,
             spacing=image.spacing,
+            affine=image.affine,
         )
     return predictor.predict_image(image.array)
 
@@ -646,7 +688,8 @@ def predict_file(
         ValueError: naming the file: unsupported type, unreadable, not 3-D, slices that are
             lines (one voxel wide), NaN/inf voxels.
     """
-    return predict_input(predictor, read_input(path, axis), axis, skip_background, progress, cancel)
+    image = read_input(path, axis, predictor.orientation)
+    return predict_input(predictor, image, axis, skip_background, progress, cancel)
 
 
 def save_mask(result: VolumeResult | ImageResult, input_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:

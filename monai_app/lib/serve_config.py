@@ -275,7 +275,7 @@ class ServeConfig:
         min_lesion_mean: connected lesions whose mean probability is under this are removed for
             every request, 0 keeps every lesion (default None: the checkpoint's calibrated value;
             a request may override it).
-        slice_axis: volume axis slices are taken along.
+        slice_axis: axis of a volume's RAS view slices are taken along (2: axial).
         batch_size: slices per forward pass.
         device: ``cpu``/``cuda``/``cuda:N``; default CUDA when available.
         precision: ``auto`` (bf16 where the device runs it fast: CUDA with bf16, a CPU with AMX /

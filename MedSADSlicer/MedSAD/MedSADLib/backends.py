@@ -91,14 +91,27 @@ class LocalBackend:
     ) -> MedSADResult:
         """Run the volume slice by slice along K on the checkpoint's model; ``threshold`` (lesion
         map), ``min_lesion_mm3`` and ``min_lesion_mean`` override the checkpoint's calibrated ones.
-        The voxels are copied once, to the (I, J, K) float32 array ``medsad_monai`` reads."""
+        The voxels are copied once, to the (I, J, K) float32 array ``medsad_monai`` reads.
+
+        Where K is the volume's axial axis the model sees each slice turned the way it was trained
+        (the RAS view, ``medsad_monai.data.orientation``); a volume stored with another axis along
+        K is sliced along K as stored, and the log says so."""
         threshold = check_threshold(threshold)
         min_lesion_mm3 = check_min_lesion_mm3(min_lesion_mm3)
         min_lesion_mean = check_min_lesion_mean(min_lesion_mean)
         predictor = self._load()
+        from medsad_monai.data.orientation import reorientation
         from medsad_monai.engine.inference import InferenceCancelled
 
         volume = nodes.voxels_ijk(volume_node)
+        affine = nodes.ijk_to_ras_array(volume_node)
+        if predictor.orientation == "ras" and reorientation(affine).file_axis(2) != 2:
+            logger.warning(
+                "%s: its K axis is not the axial one; the module shows slices along K, so the model gets "
+                "them as stored, not as the axial slices it was trained on (answers may be poorer)",
+                volume_node.GetName(),
+            )
+            affine = None
         try:
             out = predictor.predict_volume(
                 predictor.normalize_volume(volume),
@@ -106,6 +119,7 @@ class LocalBackend:
                 progress=progress,
                 cancel=cancel,
                 spacing=tuple(volume_node.GetSpacing()),  # I, J, K as the voxels: lesion sizes in mm³
+                affine=affine,
             )
         except InferenceCancelled as err:
             raise MedSADError(f"cancelled: {err}") from err
@@ -220,6 +234,11 @@ class ServerBackend:
         if progress is not None:
             progress(1, 1)
         scores = [float(s) for s in params["slice_scores"]]
+        if int(params.get("slice_axis", 2)) != 2:
+            raise MedSADError(
+                f"the server cut this volume's slices along voxel axis {params['slice_axis']}, its axial axis; "
+                "the module shows slices along K: use the local backend, which slices along K as stored"
+            )
         if len(scores) != mask.shape[0]:
             raise MedSADError(
                 f"server returned {len(scores)} slice scores for a volume of {mask.shape[0]} slices; "

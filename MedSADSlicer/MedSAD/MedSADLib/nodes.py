@@ -24,6 +24,12 @@ def ijk_to_ras(volume_node: Any) -> vtk.vtkMatrix4x4:
     return matrix
 
 
+def ijk_to_ras_array(volume_node: Any) -> np.ndarray:
+    """The volume's IJK-to-RAS matrix as a 4×4 numpy array (the affine ``medsad_monai`` reads)."""
+    matrix = ijk_to_ras(volume_node)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
+
+
 def volume_array(volume_node: Any) -> np.ndarray:
     """The voxels as (K, J, I), like ``slicer.util.arrayFromVolume``: a view, not a copy."""
     return np.asarray(slicer.util.arrayFromVolume(volume_node))
