@@ -139,9 +139,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--augment",
         default="paper",
-        choices=["paper", "intensity", "strong"],
+        choices=["paper", "intensity", "strong", "mirror"],
         help="paper = horizontal flips; intensity = + MONAI gamma, intensity scale, bias field, "
-        "blur, low resolution, noise (scanner differences); strong = + affine, milder intensity",
+        "blur, low resolution, noise (scanner differences); strong = + affine, milder intensity; "
+        "mirror = + flips along the other in-plane axis (left-right for RAS-view volume slices)",
     )
     p.add_argument(
         "--intensity",

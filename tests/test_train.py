@@ -538,3 +538,24 @@ def test_resume_finishes_a_committed_best_and_drops_an_uncommitted_one(tiny_volu
     shutil.copy2(run / "best.pt", run / train_mod.PENDING_BEST)
     train_mod._recover_run(run, {**committed, "best_epoch": best_epoch + 5, "epoch": best_epoch + 5})
     assert not (run / train_mod.PENDING_BEST).exists() and (run / "best.pt").read_bytes() == before  # dropped
+
+
+def test_mirror_augmentation_flips_along_both_in_plane_axes(tiny_volumes):
+    """``augment="mirror"`` draws a flip along each in-plane axis independently: over repeated draws
+    of one lesion slice the mask comes out as itself, mirrored left-right (rows), front-back
+    (columns) and both; the paper's flip gives only the column mirror."""
+    from medsad_monai.data.layouts import read_layout
+    from medsad_monai.engine.datasets import slice_dataset
+
+    sample = next(s for s in read_layout(tiny_volumes).samples if s.label == 1)
+    seen: dict[str, set[str]] = {}
+    for augment in ("paper", "mirror"):
+        ds = slice_dataset([sample] * 40, 64, train=True, augment=augment, seed=3)
+        base = torch.as_tensor(slice_dataset([sample], 64, train=False)[0]["mask"])
+        variants = {"none": base, "rows": base.flip(-2), "cols": base.flip(-1), "both": base.flip(-2, -1)}
+        assert len({tuple(v.flatten().tolist()) for v in variants.values()}) == 4  # an asymmetric lesion
+        seen[augment] = {
+            name for item in ds for name, v in variants.items() if torch.equal(torch.as_tensor(item["mask"]), v)
+        }
+    assert seen["paper"] == {"none", "cols"}
+    assert seen["mirror"] == {"none", "rows", "cols", "both"}

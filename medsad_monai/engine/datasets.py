@@ -43,7 +43,7 @@ from medsad_monai.data.volumes import (
     take_slice,
 )
 
-AUGMENTS: tuple[str, ...] = ("paper", "intensity", "strong")
+AUGMENTS: tuple[str, ...] = ("paper", "intensity", "strong", "mirror")
 #: Where synthetic lesions may go: ``slice`` = the slice's brain estimate as it is (on a head's
 #: neck, face and vertex slices that is muscle, orbits and scalp); ``brain`` = on a head with its
 #: skull, only slices whose estimate is a brain (:func:`estimate_brain_mask` with ``skull``).
@@ -414,7 +414,10 @@ def slice_dataset(
     lesions on normal slices. ``augment="intensity"`` adds MONAI's random contrast (gamma),
     intensity scale, bias field, noise, blur and lower resolution — what changes between
     scanners and protocols, not anatomy; ``augment="strong"`` adds a random affine (rotation,
-    scale, shift) to the paper's flips and a milder intensity set.
+    scale, shift) to the paper's flips and a milder intensity set. ``augment="mirror"`` adds a
+    random flip along the other in-plane axis, drawn independently: a volume slice of the RAS
+    view has left-right along its rows and anterior-posterior along its columns, so the paper's
+    flip (columns) mirrors front and back, and this one left and right.
     Volumes are normalised per volume with ``intensity`` (:func:`normalize_intensity`); the
     model's own normalisation (``model.normalize``) follows inside the model. ``context`` 1 gives
     the model a volume slice with its two neighbours as its three channels (2-D images are
@@ -435,6 +438,8 @@ def slice_dataset(
     transforms.append(_ToModelSized(size))
     if train:
         transforms.append(RandFlipd(keys=["image", "mask"], prob=0.5, spatial_axis=1))
+    if train and augment == "mirror":
+        transforms.append(RandFlipd(keys=["image", "mask"], prob=0.5, spatial_axis=0))
     if train and augment == "strong":
         transforms += [
             RandAffined(
