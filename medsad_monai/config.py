@@ -90,7 +90,9 @@ class MedSADConfig:
             :mod:`medsad_monai.engine.decision`), or one of ``peak`` / ``lesion_area`` (the
             ``tiny`` preset: ``lesion_area``, see docs/decisions.md).
         tta_flip: at inference (eval mode), average the lesion map and score with those of the
-            left-right mirrored image (2× inference time; see ``networks/flip_tta.py``).
+            column-mirrored image (2× inference time; see ``networks/flip_tta.py``).
+        tta_flip_rows: with ``tta_flip``, the row-mirrored views too (4 views, 4× inference
+            time): for RAS-view volume slices the rows run left-right (the ``tiny`` preset).
 
     Loss:
         mc_loss: add the margin contrastive loss (the ``full`` preset).
@@ -150,6 +152,7 @@ class MedSADConfig:
     score_fusion: str = "cls"
     slice_score: str = "model"
     tta_flip: bool = False
+    tta_flip_rows: bool = False
 
     mc_loss: bool = True
     mc_margin: float = 0.4

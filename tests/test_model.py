@@ -249,7 +249,7 @@ def test_flip_averaging_makes_eval_predictions_mirror_equivariant(tiny_config, k
 
     torch.manual_seed(0)
     build = {
-        "medsad": lambda tta: MedSADCLIP(tiny_config.replace(tta_flip=tta)),
+        "medsad": lambda tta: MedSADCLIP(tiny_config.replace(tta_flip=tta, tta_flip_rows=False)),
         "unet": lambda tta: UNetBaseline(64, tta_flip=tta),
     }[kind]
     model, plain = build(True).eval(), build(False).eval()
@@ -267,6 +267,34 @@ def test_flip_averaging_makes_eval_predictions_mirror_equivariant(tiny_config, k
         assert torch.allclose(plain(x, flip_tta=True)["mask"], a["mask"], atol=1e-6)
     with torch.no_grad():  # training sees one view: no averaging
         assert torch.allclose(model.train()(x)["mask"], plain.train()(x)["mask"], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["medsad", "unet"])
+def test_flip_averaging_over_rows_too_makes_predictions_equivariant_to_both_mirrors(tiny_config, kind):
+    """``tta_flip_rows``: the four views (as is, columns, rows, both mirrored) averaged, so an
+    image mirrored along its rows (left-right for a RAS-view volume slice) gets the mirrored
+    answer; without it only the column mirror does."""
+    from medsad_monai.networks.unet_baseline import UNetBaseline
+
+    torch.manual_seed(0)
+    build = {
+        "medsad": lambda rows: MedSADCLIP(tiny_config.replace(tta_flip=True, tta_flip_rows=rows)),
+        "unet": lambda rows: UNetBaseline(64, tta_flip=True, tta_flip_rows=rows),
+    }[kind]
+    model, columns_only = build(True).eval(), build(False).eval()
+    columns_only.load_state_dict(model.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), model(x.flip(-2))
+        p, q = columns_only(x), columns_only(x.flip(-2))
+        views = [model(v, flip_tta=False)["mask"] for v in (x, x.flip(-1), x.flip(-2), x.flip(-2, -1))]
+    assert torch.allclose(a["mask"], b["mask"].flip(-2), atol=1e-5)
+    assert torch.allclose(a["score"], b["score"], atol=1e-5)
+    assert not torch.allclose(p["mask"], q["mask"].flip(-2), atol=1e-5)
+    mirrored_back = views[0] + views[1].flip(-1) + views[2].flip(-2) + views[3].flip(-2, -1)
+    assert torch.allclose(a["mask"], mirrored_back / 4, atol=1e-6)
+    if kind == "unet":  # the switch is saved with the baseline's config
+        assert UNetBaseline(**model.config_dict()).tta_flip_rows
 
 
 def test_unet_baseline_image_logit_stays_finite_when_its_score_saturates_under_bf16():

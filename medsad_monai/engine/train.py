@@ -240,7 +240,7 @@ def build_model(opts: TrainOptions) -> tuple[nn.Module, MedSADLoss, dict[str, An
     cfg = load_preset(opts.preset, **{**(ds.model if ds is not None else {}), **given})
     if opts.model == "unet":
         size = cfg.image_size or native_image_size(cfg.clip_model)
-        model: nn.Module = UNetBaseline(image_size=size, tta_flip=cfg.tta_flip)
+        model: nn.Module = UNetBaseline(image_size=size, tta_flip=cfg.tta_flip, tta_flip_rows=cfg.tta_flip_rows)
         loss = MedSADLoss(
             bce_weight=0.0,
             dicefocal_weight=1.0,

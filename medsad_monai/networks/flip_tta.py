@@ -1,8 +1,12 @@
-"""Test-time flip averaging: the prediction of an image and of its left-right mirror, averaged.
+"""Test-time flip averaging: the prediction of an image and of its mirror images, averaged.
 
-Training already flips images left-right (paper §4.2), so the mirror is an equally valid view;
-averaging the two halves the variance of the lesion map at twice the inference cost. The two
-passes run one after the other, so peak memory stays that of one pass.
+Training already flips images along their columns (paper §4.2), so the mirror is an equally
+valid view; averaging the two halves the variance of the lesion map at twice the inference cost.
+With ``rows`` the row-mirrored views join (four views, four times the cost): for a volume slice
+of the RAS view the rows run left-right, so the answer no longer depends on which way round a
+head is (a left-right mirror of an unseen head moved its false positives by up to 1,100 voxels,
+docs/experiments.md, session 42). The passes run one after the other, so peak memory stays that
+of one pass.
 """
 
 from __future__ import annotations
@@ -19,19 +23,22 @@ _SCORES = ("score", "score_cls")
 
 
 def flip_averaged(
-    forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], images: torch.Tensor
+    forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], images: torch.Tensor, rows: bool = False
 ) -> dict[str, torch.Tensor]:
-    """``forward(images)`` with lesion maps and image scores averaged with the mirrored view.
+    """``forward(images)`` with lesion maps and image scores averaged with the column-mirrored
+    view (and, with ``rows``, the row-mirrored and the doubly mirrored views).
 
-    ``mask`` is the mean of the two probability maps (``mask_logits`` the mean of the logits);
-    the other outputs (class-token logits, ``cos``) are those of the original view.
+    ``mask`` is the mean of the probability maps (``mask_logits`` the mean of the logits), each
+    mirrored back first; the other outputs (class-token logits, ``cos``) are those of the
+    original view.
     """
     out = forward(images)
-    mirrored = forward(images.flip(-1))
+    flips = [(-1,), (-2,), (-2, -1)] if rows else [(-1,)]
+    views = [(dims, forward(images.flip(dims))) for dims in flips]
     for key in _MAPS:
         if key in out:
-            out[key] = 0.5 * (out[key] + mirrored[key].flip(-1))
+            out[key] = (out[key] + sum(view[key].flip(dims) for dims, view in views)) / (1 + len(views))
     for key in _SCORES:
         if key in out:
-            out[key] = 0.5 * (out[key] + mirrored[key])
+            out[key] = (out[key] + sum(view[key] for _, view in views)) / (1 + len(views))
     return out

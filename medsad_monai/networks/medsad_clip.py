@@ -213,7 +213,7 @@ class MedSADCLIP(nn.Module):
         mirrored image's; ``flip_tta=False`` runs the plain forward whatever the config."""
         self.check_input(images)
         if (self.config.tta_flip if flip_tta is None else flip_tta) and not self.training:
-            return flip_averaged(self._forward, images)
+            return flip_averaged(self._forward, images, rows=self.config.tta_flip_rows)
         return self._forward(images)
 
     def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -28,10 +28,15 @@ class UNetBaseline(nn.Module):
         image_size: input side.
         channels: UNet channels per level.
         tta_flip: average with the mirrored image at inference, as MedSAD's ``tta_flip``.
+        tta_flip_rows: the row-mirrored views too, as MedSAD's ``tta_flip_rows``.
     """
 
     def __init__(
-        self, image_size: int = 128, channels: tuple[int, ...] = (16, 32, 64, 128), tta_flip: bool = False
+        self,
+        image_size: int = 128,
+        channels: tuple[int, ...] = (16, 32, 64, 128),
+        tta_flip: bool = False,
+        tta_flip_rows: bool = False,
     ) -> None:
         super().__init__()
         if image_size % (2 ** (len(channels) - 1)) != 0:
@@ -39,6 +44,7 @@ class UNetBaseline(nn.Module):
         self.image_size = image_size
         self.channels = tuple(channels)
         self.tta_flip = bool(tta_flip)
+        self.tta_flip_rows = bool(tta_flip_rows)
         self.net = UNet(
             spatial_dims=2,
             in_channels=3,
@@ -49,7 +55,12 @@ class UNetBaseline(nn.Module):
         )
 
     def config_dict(self) -> dict[str, Any]:
-        return {"image_size": self.image_size, "channels": list(self.channels), "tta_flip": self.tta_flip}
+        return {
+            "image_size": self.image_size,
+            "channels": list(self.channels),
+            "tta_flip": self.tta_flip,
+            "tta_flip_rows": self.tta_flip_rows,
+        }
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(_MEAN, device=images.device, dtype=images.dtype)[:, None, None]
@@ -64,7 +75,7 @@ class UNetBaseline(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (self.image_size,) * 2:
             raise ValueError(f"expected (B, 3, {self.image_size}, {self.image_size}), got {tuple(images.shape)}")
         if (self.tta_flip if flip_tta is None else flip_tta) and not self.training:
-            return flip_averaged(self._forward, images)
+            return flip_averaged(self._forward, images, rows=self.tta_flip_rows)
         return self._forward(images)
 
     def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
