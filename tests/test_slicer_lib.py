@@ -71,8 +71,9 @@ def _volume(scene, name="brain", array=None, spacing=(0.9, 0.8, 3.0)):
 
 #: IJK-to-RAS directions whose columns run I anterior, J superior, K right: K is not axial
 SAGITTAL_K = [[0, 0, 1], [1, 0, 0], [0, 1, 0]]
-#: I left, J posterior, K superior: axial along K, both in-plane axes flipped
-LPS = [[-1, 0, 0], [0, -1, 0], [0, 0, 1]]
+#: I anterior, J left, K superior: axial along K, the in-plane axes swapped (the four-view flip
+#: averaging of the tiny preset makes an answer the same under in-plane flips, not under a swap)
+SWAPPED_IJ = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]
 
 
 def _set_direction(node, rows) -> None:
@@ -84,7 +85,7 @@ def _set_direction(node, rows) -> None:
 
 
 def test_local_run_gives_the_model_the_ras_view_where_k_is_axial(scene, tiny_checkpoint, caplog):
-    """K axial but stored left/posterior first: the model sees the RAS view (the answer is
+    """K axial but stored with I and J swapped: the model sees the RAS view (the answer is
     ``medsad_monai``'s with the node's affine). K not axial: slices along K as stored, and the
     log says why."""
     from medsad_monai.engine.inference import Predictor
@@ -92,7 +93,7 @@ def test_local_run_gives_the_model_the_ras_view_where_k_is_axial(scene, tiny_che
     logic = MedSADLogic(scene)
     backend = LocalBackend(str(tiny_checkpoint), batch_size=4, precision="fp32")
     direct = Predictor.from_checkpoint(tiny_checkpoint, batch_size=4, precision="fp32")
-    for rows, with_affine in ((LPS, True), (SAGITTAL_K, False)):
+    for rows, with_affine in ((SWAPPED_IJ, True), (SAGITTAL_K, False)):
         volume = _volume(scene, "oriented")
         _set_direction(volume, rows)
         caplog.clear()
