@@ -87,13 +87,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="a separate validation folder (same layout as --data): epochs are selected and the operating "
         "point fitted on its non-test cases, and every non-test case of --data trains (--val-fraction unused)",
     )
-    p.add_argument(
-        "--slice-axis",
-        type=int,
-        default=2,
-        choices=[0, 1, 2],
-        help="axis of the volume's RAS view to slice along: 0 sagittal, 1 coronal, 2 axial (default)",
-    )
+    _add_slice_axis(p)
     p.add_argument(
         "--synthetic-lesions",
         type=float,
@@ -193,13 +187,7 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=["test", "val", "all"])
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
-    p.add_argument(
-        "--slice-axis",
-        type=int,
-        default=2,
-        choices=[0, 1, 2],
-        help="axis of the volume's RAS view to slice along: 0 sagittal, 1 coronal, 2 axial (default)",
-    )
+    _add_slice_axis(p)
     _add_protocol(p, "default: the protocol the checkpoint was trained under")
     _add_thresholds(p)
     p.add_argument("--batch-size", type=int, default=8)
@@ -222,13 +210,7 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
         "validation split (split.json beside the checkpoint)",
     )
     p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
-    p.add_argument(
-        "--slice-axis",
-        type=int,
-        default=2,
-        choices=[0, 1, 2],
-        help="axis of the volume's RAS view to slice along: 0 sagittal, 1 coronal, 2 axial (default)",
-    )
+    _add_slice_axis(p)
     p.add_argument(
         "--slice-score",
         choices=["auto", "model", "peak", "lesion_area"],
@@ -251,13 +233,7 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt", required=True)
     p.add_argument("--input", required=True, help="a file or a folder of files")
     p.add_argument("--out", required=True)
-    p.add_argument(
-        "--slice-axis",
-        type=int,
-        default=2,
-        choices=[0, 1, 2],
-        help="axis of the volume's RAS view to slice along: 0 sagittal, 1 coronal, 2 axial (default)",
-    )
+    _add_slice_axis(p)
     _add_thresholds(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-skip-background", action="store_true", help="also run slices without anatomy")
@@ -274,6 +250,17 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
         choices=["auto", "fp32", "bf16"],
         help="model forward precision; auto = bf16 on CUDA with bf16 support or on a CPU with "
         "bf16 units (amx_bf16 / avx512_bf16), fp32 otherwise (default: auto)",
+    )
+
+
+def _add_slice_axis(p: argparse.ArgumentParser) -> None:
+    """``--slice-axis``: counted in the volume's RAS view (``medsad_monai.data.orientation``)."""
+    p.add_argument(
+        "--slice-axis",
+        type=int,
+        default=2,
+        choices=[0, 1, 2],
+        help="axis of the volume's RAS view to slice along: 0 sagittal, 1 coronal, 2 axial (default)",
     )
 
 
@@ -376,13 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-data", help="validate a dataset folder and print counts")
     p.add_argument("data")
     p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
-    p.add_argument(
-        "--slice-axis",
-        type=int,
-        default=2,
-        choices=[0, 1, 2],
-        help="axis of the volume's RAS view to slice along: 0 sagittal, 1 coronal, 2 axial (default)",
-    )
+    _add_slice_axis(p)
     p = sub.add_parser("make-sample-data", help="synthetic lesions on warped MNI152 brains (no download)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)

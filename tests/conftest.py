@@ -107,6 +107,16 @@ def _write_case(folder, name, shape, affine, rng, with_lesion):
     nib.save(nib.Nifti1Image(label, affine), folder / "labels" / f"{name}.nii.gz")
 
 
+def oblique_affine(degrees: float, spacing: tuple[float, float, float]):
+    """A voxel-to-RAS affine rotated ``degrees`` in the axial plane, anisotropic ``spacing``, origin
+    (10, -20, 5): near RAS, so its RAS view keeps the voxel order."""
+    import numpy as np
+
+    theta = np.deg2rad(degrees)
+    (si, sj, sk), c, s = spacing, np.cos(theta), np.sin(theta)
+    return np.array([[si * c, -sj * s, 0, 10.0], [si * s, sj * c, 0, -20.0], [0, 0, sk, 5.0], [0, 0, 0, 1]])
+
+
 @pytest.fixture(scope="session")
 def tiny_volumes(tmp_path_factory):
     """A tiny ``volumes`` (nnU-Net/MSD) dataset: 6 training and 2 test cases, anisotropic and oblique."""
@@ -114,15 +124,7 @@ def tiny_volumes(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny_volumes")
     rng = np.random.default_rng(0)
-    theta = np.deg2rad(20)
-    affine = np.array(
-        [
-            [0.9 * np.cos(theta), -0.8 * np.sin(theta), 0, 10.0],
-            [0.9 * np.sin(theta), 0.8 * np.cos(theta), 0, -20.0],
-            [0, 0, 3.0, 5.0],
-            [0, 0, 0, 1],
-        ]
-    )
+    affine = oblique_affine(20.0, (0.9, 0.8, 3.0))
     for split, names in (("Tr", [f"case_{i:03d}" for i in range(6)]), ("Ts", ["case_100", "case_101"])):
         for i, name in enumerate(names):
             _write_case(root / f"tmp{split}", name, (40, 48, 10), affine, rng, with_lesion=i % 3 != 2)

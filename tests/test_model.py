@@ -243,17 +243,25 @@ def test_score_fusion_mixes_class_token_and_lesion_map_peak(tiny_config):
         tiny_config.replace(score_fusion="max")
 
 
-@pytest.mark.parametrize("kind", ["medsad", "unet"])
-def test_flip_averaging_makes_eval_predictions_mirror_equivariant(tiny_config, kind):
+def _same_weights(tiny_config, kind: str, first: dict, second: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Two eval-mode models of ``kind`` (``medsad``: the tiny preset; ``unet``: the baseline at 64)
+    with the same weights, the flip-averaging options of ``first`` and ``second`` (the rest: flip
+    averaging over columns only)."""
     from medsad_monai.networks.unet_baseline import UNetBaseline
 
+    def build(options: dict) -> torch.nn.Module:
+        options = {"tta_flip": True, "tta_flip_rows": False, **options}
+        return (MedSADCLIP(tiny_config.replace(**options)) if kind == "medsad" else UNetBaseline(64, **options)).eval()
+
     torch.manual_seed(0)
-    build = {
-        "medsad": lambda tta: MedSADCLIP(tiny_config.replace(tta_flip=tta, tta_flip_rows=False)),
-        "unet": lambda tta: UNetBaseline(64, tta_flip=tta),
-    }[kind]
-    model, plain = build(True).eval(), build(False).eval()
-    plain.load_state_dict(model.state_dict())
+    a, b = build(first), build(second)
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+@pytest.mark.parametrize("kind", ["medsad", "unet"])
+def test_flip_averaging_makes_eval_predictions_mirror_equivariant(tiny_config, kind):
+    model, plain = _same_weights(tiny_config, kind, {"tta_flip": True}, {"tta_flip": False})
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         a, b = model(x), model(x.flip(-1))
@@ -276,13 +284,7 @@ def test_flip_averaging_over_rows_too_makes_predictions_equivariant_to_both_mirr
     answer; without it only the column mirror does."""
     from medsad_monai.networks.unet_baseline import UNetBaseline
 
-    torch.manual_seed(0)
-    build = {
-        "medsad": lambda rows: MedSADCLIP(tiny_config.replace(tta_flip=True, tta_flip_rows=rows)),
-        "unet": lambda rows: UNetBaseline(64, tta_flip=True, tta_flip_rows=rows),
-    }[kind]
-    model, columns_only = build(True).eval(), build(False).eval()
-    columns_only.load_state_dict(model.state_dict())
+    model, columns_only = _same_weights(tiny_config, kind, {"tta_flip_rows": True}, {"tta_flip_rows": False})
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         a, b = model(x), model(x.flip(-2))

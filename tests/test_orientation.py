@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import oblique_affine
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
 from medsad_monai.checkpoint import orientation_of, read_checkpoint
@@ -31,16 +32,7 @@ def _oblique_head(tmp_path) -> nib.Nifti1Image:
     head = (x**2 + y**2 + (0.8 * z) ** 2) < 0.8
     image = np.where(head, 0.4 + 0.05 * rng.standard_normal(shape), 0.0)
     image[((x - 0.3) ** 2 + (y + 0.2) ** 2 < 0.05) & (z > -0.3) & (z < 0.5)] = 0.95
-    theta = np.deg2rad(8)
-    affine = np.array(
-        [
-            [0.9 * np.cos(theta), -1.1 * np.sin(theta), 0, 10.0],
-            [0.9 * np.sin(theta), 1.1 * np.cos(theta), 0, -20.0],
-            [0, 0, 3.0, 5.0],
-            [0, 0, 0, 1],
-        ]
-    )
-    return nib.Nifti1Image((image * 1000).astype(np.int16), affine)
+    return nib.Nifti1Image((image * 1000).astype(np.int16), oblique_affine(8.0, (0.9, 1.1, 3.0)))
 
 
 def _stored_as(img: nib.Nifti1Image, codes: tuple[str, str, str]) -> nib.Nifti1Image:

@@ -255,15 +255,20 @@ def check_threshold(threshold: float | None) -> float | None:
     return t
 
 
+def _number(value: Any, what: str, expected: str) -> float:
+    """``value`` as a float, or :class:`MedSADError` naming ``what`` and what was ``expected``."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise MedSADError(f"{what} {value!r}: expected {expected}") from None
+
+
 def check_min_lesion_mm3(value: float | None) -> float | None:
     """``None`` (the model's calibrated minimum lesion size) or a size in mm³ ``>= 0`` (0 keeps
     every lesion)."""
     if value is None:
         return None
-    try:
-        size = float(value)
-    except (TypeError, ValueError):
-        raise MedSADError(f"minimum lesion size {value!r}: expected a number of mm³") from None
+    size = _number(value, "minimum lesion size", "a number of mm³")
     if not (np.isfinite(size) and size >= 0):
         raise MedSADError(f"minimum lesion size {size:g} mm³: must be 0 (keep every lesion) or more")
     return size
@@ -274,10 +279,7 @@ def check_min_lesion_mean(value: float | None) -> float | None:
     [0, 1) (0 keeps every lesion the threshold outlines)."""
     if value is None:
         return None
-    try:
-        mean = float(value)
-    except (TypeError, ValueError):
-        raise MedSADError(f"minimum lesion mean {value!r}: expected a probability between 0 and 1") from None
+    mean = _number(value, "minimum lesion mean", "a probability between 0 and 1")
     if not 0.0 <= mean < 1.0:
         raise MedSADError(f"minimum lesion mean {mean:g}: must be 0 (keep every lesion) or more, and below 1")
     return mean
