@@ -84,33 +84,46 @@ def _set_direction(node, rows) -> None:
     node.SetIJKToRASDirectionMatrix(direction)
 
 
-def test_local_run_gives_the_model_the_ras_view_where_k_is_axial(scene, tiny_checkpoint, caplog):
-    """K axial but stored with I and J swapped: the model sees the RAS view (the answer is
-    ``medsad_monai``'s with the node's affine). K not axial: slices along K as stored, and the
-    log says why."""
+def test_local_run_gives_the_model_the_ras_view_whichever_axis_is_axial(scene, tiny_checkpoint):
+    """K axial but stored with I and J swapped, and J axial (a sagittal acquisition): the model
+    sees the RAS view, the answer is ``medsad_monai``'s with the node's affine, its scores run
+    along the axial voxel axis and the table, the plot, the jump to the worst slice and the
+    stored decision follow that axis."""
     from medsad_monai.engine.inference import Predictor
 
     logic = MedSADLogic(scene)
     backend = LocalBackend(str(tiny_checkpoint), batch_size=4, precision="fp32")
     direct = Predictor.from_checkpoint(tiny_checkpoint, batch_size=4, precision="fp32")
-    for rows, with_affine in ((SWAPPED_IJ, True), (SAGITTAL_K, False)):
+    for rows, axis in ((SWAPPED_IJ, 2), (SAGITTAL_K, 1)):
         volume = _volume(scene, "oriented")
         _set_direction(volume, rows)
-        caplog.clear()
         result = logic.run(volume, backend, threshold=0.3)
         ijk = slicer.util.arrayFromVolume(volume).transpose(2, 1, 0).astype(np.float32)
         affine = nodes.ijk_to_ras_array(volume)
         np.testing.assert_allclose(affine, _matrix(nodes.ijk_to_ras(volume)))
-        expected = direct.predict_volume(
-            direct.normalize_volume(ijk), spacing=volume.GetSpacing(), affine=affine if with_affine else None
-        )
-        assert expected.axis == 2 and len(result.slice_scores) == SHAPE_KJI[0]
+        expected = direct.predict_volume(direct.normalize_volume(ijk), spacing=volume.GetSpacing(), affine=affine)
+        assert expected.axis == result.slice_axis == axis and result.axis_name == "IJK"[axis]
+        assert len(result.slice_scores) == ijk.shape[axis]
         np.testing.assert_allclose(result.slice_scores, expected.slice_scores, atol=1e-6)
         np.testing.assert_allclose(result.probability, expected.probability.transpose(2, 1, 0), atol=1e-6)
-        assert ("K axis is not the axial one" in caplog.text) is not with_affine
-        if with_affine:  # the view mattered: slicing the stored order would answer otherwise
-            as_stored = direct.predict_volume(direct.normalize_volume(ijk), spacing=volume.GetSpacing())
-            assert not np.allclose(as_stored.probability, expected.probability, atol=1e-3)
+        # the view mattered: slicing the stored order along K would answer otherwise
+        as_stored = direct.predict_volume(direct.normalize_volume(ijk), spacing=volume.GetSpacing())
+        assert not np.allclose(as_stored.probability, expected.probability, atol=1e-3)
+        outputs = logic.create_outputs(volume, result)
+        assert logic.slice_axis(outputs.table) == axis and outputs.table.GetNumberOfRows() == ijk.shape[axis]
+        assert logic.worst_slice(outputs.table) == result.worst_slice
+        assert outputs.plot_chart.GetXAxisTitle() == f"slice ({'IJK'[axis]})"
+        # the jump lands on the worst slice along that axis, in the middle of the other two
+        ras = logic.worst_slice_ras(volume, logic.worst_slice(outputs.table), logic.slice_axis(outputs.table))
+        assert ras == logic.worst_slice_ras(volume, result)
+        point = np.linalg.inv(affine) @ (*ras, 1.0)
+        centre = (np.array(ijk.shape) - 1) / 2.0
+        centre[axis] = result.worst_slice
+        np.testing.assert_allclose(point[:3], centre, atol=1e-6)
+        assert f"slice {'IJK'[axis]}={result.worst_slice}" in describe_decision(result)
+        assert f"slice {'IJK'[axis]}={result.worst_slice}" in logic.stored_decision(outputs.segmentation)
+    outputs.table.RemoveAttribute(nodes.SLICE_AXIS_ATTRIBUTE)  # a table of an earlier version: along K
+    assert logic.slice_axis(outputs.table) == 2
 
 
 def _ids(scene) -> list[str]:
@@ -461,11 +474,14 @@ def test_remote_backend_against_a_real_monai_label_server(scene, app_studies, ti
         outputs = logic.create_outputs(volume, remote)
         np.testing.assert_array_equal(nodes.segment_array(scene, outputs.segmentation, volume), remote.mask)
         # a volume whose K axis is not the axial one: the server cuts the axial slices (along J),
-        # which the module cannot show along K; refused with a message rather than misread
+        # as the local backend does
         sideways = _volume(scene, "sideways")
         _set_direction(sideways, SAGITTAL_K)
-        with pytest.raises(MedSADError, match="slices along voxel axis 1, its axial axis"):
-            logic.run(sideways, ServerBackend(url), threshold=0.3)
+        remote_j = logic.run(sideways, ServerBackend(url), threshold=0.3)
+        local_j = logic.run(sideways, LocalBackend(str(tiny_checkpoint), batch_size=4, precision="fp32"), threshold=0.3)
+        assert remote_j.slice_axis == local_j.slice_axis == 1 and len(remote_j.slice_scores) == SHAPE_KJI[1]
+        np.testing.assert_allclose(remote_j.slice_scores, local_j.slice_scores, atol=1e-5)
+        np.testing.assert_array_equal(remote_j.mask, local_j.mask)
         before = _ids(scene)
         with pytest.raises(MedSADError, match="answered with an error"):
             logic.run(volume, ServerBackend(url, model="no_such_model"), threshold=0.3)

@@ -373,12 +373,12 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onGoToWorstSliceButton(self):
         volume, table = self._resultsVolume(), self._parameters.output_table
         try:
-            k = self.logic.worst_slice(table)
+            index = self.logic.worst_slice(table)
         except MedSADError as err:
             slicer.util.errorDisplay(str(err))
             return
         slicer.util.setSliceViewerLayers(background=volume)
-        x, y, z = self.logic.worst_slice_ras(volume, k)
+        x, y, z = self.logic.worst_slice_ras(volume, index, self.logic.slice_axis(table))
         slicer.modules.markups.logic().JumpSlicesToLocation(x, y, z, True)
 
     def onExportSegButton(self):

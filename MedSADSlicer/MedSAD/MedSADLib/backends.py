@@ -89,29 +89,22 @@ class LocalBackend:
         min_lesion_mm3: float | None = None,
         min_lesion_mean: float | None = None,
     ) -> MedSADResult:
-        """Run the volume slice by slice along K on the checkpoint's model; ``threshold`` (lesion
-        map), ``min_lesion_mm3`` and ``min_lesion_mean`` override the checkpoint's calibrated ones.
+        """Run the volume slice by slice on the checkpoint's model; ``threshold`` (lesion map),
+        ``min_lesion_mm3`` and ``min_lesion_mean`` override the checkpoint's calibrated ones.
         The voxels are copied once, to the (I, J, K) float32 array ``medsad_monai`` reads.
 
-        Where K is the volume's axial axis the model sees each slice turned the way it was trained
-        (the RAS view, ``medsad_monai.data.orientation``); a volume stored with another axis along
-        K is sliced along K as stored, and the log says so."""
+        The model sees each slice turned the way it was trained: a model that slices the RAS view
+        (``medsad_monai.data.orientation``) gets the volume's axial slices, whichever voxel axis
+        (I, J or K) is the axial one; the result's ``slice_axis`` names it. A model of an older
+        checkpoint (no ``orientation``) slices along K as stored, as it did."""
         threshold = check_threshold(threshold)
         min_lesion_mm3 = check_min_lesion_mm3(min_lesion_mm3)
         min_lesion_mean = check_min_lesion_mean(min_lesion_mean)
         predictor = self._load()
-        from medsad_monai.data.orientation import reorientation
         from medsad_monai.engine.inference import InferenceCancelled
 
         volume = nodes.voxels_ijk(volume_node)
         affine = nodes.ijk_to_ras_array(volume_node)
-        if predictor.orientation == "ras" and reorientation(affine).file_axis(2) != 2:
-            logger.warning(
-                "%s: its K axis is not the axial one; the module shows slices along K, so the model gets "
-                "them as stored, not as the axial slices it was trained on (answers may be poorer)",
-                volume_node.GetName(),
-            )
-            affine = None
         try:
             out = predictor.predict_volume(
                 predictor.normalize_volume(volume),
@@ -189,10 +182,10 @@ class ServerBackend:
         min_lesion_mm3: float | None = None,
         min_lesion_mean: float | None = None,
     ) -> MedSADResult:
-        """Send the volume (slices along K: start the server with ``--conf slice_axis 2``);
-        ``threshold``, ``min_lesion_mm3`` and ``min_lesion_mean`` are sent as the request's
-        lesion-map threshold, minimum lesion size and minimum lesion mean probability, None keeps
-        the server's."""
+        """Send the volume (the server's app cuts the slices: along the axial axis for a model that
+        slices the RAS view, whichever voxel axis that is; the answer says which); ``threshold``,
+        ``min_lesion_mm3`` and ``min_lesion_mean`` are sent as the request's lesion-map threshold,
+        minimum lesion size and minimum lesion mean probability, None keeps the server's."""
         threshold = check_threshold(threshold)
         min_lesion_mm3 = check_min_lesion_mm3(min_lesion_mm3)
         min_lesion_mean = check_min_lesion_mean(min_lesion_mean)
@@ -234,15 +227,14 @@ class ServerBackend:
         if progress is not None:
             progress(1, 1)
         scores = [float(s) for s in params["slice_scores"]]
-        if int(params.get("slice_axis", 2)) != 2:
+        axis = params.get("slice_axis", 2)
+        if axis not in (0, 1, 2):
+            raise MedSADError(f"MONAI Label server {self.url} answered slice_axis {axis!r}: not a voxel axis")
+        n_slices = mask.shape[2 - axis]  # the mask is (K, J, I)
+        if len(scores) != n_slices:
             raise MedSADError(
-                f"the server cut this volume's slices along voxel axis {params['slice_axis']}, its axial axis; "
-                "the module shows slices along K: use the local backend, which slices along K as stored"
-            )
-        if len(scores) != mask.shape[0]:
-            raise MedSADError(
-                f"server returned {len(scores)} slice scores for a volume of {mask.shape[0]} slices; "
-                "start the server with --conf slice_axis 2"
+                f"server returned {len(scores)} slice scores for a volume of {n_slices} slices along "
+                f"{'IJK'[axis]}; is it the MedSAD app?"
             )
         info = {k: v for k, v in params.items() if k != "slice_scores"}
         op = params.get("operating_point") or {}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import nodes
-from .results import MedSADError, check_min_lesion_mean, check_min_lesion_mm3, check_threshold
+from .results import MedSADError, axis_name, check_min_lesion_mean, check_min_lesion_mm3, check_threshold
 
 if TYPE_CHECKING:  # annotations only
     from .results import Backend, CancelFn, MedSADResult, ProgressFn
@@ -74,7 +74,8 @@ class MedSADLogic:
         min_lesion_mm3: float | None = None,
         min_lesion_mean: float | None = None,
     ) -> MedSADResult:
-        """Run ``volume_node`` through ``backend`` (slices along K). Creates no nodes.
+        """Run ``volume_node`` through ``backend`` (slice by slice; the result's ``slice_axis`` says
+        along which voxel axis). Creates no nodes.
 
         Every backend is called the same way (:class:`~MedSADLib.results.Backend`).
         ``threshold`` (lesion map), ``min_lesion_mm3`` (connected lesions under it are removed;
@@ -97,11 +98,18 @@ class MedSADLogic:
         result = backend.run(volume_node, threshold, progress, cancel, **overrides)
         if result.mask.shape != shape:
             raise MedSADError(f"backend returned a mask of shape {result.mask.shape} for a volume of {shape}")
+        n_slices = shape[2 - result.slice_axis] if result.slice_axis in (0, 1, 2) else -1  # shape is (K, J, I)
+        if len(result.slice_scores) != n_slices:
+            raise MedSADError(
+                f"backend returned {len(result.slice_scores)} slice scores along axis {result.slice_axis!r} "
+                f"of a volume of shape {shape} (K, J, I)"
+            )
         logger.info(
-            "%s: volume score %.3f (%s), worst slice %d (%s backend, %s)",
+            "%s: volume score %.3f (%s), worst slice %s=%d (%s backend, %s)",
             volume_node.GetName(),
             result.volume_score,
             "abnormal" if result.volume_abnormal else "normal",
+            result.axis_name,
             result.worst_slice,
             result.backend,
             result.source,
@@ -124,7 +132,12 @@ class MedSADLogic:
             name = volume_node.GetName()
             seg = nodes.set_segment(self.scene, volume_node, result.mask, segmentation_node, f"{name} MedSAD")
             table = nodes.scores_table(
-                self.scene, result.slice_scores, result.abnormal(), table_node, f"{name} MedSAD scores"
+                self.scene,
+                result.slice_scores,
+                result.abnormal(),
+                table_node,
+                f"{name} MedSAD scores",
+                axis=result.slice_axis,
             )
             series, chart = nodes.scores_plot(self.scene, table)
         except Exception:
@@ -170,20 +183,29 @@ class MedSADLogic:
         _store_decision(outputs.segmentation, result)
         return result
 
-    def worst_slice_ras(self, volume_node: Any, result: MedSADResult | int) -> tuple[float, float, float]:
-        """RAS of the centre of the most anomalous slice (of a result, or a K index; for
-        ``JumpSlicesToLocation``)."""
-        k = result if isinstance(result, int) else result.worst_slice
-        return nodes.slice_centre_ras(volume_node, k)
+    def worst_slice_ras(
+        self, volume_node: Any, result: MedSADResult | int, axis: int | None = None
+    ) -> tuple[float, float, float]:
+        """RAS of the centre of the most anomalous slice (of a result, or a slice index along
+        ``axis``, K when not given; for ``JumpSlicesToLocation``)."""
+        if isinstance(result, int):
+            index, axis = result, 2 if axis is None else axis
+        else:
+            index, axis = result.worst_slice, result.slice_axis
+        return nodes.slice_centre_ras(volume_node, index, axis)
 
     def worst_slice(self, table_node: Any) -> int:
-        """K index of the highest score in a scores table (works after the scene is reloaded,
-        when the in-memory result is gone)."""
+        """Index of the highest score in a scores table, along the table's slice axis
+        (:meth:`slice_axis`); works after the scene is reloaded, when the in-memory result is gone."""
         scores = nodes.table_scores(table_node)
         if not scores:
             name = repr(table_node.GetName()) if table_node is not None else "no table"
             raise MedSADError(f"{name} has no scores: run MedSAD first")
         return max(range(len(scores)), key=scores.__getitem__)
+
+    def slice_axis(self, table_node: Any) -> int:
+        """The voxel axis (0 = I, 1 = J, 2 = K) a scores table's slices run along."""
+        return nodes.table_slice_axis(table_node)
 
     def outputs_belong_to(self, node: Any, volume_node: Any) -> bool:
         """True when ``node`` (an output segmentation or table) was made from ``volume_node``."""
@@ -198,12 +220,13 @@ class MedSADLogic:
         if get is None or get("volumeScore") is None:
             return ""
         verdict = "ABNORMAL" if get("volumeAbnormal") == "True" else "normal"
+        axis = axis_name(int(get("sliceAxis") or 2))
         return (
             f"Last result ({get('backend')} backend): volume {verdict}, score {float(get('volumeScore')):.3f} "
             f"(threshold {float(get('volumeThreshold') or 0.5):.3f}; operating point "
             f"{get('source') or 'default'}, lesion threshold {float(get('threshold')):.2f}); most anomalous "
-            f"slice K={get('worstSlice')}. Run again to re-threshold: the probabilities are not saved with "
-            "the scene."
+            f"slice {axis}={get('worstSlice')}. Run again to re-threshold: the probabilities are not saved "
+            "with the scene."
         )
 
     def export_seg_nrrd(self, segmentation_node: Any, path: str) -> None:
@@ -228,6 +251,7 @@ def _store_decision(segmentation_node: Any, result: MedSADResult) -> None:
         ("volumeThreshold", result.volume_threshold),
         ("volumeAbnormal", result.volume_abnormal),
         ("worstSlice", result.worst_slice),
+        ("sliceAxis", result.slice_axis),
         ("threshold", result.threshold),
         ("sliceThreshold", result.slice_threshold),
         ("source", result.source),

@@ -11,11 +11,13 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .results import MedSADError
+from .results import MedSADError, axis_name
 
 SEGMENT_NAME = "Lesion"
 SEGMENT_COLOR = (0.9, 0.15, 0.1)
 TABLE_COLUMNS = ("slice", "score", "abnormal")
+#: attribute of a scores table: the voxel axis (0, 1, 2 for I, J, K) its slices run along
+SLICE_AXIS_ATTRIBUTE = "MedSAD.sliceAxis"
 
 
 def ijk_to_ras(volume_node: Any) -> vtk.vtkMatrix4x4:
@@ -108,11 +110,19 @@ def segment_array(scene: Any, segmentation_node: Any, volume_node: Any) -> np.nd
 
 
 def scores_table(
-    scene: Any, scores: Sequence[float], abnormal: Sequence[bool], table_node: Any = None, name: str = "MedSAD scores"
+    scene: Any,
+    scores: Sequence[float],
+    abnormal: Sequence[bool],
+    table_node: Any = None,
+    name: str = "MedSAD scores",
+    axis: int = 2,
 ) -> Any:
-    """A table node: ``slice`` (int32), ``score`` (float), ``abnormal`` (int32 0/1)."""
+    """A table node: ``slice`` (int32, the index along voxel axis ``axis``: 0 = I, 1 = J, 2 = K,
+    kept as the table's ``MedSAD.sliceAxis`` attribute), ``score`` (float), ``abnormal`` (int32 0/1)."""
+    letter = axis_name(axis)
     if table_node is None:
         table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    table_node.SetAttribute(SLICE_AXIS_ATTRIBUTE, str(axis))
     table_node.RemoveAllColumns()
     columns = (vtk.vtkIntArray(), vtk.vtkFloatArray(), vtk.vtkIntArray())
     for column, title in zip(columns, TABLE_COLUMNS):
@@ -123,6 +133,7 @@ def scores_table(
         columns[2].InsertNextValue(int(bool(flag)))
     for column in columns:
         table_node.AddColumn(column)
+    table_node.SetColumnDescription("slice", f"index of the slice along the volume's {letter} axis")
     table_node.SetColumnDescription("score", "MedSAD anomaly score of the slice (0-1)")
     table_node.SetColumnDescription("abnormal", "1 if score >= the calibrated slice threshold")
     table_node.Modified()
@@ -149,6 +160,13 @@ def table_scores(table_node: Any) -> list[float]:
     return [float(column.GetValue(k)) for k in range(column.GetNumberOfTuples())]
 
 
+def table_slice_axis(table_node: Any) -> int:
+    """The voxel axis a scores table's slices run along (K for a table written before the
+    attribute existed)."""
+    value = table_node.GetAttribute(SLICE_AXIS_ATTRIBUTE) if table_node is not None else None
+    return int(value) if value in ("0", "1", "2") else 2
+
+
 def scores_plot(
     scene: Any, table_node: Any, series: Any = None, chart: Any = None, title: str = "MedSAD anomaly score per slice"
 ) -> tuple[Any, Any]:
@@ -172,7 +190,7 @@ def scores_plot(
     if not chart.HasPlotSeriesNodeID(series.GetID()):
         chart.AddAndObservePlotSeriesNodeID(series.GetID())
     chart.SetTitle(title)
-    chart.SetXAxisTitle("slice (K)")
+    chart.SetXAxisTitle(f"slice ({axis_name(table_slice_axis(table_node))})")
     chart.SetYAxisTitle("anomaly score")
     return series, chart
 
@@ -186,10 +204,12 @@ def _find(scene: Any, class_name: str, match: Any) -> Any:
     return None
 
 
-def slice_centre_ras(volume_node: Any, k: int) -> tuple[float, float, float]:
-    """RAS of the centre of slice ``k`` (K index)."""
+def slice_centre_ras(volume_node: Any, index: int, axis: int = 2) -> tuple[float, float, float]:
+    """RAS of the centre of slice ``index`` along voxel axis ``axis`` (0 = I, 1 = J, 2 = K)."""
     dims = volume_node.GetImageData().GetDimensions()
-    ijk = ((dims[0] - 1) / 2.0, (dims[1] - 1) / 2.0, float(k), 1.0)
+    ijk = [(n - 1) / 2.0 for n in dims] + [1.0]
+    axis_name(axis)  # a voxel axis, or a clear error
+    ijk[axis] = float(index)
     ras = ijk_to_ras(volume_node).MultiplyPoint(ijk)
     return float(ras[0]), float(ras[1]), float(ras[2])
 

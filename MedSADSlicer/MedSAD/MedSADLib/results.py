@@ -3,7 +3,9 @@ cancel callbacks and the backend interface. This module imports nothing from the
 no two ``MedSADLib`` modules import each other in a circle (``tests/test_slicer_static.py``
 checks it).
 
-Arrays are in Slicer's ``arrayFromVolume`` order (K, J, I): one score per K slice.
+Arrays are in Slicer's ``arrayFromVolume`` order (K, J, I). The scores are one per slice along
+the voxel axis the model cut (``MedSADResult.slice_axis``: 0 = I, 1 = J, 2 = K), the volume's
+axial axis for a model that slices the RAS view, whichever voxel axis that is.
 """
 
 from __future__ import annotations
@@ -18,6 +20,16 @@ import numpy as np
 ProgressFn = Callable[[int, int], None]
 #: ``cancel()``: polled between batches; True stops the run with a :class:`MedSADError`.
 CancelFn = Callable[[], bool]
+
+#: Slicer's names of the voxel axes, by index (0, 1, 2)
+AXIS_NAMES = "IJK"
+
+
+def axis_name(axis: int) -> str:
+    """``I``, ``J`` or ``K`` for a voxel axis index; :class:`MedSADError` for anything else."""
+    if axis not in (0, 1, 2):
+        raise MedSADError(f"slice axis {axis!r} is not a voxel axis (0 = I, 1 = J, 2 = K)")
+    return AXIS_NAMES[axis]
 
 
 class MedSADError(RuntimeError):
@@ -45,7 +57,7 @@ class MedSADResult:
     0.5 fallback for an uncalibrated checkpoint), as in ``medsad infer`` and the server.
 
     Args:
-        slice_scores: one calibrated score per K slice (Slicer's slice index).
+        slice_scores: one calibrated score per slice along ``slice_axis``.
         mask: (K, J, I) uint8 post-processed lesion mask at ``threshold``.
         threshold: the lesion-map threshold of ``mask``.
         slice_threshold: a slice is abnormal when its score is at or above it.
@@ -66,6 +78,8 @@ class MedSADResult:
             model's calibrated one.
         min_lesion_mean: the minimum mean probability of a kept lesion set by hand for this
             result (0 keeps every lesion the threshold outlines); None = the model's calibrated one.
+        slice_axis: the voxel axis the slices were cut along (0 = I, 1 = J, 2 = K): the volume's
+            axial axis for a model that slices the RAS view.
     """
 
     slice_scores: list[float]
@@ -82,11 +96,17 @@ class MedSADResult:
     redecide: Callable[..., MedSADResult] | None = None
     min_lesion_mm3: float | None = None
     min_lesion_mean: float | None = None
+    slice_axis: int = 2
 
     @property
     def worst_slice(self) -> int:
-        """K index of the most anomalous slice."""
+        """Index of the most anomalous slice along :attr:`slice_axis`."""
         return int(np.argmax(self.slice_scores)) if self.slice_scores else 0
+
+    @property
+    def axis_name(self) -> str:
+        """``I``, ``J`` or ``K``: the voxel axis the slices were cut along."""
+        return axis_name(self.slice_axis)
 
     @property
     def operating_point(self) -> dict[str, Any]:
@@ -152,6 +172,7 @@ class MedSADResult:
             volume_abnormal=bool(summary.get("volume_abnormal", False)),
             volume_threshold=float(summary.get("volume_threshold", 0.5)),
             info=info,
+            slice_axis=int(summary.get("slice_axis", 2)),
             **kwargs,
         )
 
@@ -186,10 +207,11 @@ def describe_decision(result: MedSADResult) -> str:
     text = (
         f"Volume {verdict}: score {result.volume_score:.3f} {relation} threshold {result.volume_threshold:.3f}"
         f"{kind}. Operating point: {describe_source(result.source)}; lesion threshold {result.threshold:.2f}"
-        f"{size}. Most anomalous slice K={result.worst_slice}; {abnormal} of {len(result.slice_scores)} slices "
-        f"at or above {result.slice_threshold:.3f}."
+        f"{size}. Most anomalous slice {result.axis_name}={result.worst_slice}; {abnormal} of "
+        f"{len(result.slice_scores)} slices at or above {result.slice_threshold:.3f}."
     )
-    text += describe_lesions(result.info) + describe_low_confidence(result.info)
+    axis = result.axis_name
+    text += describe_lesions(result.info, axis) + describe_low_confidence(result.info, axis)
     warnings = [str(w) for w in op.get("warnings") or []]
     if warnings:
         more = f" (and {len(warnings) - 1} more: see the model's calibration block)" if len(warnings) > 1 else ""
@@ -202,31 +224,32 @@ def describe_decision(result: MedSADResult) -> str:
     return text
 
 
-def describe_lesions(info: dict[str, Any]) -> str:
+def describe_lesions(info: dict[str, Any], axis: str = "K") -> str:
     """The decision's lesion sentence (e.g. `` 2 lesions; the largest 1,234 mm³ on slices K=40–45.``)
-    from a result's lesion table; empty when the result has none (an older server)."""
+    from a result's lesion table, its slices along ``axis`` (``I``, ``J`` or ``K``); empty when the
+    result has none (an older server)."""
     if "n_lesions" not in info:
         return ""
     n = int(info["n_lesions"])
     if n == 0:
         return " No lesion remains after post-processing."
-    size, where = _size_and_place((info.get("lesions") or [{}])[0])
+    size, where = _size_and_place((info.get("lesions") or [{}])[0], axis)
     return f" {n} lesion{'s' if n != 1 else ''}; the largest {size}{where}."
 
 
-def _size_and_place(lesion: dict[str, Any]) -> tuple[str, str]:
+def _size_and_place(lesion: dict[str, Any], axis: str = "K") -> tuple[str, str]:
     """A lesion-table row's size (``1,234 mm³``, or voxels without a voxel size) and place
-    (`` on slices K=40–45``, empty without slices)."""
+    (`` on slices K=40–45`` along ``axis``, empty without slices)."""
     size = (
         f"{float(lesion['volume_mm3']):,.0f} mm³"
         if lesion.get("volume_mm3") is not None
         else f"{int(lesion.get('voxels', 0)):,} voxels"
     )
-    where = f" on slices K={lesion['slices'][0]}–{lesion['slices'][1]}" if lesion.get("slices") else ""
+    where = f" on slices {axis}={lesion['slices'][0]}–{lesion['slices'][1]}" if lesion.get("slices") else ""
     return size, where
 
 
-def describe_low_confidence(info: dict[str, Any]) -> str:
+def describe_low_confidence(info: dict[str, Any], axis: str = "K") -> str:
     """The sentence on what the minimum lesion mean removed (e.g. `` The confidence filter hid 1
     region under a mean probability of 0.85: the largest 14,036 mm³ (mean 0.79) on slices
     K=40–61; set Minimum lesion mean to 0 to see it.``); empty when it removed nothing."""
@@ -235,7 +258,7 @@ def describe_low_confidence(info: dict[str, Any]) -> str:
     if n == 0:
         return ""
     largest = (hidden.get("lesions") or [{}])[0]
-    size, where = _size_and_place(largest)
+    size, where = _size_and_place(largest, axis)
     mean = f" (mean {float(largest['mean_probability']):.2f})" if largest.get("mean_probability") is not None else ""
     regions = f"{n} region{'s' if n != 1 else ''}"
     return (
@@ -300,7 +323,8 @@ class Backend(Protocol):
         min_lesion_mm3: float | None = None,
         min_lesion_mean: float | None = None,
     ) -> MedSADResult:
-        """Run ``volume_node`` slice by slice along K; ``threshold`` (lesion map),
+        """Run ``volume_node`` slice by slice (along its axial axis for a model that slices the RAS
+        view; the result says which, ``MedSADResult.slice_axis``); ``threshold`` (lesion map),
         ``min_lesion_mm3`` (connected lesions under it are removed) and ``min_lesion_mean``
         (connected lesions whose mean probability is under it are removed) override the model's
         calibrated ones, ``None`` keeps them. Raises :class:`MedSADError`."""
