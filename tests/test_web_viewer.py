@@ -236,3 +236,59 @@ def test_server_mode_infer_and_bad_input(browser, app_studies, tmp_path):
             page.locator("#image-id").fill("case_100")
             page.locator("#run").click()
             expect_message(page, "cannot reach", 30)
+
+
+# --------------------------------------------------------------------------- orientation (no browser)
+
+
+def test_a_slice_looks_the_same_whatever_the_files_voxel_order(tmp_path):
+    """One scan stored in five voxel orders (NIfTI) and as an LPS NRRD: the same axial slice
+    gives the same picture (right: R, top: A), and the aspect follows the in-plane spacing."""
+    import nibabel as nib
+    import nrrd
+
+    from web_viewer.data import load_case, orientation_caption, slice_png_data_url, slice_rgb
+
+    rng = np.random.default_rng(0)
+    image = rng.random((12, 16, 9)).astype(np.float32) * 100  # RAS: I right, J anterior, K superior
+    mask = np.zeros(image.shape, np.uint8)
+    mask[2:5, 9:14, 4] = 1  # right-ish, anterior, one slice: an asymmetric mark
+    affine = np.diag([0.8, 1.1, 3.0, 1.0])
+    affine[:3, 3] = (-5.0, 7.0, 2.0)
+    ras_img, ras_mask = nib.Nifti1Image(image, affine), nib.Nifti1Image(mask, affine)
+    pictures, sizes = {}, {}
+    for codes in (("R", "A", "S"), ("L", "P", "S"), ("P", "S", "R"), ("A", "S", "L"), ("L", "A", "S")):
+        ornt = nib.orientations.ornt_transform(
+            nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(codes)
+        )
+        name = "".join(codes)
+        nib.save(ras_img.as_reoriented(ornt), tmp_path / f"{name}.nii.gz")
+        nib.save(ras_mask.as_reoriented(ornt), tmp_path / f"{name}_mask.nii.gz")
+        axis = codes.index("S")  # superior increases along it in every order here: slice 4 is slice 4
+        case = load_case(tmp_path / f"{name}.nii.gz", tmp_path / f"{name}_mask.nii.gz", {"slice_axis": axis})
+        pictures[name] = slice_rgb(case, 4)
+        sizes[name] = _png_size(slice_png_data_url(case, 4))
+        assert orientation_caption(case) == "right: R, top: A"
+    # LPS NRRD, as 3D Slicer writes it
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    header = {"space": "left-posterior-superior", "space directions": lps[:3, :3].T, "space origin": lps[:3, 3]}
+    nrrd.write(str(tmp_path / "lps.nrrd"), image, header)
+    nrrd.write(str(tmp_path / "lps_mask.nrrd"), mask, header)
+    case = load_case(tmp_path / "lps.nrrd", tmp_path / "lps_mask.nrrd", {"slice_axis": 2})
+    pictures["nrrd"], sizes["nrrd"] = slice_rgb(case, 4), _png_size(slice_png_data_url(case, 4))
+    reference = pictures.pop("RAS")
+    red = (reference[..., 0].astype(int) - reference[..., 1]) > 60
+    rows, cols = np.nonzero(red)
+    # columns 2-4 from the left (I counts towards R, left to right), rows near the top (J anterior)
+    assert red.sum() == 15 and (cols.min(), cols.max()) == (2, 4) and (rows.min(), rows.max()) == (2, 6)
+    for name, picture in pictures.items():
+        np.testing.assert_array_equal(picture, reference, err_msg=name)
+    assert len(set(sizes.values())) == 1 and sizes["nrrd"][0] < sizes["nrrd"][1]  # 9.6 mm wide, 17.6 mm high
+
+
+def _png_size(data_url: str) -> tuple[int, int]:
+    import base64
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).size

@@ -15,7 +15,14 @@ from trame.ui.vuetify3 import SinglePageLayout
 from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
-from web_viewer.data import Case, load_case, load_scores_json, score_plot_svg, slice_png_data_url
+from web_viewer.data import (
+    Case,
+    load_case,
+    load_scores_json,
+    orientation_caption,
+    score_plot_svg,
+    slice_png_data_url,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +109,7 @@ class Viewer:
         s.slice_index = 0
         s.n_slices = 1
         s.slice_src = ""
+        s.orientation = ""
         s.slice_has_lesion = False
         s.plot_svg = ""
         s.score_rows = []
@@ -246,6 +254,7 @@ class Viewer:
             return
         i = min(max(int(self.state.slice_index or 0), 0), case.n_slices - 1)
         self.state.slice_src = slice_png_data_url(case, i, bool(self.state.show_overlay))
+        self.state.orientation = orientation_caption(case)
         self.state.slice_has_lesion = bool(case.mask.take(i, axis=case.axis).any())
         scores = [float(v) for v in case.result.get("slice_scores") or []]
         self.state.plot_svg = score_plot_svg(scores, case.result.get("slice_threshold"), i)
@@ -310,6 +319,7 @@ class Viewer:
                                 hide_details=True,
                             )
                             html.Img(id="slice-img", src=("slice_src",), v_if="slice_src", style="max-width:100%")
+                            html.Div("{{ orientation }}", id="orientation", classes="text-caption")
                             v3.VCheckbox(v_model=("show_overlay",), label="Lesion overlay", density="compact")
                             v3.VBtn("Go to most anomalous slice", id="goto-worst", click=self.goto_worst)
                         with v3.VCol(cols=12, md=4):

@@ -20,15 +20,22 @@ LESION_ALPHA = 0.55
 VIEW_PX = 384
 
 
+#: RAS axis names, by index, with the name of the patient side each points to
+RAS_SIDES = ("R", "A", "S")
+
+
 @dataclass
 class Case:
-    """A volume (file voxel order), its lesion mask (same shape) and the MedSAD result JSON."""
+    """A volume (file voxel order), its lesion mask (same shape) and the MedSAD result JSON;
+    ``affine`` (voxel to RAS, when the file has one) turns the slices the way a scanner's axes
+    run (:func:`display_axes`)."""
 
     name: str
     image: np.ndarray
     mask: np.ndarray
     spacing: tuple[float, float, float]
     result: dict[str, Any] = field(default_factory=dict)
+    affine: np.ndarray | None = None
 
     @property
     def axis(self) -> int:
@@ -55,7 +62,7 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, tuple[
             data, header = nrrd.read(str(p))
             dirs = header.get("space directions")
             spacing = tuple(float(np.linalg.norm(d)) for d in dirs) if dirs is not None else (1.0, 1.0, 1.0)
-            affine = None
+            affine = _nrrd_affine(header)
         else:
             import nibabel as nib
 
@@ -69,6 +76,65 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, tuple[
     if data.ndim != 3:
         raise ValueError(f"{p.name}: not a 3-D volume (shape {data.shape})")
     return data, affine, spacing  # type: ignore[return-value]
+
+
+def _nrrd_affine(header: dict[str, Any]) -> np.ndarray | None:
+    """Voxel-to-RAS affine of a 3-D NRRD header in a patient space (RAS, LPS or LAS); None when
+    the header has no such space or no spatial directions."""
+    flips = {
+        "right-anterior-superior": (1, 1, 1),
+        "ras": (1, 1, 1),
+        "left-posterior-superior": (-1, -1, 1),
+        "lps": (-1, -1, 1),
+        "left-anterior-superior": (-1, 1, 1),
+        "las": (-1, 1, 1),
+    }.get(str(header.get("space", "")).lower())
+    dirs = header.get("space directions")
+    if flips is None or dirs is None:
+        return None
+    try:
+        columns = np.asarray(dirs, dtype=float)
+    except (TypeError, ValueError):  # "none" entries of non-spatial axes
+        return None
+    if columns.shape != (3, 3) or not np.isfinite(columns).all():
+        return None
+    affine = np.eye(4)
+    affine[:3, :3] = columns.T  # row i of "space directions" is voxel axis i's step
+    affine[:3, 3] = np.asarray(header.get("space origin", np.zeros(3)), dtype=float)
+    return np.diag([*flips, 1]) @ affine
+
+
+def display_axes(affine: np.ndarray | None, axis: int) -> tuple[list[int], list[bool]]:
+    """The two in-plane voxel axes of a slice across ``axis``, in screen order (left-right, then
+    bottom-up), and whether each runs against its RAS direction (then it is mirrored).
+
+    With an affine the screen shows a scanner's view whatever the voxel order: the in-plane axis
+    closer to R (else A) runs left to right towards R (A), the other bottom-up towards A or S:
+    an axial slice has the patient's right on the right and the front at the top, as a volume
+    stored RAS shows in voxel order. Without one (or for an in-plane pair that is not separable,
+    e.g. 45° oblique), voxel order.
+    """
+    dims = [d for d in range(3) if d != axis]
+    if affine is None:
+        return dims, [False, False]
+    ras = [int(np.argmax(np.abs(affine[:3, d]))) for d in dims]
+    if ras[0] == ras[1]:
+        return dims, [False, False]
+    if ras[0] > ras[1]:
+        dims, ras = dims[::-1], ras[::-1]
+    return dims, [bool(affine[r, d] < 0) for r, d in zip(ras, dims)]
+
+
+def orientation_caption(case: Case) -> str:
+    """Where the image's right edge and top point in the patient (``right: R, top: A``), or that
+    the slice is shown in voxel order."""
+    if case.affine is None:
+        return "voxel order (the file has no patient orientation)"
+    dims, _ = display_axes(case.affine, case.axis)
+    ras = [int(np.argmax(np.abs(case.affine[:3, d]))) for d in dims]
+    if ras[0] == ras[1]:
+        return "voxel order (oblique slice)"
+    return f"right: {RAS_SIDES[ras[0]]}, top: {RAS_SIDES[ras[1]]}"
 
 
 def load_case(image_path: str | Path, mask_path: str | Path, result: dict[str, Any], name: str = "") -> Case:
@@ -87,7 +153,9 @@ def load_case(image_path: str | Path, mask_path: str | Path, result: dict[str, A
     scores = result.get("slice_scores") or []
     if scores and len(scores) != n:
         raise ValueError(f"{len(scores)} slice scores for a volume of {n} slices")
-    return Case(name or Path(image_path).name, image.astype(np.float32), (mask > 0).astype(np.uint8), spacing, result)
+    return Case(
+        name or Path(image_path).name, image.astype(np.float32), (mask > 0).astype(np.uint8), spacing, result, affine
+    )
 
 
 def load_scores_json(path: str | Path) -> dict[str, Any]:
@@ -106,20 +174,27 @@ def load_scores_json(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """One slice shown with the first remaining voxel axis left-right and the second bottom-up."""
-    return np.flipud(np.take(volume, index, axis=axis).T)
+def _plane(volume: np.ndarray, axis: int, index: int, affine: np.ndarray | None = None) -> np.ndarray:
+    """One slice as an image (rows top-down): the in-plane axes as :func:`display_axes` orders them."""
+    dims, flips = display_axes(affine, axis)
+    plane = np.take(volume, index, axis=axis)  # axes: the remaining dims in ascending order
+    if dims[0] > dims[1]:
+        plane = plane.T
+    for i, flip in enumerate(flips):
+        if flip:
+            plane = np.flip(plane, axis=i)
+    return np.flipud(plane.T)
 
 
 def slice_rgb(case: Case, index: int, overlay: bool = True) -> np.ndarray:
     """The slice ``index`` as RGB uint8 with the lesion overlay blended in (voxel grid, not resized)."""
-    plane = _plane(case.image, case.axis, index).astype(np.float32)
+    plane = _plane(case.image, case.axis, index, case.affine).astype(np.float32)
     finite = case.image[np.isfinite(case.image)]
     lo, hi = np.percentile(finite, (0.5, 99.5)) if finite.size else (0.0, 1.0)
     gray = np.clip((plane - lo) / max(float(hi - lo), 1e-6), 0, 1) * 255
     rgb = np.repeat(gray[..., None], 3, axis=2)
     if overlay:
-        lesion = _plane(case.mask, case.axis, index) > 0
+        lesion = _plane(case.mask, case.axis, index, case.affine) > 0
         rgb[lesion] = (1 - LESION_ALPHA) * rgb[lesion] + LESION_ALPHA * np.asarray(LESION_RGB, np.float32)
     return rgb.astype(np.uint8)
 
@@ -129,7 +204,7 @@ def slice_png_data_url(case: Case, index: int, overlay: bool = True) -> str:
     from PIL import Image
 
     rgb = slice_rgb(case, index, overlay)
-    dims = [d for d in range(3) if d != case.axis]
+    dims, _ = display_axes(case.affine, case.axis)
     w_mm = case.image.shape[dims[0]] * case.spacing[dims[0]]
     h_mm = case.image.shape[dims[1]] * case.spacing[dims[1]]
     scale = VIEW_PX / max(w_mm, h_mm)
