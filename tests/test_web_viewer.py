@@ -37,11 +37,14 @@ def browser():
 
 
 @contextlib.contextmanager
-def viewer(log: Path, *args: str) -> Iterator[str]:
-    """Run ``python -m web_viewer`` on a free loopback port; yields its URL."""
+def viewer(log: Path, *args: str, tmpdir: Path | None = None) -> Iterator[str]:
+    """Run ``python -m web_viewer`` on a free loopback port (its temporary files under ``tmpdir``
+    when given); yields its URL."""
     port = free_port()
     cmd = [sys.executable, "-m", "web_viewer", "--host", "127.0.0.1", "--port", str(port), "--server", *args]
     env = {**os.environ, "MONAI_LABEL_TRACKING_ENABLED": "false"}
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
@@ -194,9 +197,11 @@ def test_server_mode_infer_and_bad_input(browser, app_studies, tmp_path):
     # a volume the model refuses: its slices (axis 2) are lines
     nib.save(nib.Nifti1Image(np.ones((32, 1, 12), np.int16), np.eye(4)), studies / "flat_case.nii.gz")
     ml_port = free_port()
+    viewer_tmp = tmp_path / "viewer_tmp"
+    viewer_tmp.mkdir()
     # the viewer starts first, as `make view` beside a `make run` that is still starting: the page
     # lists the images once the server is up
-    with viewer(tmp_path / "viewer.log", "--monailabel", f"http://127.0.0.1:{ml_port}") as url:
+    with viewer(tmp_path / "viewer.log", "--monailabel", f"http://127.0.0.1:{ml_port}", tmpdir=viewer_tmp) as url:
         with (
             monailabel_server(studies, {"checkpoint": str(checkpoint)}, tmp_path / "server.log", port=ml_port),
             page_of(browser, url) as page,
@@ -218,6 +223,8 @@ def test_server_mode_infer_and_bad_input(browser, app_studies, tmp_path):
             page.locator("#run").click()
             expect_message(page, "done", 60)
             page.wait_for_selector("#slice-img", timeout=15000)
+            # the downloaded volume and mask are removed once read: the viewer keeps no copies
+            assert [p.name for p in viewer_tmp.rglob("*") if p.is_file()] == []
             assert page.locator("#model-sha").inner_text().split()[-1] != "-"
             verdict = page.locator("#verdict").inner_text()
             assert "normal" in verdict.lower()

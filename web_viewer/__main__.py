@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,6 +18,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("web_viewer").setLevel(logging.INFO)  # trame's own INFO logs are per token
     workdir = Path(tempfile.mkdtemp(prefix="medsad_view_"))
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)  # downloads are removed once read, too
     import argparse
 
     parser = argparse.ArgumentParser(add_help=False)

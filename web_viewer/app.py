@@ -190,8 +190,14 @@ class Viewer:
         if isinstance(result, str):
             result = json.loads(result)
         result = result.get("params", result) if isinstance(result, dict) else {}
-        image_path = self._image_file(client, image_id)
-        return load_case(image_path, mask_file, result, name=image_id)
+        downloads = [Path(mask_file)] if mask_file else []
+        try:
+            image_path = self._image_file(client, image_id)
+            downloads.append(image_path)
+            return load_case(image_path, mask_file, result, name=image_id)
+        finally:  # the case is in memory now: the viewer keeps no copy of a user's scans
+            for path in downloads:
+                path.unlink(missing_ok=True)
 
     def _image_file(self, client: Any, image_id: str) -> Path:
         """Download the datastore image (the MONAI Label ``/datastore/image`` route)."""
