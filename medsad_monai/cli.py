@@ -229,9 +229,13 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
     p.add_argument("--device")
 
-    p = sub.add_parser("infer", help="mask + per-slice scores for NIfTI/NRRD volumes or PNG/JPG images")
+    p = sub.add_parser("infer", help="mask + per-slice scores for NIfTI/NRRD volumes, DICOM series or PNG/JPG images")
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--input", required=True, help="a file or a folder of files")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="a file or a folder of files; every DICOM series of a folder is one volume (its mask is NIfTI)",
+    )
     p.add_argument("--out", required=True)
     _add_slice_axis(p)
     _add_thresholds(p)

@@ -23,6 +23,7 @@ __all__ = [
     "read_volume_header",
     "load_volume",
     "check_label_matches",
+    "save_volume",
     "save_volume_like",
     "take_slice",
     "take_slab",
@@ -357,6 +358,29 @@ def _nrrd_header_from_geometry(geom: Geometry) -> dict:
     }
 
 
+def _save_nifti(array: np.ndarray, geometry: Geometry, out_path: Path) -> None:
+    img = nib.Nifti1Image(array, geometry.affine, dtype=array.dtype)
+    img.set_qform(geometry.affine, code=1)  # scanner coordinates
+    img.set_sform(geometry.affine, code=1)
+    nib.save(img, str(out_path))
+
+
+def save_volume(array: np.ndarray, geometry: Geometry, out_path: str | Path) -> Path:
+    """Write an ``(I, J, K)`` ``array`` on ``geometry``'s grid as NIfTI (``out_path`` ends in
+    ``.nii`` or ``.nii.gz``; bool is written as uint8, float64 as float32): the mask of an input
+    that is no NIfTI/NRRD file (a DICOM series).
+
+    Raises:
+        ValueError: another suffix.
+    """
+    out_path = Path(out_path)
+    if _require_suffix(out_path) not in _NIFTI:
+        raise ValueError(f"{out_path}: save_volume writes NIfTI (.nii / .nii.gz)")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _save_nifti(_writable(array), geometry, out_path)
+    return out_path
+
+
 def save_volume_like(array: np.ndarray, reference_path: str | Path, out_path: str | Path) -> Path:
     """Write ``array`` with exactly the geometry of ``reference_path``.
 
@@ -389,10 +413,7 @@ def save_volume_like(array: np.ndarray, reference_path: str | Path, out_path: st
         if ref_suffix in _NIFTI:
             _save_nifti_like(array, reference_path, out_path)
         else:
-            img = nib.Nifti1Image(array, ref_geom.affine, dtype=array.dtype)
-            img.set_qform(ref_geom.affine, code=1)
-            img.set_sform(ref_geom.affine, code=1)
-            nib.save(img, str(out_path))
+            _save_nifti(array, ref_geom, out_path)
     else:
         header = _nrrd_header_like(reference_path) if ref_suffix in _NRRD else _nrrd_header_from_geometry(ref_geom)
         header["encoding"] = "gzip"

@@ -27,14 +27,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medsad_monai.atomic import atomic_write_text
+from medsad_monai.data.dicom import DicomSeries, find_dicom_series, is_dicom_file, load_dicom_series, series_of_file
 from medsad_monai.data.images import IMAGE_SUFFIXES, load_image_2d
 from medsad_monai.data.orientation import ORIENTATIONS, reorientation
 from medsad_monai.data.preprocess import is_background, prepare_slice, restore_slice
 from medsad_monai.data.volumes import (
     CONTEXT_SLICES,
     INTENSITY_METHODS,
+    Geometry,
     load_volume,
     normalize_intensity,
+    save_volume,
     save_volume_like,
     take_slab,
     take_slice,
@@ -519,28 +522,41 @@ class Predictor:
         )
 
 
-def _outputs_for(path: Path, out_dir: Path) -> tuple[Path, Path]:
-    suffix = volume_suffix(path)
+#: What ``medsad infer`` reads: a NIfTI/NRRD volume or PNG/JPG image file, or a DICOM series.
+InputSource = Path | DicomSeries
+
+
+def _outputs_for(source: InputSource, out_dir: Path) -> tuple[Path, Path]:
+    if isinstance(source, DicomSeries):  # a series' mask is NIfTI
+        return out_dir / f"{source.name}_mask.nii.gz", out_dir / f"{source.name}_scores.json"
+    suffix = volume_suffix(source)
     if suffix is not None:
-        stem = path.name[: -len(suffix)]
+        stem = source.name[: -len(suffix)]
         return out_dir / f"{stem}_mask{suffix}", out_dir / f"{stem}_scores.json"
-    return out_dir / f"{path.stem}_mask.png", out_dir / f"{path.stem}_scores.json"
+    return out_dir / f"{source.stem}_mask.png", out_dir / f"{source.stem}_scores.json"
 
 
-def _collect_inputs(input_path: Path) -> list[Path]:
+_SUPPORTED = "NIfTI/NRRD volumes, PNG/JPG images or DICOM series"
+
+
+def _collect_inputs(input_path: Path) -> list[InputSource]:
+    """A file, or the supported files of a folder and the DICOM series among its files."""
     if input_path.is_dir():
-        files = sorted(
+        files: list[InputSource] = sorted(
             p
             for p in input_path.iterdir()
             if p.is_file() and (volume_suffix(p) is not None or p.suffix.lower() in IMAGE_SUFFIXES)
         )
+        files += find_dicom_series(input_path)
         if not files:
-            raise ValueError(f"no NIfTI/NRRD volumes or PNG/JPG images in folder {str(input_path)!r}")
+            raise ValueError(f"no {_SUPPORTED} in folder {str(input_path)!r}")
         return files
     if not input_path.is_file():
         raise FileNotFoundError(f"input {str(input_path)!r} does not exist")
+    if is_dicom_file(input_path):
+        return [series_of_file(input_path)]
     if volume_suffix(input_path) is None and input_path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"unsupported input {str(input_path)!r}: use .nii/.nii.gz/.nrrd volumes or .png/.jpg images")
+        raise ValueError(f"unsupported input {str(input_path)!r}: use {_SUPPORTED} (a folder or one of its files)")
     return [input_path]
 
 
@@ -564,43 +580,59 @@ def infer_path(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    bar = tqdm(inputs, desc="infer", unit="file", disable=len(inputs) < 2 or not sys.stderr.isatty())
-    for path in bar:
-        bar.set_postfix_str(path.name)
-        _outputs_checked(path, out, "--out folder")
-        result = predict_file(predictor, path, axis=axis, skip_background=skip_background, progress=progress)
-        results.append(write_outputs(result, path, out))
+    bar = tqdm(inputs, desc="infer", unit="input", disable=len(inputs) < 2 or not sys.stderr.isatty())
+    for source in bar:
+        bar.set_postfix_str(source.name)
+        _outputs_checked(source, out, "--out folder")
+        image = read_input(source, axis, predictor.orientation)
+        result = predict_input(predictor, image, axis=axis, skip_background=skip_background, progress=progress)
+        geometry = Geometry.from_affine(image.affine) if isinstance(source, DicomSeries) else None
+        results.append(write_outputs(result, source, out, geometry=geometry))
     return results
 
 
-def _outputs_checked(path: Path, out: Path, what: str) -> tuple[Path, Path]:
-    mask_path, scores_path = _outputs_for(path, out)
-    if path.resolve() in (mask_path.resolve(), scores_path.resolve()):
-        raise ValueError(f"refusing to overwrite input {str(path)!r}; choose another {what}")
+def _outputs_checked(source: InputSource, out: Path, what: str) -> tuple[Path, Path]:
+    mask_path, scores_path = _outputs_for(source, out)
+    inputs = [Path(f).resolve() for f in source.files] if isinstance(source, DicomSeries) else [source.resolve()]
+    if any(p in inputs for p in (mask_path.resolve(), scores_path.resolve())):
+        raise ValueError(f"refusing to overwrite input {str(source)!r}; choose another {what}")
     return mask_path, scores_path
 
 
 def write_outputs(
     result: VolumeResult | ImageResult,
-    input_path: str | os.PathLike,
+    input_path: str | os.PathLike | DicomSeries,
     out_dir: str | os.PathLike,
     what: str = "--out folder",
+    geometry: Geometry | None = None,
 ) -> dict[str, Any]:
     """Write ``<stem>_mask.<ext>`` (the input's geometry and format) and ``<stem>_scores.json``
-    for ``result`` into ``out_dir``, the files ``medsad infer`` writes; returns the summary.
+    for ``result`` into ``out_dir``, the files ``medsad infer`` writes; returns the summary. A
+    DICOM series' mask is ``<series name>_mask.nii.gz`` on the series' ``geometry``.
 
     Raises:
-        ValueError: an output would overwrite the input (``what`` names the option to change).
+        ValueError: an output would overwrite the input (``what`` names the option to change), or a
+            DICOM series without its geometry.
     """
-    path, out = Path(input_path), Path(out_dir)
+    source = input_path if isinstance(input_path, DicomSeries) else Path(input_path)
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    mask_path, scores_path = _outputs_checked(path, out, what)
-    save_mask(result, path, mask_path)
-    summary = {"input": str(path), "mask": str(mask_path), "scores": str(scores_path), **result.summary()}
+    mask_path, scores_path = _outputs_checked(source, out, what)
+    summary: dict[str, Any]
+    if isinstance(source, DicomSeries):
+        if geometry is None or not isinstance(result, VolumeResult):
+            raise ValueError(f"{source}: writing its mask needs the series' geometry (from read_input)")
+        save_volume(result.mask, geometry, mask_path)
+        series = {"identifier": source.identifier, "description": source.description, "files": len(source.files)}
+        summary = {"input": str(source.folder), "dicom_series": series}
+    else:
+        save_mask(result, source, mask_path)
+        summary = {"input": str(source)}
+    summary = {**summary, "mask": str(mask_path), "scores": str(scores_path), **result.summary()}
     atomic_write_text(scores_path, json.dumps(summary, indent=2))
     logger.info(
         "%s: volume_score=%.3f%s worst_slice=%d -> %s",
-        path.name,
+        source.name,
         summary["volume_score"],
         " (abnormal)" if summary.get("volume_abnormal") else "",
         summary["worst_slice"],
@@ -621,33 +653,43 @@ class InputImage:
     affine: np.ndarray | None = None  # a volume's voxel-to-RAS affine (the RAS view's)
 
 
-def read_input(path: str | os.PathLike, axis: int = 2, orientation: str = "ras") -> InputImage:
-    """Read a NIfTI/NRRD volume (to be run slice-wise along ``axis`` of the view a model of
-    ``orientation`` slices: 2 is axial in the RAS view) or a 2-D PNG/JPG image.
+def read_input(path: str | os.PathLike | DicomSeries, axis: int = 2, orientation: str = "ras") -> InputImage:
+    """Read a NIfTI/NRRD volume or a DICOM series (to be run slice-wise along ``axis`` of the
+    view a model of ``orientation`` slices: 2 is axial in the RAS view) or a 2-D PNG/JPG image.
 
     Raises:
         ValueError: naming the file: unsupported type, unreadable or truncated, not 3-D, NaN/inf
             voxels, slices along ``axis`` that are lines (one voxel wide).
     """
+    if isinstance(path, DicomSeries):
+        volume, geometry = load_dicom_series(path)
+        return _volume_input(path.folder, str(path), volume, geometry, axis, orientation)
     path = Path(path)
     if volume_suffix(path) is not None:
         volume, geometry = load_volume(path)
-        if volume.ndim != 3:
-            raise ValueError(f"{str(path)!r} is not a 3-D volume (shape {volume.shape})")
-        if axis not in (0, 1, 2):
-            raise ValueError(f"slice axis must be 0, 1 or 2, got {axis}")
-        view = reorientation(geometry.affine, orientation)
-        if min(n for i, n in enumerate(volume.shape) if i != view.file_axis(axis)) < 2:
-            where = "" if view.identity else " of its RAS view"
-            raise ValueError(
-                f"{str(path)!r}: its slices along axis {axis}{where} are lines, not images (shape {volume.shape}); "
-                "pick another slice axis"
-            )
-        # one slice along the axis (nnU-Net's 2-D NIfTI) is fine
-        return InputImage(path, volume, True, geometry.spacing, geometry.affine)
+        return _volume_input(path, repr(str(path)), volume, geometry, axis, orientation)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"unsupported input {str(path)!r}: use .nii/.nii.gz/.nrrd volumes or .png/.jpg images")
     return InputImage(path, load_image_2d(path), False)
+
+
+def _volume_input(
+    path: Path, what: str, volume: np.ndarray, geometry: Geometry, axis: int, orientation: str
+) -> InputImage:
+    """A read volume checked for slice-wise inference along ``axis`` (``what`` names it in errors)."""
+    if volume.ndim != 3:
+        raise ValueError(f"{what} is not a 3-D volume (shape {volume.shape})")
+    if axis not in (0, 1, 2):
+        raise ValueError(f"slice axis must be 0, 1 or 2, got {axis}")
+    view = reorientation(geometry.affine, orientation)
+    if min(n for i, n in enumerate(volume.shape) if i != view.file_axis(axis)) < 2:
+        where = "" if view.identity else " of its RAS view"
+        raise ValueError(
+            f"{what}: its slices along axis {axis}{where} are lines, not images (shape {volume.shape}); "
+            "pick another slice axis"
+        )
+    # one slice along the axis (nnU-Net's 2-D NIfTI) is fine
+    return InputImage(path, volume, True, geometry.spacing, geometry.affine)
 
 
 def predict_input(
