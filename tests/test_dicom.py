@@ -3,7 +3,9 @@ through MONAI's ITKReader, against the same voxels as NIfTI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import locale
 import time
 from pathlib import Path
 
@@ -40,6 +42,22 @@ def write_dicom_series(
     orientation = "\\".join(f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1]))
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    with _locale_kept():
+        _write_slices(image, writer, folder, uid, series_number, description, orientation, spacing, skip)
+
+
+@contextlib.contextmanager
+def _locale_kept():
+    """GDCM's writer sets the process locale to "C" (text files then default to ASCII in every
+    later test of this process): put it back."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(image, writer, folder, uid, series_number, description, orientation, spacing, skip) -> None:
     for k in range(image.GetDepth()):
         if k in skip:
             continue
@@ -79,6 +97,7 @@ def test_a_dicom_series_is_inferred_as_the_same_voxels_in_nifti(tiny_checkpoint,
     series_dir = tmp_path / "patient" / "T1_AX"
     write_dicom_series(voxels, geometry.affine, series_dir)
 
+    encoding = locale.getpreferredencoding(False)
     (series,) = find_dicom_series(series_dir)
     assert (series.name, series.description, len(series.files)) == ("T1_AX", "T1", voxels.shape[2])
     read, read_geometry = load_dicom_series(series)
@@ -104,6 +123,7 @@ def test_a_dicom_series_is_inferred_as_the_same_voxels_in_nifti(tiny_checkpoint,
         np.testing.assert_allclose(scores, want["slice_scores"], atol=1e-6)
         for key in ("volume_score", "volume_abnormal", "lesion_voxels", "n_lesions"):
             assert got[key] == pytest.approx(want[key], abs=1e-6), key
+    assert locale.getpreferredencoding(False) == encoding  # reading DICOM leaves the process's text encoding alone
     capsys.readouterr()
 
 
