@@ -92,16 +92,26 @@ class MyApp(MONAILabelApp):
         return self.task.scoring_method()
 
     def server_mode(self, mode: bool) -> None:
-        """Called by MONAI Label's server at start-up: serve the long routes (infer, synchronous
-        train/scoring, active learning, dataset zip) in worker threads, so ``/info/`` and other
+        """Called by MONAI Label's server at start-up: serve the long routes (infer, batch infer,
+        synchronous train/scoring, active learning, dataset zip) in worker threads, so ``/info/`` and other
         requests are answered while a volume is inferred, and answer client mistakes on every
         route with 4xx (lib/routes.py)."""
         super().server_mode(mode)
         if mode:
             from monailabel.app import app as server
-            from monailabel.endpoints import activelearning, datastore, infer, info, model, scoring, train, wsi_infer
+            from monailabel.endpoints import (
+                activelearning,
+                batch_infer,
+                datastore,
+                infer,
+                info,
+                model,
+                scoring,
+                train,
+                wsi_infer,
+            )
 
-            routers = (info, infer, wsi_infer, train, scoring, activelearning, datastore, model)
+            routers = (info, infer, batch_infer, wsi_infer, train, scoring, activelearning, datastore, model)
             # the check asks the app that is serving at request time (the routes are wrapped once
             # per process, and an app may be re-created behind them, as the tests do)
             train_check = {("POST", path): _check_train_request for path in ("/train/", "/train/{model}")}
@@ -131,6 +141,19 @@ class MyApp(MONAILabelApp):
             # successful answer: on an error the upload would stay in the temp folder for good.
             remove_uploads(request)
             raise
+
+    def batch_infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        """``POST /batch/infer/{model}``: MONAI Label's default body asks for ``device: cuda`` with
+        ``multi_gpu``, and on a server without CUDA GPUs MONAI Label then divides by the number of
+        GPUs (a 500). MedSAD infers every image on the device the server runs it on whatever the
+        request says, so without CUDA the request is made a single-device CPU one."""
+        import torch
+
+        request = dict(request)
+        if not torch.cuda.is_available():
+            request.update(multi_gpu=False, device="cpu")
+        with as_http_errors(f"batch infer {request.get('model')!r}"):
+            return super().batch_infer(request, datastore)
 
     def infer_wsi(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """MedSAD reads volumes and 2-D images, not whole-slide images: a clear 422 (and the

@@ -459,3 +459,34 @@ def test_active_learning_keeps_at_most_one_scoring_job_waiting(client, monkeypat
     waiting[0]["status"] = "DONE"
     app.async_scoring(None)
     assert len(queued) == 2  # once it has run, the next request queues again
+
+
+def test_batch_infer_with_monai_labels_default_request_runs_on_a_cpu_server(client):
+    """``POST /batch/infer/medsad`` with the body MONAI Label's API offers by default (device
+    ``cuda``, ``multi_gpu``): every unlabelled image gets an ``original`` label on its own grid;
+    the final labels, so what training reads, stay as they were."""
+    before = datastore_files(client.studies)
+    finals = {k: v for k, v in before.items() if k.startswith("labels/final/")}
+    params = {
+        "device": "cuda",
+        "multi_gpu": True,
+        "gpus": "all",
+        "logging": "WARNING",
+        "save_label": True,
+        "label_tag": "original",
+        "max_workers": 1,
+        "max_batch_size": 0,
+    }
+    res = client.post("/batch/infer/medsad?images=unlabeled&run_sync=true", json=params)
+    assert res.status_code == 200, res.text
+    after = datastore_files(client.studies)
+    assert {k: v for k, v in after.items() if k.startswith("labels/final/")} == finals
+    originals = sorted(k for k in after if k.startswith("labels/original/"))
+    assert originals == sorted(f"labels/original/{name}.nii.gz" for name in STUDY_UNLABELLED)
+    for name in STUDY_UNLABELLED:
+        image, label = (
+            nib.load(client.studies / f"{name}.nii.gz"),
+            nib.load(client.studies / "labels" / "original" / f"{name}.nii.gz"),
+        )
+        assert label.shape == image.shape and np.allclose(label.affine, image.affine, atol=1e-4)
+    assert sorted(client.get("/datastore/?output=all").json()["objects"]) == sorted(STUDY_LABELLED + STUDY_UNLABELLED)

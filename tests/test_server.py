@@ -52,6 +52,15 @@ def test_real_server_info_infer_label_train_infer_activelearning_scoring(app_stu
         assert status == 200, body
         assert json.loads(body)["model"] == params["checkpoint_sha256"]
 
+        # batch inference with the body MONAI Label's API offers (device cuda, multi_gpu) on a CPU server
+        body = {"device": "cuda", "multi_gpu": True, "gpus": "all", "label_tag": "original", "max_workers": 1}
+        status, body, _, _ = MONAILabelUtils.http_method(
+            "POST", url, "/batch/infer/medsad?images=unlabeled&run_sync=true", body
+        )
+        assert status == 200, body
+        originals = {p.name for p in (studies / "labels" / "original").glob("*.nii.gz")}
+        assert originals == {f"{name}.nii.gz" for name in set(STUDY_UNLABELLED) - {"case_005"}}
+
         status, body, _, _ = MONAILabelUtils.http_method("POST", url, "/infer/medsad?image=nope&output=json", {})
         assert status == 404 and "unknown image id" in json.loads(body)["detail"]
         assert client.info()["models"]["medsad"]  # still serving

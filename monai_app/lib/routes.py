@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 OFF_LOOP_ROUTES = frozenset(
     {
         ("POST", "/infer/{model}"),
+        ("POST", "/batch/infer/{model}"),
         ("POST", "/train/"),
         ("POST", "/train/{model}"),
         ("POST", "/scoring/"),
