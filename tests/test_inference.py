@@ -126,3 +126,20 @@ def test_a_one_slice_volume_is_inferred_with_its_geometry(predictor, tmp_path):
     nib.save(nib.Nifti1Image(np.ones((16, 1, 4), np.float32), np.eye(4)), line)
     with pytest.raises(ValueError, match="line.nii.gz.*lines, not images"):
         infer_path(predictor, line, tmp_path / "out2")
+
+
+def test_infer_shows_a_slice_progress_bar_on_a_terminal(tiny_checkpoint, tiny_volumes, tmp_path, monkeypatch, capsys):
+    """On a terminal ``medsad infer`` shows how far one volume has got (slices); in a log or a
+    pipe nothing is drawn."""
+    import sys
+
+    from medsad_monai.engine.inference import Predictor, infer_path
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, batch_size=2)
+    volume = sorted((tiny_volumes / "imagesTs").glob("*.nii.gz"))[0]
+    infer_path(predictor, volume, tmp_path / "piped")
+    assert "slice" not in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    infer_path(predictor, volume, tmp_path / "terminal")
+    err = capsys.readouterr().err
+    assert "slice" in err and volume.name in err

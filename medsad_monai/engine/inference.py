@@ -585,10 +585,36 @@ def infer_path(
         bar.set_postfix_str(source.name)
         _outputs_checked(source, out, "--out folder")
         image = read_input(source, axis, predictor.orientation)
-        result = predict_input(predictor, image, axis=axis, skip_background=skip_background, progress=progress)
+        slices = _SliceBar(source.name, enabled=progress is None and sys.stderr.isatty())
+        try:
+            result = predict_input(
+                predictor, image, axis=axis, skip_background=skip_background, progress=progress or slices
+            )
+        finally:
+            slices.close()
         geometry = Geometry.from_affine(image.affine) if isinstance(source, DicomSeries) else None
         results.append(write_outputs(result, source, out, geometry=geometry))
     return results
+
+
+class _SliceBar:
+    """A progress bar over one volume's slices (on a terminal), fed by ``progress(done, total)``."""
+
+    def __init__(self, name: str, enabled: bool) -> None:
+        self.name, self.enabled = name, enabled
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.name, unit="slice", leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _outputs_checked(source: InputSource, out: Path, what: str) -> tuple[Path, Path]:
