@@ -124,6 +124,15 @@ def test_a_dicom_series_is_inferred_as_the_same_voxels_in_nifti(tiny_checkpoint,
         for key in ("volume_score", "volume_abnormal", "lesion_voxels", "n_lesions"):
             assert got[key] == pytest.approx(want[key], abs=1e-6), key
     assert locale.getpreferredencoding(False) == encoding  # reading DICOM leaves the process's text encoding alone
+    # the web viewer opens the series' scores file (input: the folder) and shows what the NIfTI's shows
+    from web_viewer.data import load_case, slice_rgb
+
+    from_dicom = load_case(series_dir, tmp_path / "from_folder" / "T1_AX_mask.nii.gz", got)
+    stem = nifti.name.replace(".nii.gz", "")
+    from_nifti = load_case(nifti, tmp_path / "from_nifti" / f"{stem}_mask.nii.gz", want)
+    n = from_nifti.n_slices
+    for k in range(n):
+        np.testing.assert_array_equal(slice_rgb(from_dicom, n - 1 - k if k_flipped else k), slice_rgb(from_nifti, k))
     capsys.readouterr()
 
 

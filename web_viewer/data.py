@@ -46,6 +46,35 @@ class Case:
         return int(self.image.shape[self.axis])
 
 
+def read_dicom_series(folder: str | Path, identifier: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """The DICOM series ``identifier`` (ITK's series identifier, as ``medsad infer`` records it in
+    ``dicom_series``) of ``folder``, read with ITK as ``medsad infer`` reads it: ``(array (I, J, K),
+    voxel-to-RAS affine, spacing)``, so the mask ``medsad infer`` wrote lies on its grid.
+
+    Raises:
+        ValueError: the folder holds no such series or it does not read.
+    """
+    import itk
+
+    generator = itk.GDCMSeriesFileNames.New()  # set up as medsad_monai.data.dicom (MONAI's ITKReader) does
+    generator.SetUseSeriesDetails(True)
+    generator.AddSeriesRestriction("0008|0021")
+    generator.SetGlobalWarningDisplay(False)
+    generator.SetDirectory(str(folder))
+    if identifier not in [str(i) for i in generator.GetSeriesUIDs()]:
+        raise ValueError(f"{folder}: no DICOM series {identifier!r} there any more")
+    try:
+        image = itk.imread([str(f) for f in generator.GetFileNames(identifier)])
+    except Exception as exc:  # any reader failure is one message about the series
+        raise ValueError(f"{folder}: cannot read the DICOM series ({exc})") from exc
+    data = np.array(itk.array_view_from_image(image), copy=True).transpose(2, 1, 0)  # (K, J, I) -> (I, J, K)
+    spacing = tuple(float(s) for s in image.GetSpacing())
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(image.GetDirection()) @ np.diag(spacing)
+    affine[:3, 3] = np.asarray(image.GetOrigin())
+    return data, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine, spacing  # type: ignore[return-value]
+
+
 def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float, float]]:
     """A NIfTI or NRRD volume as ``(array in file voxel order, affine or None, spacing)``.
 
@@ -143,7 +172,11 @@ def load_case(image_path: str | Path, mask_path: str | Path, result: dict[str, A
     Raises:
         ValueError: unreadable files or a mask whose shape / affine differs from the volume's.
     """
-    image, affine, spacing = read_volume(image_path)
+    series = (result.get("dicom_series") or {}).get("identifier")
+    if series and Path(image_path).is_dir():  # `medsad infer` on a DICOM series
+        image, affine, spacing = read_dicom_series(image_path, str(series))
+    else:
+        image, affine, spacing = read_volume(image_path)
     mask, mask_affine, _ = read_volume(mask_path)
     if mask.shape != image.shape:
         raise ValueError(f"the mask's shape {mask.shape} differs from the volume's {image.shape}")
