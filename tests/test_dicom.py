@@ -170,3 +170,52 @@ def test_every_series_of_a_folder_is_one_volume_and_bad_series_are_refused(tiny_
         main(["infer", "--ckpt", str(tiny_checkpoint), "--input", str(fake.parent), "--out", str(tmp_path / "x")]) == 2
     )
     assert "no NIfTI/NRRD volumes, PNG/JPG images or DICOM series" in capsys.readouterr().err
+
+
+def test_odd_dicom_inputs_work_or_fail_with_one_message(tiny_checkpoint, tmp_path, capsys):
+    """One slice (a 2-D image: its slice thickness is its extent), a colour secondary capture and a
+    truncated file, each alone in its folder."""
+    rng = np.random.default_rng(0)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    one = sitk.GetImageFromArray((rng.random((48, 40)) * 300).astype(np.int16))
+    one.SetSpacing((0.8, 0.8))
+    colour = sitk.GetImageFromArray((rng.random((48, 40, 3)) * 255).astype(np.uint8), isVector=True)
+    tags = {"0020|0013": "1", "0020|0032": "0\\0\\0", "0020|0037": "1\\0\\0\\0\\1\\0"}
+    with _locale_kept():
+        for image, folder, extra in (
+            (one, "single", {"0008|0060": "MR", "0020|000e": "1.2.826.0.1.3680043.2.1125.7.1", "0018|0050": "3"}),
+            (colour, "colour", {"0008|0060": "OT", "0020|000e": "1.2.826.0.1.3680043.2.1125.7.2"}),
+        ):
+            for tag, value in {**tags, **extra}.items():
+                image.SetMetaData(tag, value)
+            (tmp_path / folder).mkdir()
+            writer.SetFileName(str(tmp_path / folder / "IM0001.dcm"))
+            writer.Execute(image)
+    (tmp_path / "truncated").mkdir()
+    (tmp_path / "truncated" / "IM0001.dcm").write_bytes((tmp_path / "single" / "IM0001.dcm").read_bytes()[:400])
+
+    def infer(folder: str) -> tuple[int, str]:
+        code = main(
+            [
+                "infer",
+                "--ckpt",
+                str(tiny_checkpoint),
+                "--input",
+                str(tmp_path / folder),
+                "--out",
+                str(tmp_path / f"{folder}_out"),
+            ]
+        )
+        err = capsys.readouterr().err
+        assert "Traceback" not in err, folder
+        return code, err
+
+    assert infer("single")[0] == 0
+    mask = nib.load(tmp_path / "single_out" / "single_mask.nii.gz")
+    assert mask.shape == (40, 48, 1) and np.allclose(np.abs(np.diag(mask.affine)[:3]), (0.8, 0.8, 3.0))
+    code, err = infer("colour")
+    assert code == 2 and "colour (multi-component) images are not supported" in err
+    code, err = infer("truncated")
+    assert code == 2 and "IM0001.dcm" in err and "no readable image series" in err
+    assert "no NIfTI/NRRD volumes, PNG/JPG images or DICOM series" in err

@@ -196,6 +196,13 @@ def load_dicom_series(series: DicomSeries) -> tuple[np.ndarray, Geometry]:
         extended = np.eye(4)
         extended[:2, :2], extended[:2, 3] = affine[:2, :2], affine[:2, 2]
         affine = extended
+    if array.shape[2] == 1:  # one slice: its thickness, not ITK's default of 1 mm, is its extent
+        try:
+            thickness = float(_tag(series.files[0], "0018|0050") or "nan")
+        except ValueError:
+            thickness = float("nan")
+        if np.isfinite(thickness) and thickness > 0:
+            affine[:3, 2] *= thickness / np.linalg.norm(affine[:3, 2])
     geometry = Geometry.from_affine(affine)
     normal_lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(geometry.direction)[:, 2]
     _check_even_spacing(series, normal_lps)
