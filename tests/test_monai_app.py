@@ -490,3 +490,24 @@ def test_batch_infer_with_monai_labels_default_request_runs_on_a_cpu_server(clie
         )
         assert label.shape == image.shape and np.allclose(label.affine, image.affine, atol=1e-4)
     assert sorted(client.get("/datastore/?output=all").json()["objects"]) == sorted(STUDY_LABELLED + STUDY_UNLABELLED)
+
+
+def test_a_label_saved_as_nrrd_as_slicer_does_is_accepted_and_trained_on(client, tmp_path):
+    """MONAI Label's Slicer plugin submits the segmentation as an LPS NRRD for a NIfTI image: it is
+    checked against the image's grid, stored, and training reads its voxels."""
+    from medsad_monai.data.volumes import load_volume, save_volume_like
+
+    image = client.studies / "case_004.nii.gz"
+    truth = client.studies / "labels" / "final" / "case_000.nii.gz"
+    label = save_volume_like(np.asarray(nib.load(truth).dataobj), image, tmp_path / "case_004.nrrd")
+    res = client.put(
+        "/datastore/label?image=case_004&tag=final", files={"label": ("case_004.nrrd", label.read_bytes())}
+    )
+    assert res.status_code == 200, res.text
+    stored = next((client.studies / "labels" / "final").glob("case_004.*"))
+    voxels, geometry = load_volume(stored)
+    np.testing.assert_array_equal(voxels, np.asarray(nib.load(truth).dataobj))
+    np.testing.assert_allclose(geometry.affine, nib.load(image).affine, atol=1e-4)
+    res = client.post("/train/medsad?run_sync=true", json={"max_epochs": 1, "batch_size": 8, "force": True})
+    assert res.status_code == 200, res.text
+    assert res.json()["images"] == len(STUDY_LABELLED) + 1
