@@ -145,3 +145,39 @@ def test_infer_shows_a_slice_progress_bar_on_a_terminal(tiny_checkpoint, tiny_vo
     infer_path(predictor, volume, tmp_path / "terminal")
     err = capsys.readouterr().err
     assert bar.search(err) and volume.name in err
+
+
+def test_training_and_inference_make_non_square_pixels_square_alike(tiny_checkpoint, tmp_path):
+    """Axial slices of 1 x 3 mm pixels: the model input of a training slice (slice_dataset) and of
+    the same slice at inference (predict_volume with the file's spacing) are the same picture, and
+    a disc of the scan is round in it."""
+    import nibabel as nib
+    import torch
+
+    from medsad_monai.data.layouts import Sample
+    from medsad_monai.engine.datasets import slice_dataset
+    from medsad_monai.engine.inference import Predictor
+
+    r = (np.arange(60) - 29.5) * 1.0
+    c = (np.arange(20) - 9.5) * 3.0
+    disc = ((r[:, None] ** 2 + c[None, :] ** 2) <= 25.0**2).astype(np.float32)
+    volume = np.repeat((100 + 400 * disc)[..., None], 4, axis=2).astype(np.int16)
+    affine = np.diag([1.0, 3.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(volume, affine), tmp_path / "scan.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros(volume.shape, np.uint8), affine), tmp_path / "label.nii.gz")
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, batch_size=4, precision="fp32")
+    seen: list[torch.Tensor] = []
+    forward = predictor.model.forward
+    predictor.model.forward = lambda x, *a, **k: (seen.append(x.detach().clone()), forward(x, *a, **k))[1]
+    predictor.predict_volume(
+        predictor.normalize_volume(volume), skip_background=False, spacing=(1.0, 3.0, 2.0), affine=affine
+    )
+    sample = Sample(tmp_path / "scan.nii.gz", (tmp_path / "label.nii.gz",), 0, "scan", None, slice_index=2)
+    size = predictor.model.image_size
+    item = slice_dataset([sample], size, train=False, intensity=predictor.intensity)[0]
+    trained_on = predictor.model.normalize(item["image"][None])[0]
+    np.testing.assert_allclose(seen[0][2].numpy(), trained_on.numpy(), atol=1e-5)
+    rows, cols = np.nonzero(item["image"][0].numpy() > item["image"][0].numpy().mean())
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert abs(height - width) <= 0.1 * size, (height, width)  # round, not 3x taller than wide

@@ -80,3 +80,40 @@ def test_bad_shapes_are_refused_clearly():
         prepare_slice(np.zeros((4, 4, 4, 4), np.float32), 64)
     with pytest.raises(ValueError, match="2-D mask"):
         prepare_mask(np.zeros((4, 4, 4), np.uint8), 64)
+
+
+def _extent(image: torch.Tensor) -> tuple[int, int]:
+    """Rows and columns the bright region of a (C, S, S) model input spans."""
+    rows, cols = np.nonzero(image[0].numpy() > 0.5)
+    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+def _disc(shape: tuple[int, int], pixel_mm: tuple[float, float], radius_mm: float) -> np.ndarray:
+    """A bright disc of ``radius_mm`` at the centre of a grid of ``pixel_mm`` pixels."""
+    r = (np.arange(shape[0]) - (shape[0] - 1) / 2) * pixel_mm[0]
+    c = (np.arange(shape[1]) - (shape[1] - 1) / 2) * pixel_mm[1]
+    return ((r[:, None] ** 2 + c[None, :] ** 2) <= radius_mm**2).astype(np.float32)
+
+
+def test_non_square_pixels_are_made_square_so_a_disc_stays_round():
+    """An axial slice of a coronal acquisition: 1 mm across, 3 mm front to back. The model sees the
+    disc round; the mask lands where the image's disc is; the inverse returns to the slice's grid."""
+    from medsad_monai.data.preprocess import prepare_mask, prepare_slice, restore_slice, square_pixel_shape
+
+    pixel_mm, shape = (1.0, 3.0), (90, 30)  # a 90 x 90 mm field of view
+    disc = _disc(shape, pixel_mm, radius_mm=30.0)
+    assert square_pixel_shape(*shape, pixel_mm) == (90, 90)
+    assert square_pixel_shape(*shape, (1.0, 1.005)) == shape and square_pixel_shape(*shape, None) == shape
+    image, geometry = prepare_slice(disc, 64, pixel_mm)
+    rows, cols = _extent(image)
+    assert abs(rows - cols) <= 2, (rows, cols)  # round (3x taller than wide without the resampling)
+    squashed, _ = prepare_slice(disc, 64)
+    assert _extent(squashed)[0] > 2.5 * _extent(squashed)[1]
+    def disagreement(mask: torch.Tensor) -> float:
+        return float((mask[0] != (image[0] > 0.5).float()).float().mean())
+
+    assert disagreement(prepare_mask(disc > 0.5, 64, pixel_mm)) < 0.03  # edge pixels only
+    assert disagreement(prepare_mask(disc > 0.5, 64)) > 0.15  # a mask not made square would miss it
+    back = restore_slice(image[0], geometry)
+    assert tuple(back.shape) == shape
+    assert float((back.numpy() > 0.5).astype(np.float32).__ne__(disc).mean()) < 0.02

@@ -152,7 +152,7 @@ def test_local_run_gives_segment_in_the_volume_geometry_table_and_plot(scene, lo
 
     array_ijk = slicer.util.arrayFromVolume(volume).transpose(2, 1, 0).astype(np.float32)
     direct = Predictor.from_checkpoint(tiny_checkpoint, batch_size=4, precision=local.precision)
-    direct = direct.predict_volume(normalize_intensity(array_ijk))
+    direct = direct.predict_volume(normalize_intensity(array_ijk), spacing=tuple(volume.GetSpacing()))
     np.testing.assert_allclose(result.slice_scores, direct.slice_scores, atol=1e-6)
     np.testing.assert_allclose(result.probability, direct.probability.transpose(2, 1, 0), atol=1e-6)
 
@@ -250,7 +250,7 @@ def test_calibrated_checkpoint_decides_in_slicer_as_in_medsad_monai(scene, tiny_
     array_ijk = slicer.util.arrayFromVolume(volume).transpose(2, 1, 0).astype(np.float32)
     # the module's default precision is medsad infer's (auto)
     direct = Predictor.from_checkpoint(ckpt, batch_size=4, precision="auto")
-    direct = direct.predict_volume(normalize_intensity(array_ijk))
+    direct = direct.predict_volume(normalize_intensity(array_ijk), spacing=tuple(volume.GetSpacing()))
     assert result.threshold == 0.3 and result.slice_threshold == 0.2 and result.volume_threshold == 0.5
     np.testing.assert_array_equal(result.mask, direct.mask.transpose(2, 1, 0))
     np.testing.assert_allclose(result.slice_scores, direct.slice_scores, atol=1e-6)

@@ -6,6 +6,11 @@ side S; :func:`restore_slice` maps an (S, S) model output back onto the original
 Keeping both directions here means the training data and the inference output can never
 disagree on geometry.
 
+A volume slice whose pixels are not square (rows and columns of different mm: the axial slices
+of a sagittal or coronal acquisition with thick slices) is first resampled to square pixels,
+its finer side kept (``pixel_mm``), so the model sees anatomy in its true proportions whatever
+the acquisition; the inverse resamples back onto the slice's own grid.
+
 Every training, validation and inference slice passes through here, so the common case runs as
 the torch calls that MONAI's transforms make (``torch.nn.functional.pad`` / ``interpolate``)
 without wrapping each slice in a ``MetaTensor``: a slice carries no metadata, and the wrapping
@@ -24,7 +29,32 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import Resize
 
-__all__ = ["SliceGeometry", "is_background", "prepare_slice", "prepare_mask", "restore_slice"]
+__all__ = [
+    "SliceGeometry",
+    "is_background",
+    "prepare_slice",
+    "prepare_mask",
+    "restore_slice",
+    "square_pixel_shape",
+    "PIXEL_TOLERANCE",
+]
+
+#: Pixels whose row and column sizes differ by at most this fraction count as square.
+PIXEL_TOLERANCE = 0.01
+
+
+def square_pixel_shape(height: int, width: int, pixel_mm: tuple[float, float] | None) -> tuple[int, int]:
+    """The (H, W) of a slice of ``pixel_mm`` (row, column size in mm) resampled to square pixels of
+    its finer size; the slice's own shape when the pixels are square (or their size unknown)."""
+    if pixel_mm is None:
+        return height, width
+    row, col = float(pixel_mm[0]), float(pixel_mm[1])
+    if not (np.isfinite(row) and np.isfinite(col) and row > 0 and col > 0):
+        return height, width
+    fine = min(row, col)
+    if max(row, col) <= fine * (1 + PIXEL_TOLERANCE):
+        return height, width
+    return max(1, round(height * row / fine)), max(1, round(width * col / fine))
 
 
 @dataclass(frozen=True)
@@ -34,14 +64,21 @@ class SliceGeometry:
     height: int
     width: int
     side: int  # padded square side
+    square_height: int = 0  # the slice's shape with square pixels (0: its own)
+    square_width: int = 0
+
+    @property
+    def square(self) -> tuple[int, int]:
+        """(H, W) after resampling to square pixels (the slice's own shape when they were square)."""
+        return (self.square_height or self.height, self.square_width or self.width)
 
     @property
     def pad_top(self) -> int:
-        return (self.side - self.height) // 2
+        return (self.side - self.square[0]) // 2
 
     @property
     def pad_left(self) -> int:
-        return (self.side - self.width) // 2
+        return (self.side - self.square[1]) // 2
 
 
 def _plain(x) -> torch.Tensor:
@@ -79,25 +116,42 @@ def _resize(chw: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     return F.interpolate(chw.float()[None], size=(size, size), mode=mode)[0]
 
 
-def prepare_slice(image: np.ndarray | torch.Tensor, size: int) -> tuple[torch.Tensor, SliceGeometry]:
-    """(H, W) or (H, W, 3) in [0, 1] -> (3, size, size) float tensor in [0, 1] and its geometry."""
+def _to_shape(chw: torch.Tensor, shape: tuple[int, int], mode: str) -> torch.Tensor:
+    """(C, H, W) resampled to (C, *shape) (as MONAI's ``Resize`` without anti-aliasing)."""
+    if tuple(chw.shape[-2:]) == shape:
+        return chw
+    return F.interpolate(chw.float()[None], size=shape, mode=mode)[0]
+
+
+def prepare_slice(
+    image: np.ndarray | torch.Tensor, size: int, pixel_mm: tuple[float, float] | None = None
+) -> tuple[torch.Tensor, SliceGeometry]:
+    """(H, W) or (H, W, 3) in [0, 1] -> (3, size, size) float tensor in [0, 1] and its geometry;
+    ``pixel_mm`` (row, column mm) resamples non-square pixels to square first."""
     chw = _to_chw(image)
     h, w = int(chw.shape[1]), int(chw.shape[2])
-    side = max(h, w)
+    sh, sw = square_pixel_shape(h, w, pixel_mm)
+    chw = _to_shape(chw, (sh, sw), "bilinear")
+    side = max(sh, sw)
     padded = _pad_square(chw)
     if side > size:  # downsizing: MONAI's anti-aliased resize
         resized = _plain(Resize((size, size), mode="bilinear", anti_aliasing=True)(padded))
     else:
         resized = _resize(padded, size, "bilinear")
-    return resized.float().clamp_(0.0, 1.0), SliceGeometry(h, w, side)
+    square = (sh, sw) != (h, w)
+    return resized.float().clamp_(0.0, 1.0), SliceGeometry(h, w, side, sh if square else 0, sw if square else 0)
 
 
-def prepare_mask(mask: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
-    """(H, W) binary mask -> (1, size, size) float {0, 1} (nearest neighbour, same padding)."""
+def prepare_mask(
+    mask: np.ndarray | torch.Tensor, size: int, pixel_mm: tuple[float, float] | None = None
+) -> torch.Tensor:
+    """(H, W) binary mask -> (1, size, size) float {0, 1} (nearest neighbour, the same square
+    pixels and padding as :func:`prepare_slice`)."""
     m = torch.as_tensor(np.asarray(mask, dtype=np.float32))
     if m.ndim != 2:
         raise ValueError(f"expected a 2-D mask, got shape {tuple(m.shape)}")
-    return (_resize(_pad_square(m[None]), size, "nearest") > 0.5).float()
+    m = _to_shape(m[None], square_pixel_shape(int(m.shape[0]), int(m.shape[1]), pixel_mm), "nearest")
+    return (_resize(_pad_square(m), size, "nearest") > 0.5).float()
 
 
 def restore_slice(output: torch.Tensor, geometry: SliceGeometry) -> torch.Tensor:
@@ -106,7 +160,8 @@ def restore_slice(output: torch.Tensor, geometry: SliceGeometry) -> torch.Tensor
     x = output[None] if squeeze else output
     x = _resize(_plain(x), geometry.side, "bilinear")
     top, left = geometry.pad_top, geometry.pad_left
-    x = x[:, top : top + geometry.height, left : left + geometry.width]
+    sh, sw = geometry.square
+    x = _to_shape(x[:, top : top + sh, left : left + sw], (geometry.height, geometry.width), "bilinear")
     return x[0] if squeeze else x
 
 

@@ -32,13 +32,14 @@ from monai.transforms import (
 from medsad_monai.data.images import load_image_2d, load_mask_2d
 from medsad_monai.data.layouts import Sample
 from medsad_monai.data.lesions import estimate_brain_mask, paint_lesions, volume_has_skull
-from medsad_monai.data.orientation import ras_view
+from medsad_monai.data.orientation import ras_view, reorientation
 from medsad_monai.data.preprocess import is_background, prepare_mask, prepare_slice
 from medsad_monai.data.volumes import (
     CONTEXT_SLICES,
     INTENSITY_METHODS,
     load_volume,
     normalize_intensity,
+    read_volume_header,
     take_slab,
     take_slice,
 )
@@ -241,6 +242,27 @@ def _volume(path: str, intensity: str = "percentile") -> np.ndarray:
     return _CACHE.get(("image", *_file_key(path), intensity), make)
 
 
+_SPACING: dict[tuple, tuple[float, float, float] | None] = {}
+
+
+def _ras_spacing(path: str) -> tuple[float, float, float] | None:
+    """The voxel sizes of the volume at ``path`` along its RAS view's axes (from its header)."""
+    key = ("spacing", *_file_key(path))
+    if key not in _SPACING:
+        _, geometry = read_volume_header(path)
+        _SPACING[key] = reorientation(geometry.affine).spacing_to_ras(geometry.spacing)
+    return _SPACING[key]
+
+
+def pixel_mm(sample: Sample, slice_axis: int) -> tuple[float, float] | None:
+    """(row, column) mm of a volume sample's slices (None for 2-D images): what makes
+    :func:`~medsad_monai.data.preprocess.prepare_slice` resample non-square pixels, as inference does."""
+    if sample.slice_index is None:
+        return None
+    spacing = _ras_spacing(str(sample.image))
+    return None if spacing is None else tuple(float(spacing[d]) for d in range(3) if d != slice_axis)  # type: ignore[return-value]
+
+
 _SKULL: dict[tuple, bool] = {}
 
 
@@ -315,6 +337,7 @@ class LoadSliced(MapTransform):
         }
         if self.skull and sample.slice_index is not None:
             out["skull"] = _has_skull(str(sample.image), self.intensity, self.slice_axis)
+        out["pixel_mm"] = pixel_mm(sample, self.slice_axis)
         return out
 
 
@@ -374,8 +397,10 @@ class _ToModelSized(MapTransform):
         self.size = size
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        image, _ = prepare_slice(data["image"], self.size)
-        mask = prepare_mask(data["mask"], self.size)
+        data = dict(data)
+        mm = data.pop("pixel_mm", None)  # non-square pixels are made square, as at inference
+        image, _ = prepare_slice(data["image"], self.size, mm)
+        mask = prepare_mask(data["mask"], self.size, mm)
         return {**data, "image": image, "mask": mask, "label": torch.tensor(data["label"], dtype=torch.float32)}
 
 

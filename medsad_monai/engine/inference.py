@@ -431,10 +431,13 @@ class Predictor:
         return normalize_intensity(volume, method=self.intensity)
 
     @torch.no_grad()
-    def predict_slices(self, slices: Sequence[np.ndarray]) -> list[tuple[np.ndarray, float]]:
-        """2-D slices/images in [0, 1] -> (probability on the slice's grid, score) each."""
+    def predict_slices(
+        self, slices: Sequence[np.ndarray], pixel_mm: tuple[float, float] | None = None
+    ) -> list[tuple[np.ndarray, float]]:
+        """2-D slices/images in [0, 1] -> (probability on the slice's grid, score) each;
+        ``pixel_mm`` (row, column mm of the slices) makes non-square pixels square first."""
         size = int(self.model.image_size)
-        inputs, geoms = zip(*(prepare_slice(s, size) for s in slices))
+        inputs, geoms = zip(*(prepare_slice(s, size, pixel_mm) for s in slices))
         batch = self.model.normalize(torch.stack(inputs).to(self.device))
         autocast = self.precision == "bf16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -497,12 +500,14 @@ class Predictor:
         scores = [0.0] * n
         skipped = [skip_background and is_background(take_slice(volume, axis, i)) for i in range(n)]
         todo = [i for i in range(n) if not skipped[i]]
+        mm = checked_spacing(spacing)
+        pixel_mm = None if mm is None else tuple(float(mm[d]) for d in range(3) if d != axis)  # (rows, columns)
         done = 0
         for start in range(0, len(todo), self.batch_size):
             if cancel is not None and cancel():
                 raise InferenceCancelled(f"cancelled after {done} of {len(todo)} slices")
             chunk = todo[start : start + self.batch_size]
-            results = self.predict_slices([take_slab(volume, axis, i, self.context_slices) for i in chunk])
+            results = self.predict_slices([take_slab(volume, axis, i, self.context_slices) for i in chunk], pixel_mm)
             for i, (prob, score) in zip(chunk, results):
                 index = [slice(None)] * 3
                 index[axis] = i
