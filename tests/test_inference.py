@@ -152,7 +152,6 @@ def test_training_and_inference_make_non_square_pixels_square_alike(tiny_checkpo
     the same slice at inference (predict_volume with the file's spacing) are the same picture, and
     a disc of the scan is round in it."""
     import nibabel as nib
-    import torch
 
     from medsad_monai.data.layouts import Sample
     from medsad_monai.engine.datasets import slice_dataset
@@ -167,7 +166,7 @@ def test_training_and_inference_make_non_square_pixels_square_alike(tiny_checkpo
     nib.save(nib.Nifti1Image(np.zeros(volume.shape, np.uint8), affine), tmp_path / "label.nii.gz")
 
     predictor = Predictor.from_checkpoint(tiny_checkpoint, batch_size=4, precision="fp32")
-    seen: list[torch.Tensor] = []
+    seen: list = []  # the model's input batches
     forward = predictor.model.forward
     predictor.model.forward = lambda x, *a, **k: (seen.append(x.detach().clone()), forward(x, *a, **k))[1]
     predictor.predict_volume(
