@@ -109,6 +109,7 @@ def test_non_square_pixels_are_made_square_so_a_disc_stays_round():
     assert abs(rows - cols) <= 2, (rows, cols)  # round (3x taller than wide without the resampling)
     squashed, _ = prepare_slice(disc, 64)
     assert _extent(squashed)[0] > 2.5 * _extent(squashed)[1]
+
     def disagreement(mask: torch.Tensor) -> float:
         return float((mask[0] != (image[0] > 0.5).float()).float().mean())
 
