@@ -236,6 +236,12 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="a file or a folder of files; every DICOM series of a folder is one volume (its mask is NIfTI)",
     )
+    p.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="DICOM series: also write the mask as a DICOM SEG referencing the series (<name>_seg.dcm; "
+        "none for a volume without lesion voxels)",
+    )
     p.add_argument("--out", required=True)
     _add_slice_axis(p)
     _add_thresholds(p)
@@ -507,7 +513,12 @@ def _infer(args: argparse.Namespace) -> int:
         min_lesion_mean=args.min_lesion_mean,
     )
     for r in infer_path(
-        predictor, args.input, args.out, axis=args.slice_axis, skip_background=not args.no_skip_background
+        predictor,
+        args.input,
+        args.out,
+        axis=args.slice_axis,
+        skip_background=not args.no_skip_background,
+        dicom_seg=args.dicom_seg,
     ):
         largest = (r.get("lesions") or [{}])[0].get("volume_mm3")
         print(

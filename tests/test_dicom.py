@@ -219,3 +219,34 @@ def test_odd_dicom_inputs_work_or_fail_with_one_message(tiny_checkpoint, tmp_pat
     code, err = infer("truncated")
     assert code == 2 and "IM0001.dcm" in err and "no readable image series" in err
     assert "no NIfTI/NRRD volumes, PNG/JPG images or DICOM series" in err
+
+
+def test_the_mask_as_a_dicom_seg_references_its_series(tiny_checkpoint, tiny_volumes, tmp_path, capsys):
+    """``--dicom-seg``: a SEG of the *Lesion* segment that references the source series and, read
+    back with pydicom-seg, covers the NIfTI mask's voxels; none for a result without lesion voxels."""
+    pydicom = pytest.importorskip("pydicom")
+    pydicom_seg = pytest.importorskip("pydicom_seg")
+    nifti = sorted((tiny_volumes / "imagesTs").glob("*.nii.gz"))[0]
+    voxels, geometry = load_volume(nifti)
+    series_dir = tmp_path / "T1_AX"
+    write_dicom_series(voxels, geometry.affine, series_dir)
+    source_uid = pydicom.dcmread(next(series_dir.iterdir()), stop_before_pixels=True).SeriesInstanceUID
+    out = tmp_path / "pred"
+    args = ["infer", "--ckpt", str(tiny_checkpoint), "--input", str(series_dir), "--out", str(out), "--dicom-seg"]
+    assert main([*args, "--min-lesion-mm3", "0", "--threshold", "0.4"]) == 0
+    scores = json.loads((out / "T1_AX_scores.json").read_text())
+    assert scores["dicom_seg"] == str(out / "T1_AX_seg.dcm") and scores["lesion_voxels"] > 0
+    seg = pydicom.dcmread(out / "T1_AX_seg.dcm")
+    assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source_uid
+    assert seg.SegmentSequence[0].SegmentLabel == "Lesion" and seg.SeriesInstanceUID != source_uid
+    segment = pydicom_seg.SegmentReader().read(seg).segment_image(1)  # only the frames with lesion voxels
+    mask = nib.load(out / "T1_AX_mask.nii.gz")
+    reference = sitk.ReadImage(str(out / "T1_AX_mask.nii.gz"))
+    on_grid = sitk.Resample(segment, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(on_grid).transpose(2, 1, 0), np.asarray(mask.dataobj))
+    # no lesion voxels: no SEG, and the scores say so
+    assert main([*args, "--threshold", "0.999"]) == 0
+    scores = json.loads((out / "T1_AX_scores.json").read_text())
+    assert scores["lesion_voxels"] == 0 and scores["dicom_seg"] is None
+    assert sorted(p.name for p in out.iterdir()) == ["T1_AX_mask.nii.gz", "T1_AX_scores.json", "T1_AX_seg.dcm"]
+    capsys.readouterr()

@@ -572,16 +572,21 @@ def infer_path(
     axis: int = 2,
     skip_background: bool = True,
     progress: ProgressFn | None = None,
+    dicom_seg: bool = False,
 ) -> list[dict[str, Any]]:
     """Run a file or every supported file of a folder; write masks + ``<stem>_scores.json``.
 
     Volume masks keep exactly the input's geometry and format; 2-D masks are PNGs of the
-    image's size (0/255). Input files are never written to.
+    image's size (0/255); a DICOM series' mask is NIfTI, and with ``dicom_seg`` also a DICOM SEG
+    referencing the series (:func:`~medsad_monai.data.dicom_seg.write_dicom_seg`). Input files are
+    never written to.
 
     Returns:
         One summary dict per input (with ``input``, ``mask`` and ``scores`` paths).
     """
     inputs = _collect_inputs(Path(input_path))
+    if dicom_seg and not any(isinstance(source, DicomSeries) for source in inputs):
+        logger.warning("DICOM SEG: no DICOM series among the inputs, so none is written")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -598,7 +603,7 @@ def infer_path(
         finally:
             slices.close()
         geometry = Geometry.from_affine(image.affine) if isinstance(source, DicomSeries) else None
-        results.append(write_outputs(result, source, out, geometry=geometry))
+        results.append(write_outputs(result, source, out, geometry=geometry, dicom_seg=dicom_seg))
     return results
 
 
@@ -636,6 +641,7 @@ def write_outputs(
     out_dir: str | os.PathLike,
     what: str = "--out folder",
     geometry: Geometry | None = None,
+    dicom_seg: bool = False,
 ) -> dict[str, Any]:
     """Write ``<stem>_mask.<ext>`` (the input's geometry and format) and ``<stem>_scores.json``
     for ``result`` into ``out_dir``, the files ``medsad infer`` writes; returns the summary. A
@@ -656,6 +662,11 @@ def write_outputs(
         save_volume(result.mask, geometry, mask_path)
         series = {"identifier": source.identifier, "description": source.description, "files": len(source.files)}
         summary = {"input": str(source.folder), "dicom_series": series}
+        if dicom_seg:  # None when there is no lesion: a SEG holds at least one frame
+            from medsad_monai.data.dicom_seg import write_dicom_seg
+
+            seg = write_dicom_seg(result.mask, geometry, source, out / f"{source.name}_seg.dcm")
+            summary["dicom_seg"] = None if seg is None else str(seg)
     else:
         save_mask(result, source, mask_path)
         summary = {"input": str(source)}
