@@ -11,6 +11,7 @@ from pathlib import Path
 
 from medsad_monai.configs import DATASETS, PAPER_PRESETS
 from medsad_monai.demo import DEMO_MINUTES
+from medsad_monai.engine.shifts import SHIFT_NAMES
 from medsad_monai.log_setup import configure_logging
 
 __all__ = ["main", "build_parser"]
@@ -196,6 +197,35 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
     _add_precision(p)
 
     p = sub.add_parser(
+        "robustness",
+        help="evaluate a checkpoint under simulated scanner shifts (contrast, blur, resolution, bias field, "
+        "noise) → robustness.md / .json / .png",
+    )
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument(
+        "--split",
+        default="val",
+        choices=["val", "all", "test"],
+        help="val = the run's saved validation split (default); all = every non-test case of --data (your "
+        "own validation set); test = the test split (for reporting only, never for choosing)",
+    )
+    p.add_argument("--out", required=True, help="report folder (one evaluation report per shift inside)")
+    p.add_argument(
+        "--shifts",
+        type=_shift_list,
+        default=None,
+        help=f"comma-separated shifts (default: all of {', '.join(SHIFT_NAMES)}); 'none' always runs first",
+    )
+    p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
+    _add_slice_axis(p)
+    _add_thresholds(p)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
+    p.add_argument("--device")
+    _add_precision(p)
+
+    p = sub.add_parser(
         "calibrate",
         help="fit the operating point (thresholds, minimum lesion size) of a "
         "checkpoint on validation data and store it in the checkpoint",
@@ -250,6 +280,16 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
     p.add_argument("--device")
     _add_precision(p)
+
+
+def _shift_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in SHIFT_NAMES]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown shift(s) {', '.join(bad) or repr(text)}; expected {', '.join(SHIFT_NAMES)}"
+        )
+    return names
 
 
 def _add_precision(p: argparse.ArgumentParser) -> None:
@@ -442,6 +482,37 @@ def _recorded_protocol(ckpt: str):
     from medsad_monai.data.protocol import DataProtocol
 
     return DataProtocol.from_dict(read_checkpoint(ckpt).get("extra", {}).get("data_protocol"))
+
+
+def _robustness(args: argparse.Namespace) -> int:
+    from medsad_monai.engine.robustness import ROBUSTNESS_COLUMNS, robustness_report
+
+    rows = robustness_report(
+        args.ckpt,
+        args.data,
+        args.out,
+        split=args.split,
+        shifts=args.shifts or SHIFT_NAMES,
+        layout=args.layout,
+        slice_axis=args.slice_axis,
+        threshold=args.threshold,
+        slice_threshold=args.slice_threshold,
+        volume_threshold=args.volume_threshold,
+        min_lesion_mm3=args.min_lesion_mm3,
+        min_lesion_mean=args.min_lesion_mean,
+        batch_size=args.batch_size,
+        clip_pretrained=args.clip_pretrained,
+        device=args.device,
+        precision=args.precision,
+    )
+    keys = ("dice_global", "lesion_recall", "balanced_accuracy", "fp_voxels_mean", "lesion_mean_probability")
+    for r in rows:
+        figures = " ".join(
+            f"{k}={'n/a' if r[k] is None else format(r[k], '.4g')}" for k in keys if k in ROBUSTNESS_COLUMNS
+        )
+        print(f"{r['shift']}: {figures}")
+    print(f"report: {Path(args.out) / 'robustness.md'}")
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -642,6 +713,7 @@ def _demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": _train,
     "evaluate": _evaluate,
+    "robustness": _robustness,
     "calibrate": _calibrate,
     "infer": _infer,
     "reproduce": _reproduce,

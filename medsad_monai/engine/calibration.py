@@ -34,6 +34,7 @@ import datetime as _dt
 import logging
 import os
 import sys
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ from medsad_monai.engine.decision import (
     voxel_mm3,
 )
 from medsad_monai.engine.metrics import auroc, best_threshold
+from medsad_monai.engine.shifts import apply_shift
 
 __all__ = [
     "CaseOutput",
@@ -163,9 +165,11 @@ def iter_cases(
     tags: dict[str, dict[str, str]] | None = None,
     desc: str = "predicting",
     keep_image: bool = True,
+    shift: str = "none",
 ) -> Iterator[CaseOutput]:
     """Run every volume / image of ``samples`` through ``predictor`` (the inference path), one
-    case at a time, with a progress bar on a terminal."""
+    case at a time, with a progress bar on a terminal. ``shift`` (:mod:`~medsad_monai.engine.shifts`)
+    is applied to each raw input first, seeded by the case's name."""
     cases = _cases_of(samples)
     bar = tqdm(cases, desc=desc, disable=len(cases) < 2 or not sys.stderr.isatty(), leave=False)
     for name, image, mask_path, is_volume in bar:
@@ -175,6 +179,8 @@ def iter_cases(
             truth = (np.asarray(load_volume(mask_path)[0]) > 0) if mask_path else np.zeros(array.shape, bool)
             if truth.shape != array.shape:
                 raise ValueError(f"label {str(mask_path)!r} has shape {truth.shape}, its image {array.shape}")
+            if shift != "none":
+                array = apply_shift(array, shift, seed=zlib.crc32(name.encode()))
             volume = predictor.normalize_volume(array)
             result = predictor.predict_volume(volume, axis=slice_axis, spacing=geometry.spacing, affine=geometry.affine)
             yield CaseOutput(
@@ -191,6 +197,8 @@ def iter_cases(
         else:
             img = load_image_2d(image)
             truth = load_mask_2d([mask_path] if mask_path else [], img.shape[:2]) > 0
+            if shift != "none":
+                img = apply_shift(img, shift, seed=zlib.crc32(name.encode()), image_2d=True)
             result = predictor.predict_image(img)
             grey = img if img.ndim == 2 else img.mean(axis=-1)
             yield CaseOutput(

@@ -21,6 +21,7 @@ from medsad_monai.engine.decision import OperatingPoint
 from medsad_monai.engine.inference import Predictor, VolumeResult
 from medsad_monai.engine.metrics import MetricAccumulator, dice_score, lesion_detection, volume_metrics
 from medsad_monai.engine.report import CaseKeeper, CaseRecord, write_report
+from medsad_monai.engine.shifts import describe_shift
 
 __all__ = ["evaluate_checkpoint", "select_split", "checkpoint_protocol", "case_tags"]
 
@@ -103,6 +104,7 @@ def evaluate_checkpoint(
     device: str | None = None,
     protocol: DataProtocol | None = None,
     precision: str | None = None,
+    shift: str = "none",
 ) -> dict[str, Any]:
     """Evaluate ``ckpt`` on ``data``/``split`` at its operating point; write ``report.json``,
     ``report.md`` and overlays.
@@ -110,7 +112,8 @@ def evaluate_checkpoint(
     ``protocol`` says which samples are the test set (BMAD folder usage, split lists, BUSI
     ``normal/``); ``None`` = the protocol the checkpoint was trained under (recorded in it).
     ``precision`` (``auto``/``fp32``/``bf16``, see :class:`Predictor`) is recorded in the
-    report's meta as the precision that ran.
+    report's meta as the precision that ran. ``shift`` (:data:`~medsad_monai.engine.shifts.SHIFTS`)
+    applies a simulated scanner change to every input first (``medsad robustness``).
 
     Every volume runs through the inference path at its own resolution (as ``medsad infer``
     and the server do), is post-processed and decided at the checkpoint's calibrated operating
@@ -124,6 +127,7 @@ def evaluate_checkpoint(
     """
     from medsad_monai.checkpoint import read_checkpoint
 
+    shift_description = describe_shift(shift)  # refuse an unknown shift before loading anything
     predictor = Predictor.from_checkpoint(
         ckpt, clip_pretrained=clip_pretrained, batch_size=batch_size, device=device, precision=precision
     )
@@ -144,7 +148,7 @@ def evaluate_checkpoint(
     groups: dict[str, _Group] = {}
     keeper = CaseKeeper(2)
     per_case: dict[str, dict[str, Any]] = {}
-    for case in iter_cases(predictor, samples, slice_axis, tags=tags, desc="evaluating"):
+    for case in iter_cases(predictor, samples, slice_axis, tags=tags, desc="evaluating", shift=shift):
         result = VolumeResult(
             case.probability, list(case.model_scores), list(case.skipped), case.axis, op, spacing=case.spacing
         )
@@ -165,6 +169,8 @@ def evaluate_checkpoint(
             "dice": dice,
             "abnormal_slices": len(result.abnormal_slices),
             "lesion_slices": int(labels.sum()),
+            # how sure the model is inside the true lesions: what a minimum lesion mean filters on
+            "lesion_mean_probability": float(case.probability[case.truth].mean()) if case.abnormal else None,
         }
         for group in [overall] + [groups.setdefault(f"{k}={v}", _Group(op)) for k, v in case.tags.items()]:
             if len(labels):
@@ -194,6 +200,7 @@ def evaluate_checkpoint(
         "data_protocol": protocol.to_dict(),
         "slice_axis": slice_axis,
         "precision": predictor.precision,
+        "shift": {"name": shift, "description": shift_description},
         "operating_point": op.summary(),
         "operating_point_validation": op.validation,
         "model": payload.get("model", "medsad"),
