@@ -115,3 +115,19 @@ def test_medsad_robustness_refuses_an_unknown_shift_in_one_line(tiny_volumes, ti
     err = capsys.readouterr().err
     assert "unknown shift(s) fog" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_shifts_that_push_lesions_under_the_mean_filter_are_named(tiny_volumes, tiny_checkpoint, tmp_path):
+    from medsad_monai.engine.robustness import filter_warnings, robustness_report
+
+    rows = robustness_report(
+        tiny_checkpoint, str(tiny_volumes), tmp_path / "rob", split="all", shifts=["blur"], min_lesion_mean=0.99
+    )
+    report = json.loads((tmp_path / "rob" / "robustness.json").read_text())
+    assert report["meta"]["operating_point"]["min_lesion_mean"] == 0.99
+    assert [w.split(" the mean")[0] for w in report["meta"]["warnings"]] == ["under none", "under blur"]
+    assert "Warnings:" in (tmp_path / "rob" / "robustness.md").read_text()
+    assert filter_warnings(rows, 0.0) == []  # no mean filter, nothing to warn about
+    low, high = sorted(r["lesion_mean_probability"] for r in rows)
+    assert low < high  # the blur moved the model's confidence
+    assert len(filter_warnings(rows, (low + high) / 2)) == 1  # only the shift under the filter is named

@@ -26,7 +26,7 @@ from medsad_monai.engine.shifts import SHIFT_NAMES, describe_shift
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["robustness_report", "ROBUSTNESS_COLUMNS"]
+__all__ = ["robustness_report", "filter_warnings", "ROBUSTNESS_COLUMNS"]
 
 #: metric key → column heading
 ROBUSTNESS_COLUMNS = {
@@ -67,6 +67,20 @@ def _operating_point_text(op: dict[str, Any]) -> str:
     )
 
 
+def filter_warnings(rows: list[dict[str, Any]], min_lesion_mean: float) -> list[str]:
+    """One sentence per shift under which the mean probability inside the true lesions falls
+    below the operating point's minimum lesion mean: there the filter removes real lesions."""
+    if not min_lesion_mean:
+        return []
+    return [
+        f"under {r['shift']} the mean probability inside the true lesions ({r['lesion_mean_probability']:.2f}) is "
+        f"below the operating point's minimum lesion mean ({min_lesion_mean:g}): on such scans the filter removes "
+        "real lesions; calibrate on them (medsad calibrate --data) or look with --min-lesion-mean 0"
+        for r in rows
+        if r["lesion_mean_probability"] is not None and r["lesion_mean_probability"] < min_lesion_mean
+    ]
+
+
 def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     head = "| shift | " + " | ".join(ROBUSTNESS_COLUMNS.values()) + " |"
     lines = [
@@ -83,6 +97,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     ]
     for r in rows:
         lines.append(f"| {r['shift']} | " + " | ".join(_fmt(r[k], k) for k in ROBUSTNESS_COLUMNS) + " |")
+    if meta["warnings"]:
+        lines += ["", "Warnings:", ""] + [f"- {w}" for w in meta["warnings"]]
     lines += ["", "Shifts:", ""] + [f"- `{r['shift']}`: {r['description']}" for r in rows]
     lines += ["", "One full evaluation report per shift is in the sub-folder of its name.", ""]
     return "\n".join(lines)
@@ -147,10 +163,12 @@ def robustness_report(
                 "n_cases": len(report["meta"]["per_case"]),
                 "operating_point": report["meta"]["operating_point"],
             }
+    min_mean = float(meta["operating_point"].get("min_lesion_mean") or 0.0)
+    meta["warnings"] = filter_warnings(rows, min_mean)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "robustness.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     atomic_write_text(out / "robustness.md", _markdown(rows, meta))
-    _plot(rows, float(meta["operating_point"].get("min_lesion_mean") or 0.0), out / "robustness.png")
+    _plot(rows, min_mean, out / "robustness.png")
     base = rows[0]
     for r in rows[1:]:
         if base["dice_global"] is not None and r["dice_global"] is not None:
@@ -161,5 +179,7 @@ def robustness_report(
                 base["dice_global"],
                 _fmt(r["lesion_recall"], "lesion_recall"),
             )
+    for warning in meta["warnings"]:
+        logger.warning("robustness: %s", warning)
     logger.info("robustness report written to %s", out)
     return rows
