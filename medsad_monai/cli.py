@@ -191,9 +191,7 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
     _add_slice_axis(p)
     _add_protocol(p, "default: the protocol the checkpoint was trained under")
     _add_thresholds(p)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
-    p.add_argument("--device")
+    _add_model_run(p)
     _add_precision(p)
 
     p = sub.add_parser(
@@ -220,9 +218,7 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
     _add_slice_axis(p)
     _add_thresholds(p)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
-    p.add_argument("--device")
+    _add_model_run(p)
     _add_precision(p)
 
     p = sub.add_parser(
@@ -255,9 +251,7 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
         "false-positive lesions, some voxel overlap lost)",
     )
     p.add_argument("--out", help="write the calibrated checkpoint here instead of updating --ckpt in place")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
-    p.add_argument("--device")
+    _add_model_run(p)
 
     p = sub.add_parser("infer", help="mask + per-slice scores for NIfTI/NRRD volumes, DICOM series or PNG/JPG images")
     p.add_argument("--ckpt", required=True)
@@ -275,11 +269,34 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     _add_slice_axis(p)
     _add_thresholds(p)
-    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-skip-background", action="store_true", help="also run slices without anatomy")
+    _add_model_run(p)
+    _add_precision(p)
+
+
+def _add_model_run(p: argparse.ArgumentParser) -> None:
+    """How a command that runs the model runs it: batch size, backbone weights, device."""
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--clip-pretrained", help="where the backbone weights are on this machine")
     p.add_argument("--device")
-    _add_precision(p)
+
+
+def _evaluation_options(args: argparse.Namespace) -> dict:
+    """The ``evaluate_checkpoint`` keyword arguments that ``evaluate`` and ``robustness`` share."""
+    return {
+        "split": args.split,
+        "layout": args.layout,
+        "slice_axis": args.slice_axis,
+        "threshold": args.threshold,
+        "slice_threshold": args.slice_threshold,
+        "volume_threshold": args.volume_threshold,
+        "min_lesion_mm3": args.min_lesion_mm3,
+        "min_lesion_mean": args.min_lesion_mean,
+        "batch_size": args.batch_size,
+        "clip_pretrained": args.clip_pretrained,
+        "device": args.device,
+        "precision": args.precision,
+    }
 
 
 def _shift_list(text: str) -> list[str]:
@@ -488,22 +505,7 @@ def _robustness(args: argparse.Namespace) -> int:
     from medsad_monai.engine.robustness import ROBUSTNESS_COLUMNS, robustness_report
 
     rows = robustness_report(
-        args.ckpt,
-        args.data,
-        args.out,
-        split=args.split,
-        shifts=args.shifts or SHIFT_NAMES,
-        layout=args.layout,
-        slice_axis=args.slice_axis,
-        threshold=args.threshold,
-        slice_threshold=args.slice_threshold,
-        volume_threshold=args.volume_threshold,
-        min_lesion_mm3=args.min_lesion_mm3,
-        min_lesion_mean=args.min_lesion_mean,
-        batch_size=args.batch_size,
-        clip_pretrained=args.clip_pretrained,
-        device=args.device,
-        precision=args.precision,
+        args.ckpt, args.data, args.out, shifts=args.shifts or SHIFT_NAMES, **_evaluation_options(args)
     )
     keys = ("dice_global", "lesion_recall", "balanced_accuracy", "fp_voxels_mean", "lesion_mean_probability")
     for r in rows:
@@ -523,24 +525,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         protocol = _recorded_protocol(args.ckpt).replace(
             bmad_usage=args.protocol, split_lists=args.split_lists, busi_normal=args.busi_normal
         )
-    metrics = evaluate_checkpoint(
-        args.ckpt,
-        args.data,
-        args.out,
-        split=args.split,
-        layout=args.layout,
-        slice_axis=args.slice_axis,
-        threshold=args.threshold,
-        slice_threshold=args.slice_threshold,
-        volume_threshold=args.volume_threshold,
-        min_lesion_mm3=args.min_lesion_mm3,
-        min_lesion_mean=args.min_lesion_mean,
-        batch_size=args.batch_size,
-        clip_pretrained=args.clip_pretrained,
-        device=args.device,
-        protocol=protocol,
-        precision=args.precision,
-    )
+    metrics = evaluate_checkpoint(args.ckpt, args.data, args.out, protocol=protocol, **_evaluation_options(args))
     keys = (
         "dice",
         "dice_global",
