@@ -134,10 +134,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--augment",
         default="paper",
-        choices=["paper", "intensity", "strong", "mirror"],
+        choices=["paper", "intensity", "strong", "mirror", "elastic"],
         help="paper = horizontal flips; intensity = + MONAI gamma, intensity scale, bias field, "
         "blur, low resolution, noise (scanner differences); strong = + affine, milder intensity; "
-        "mirror = + flips along the other in-plane axis (left-right for RAS-view volume slices)",
+        "mirror = + flips along the other in-plane axis (left-right for RAS-view volume slices); "
+        "elastic = + a random smooth deformation of slice and mask (anatomy of other shapes)",
     )
     p.add_argument(
         "--intensity",

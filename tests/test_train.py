@@ -153,7 +153,7 @@ def test_output_inside_the_data_folder_is_refused(tiny_volumes):
     assert not (tiny_volumes / "run").exists()
 
 
-@pytest.mark.parametrize("augment", ["strong", "intensity"])
+@pytest.mark.parametrize("augment", ["strong", "intensity", "elastic"])
 def test_augmentation_keeps_shapes_range_and_binary_masks_as_plain_tensors(tiny_volumes, augment):
     from medsad_monai.data.layouts import read_layout
     from medsad_monai.engine.datasets import slice_dataset
@@ -559,3 +559,24 @@ def test_mirror_augmentation_flips_along_both_in_plane_axes(tiny_volumes):
         }
     assert seen["paper"] == {"none", "cols"}
     assert seen["mirror"] == {"none", "rows", "cols", "both"}
+
+
+def test_elastic_augmentation_deforms_image_and_mask_together(tiny_volumes):
+    """``augment="elastic"`` deforms about half the draws of a slice, and the label moves with the
+    image: the bright lesion of the deformed image is where the deformed mask is."""
+    from medsad_monai.data.layouts import read_layout
+    from medsad_monai.engine.datasets import slice_dataset
+
+    sample = next(s for s in read_layout(tiny_volumes).samples if s.label == 1)
+    base = torch.as_tensor(slice_dataset([sample], 64, train=False)[0]["mask"])
+    deformed = 0
+    for item in slice_dataset([sample] * 30, 64, train=True, augment="elastic", seed=5):
+        mask = torch.as_tensor(item["mask"])[0] > 0
+        if any(torch.equal(torch.as_tensor(item["mask"]), v) for v in (base, base.flip(-1))):
+            continue  # not deformed this draw (only the paper's flip)
+        deformed += 1
+        grey = torch.as_tensor(item["image"]).mean(0)
+        bright = grey > 0.5 * (grey[mask].median() + grey[(grey > 0.05) & ~mask].median())
+        assert float((bright & mask).sum() / mask.sum()) > 0.85  # the mask lies on the lesion
+        assert float((bright & mask).sum() / bright.sum()) > 0.85  # and the lesion inside the mask
+    assert 6 <= deformed <= 24

@@ -17,6 +17,7 @@ from monai.data import Dataset
 from monai.transforms import (
     Compose,
     MapTransform,
+    Rand2DElasticd,
     RandAdjustContrastd,
     RandAffined,
     RandBiasFieldd,
@@ -44,7 +45,11 @@ from medsad_monai.data.volumes import (
     take_slice,
 )
 
-AUGMENTS: tuple[str, ...] = ("paper", "intensity", "strong", "mirror")
+AUGMENTS: tuple[str, ...] = ("paper", "intensity", "strong", "mirror", "elastic")
+#: ``augment="elastic"``: control points every 32 pixels of the model-sized slice, each moved by
+#: 2-5 pixels (MONAI ``Rand2DElastic``), half the slices: ventricles, sulci and head outlines of
+#: other sizes and shapes than the training subjects'.
+ELASTIC_SPACING, ELASTIC_MAGNITUDE, ELASTIC_PROB = (32, 32), (2.0, 5.0), 0.5
 #: Where synthetic lesions may go: ``slice`` = the slice's brain estimate as it is (on a head's
 #: neck, face and vertex slices that is muscle, orbits and scalp); ``brain`` = on a head with its
 #: skull, only slices whose estimate is a brain (:func:`estimate_brain_mask` with ``skull``).
@@ -442,7 +447,10 @@ def slice_dataset(
     scale, shift) to the paper's flips and a milder intensity set. ``augment="mirror"`` adds a
     random flip along the other in-plane axis, drawn independently: a volume slice of the RAS
     view has left-right along its rows and anterior-posterior along its columns, so the paper's
-    flip (columns) mirrors front and back, and this one left and right.
+    flip (columns) mirrors front and back, and this one left and right. ``augment="elastic"`` adds
+    a random smooth deformation (MONAI ``Rand2DElasticd``, :data:`ELASTIC_SPACING`) of the slice
+    and its mask, after the lesions are painted: normal anatomy of other shapes than the few
+    training subjects have (a new subject's larger ventricles looked like lesions to the model).
     Volumes are normalised per volume with ``intensity`` (:func:`normalize_intensity`); the
     model's own normalisation (``model.normalize``) follows inside the model. ``context`` 1 gives
     the model a volume slice with its two neighbours as its three channels (2-D images are
@@ -465,6 +473,17 @@ def slice_dataset(
         transforms.append(RandFlipd(keys=["image", "mask"], prob=0.5, spatial_axis=1))
     if train and augment == "mirror":
         transforms.append(RandFlipd(keys=["image", "mask"], prob=0.5, spatial_axis=0))
+    if train and augment == "elastic":
+        transforms.append(
+            Rand2DElasticd(
+                keys=["image", "mask"],
+                spacing=ELASTIC_SPACING,
+                magnitude_range=ELASTIC_MAGNITUDE,
+                prob=ELASTIC_PROB,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            )
+        )
     if train and augment == "strong":
         transforms += [
             RandAffined(
