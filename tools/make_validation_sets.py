@@ -26,7 +26,12 @@ from medsad_monai.data.synthetic import make_sample_data
 
 SETS: dict[str, dict] = {
     "extra14": dict(
-        seed=101, n_train=10, n_test=1, normal_fraction=0.3, second_anatomy=("A", "C", "none", "none"), unseen_anatomy=()
+        seed=101,
+        n_train=10,
+        n_test=1,
+        normal_fraction=0.3,
+        second_anatomy=("A", "C", "none", "none"),
+        unseen_anatomy=(),
     ),
     "new_anatomy": dict(
         seed=45,
