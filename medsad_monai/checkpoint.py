@@ -13,7 +13,7 @@ from medsad_monai.atomic import atomic_write
 from medsad_monai.config import MedSADConfig
 from medsad_monai.data.orientation import ORIENTATIONS
 from medsad_monai.data.volumes import CONTEXT_SLICES, INTENSITY_METHODS
-from medsad_monai.engine.decision import OperatingPoint
+from medsad_monai.engine.decision import DEFAULT_PROFILE, OperatingPoint, check_profile_name
 from medsad_monai.networks.medsad_clip import MedSADCLIP
 from medsad_monai.networks.unet_baseline import UNetBaseline
 
@@ -28,7 +28,14 @@ __all__ = [
     "context_slices_of",
     "orientation_of",
     "write_calibration",
+    "calibration_profiles",
+    "remove_calibration_profile",
+    "PROFILES_KEY",
 ]
+
+#: The checkpoint key of the named calibration profiles (name -> ``calibration`` block), beside the
+#: checkpoint's own ``calibration`` block (the ``default`` profile).
+PROFILES_KEY = "calibration_profiles"
 
 logger = logging.getLogger(__name__)
 
@@ -195,9 +202,27 @@ def load_checkpoint(
     return model, payload
 
 
-def operating_point_of(payload: dict[str, Any], path: str | os.PathLike = "checkpoint") -> OperatingPoint:
-    """The checkpoint's calibrated operating point; a checkpoint without a ``calibration`` block
-    (written before calibration existed) gets the 0.5 fallback, and the log says so."""
+def operating_point_of(
+    payload: dict[str, Any], path: str | os.PathLike = "checkpoint", profile: str | None = None
+) -> OperatingPoint:
+    """The checkpoint's calibrated operating point, or that of its calibration profile ``profile``
+    (None or ``default``: the ``calibration`` block). A checkpoint without a ``calibration`` block
+    (written before calibration existed) gets the 0.5 fallback, and the log says so.
+
+    Raises:
+        ValueError: an invalid block, or a profile the checkpoint does not hold (the message
+            lists those it holds and how to fit one).
+    """
+    if profile is not None and profile != DEFAULT_PROFILE:
+        profiles = calibration_profiles(payload, path)
+        if profile not in profiles:
+            check_profile_name(profile)
+            raise ValueError(
+                f"calibration profile {profile!r} is not in {str(path)!r} (it holds: {', '.join(profiles)}); "
+                f"fit it with `medsad calibrate --ckpt {path} --data <that site's validation data> "
+                f"--profile {profile}`"
+            )
+        return profiles[profile]
     block = payload.get("calibration")
     if not block:
         logger.warning(
@@ -211,6 +236,24 @@ def operating_point_of(payload: dict[str, Any], path: str | os.PathLike = "check
         return OperatingPoint.from_dict(dict(block))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint {str(path)!r} has an invalid calibration block: {exc}") from exc
+
+
+def calibration_profiles(payload: dict[str, Any], path: str | os.PathLike = "checkpoint") -> dict[str, OperatingPoint]:
+    """Every operating point of the checkpoint by profile name, ``default`` (its ``calibration``
+    block, or the 0.5 fallback) first, then the named profiles in the order they were added."""
+    points = {DEFAULT_PROFILE: operating_point_of(payload, path)}
+    stored = payload.get(PROFILES_KEY) or {}
+    if not isinstance(stored, dict):
+        raise ValueError(f"checkpoint {str(path)!r} has an invalid {PROFILES_KEY} entry (expected a mapping)")
+    for name, block in stored.items():
+        try:
+            op = OperatingPoint.from_dict(dict(block))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"checkpoint {str(path)!r} has an invalid calibration profile {name!r}: {exc}") from exc
+        if op.profile != name:
+            raise ValueError(f"checkpoint {str(path)!r}: calibration profile {name!r} says it is {op.profile!r}")
+        points[name] = op
+    return points
 
 
 def intensity_of(payload: dict[str, Any], path: str | os.PathLike = "checkpoint") -> str:
@@ -249,10 +292,41 @@ def orientation_of(payload: dict[str, Any], path: str | os.PathLike = "checkpoin
 
 
 def write_calibration(path: str | os.PathLike, op: OperatingPoint) -> Path:
-    """Store ``op`` as the ``calibration`` block of the checkpoint at ``path`` (atomically; the
-    weights and everything else are kept as they are)."""
+    """Store ``op`` in the checkpoint at ``path`` (atomically; the weights and everything else are
+    kept as they are): as its ``calibration`` block when ``op.profile`` is ``default``, else as
+    the calibration profile of that name (replacing one of the same name)."""
     payload = read_checkpoint(path)
-    payload["calibration"] = op.to_dict()
+    if op.profile == DEFAULT_PROFILE:
+        payload["calibration"] = op.to_dict()
+    else:
+        profiles = dict(payload.get(PROFILES_KEY) or {})
+        if op.profile in profiles:
+            logger.info("calibration profile %r of %s is replaced", op.profile, path)
+        profiles[op.profile] = op.to_dict()
+        payload[PROFILES_KEY] = profiles
     atomic_torch_save(payload, path)
-    logger.info("calibration (%s) written to %s", op.source, path)
+    logger.info("calibration (%s, profile %s) written to %s", op.source, op.profile, path)
+    return Path(path)
+
+
+def remove_calibration_profile(path: str | os.PathLike, profile: str) -> Path:
+    """Remove the calibration profile ``profile`` from the checkpoint at ``path`` (atomically).
+
+    Raises:
+        ValueError: ``default`` (the checkpoint's own operating point cannot be removed, only
+            refitted) or a profile the checkpoint does not hold.
+    """
+    if profile == DEFAULT_PROFILE:
+        raise ValueError(
+            "the default operating point cannot be removed; refit it with `medsad calibrate` (without --profile)"
+        )
+    payload = read_checkpoint(path)
+    profiles = dict(payload.get(PROFILES_KEY) or {})
+    if profile not in profiles:
+        names = ", ".join([DEFAULT_PROFILE, *profiles])
+        raise ValueError(f"calibration profile {profile!r} is not in {str(path)!r} (it holds: {names})")
+    del profiles[profile]
+    payload[PROFILES_KEY] = profiles
+    atomic_torch_save(payload, path)
+    logger.info("calibration profile %r removed from %s", profile, path)
     return Path(path)

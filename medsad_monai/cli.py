@@ -1,5 +1,5 @@
 """The ``medsad`` command: train | evaluate | calibrate | infer | reproduce | export-bundle |
-check-data | make-sample-data | demo."""
+profiles | check-data | make-sample-data | demo."""
 
 from __future__ import annotations
 
@@ -252,7 +252,21 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
         "false-positive lesions, some voxel overlap lost)",
     )
     p.add_argument("--out", help="write the calibrated checkpoint here instead of updating --ckpt in place")
+    p.add_argument(
+        "--profile",
+        help="store the fit as a calibration profile of this name (e.g. one per site or scanner: "
+        "letters, digits, _ . -), chosen at inference with --profile or the server request's 'profile'; "
+        "the checkpoint's default operating point is kept (default: replace the default operating point)",
+    )
     _add_model_run(p)
+
+    p = sub.add_parser(
+        "profiles",
+        help="list a checkpoint's operating points (its default and its calibration profiles), or remove a profile",
+    )
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--remove", metavar="NAME", help="remove the calibration profile NAME from the checkpoint")
+    p.add_argument("--json", action="store_true", help="print the operating points as JSON")
 
     p = sub.add_parser("infer", help="mask + per-slice scores for NIfTI/NRRD volumes, DICOM series or PNG/JPG images")
     p.add_argument("--ckpt", required=True)
@@ -293,6 +307,7 @@ def _evaluation_options(args: argparse.Namespace) -> dict:
         "volume_threshold": args.volume_threshold,
         "min_lesion_mm3": args.min_lesion_mm3,
         "min_lesion_mean": args.min_lesion_mean,
+        "profile": args.profile,
         "batch_size": args.batch_size,
         "clip_pretrained": args.clip_pretrained,
         "device": args.device,
@@ -371,6 +386,12 @@ def _add_thresholds(p: argparse.ArgumentParser) -> None:
         type=float,
         help="remove connected lesions whose mean probability is under this (default: the calibrated value; "
         "0 keeps every lesion)",
+    )
+    p.add_argument(
+        "--profile",
+        help="decide at the checkpoint's calibration profile of this name (one site's or scanner's operating "
+        "point, fitted by medsad calibrate --profile) instead of its default one; the options above still "
+        "override single values (medsad profiles --ckpt CKPT lists them)",
     )
 
 
@@ -561,6 +582,7 @@ def _infer(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         precision=args.precision,
+        profile=args.profile,
     )
     predictor.operating_point = predictor.operating_point.with_overrides(
         map_threshold=args.threshold,
@@ -603,10 +625,36 @@ def _calibrate(args: argparse.Namespace) -> int:
         device=args.device,
         out=args.out,
         objective=args.objective,
+        profile=args.profile,
     )
     print(json.dumps({"operating_point": op.summary(), "validation": op.validation}, indent=2))
-    print(f"calibration stored in {args.out or args.ckpt}")
+    where = "as the default operating point" if args.profile is None else f"as calibration profile {op.profile!r}"
+    print(f"calibration stored in {args.out or args.ckpt} {where}")
     _say_warnings(op.summary()["warnings"])
+    return 0
+
+
+def _profiles(args: argparse.Namespace) -> int:
+    from medsad_monai.checkpoint import calibration_profiles, read_checkpoint, remove_calibration_profile
+
+    if args.remove:
+        remove_calibration_profile(args.ckpt, args.remove)
+        print(f"calibration profile {args.remove!r} removed from {args.ckpt}")
+    points = calibration_profiles(read_checkpoint(args.ckpt), args.ckpt)
+    if args.json:
+        print(json.dumps({name: op.to_dict() for name, op in points.items()}, indent=2))
+        return 0
+    for name, op in points.items():
+        cases = (op.validation or {}).get("cases") or []
+        size = "n/a" if op.min_lesion_mm3 is None else f"{op.min_lesion_mm3:g} mm³"
+        print(
+            f"{name}: {op.source}, map >= {op.map_threshold:g}, min lesion {op.min_lesion_voxels} voxels ({size}), "
+            f"min lesion mean {op.min_lesion_mean:g}, slice {op.slice_score} >= {op.slice_threshold:.3g}, "
+            f"volume {op.volume_score} >= {op.volume_threshold:.3g}; {len(cases)} validation case(s)"
+            + (f", fitted {op.validation['date']}" if (op.validation or {}).get("date") else "")
+        )
+        for warning in (op.validation or {}).get("warnings") or []:
+            print(f"  warning: {warning}")
     return 0
 
 
@@ -701,6 +749,7 @@ COMMANDS = {
     "evaluate": _evaluate,
     "robustness": _robustness,
     "calibrate": _calibrate,
+    "profiles": _profiles,
     "infer": _infer,
     "reproduce": _reproduce,
     "export-bundle": _export_bundle,

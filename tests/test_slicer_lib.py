@@ -449,8 +449,25 @@ def test_remote_backend_against_a_real_monai_label_server(scene, app_studies, ti
     # fp32 on both sides (`auto`, the server's default, is bf16 on CPUs with bf16 units)
     local = logic.run(volume, LocalBackend(str(tiny_checkpoint), batch_size=4, precision="fp32"), threshold=0.3)
     studies, checkpoint = app_studies
+    from medsad_monai.checkpoint import write_calibration
+    from medsad_monai.engine.decision import OperatingPoint
+
+    site = OperatingPoint(map_threshold=0.25, min_lesion_voxels=2, source="calibrate", profile="site_b")
+    write_calibration(checkpoint, site)  # a calibration profile beside the (uncalibrated) default
     conf = {"checkpoint": str(checkpoint), "precision": "fp32"}
     with monailabel_server(studies, conf, tmp_path / "server.log") as url:
+        # the profile chosen in the module travels in the request; the local backend decides alike
+        remote_site = logic.run(volume, ServerBackend(url, profile="site_b"))
+        local_site = logic.run(volume, LocalBackend(str(checkpoint), batch_size=4, precision="fp32", profile="site_b"))
+        assert (
+            remote_site.info["operating_point"]["profile"] == local_site.info["operating_point"]["profile"] == "site_b"
+        )
+        assert remote_site.threshold == local_site.threshold == 0.25
+        np.testing.assert_array_equal(remote_site.mask, local_site.mask)
+        with pytest.raises(MedSADError, match="this model has default, site_b"):
+            logic.run(volume, ServerBackend(url, profile="site_x"))
+        with pytest.raises(MedSADError, match="this model has default, site_b"):
+            logic.run(volume, LocalBackend(str(checkpoint), batch_size=4, profile="site_x"))
         remote = logic.run(volume, ServerBackend(url), threshold=0.3)
         np.testing.assert_allclose(remote.slice_scores, local.slice_scores, atol=1e-5)
         np.testing.assert_array_equal(remote.mask, local.mask)
@@ -843,6 +860,12 @@ def test_make_backend_is_shared_and_caches_the_local_model(tmp_path, tiny_checkp
     other = tmp_path / "other.pt"
     shutil.copy2(tiny_checkpoint, other)
     assert make_backend("local", str(other), "") is not first  # one model at a time
+    # the calibration profile is a choice of the run, not a reason to load the model again
+    site = make_backend("local", str(other), "", profile="site_b")
+    assert site.profile == "site_b" and make_backend("local", str(other), "") is site and site.profile == ""
+    assert make_backend("server", "", "http://host:9000", profile="site_b").profile == "site_b"
+    with pytest.raises(MedSADError, match="calibration profile 'a b'"):
+        make_backend("server", "", "http://host:9000", profile="a b")
     server = make_backend("server", "", "")
     assert isinstance(server, ServerBackend) and server.url == backends.DEFAULT_SERVER_URL
     for kind, checkpoint, url, needle in (
@@ -971,6 +994,15 @@ def test_parameter_node_defaults_and_validation(scene):
     assert params.min_lesion_mean == 0.75
     params.node.SetParameter("minLesionMean", "2")  # a scene edited by hand
     assert params.min_lesion_mean is None
+    assert params.profile == ""  # the model's own operating point
+    params.profile = " site_b "
+    assert params.profile == "site_b" and params.node.GetParameter("profile") == "site_b"
+    for bad in ("a/b", "_x", "x" * 65):
+        with pytest.raises(MedSADError, match="calibration profile"):
+            params.profile = bad
+    assert params.profile == "site_b"
+    params.node.SetParameter("profile", "../etc")  # a scene edited by hand
+    assert params.profile == ""
 
 
 def test_parameter_node_round_trip_through_a_saved_scene(scene, local, tmp_path):

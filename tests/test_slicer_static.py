@@ -45,6 +45,7 @@ EXPECTED_WIDGETS = {
     "backendComboBox": "QComboBox",
     "checkpointPathLineEdit": "ctkPathLineEdit",
     "serverUrlLineEdit": "QLineEdit",
+    "profileLineEdit": "QLineEdit",
     "thresholdSliderWidget": "ctkSliderWidget",
     "calibratedThresholdCheckBox": "QCheckBox",
     "minLesionSpinBox": "QDoubleSpinBox",

@@ -97,6 +97,7 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.backendComboBox.connect("currentIndexChanged(int)", self.updateParameterNodeFromGUI)
         self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.updateParameterNodeFromGUI)
         self.ui.serverUrlLineEdit.connect("textChanged(QString)", self.updateParameterNodeFromGUI)
+        self.ui.profileLineEdit.connect("editingFinished()", self.updateParameterNodeFromGUI)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
         self.ui.thresholdSliderWidget.connect("valueChanged(double)", self.onThresholdChanged)
         self.ui.calibratedThresholdCheckBox.connect("toggled(bool)", self.onCalibratedToggled)
@@ -161,6 +162,8 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             url = parameters.server_url
             if (self.ui.serverUrlLineEdit.text.strip() or DEFAULT_SERVER_URL) != url:  # not while the user types it
                 self.ui.serverUrlLineEdit.text = "" if url == DEFAULT_SERVER_URL else url
+            if self.ui.profileLineEdit.text.strip() != parameters.profile:
+                self.ui.profileLineEdit.text = parameters.profile
             self.ui.outputSegmentationSelector.setCurrentNode(parameters.output_segmentation)
             self.ui.scoresTableView.setMRMLTableNode(parameters.output_table)
             threshold = parameters.threshold
@@ -193,6 +196,10 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             parameters.backend = BACKENDS[max(0, self.ui.backendComboBox.currentIndex)]
             parameters.checkpoint = self.ui.checkpointPathLineEdit.currentPath
             parameters.server_url = self.ui.serverUrlLineEdit.text
+            try:
+                parameters.profile = self.ui.profileLineEdit.text
+            except MedSADError as err:  # keep the last valid name; say why
+                self.ui.statusLabel.text = str(err)
             parameters.output_segmentation = self.ui.outputSegmentationSelector.currentNode()
         gui.remember(parameters)
 
@@ -284,7 +291,9 @@ class MedSADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not gui.ensure_dependencies(parameters.backend):
                 self.ui.statusLabel.text = "Not run: the backend's Python packages are not installed."
                 return
-            backend = make_backend(parameters.backend, parameters.checkpoint, parameters.server_url)
+            backend = make_backend(
+                parameters.backend, parameters.checkpoint, parameters.server_url, profile=parameters.profile
+            )
             self._setRunning(True)
             # threshold None: the model's calibrated operating point; the slider then re-decides the result
             result = self.logic.run(
@@ -505,7 +514,8 @@ class MedSADTest(ScriptedLoadableModuleTest):
         self.delayDisplay("The module's state lives in its parameter node")
         settings = qt.QSettings()
         saved = {
-            key: settings.value(key) for key in (gui.SETTINGS_BACKEND, gui.SETTINGS_CHECKPOINT, gui.SETTINGS_SERVER_URL)
+            key: settings.value(key)
+            for key in (gui.SETTINGS_BACKEND, gui.SETTINGS_CHECKPOINT, gui.SETTINGS_SERVER_URL, gui.SETTINGS_PROFILE)
         }
         try:
             volume = slicer.util.addVolumeFromArray(np.zeros((4, 8, 8), np.float32), name="MedSADTestParameters")
@@ -518,7 +528,12 @@ class MedSADTest(ScriptedLoadableModuleTest):
                 parameters.backend = "server"
                 parameters.server_url = "http://127.0.0.1:8123"
                 parameters.threshold = 0.3
+                parameters.profile = "site_b"
             self.assertIs(widget.ui.inputVolumeSelector.currentNode(), volume)
+            self.assertEqual(widget.ui.profileLineEdit.text, "site_b")
+            widget.ui.profileLineEdit.text = "scanner-3T"
+            widget.updateParameterNodeFromGUI()  # what editingFinished() calls
+            self.assertEqual(parameters.profile, "scanner-3T")
             self.assertEqual(widget.ui.backendComboBox.currentIndex, BACKENDS.index("server"))
             self.assertEqual(widget.ui.serverUrlLineEdit.text, "http://127.0.0.1:8123")
             self.assertFalse(widget.ui.calibratedThresholdCheckBox.checked)

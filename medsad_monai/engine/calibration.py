@@ -48,10 +48,12 @@ from medsad_monai.data.images import load_image_2d, load_mask_2d
 from medsad_monai.data.layouts import Sample
 from medsad_monai.data.volumes import load_volume, take_slice
 from medsad_monai.engine.decision import (
+    DEFAULT_PROFILE,
     SLICE_SCORES,
     VOLUME_SCALE,
     VOLUME_SCORES,
     OperatingPoint,
+    check_profile_name,
     lesion_components,
     lesion_mask,
     pixel_mm2,
@@ -590,6 +592,7 @@ def calibrate_checkpoint(
     out: str | os.PathLike | None = None,
     protocol: Any = None,
     objective: str = "dice",
+    profile: str | None = None,
 ) -> OperatingPoint:
     """``medsad calibrate``: fit the operating point of ``ckpt`` on ``data`` and store it.
 
@@ -603,6 +606,10 @@ def calibrate_checkpoint(
             training pool holds the validation data; default: the one ``ckpt`` was trained
             under, so the run's test set never calibrates it.
         objective: what the lesion map's threshold and size maximise (:data:`MAP_OBJECTIVES`).
+        profile: store the fit as the calibration profile of this name (one site's or
+            scanner's operating point, chosen at inference with ``--profile`` / the request's
+            ``profile``), leaving the checkpoint's default operating point as it is; None or
+            ``default``: replace the default.
 
     Returns:
         The fitted operating point (also written into the checkpoint).
@@ -618,6 +625,7 @@ def calibrate_checkpoint(
         protocol = DataProtocol.from_dict(read_checkpoint(ckpt).get("extra", {}).get("data_protocol"))
     if objective not in MAP_OBJECTIVES:  # before any model runs
         raise ValueError(f"objective {objective!r}: expected one of {', '.join(MAP_OBJECTIVES)}")
+    profile = check_profile_name(profile) if profile is not None else DEFAULT_PROFILE
     if split == "val":
         samples, _ = saved_validation(Path(ckpt).parent / "split.json", data, layout, slice_axis, protocol)
     elif split == "all":
@@ -630,6 +638,7 @@ def calibrate_checkpoint(
     kind = slice_score or getattr(getattr(predictor.model, "config", None), "slice_score", "auto")
     cases = predict_cases(predictor, samples, slice_axis, desc="calibrating")
     op = fit_operating_point(cases, slice_score=kind, source="calibrate", objective=objective)
+    op = dataclasses.replace(op, profile=profile)
     target = Path(ckpt)
     if out is not None:
         import shutil

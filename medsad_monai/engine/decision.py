@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,8 @@ __all__ = [
     "calibrated_probability",
     "check_threshold",
     "check_min_lesion_mean",
+    "DEFAULT_PROFILE",
+    "check_profile_name",
 ]
 
 #: Pixels at which a ``lesion_area`` slice score reaches 0.5.
@@ -115,6 +118,23 @@ def scaled_min_voxels(min_voxels: int, fitted_mm3: float | None, voxel_mm3: floa
     return max(1, int(round(min_voxels * fitted_mm3 / voxel_mm3)))
 
 
+#: The name of a checkpoint's own operating point (its ``calibration`` block); other names are
+#: calibration profiles (``calibration_profiles``: one per site or scanner, ``medsad calibrate --profile``).
+DEFAULT_PROFILE = "default"
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_profile_name(value: Any) -> str:
+    """A calibration profile's name: 1-64 letters, digits, ``_``, ``.`` or ``-``, starting with a
+    letter or digit (it travels in URLs, JSON and file listings)."""
+    if not isinstance(value, str) or not _PROFILE_NAME.fullmatch(value):
+        raise ValueError(
+            f"calibration profile {value!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter "
+            "or digit (e.g. site_b or scanner-3T)"
+        )
+    return value
+
+
 def check_threshold(name: str, value: Any) -> float:
     """``value`` as a threshold strictly inside (0, 1), or ValueError naming ``name`` and the value."""
     try:
@@ -149,6 +169,9 @@ class OperatingPoint:
             plain pixel counts.
         min_lesion_mean: connected lesions whose voxels' mean probability is below this are
             removed (0 = no such filter: checkpoints calibrated before 2026-12-06).
+        profile: which of the checkpoint's operating points this is: ``default`` (its
+            ``calibration`` block) or the name of a calibration profile (fitted by ``medsad
+            calibrate --profile NAME`` on one site's or scanner's validation data).
     """
 
     map_threshold: float = 0.5
@@ -163,8 +186,10 @@ class OperatingPoint:
     voxel_mm3: float | None = None
     pixel_mm2: float | None = None
     min_lesion_mean: float = 0.0
+    profile: str = DEFAULT_PROFILE
 
     def __post_init__(self) -> None:
+        check_profile_name(self.profile)
         for name in ("voxel_mm3", "pixel_mm2"):
             value = getattr(self, name)
             if value is not None:
@@ -269,6 +294,7 @@ class OperatingPoint:
                 "volume_score",
                 "volume_threshold",
                 "source",
+                "profile",
                 "voxel_mm3",
                 "pixel_mm2",
                 "min_lesion_mm3",

@@ -105,6 +105,7 @@ def evaluate_checkpoint(
     protocol: DataProtocol | None = None,
     precision: str | None = None,
     shift: str = "none",
+    profile: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``ckpt`` on ``data``/``split`` at its operating point; write ``report.json``,
     ``report.md`` and overlays.
@@ -114,6 +115,8 @@ def evaluate_checkpoint(
     ``precision`` (``auto``/``fp32``/``bf16``, see :class:`Predictor`) is recorded in the
     report's meta as the precision that ran. ``shift`` (:data:`~medsad_monai.engine.shifts.SHIFTS`)
     applies a simulated scanner change to every input first (``medsad robustness``).
+    ``profile`` decides at the checkpoint's calibration profile of that name instead of its
+    default operating point (one site's or scanner's, ``medsad calibrate --profile``).
 
     Every volume runs through the inference path at its own resolution (as ``medsad infer``
     and the server do), is post-processed and decided at the checkpoint's calibrated operating
@@ -129,7 +132,12 @@ def evaluate_checkpoint(
 
     shift_description = describe_shift(shift)  # refuse an unknown shift before loading anything
     predictor = Predictor.from_checkpoint(
-        ckpt, clip_pretrained=clip_pretrained, batch_size=batch_size, device=device, precision=precision
+        ckpt,
+        clip_pretrained=clip_pretrained,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        profile=profile,
     )
     op = predictor.operating_point.with_overrides(
         map_threshold=threshold,

@@ -44,8 +44,10 @@ from medsad_monai.data.volumes import (
     volume_suffix,
 )
 from medsad_monai.engine.decision import (
+    DEFAULT_PROFILE,
     LOW_CONFIDENCE_LIMIT,
     OperatingPoint,
+    check_profile_name,
     checked_spacing,
     lesion_mask,
     lesion_table,
@@ -355,6 +357,10 @@ class Predictor:
             ``ras``, the RAS view of a volume whose affine :meth:`predict_volume` is given
             (:mod:`~medsad_monai.data.orientation`), or ``file``, the array as it is.
 
+    :attr:`profiles` holds every operating point the model has by calibration-profile name
+    (:meth:`from_checkpoint`: the checkpoint's ``default`` and its named profiles; otherwise the
+    one given); :meth:`profile_point` picks one for a request.
+
     Raises:
         ValueError: bad ``batch_size``, ``intensity``, ``precision``, ``context_slices`` or
             ``orientation``.
@@ -385,6 +391,7 @@ class Predictor:
         self.orientation = orientation
         op = operating_point or OperatingPoint()
         self.operating_point = op.with_overrides(map_threshold=threshold)
+        self.profiles: dict[str, OperatingPoint] = {op.profile: op}
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
@@ -394,18 +401,39 @@ class Predictor:
     def threshold(self) -> float:
         return self.operating_point.map_threshold
 
+    def profile_point(self, profile: str | None) -> OperatingPoint:
+        """The operating point of calibration profile ``profile`` (None: :attr:`operating_point`).
+
+        Raises:
+            ValueError: a profile this model does not have (the message lists those it has).
+        """
+        if profile is None:
+            return self.operating_point
+        if profile not in self.profiles:
+            check_profile_name(profile)
+            raise ValueError(
+                f"calibration profile {profile!r}: this model has {', '.join(self.profiles)} "
+                f"(fit one with `medsad calibrate --profile {profile}`)"
+            )
+        return self.profiles[profile]
+
     @classmethod
     def from_checkpoint(
         cls,
         path: str | os.PathLike,
         clip_pretrained: str | None = None,
         precision: str | None = None,
+        profile: str | None = None,
         **kwargs: Any,
     ) -> Predictor:
         """Load a checkpoint written by ``medsad train`` (see :mod:`medsad_monai.checkpoint`),
-        with its calibrated operating point (or the 0.5 fallback, said in the log).
-        ``precision`` and ``kwargs`` go to :class:`Predictor`."""
+        with its calibrated operating point (or the 0.5 fallback, said in the log), or that of
+        its calibration profile ``profile``. ``precision`` and ``kwargs`` go to :class:`Predictor`.
+
+        Raises:
+            ValueError: ``profile`` is not in the checkpoint (the message lists those it holds)."""
         from medsad_monai.checkpoint import (
+            calibration_profiles,
             context_slices_of,
             intensity_of,
             load_checkpoint,
@@ -415,13 +443,19 @@ class Predictor:
 
         resolve_precision(precision, torch.device("cpu"))  # refuse a bad name before loading the model
         kwargs["precision"] = precision
+        if profile is not None:
+            check_profile_name(profile)
         model, payload = load_checkpoint(path, clip_pretrained=clip_pretrained)
+        profiles = calibration_profiles(payload, path)
         if kwargs.get("operating_point") is None:
-            kwargs["operating_point"] = operating_point_of(payload, path)
+            chosen = profile or DEFAULT_PROFILE
+            known = chosen in profiles
+            kwargs["operating_point"] = profiles[chosen] if known else operating_point_of(payload, path, chosen)
         kwargs.setdefault("intensity", intensity_of(payload, path))
         kwargs.setdefault("context_slices", context_slices_of(payload, path))
         kwargs.setdefault("orientation", orientation_of(payload, path))
         predictor = cls(model, **kwargs)
+        predictor.profiles = profiles
         if predictor.precision == "bf16":  # the model is this predictor's own: cast its weights once
             store_matmul_weights_bf16(predictor.model)
         return predictor

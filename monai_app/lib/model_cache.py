@@ -72,7 +72,9 @@ class ModelCache:
 
         Raises:
             NoModelError: no checkpoint file yet (or it keeps changing while it loads).
-            ConfError: the checkpoint was trained with another backbone than ``--conf clip_model``.
+            ConfError: the checkpoint was trained with another backbone than ``--conf clip_model``,
+                or has no calibration profile ``--conf profile`` (e.g. a newly trained model
+                published over a calibrated one: calibrate it again).
             ValueError: the checkpoint does not load (a server-side problem).
         """
         with self._lock:
@@ -83,6 +85,7 @@ class ModelCache:
             if self._loaded is None or stamp != self._loaded.stamp:
                 self._loaded = self._load()
                 logger.info("serving %s (sha256 %s…)", self.path, self._loaded.fingerprint)
+            self._check_profile(self._loaded.predictor)
             return self._loaded
 
     def _no_model(self) -> NoModelError:
@@ -123,6 +126,19 @@ class ModelCache:
             f"{self.path} changed every time it was loaded ({LOAD_ATTEMPTS} attempts): "
             "a training run is publishing; try again"
         )
+
+    def _check_profile(self, predictor: Predictor) -> None:
+        """Decide at ``--conf profile`` (the checkpoint's own operating point without it)."""
+        name = self.serve.profile
+        if name is None:
+            return
+        if name not in predictor.profiles:
+            raise ConfError(
+                f"--conf profile {name!r}: the served checkpoint {str(self.path)!r} has no such calibration "
+                f"profile (it has: {', '.join(predictor.profiles)}); fit it with `medsad calibrate --ckpt "
+                f"{self.path} --data <validation data> --profile {name}`, or serve without --conf profile"
+            )
+        predictor.operating_point = predictor.profiles[name]
 
     def _check_backbone(self, predictor: Predictor) -> None:
         config = getattr(predictor.model, "config", None)

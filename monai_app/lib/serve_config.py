@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import torch
 
 from medsad_monai.configs import PRESETS
+from medsad_monai.engine.decision import check_profile_name
 from medsad_monai.engine.decision import check_threshold as _check_unit_interval
 from medsad_monai.engine.inference import PRECISIONS
 
@@ -45,6 +46,7 @@ CONF_KEYS = (
     "infer_workers",
     "min_lesion_mm3",
     "min_lesion_mean",
+    "profile",
 )
 
 #: What a request sends (and Slicer shows) for "the checkpoint's calibrated value".
@@ -93,6 +95,18 @@ def check_optional_min_lesion_mean(key: str, value: Any) -> float | None:
     if not 0.0 <= mean < 1.0:
         raise InputError(f"{key} {mean:g}: must be 0 (keep every lesion) or a mean probability above it and below 1")
     return mean
+
+
+def check_optional_profile(key: str, value: Any) -> str | None:
+    """``profile``: None for the served operating point (absent or empty), else the name of one of
+    the checkpoint's calibration profiles (``default`` = its own operating point); whether the
+    checkpoint holds it is checked where the model is at hand."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return check_profile_name(value.strip() if isinstance(value, str) else value)
+    except ValueError as err:
+        raise InputError(f"{key}: {err}") from None
 
 
 def check_slice_axis(key: str, value: Any) -> int:
@@ -283,6 +297,9 @@ class ServeConfig:
             Slicer module's local backend.
         infer_workers: inferences run at once (default 1: one volume already uses every core
             or the GPU; more requests wait their turn while the server keeps answering).
+        profile: the checkpoint's calibration profile every request, scoring and active learning
+            decide at (one site's or scanner's operating point, ``medsad calibrate --profile``;
+            default None: the checkpoint's own operating point; a request may name another).
     """
 
     checkpoint: Path
@@ -297,6 +314,7 @@ class ServeConfig:
     infer_workers: int = 1
     min_lesion_mm3: float | None = None
     min_lesion_mean: float | None = None
+    profile: str | None = None
 
     @classmethod
     def from_conf(cls, conf: dict[str, str], app_dir: str | os.PathLike) -> ServeConfig:
@@ -319,6 +337,7 @@ class ServeConfig:
             infer_workers=_conf(check_count, conf, "infer_workers", 1),
             min_lesion_mm3=_conf(check_optional_min_lesion_mm3, conf, "min_lesion_mm3", None),
             min_lesion_mean=_conf(check_optional_min_lesion_mean, conf, "min_lesion_mean", None),
+            profile=_conf(check_optional_profile, conf, "profile", None),
         )
 
 
@@ -347,6 +366,7 @@ class InferParams:
     skip_background: bool
     min_lesion_mm3: float | None = None
     min_lesion_mean: float | None = None
+    profile: str | None = None
 
     @classmethod
     def from_request(cls, request: dict[str, Any], serve: ServeConfig) -> InferParams:
@@ -362,4 +382,5 @@ class InferParams:
             skip_background=check_flag("skip_background", request.get("skip_background", True)),
             min_lesion_mm3=serve.min_lesion_mm3 if min_lesion_mm3 is None else min_lesion_mm3,
             min_lesion_mean=serve.min_lesion_mean if min_lesion_mean is None else min_lesion_mean,
+            profile=check_optional_profile("profile", request.get("profile")),
         )

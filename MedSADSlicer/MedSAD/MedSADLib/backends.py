@@ -25,6 +25,7 @@ from .results import (
     ProgressFn,
     check_min_lesion_mean,
     check_min_lesion_mm3,
+    check_profile,
     check_threshold,
 )
 
@@ -41,7 +42,9 @@ class LocalBackend:
 
     The model is loaded on first use and kept for later runs. ``precision`` is ``medsad infer``'s:
     ``auto`` (default) runs bf16 on CUDA GPUs and on CPUs with bf16 units (several times faster
-    there, same decisions), fp32 elsewhere; ``fp32`` or ``bf16`` force one.
+    there, same decisions), fp32 elsewhere; ``fp32`` or ``bf16`` force one. ``profile`` names the
+    checkpoint's calibration profile to decide at (``""``: its own operating point); it may be
+    changed between runs without reloading the model.
     """
 
     name = BACKEND_LOCAL
@@ -52,9 +55,11 @@ class LocalBackend:
         batch_size: int = 8,
         device: str | None = None,
         precision: str = "auto",
+        profile: str = "",
     ) -> None:
         if str(precision).lower() not in ("auto", "fp32", "bf16"):
             raise MedSADError(f"precision {precision!r}: expected auto, fp32 or bf16")
+        self.profile = check_profile(profile)
         self.checkpoint = str(checkpoint)
         self.batch_size = batch_size
         self.device = device
@@ -103,6 +108,11 @@ class LocalBackend:
         predictor = self._load()
         from medsad_monai.engine.inference import InferenceCancelled
 
+        try:
+            base = predictor.profile_point(check_profile(self.profile) or None)
+        except ValueError as err:  # a profile the checkpoint does not hold: say which it has
+            raise MedSADError(f"checkpoint {self.checkpoint!r}: {err}") from err
+
         volume = nodes.voxels_ijk(volume_node)
         affine = nodes.ijk_to_ras_array(volume_node)
         try:
@@ -118,7 +128,7 @@ class LocalBackend:
             raise MedSADError(f"cancelled: {err}") from err
         except ValueError as err:
             raise MedSADError(str(err)) from err
-        return _local_result(out, self, threshold, min_lesion_mm3, min_lesion_mean)
+        return _local_result(out.with_operating_point(base), self, threshold, min_lesion_mm3, min_lesion_mean)
 
 
 def _local_result(
@@ -161,14 +171,16 @@ class ServerBackend:
     """A MONAI Label server running the MedSAD app (``monailabel.client.MONAILabelClient``).
 
     The volume is uploaded as NRRD written by Slicer's own storage node; the answer's mask is
-    read back the same way. Needs no torch.
+    read back the same way. Needs no torch. ``profile`` is sent as the request's calibration
+    profile (``""``: the one the server is started with).
     """
 
     name = BACKEND_SERVER
 
-    def __init__(self, url: str, model: str = "medsad", timeout: float = 600.0) -> None:
+    def __init__(self, url: str, model: str = "medsad", timeout: float = 600.0, profile: str = "") -> None:
         if not url or not url.startswith(("http://", "https://")):
             raise MedSADError(f"server URL {url!r} must start with http:// or https://")
+        self.profile = check_profile(profile)
         self.url = url.rstrip("/")
         self.model = model
         self.timeout = timeout
@@ -206,7 +218,9 @@ class ServerBackend:
             nodes.write_volume(volume_node, upload)
             client = MONAILabelClient(self.url, tmpdir=tmp)
             try:
-                request: dict[str, float] = {} if threshold is None else {"threshold": threshold}
+                request: dict[str, float | str] = {} if threshold is None else {"threshold": threshold}
+                if self.profile:
+                    request["profile"] = self.profile
                 if min_lesion_mm3 is not None:
                     request["min_lesion_mm3"] = min_lesion_mm3
                 if min_lesion_mean is not None:
@@ -256,17 +270,19 @@ class ServerBackend:
 _local_cache: dict[tuple[str, float, int], LocalBackend] = {}
 
 
-def make_backend(kind: str, checkpoint: str = "", url: str = "", batch_size: int = 8) -> Backend:
-    """The backend for a choice of the module's parameters (``kind`` one of :data:`BACKENDS`).
+def make_backend(kind: str, checkpoint: str = "", url: str = "", batch_size: int = 8, profile: str = "") -> Backend:
+    """The backend for a choice of the module's parameters (``kind`` one of :data:`BACKENDS`),
+    deciding at the calibration profile ``profile`` (``""``: the model's or server's own).
 
     A local backend is kept per checkpoint file (path and modification time), so the model loads
     once for the module and the Segment Editor effect; one model is held at a time.
 
     Raises:
-        MedSADError: unknown kind, no or a missing checkpoint, a malformed server URL.
+        MedSADError: unknown kind, no or a missing checkpoint, a malformed server URL or profile name.
     """
+    profile = check_profile(profile)
     if kind == BACKEND_SERVER:
-        return ServerBackend(url or DEFAULT_SERVER_URL)
+        return ServerBackend(url or DEFAULT_SERVER_URL, profile=profile)
     if kind != BACKEND_LOCAL:
         raise MedSADError(f"unknown backend {kind!r}: expected one of {', '.join(BACKENDS)}")
     if not checkpoint:
@@ -280,6 +296,7 @@ def make_backend(kind: str, checkpoint: str = "", url: str = "", batch_size: int
     if key not in _local_cache:
         _local_cache.clear()  # one model in memory at a time
         _local_cache[key] = LocalBackend(checkpoint, batch_size=batch_size)
+    _local_cache[key].profile = profile
     return _local_cache[key]
 
 

@@ -24,6 +24,7 @@ from .results import MedSADError
 SETTINGS_BACKEND = "MedSAD/backend"
 SETTINGS_CHECKPOINT = "MedSAD/checkpoint"
 SETTINGS_SERVER_URL = "MedSAD/serverUrl"
+SETTINGS_PROFILE = "MedSAD/profile"
 
 # import name -> pip requirement, for the local backend (medsad_monai is installed from a clone)
 LOCAL_PACKAGES = {
@@ -52,6 +53,7 @@ def parameters(scene=None) -> MedSADParameters:
         backend=kind if kind in BACKENDS else BACKEND_LOCAL,
         checkpoint=str(settings.value(SETTINGS_CHECKPOINT, "") or ""),
         server_url=str(settings.value(SETTINGS_SERVER_URL, "") or "") or DEFAULT_SERVER_URL,
+        profile=str(settings.value(SETTINGS_PROFILE, "") or ""),
     )
 
 
@@ -63,6 +65,7 @@ def remember(params: MedSADParameters) -> None:
     settings.setValue(SETTINGS_BACKEND, params.backend)
     settings.setValue(SETTINGS_CHECKPOINT, params.checkpoint)
     settings.setValue(SETTINGS_SERVER_URL, params.server_url)
+    settings.setValue(SETTINGS_PROFILE, params.profile)
 
 
 # --------------------------------------------------------------------------- dependencies

@@ -16,7 +16,7 @@ from typing import Any
 import slicer
 
 from .backends import BACKEND_LOCAL, BACKENDS, DEFAULT_SERVER_URL
-from .results import MedSADError, check_min_lesion_mean, check_min_lesion_mm3, check_threshold
+from .results import MedSADError, check_min_lesion_mean, check_min_lesion_mm3, check_profile, check_threshold
 
 MODULE_NAME = "MedSAD"
 NODE_CLASS = "vtkMRMLScriptedModuleNode"
@@ -43,8 +43,10 @@ class MedSADParameters:
     ``checkpoint`` (path), ``server_url``, ``threshold`` (lesion-map threshold in (0, 1), or None
     for the model's calibrated one), ``min_lesion_mm3`` (minimum lesion size in mm³, 0 keeps every
     lesion, or None for the model's calibrated one), ``min_lesion_mean`` (minimum mean probability
-    of a kept lesion, 0 keeps every lesion, or None for the model's calibrated one),
-    ``output_segmentation`` and ``output_table``.
+    of a kept lesion, 0 keeps every lesion, or None for the model's calibrated one), ``profile``
+    (the model's calibration profile to decide at, e.g. one per site or scanner; ``""`` for its
+    own operating point, or the one the server is started with), ``output_segmentation`` and
+    ``output_table``.
     """
 
     #: field -> parameter name (strings)
@@ -55,6 +57,7 @@ class MedSADParameters:
         "threshold": "threshold",
         "min_lesion_mm3": "minLesionMm3",
         "min_lesion_mean": "minLesionMean",
+        "profile": "profile",
     }
     #: field -> node reference role
     REFERENCES = {
@@ -80,7 +83,12 @@ class MedSADParameters:
 
     @classmethod
     def get_or_create(
-        cls, scene: Any, backend: str | None = None, checkpoint: str | None = None, server_url: str | None = None
+        cls,
+        scene: Any,
+        backend: str | None = None,
+        checkpoint: str | None = None,
+        server_url: str | None = None,
+        profile: str | None = None,
     ) -> MedSADParameters:
         """The scene's MedSAD parameter node; a new one (with the given defaults, e.g. the
         choices remembered from the last session) when the scene has none."""
@@ -97,6 +105,10 @@ class MedSADParameters:
         params.backend = backend if backend in BACKENDS else BACKEND_LOCAL
         params.checkpoint = checkpoint or ""
         params.server_url = server_url or DEFAULT_SERVER_URL
+        try:
+            params.profile = profile or ""
+        except MedSADError:
+            params.profile = ""  # a remembered name this version refuses: the model's own
         params.threshold = None
         node.EndModify(was)
         return params
@@ -133,6 +145,17 @@ class MedSADParameters:
     @server_url.setter
     def server_url(self, value: str) -> None:
         self._set("server_url", (value or "").strip() or DEFAULT_SERVER_URL)
+
+    @property
+    def profile(self) -> str:
+        try:
+            return check_profile(self.node.GetParameter(self.PARAMETERS["profile"]))
+        except MedSADError:
+            return ""  # a scene edited by hand: the model's own operating point
+
+    @profile.setter
+    def profile(self, value: str | None) -> None:
+        self._set("profile", check_profile(value))
 
     threshold = _optional_number(
         "threshold", check_threshold, "The lesion-map threshold chosen by hand, or None: the model's calibrated one."

@@ -297,6 +297,21 @@ def check_min_lesion_mm3(value: float | None) -> float | None:
     return size
 
 
+_PROFILE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def check_profile(value: str | None) -> str:
+    """A calibration profile's name as typed (``""``: the model's own operating point, or the one
+    the server is started with): letters, digits, ``_``, ``.``, ``-``, at most 64."""
+    name = (value or "").strip()
+    if len(name) > 64 or not set(name) <= _PROFILE_CHARS or name[:1] in ("_", ".", "-"):
+        raise MedSADError(
+            f"calibration profile {name!r}: use up to 64 letters, digits, '_', '.' or '-', starting with a "
+            "letter or digit (empty: the model's own operating point)"
+        )
+    return name
+
+
 def check_min_lesion_mean(value: float | None) -> float | None:
     """``None`` (the model's calibrated minimum lesion mean probability) or a probability in
     [0, 1) (0 keeps every lesion the threshold outlines)."""

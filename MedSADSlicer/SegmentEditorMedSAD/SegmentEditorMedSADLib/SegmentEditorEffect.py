@@ -166,6 +166,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             params.backend,
             params.checkpoint,
             params.server_url,
+            params.profile,
         )
         decision = (threshold, params.min_lesion_mm3, params.min_lesion_mean)
         if self._cache is not None and self._cache[0] == key:
@@ -174,7 +175,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 return result.at(*decision)
         if not gui.ensure_dependencies(params.backend):
             return None
-        backend = make_backend(params.backend, params.checkpoint, params.server_url)
+        backend = make_backend(params.backend, params.checkpoint, params.server_url, profile=params.profile)
         with slicer.util.WaitCursor():
             result = MedSADLogic(slicer.mrmlScene).run(
                 volumeNode,

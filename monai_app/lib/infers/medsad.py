@@ -17,6 +17,7 @@ import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from medsad_monai.data.volumes import save_volume_like, volume_suffix
+from medsad_monai.engine.decision import DEFAULT_PROFILE
 from medsad_monai.engine.inference import VolumeResult, save_mask
 
 from ..errors import InputError, NotFoundError
@@ -36,8 +37,11 @@ class MedSADInfer(InferTask):
     threshold 0-1), ``slice_threshold``, ``volume_threshold`` (each ``calibrated`` or empty = the
     checkpoint's operating point), ``min_lesion_mm3`` (connected lesions under this many mm³ are
     removed, 0 keeps every lesion; ``calibrated`` or empty = the checkpoint's), ``min_lesion_mean``
-    (connected lesions whose mean probability is under this are removed; the same), ``slice_axis``
-    (0/1/2) and ``skip_background`` (bool), validated by :class:`lib.serve_config.InferParams`.
+    (connected lesions whose mean probability is under this are removed; the same), ``profile``
+    (the checkpoint's calibration profile to decide at: one site's or scanner's operating point;
+    ``default`` its own; empty = the served one, ``--conf profile``), ``slice_axis`` (0/1/2) and
+    ``skip_background`` (bool), validated by :class:`lib.serve_config.InferParams`; the other
+    values override single values of the profile.
     Result JSON: ``slice_scores``, ``volume_score``, ``volume_abnormal``, ``worst_slice``,
     ``abnormal_slices``, the thresholds and ``operating_point`` they came from, ``label_names``,
     ``checkpoint_sha256`` (of the checkpoint whose model made this mask) and a few counts, all
@@ -56,6 +60,7 @@ class MedSADInfer(InferTask):
                 "volume_threshold": CALIBRATED,
                 "min_lesion_mm3": _shown(cache.serve.min_lesion_mm3),
                 "min_lesion_mean": _shown(cache.serve.min_lesion_mean),
+                "profile": cache.serve.profile or DEFAULT_PROFILE,
                 "slice_axis": cache.serve.slice_axis,
                 "skip_background": True,
             },
@@ -81,14 +86,14 @@ class MedSADInfer(InferTask):
         loaded = self.cache.get()
         predictor = loaded.predictor
         try:
-            op = predictor.operating_point.with_overrides(
+            op = predictor.profile_point(params.profile).with_overrides(
                 map_threshold=params.threshold,
                 slice_threshold=params.slice_threshold,
                 volume_threshold=params.volume_threshold,
                 min_lesion_mm3=params.min_lesion_mm3,
                 min_lesion_mean=params.min_lesion_mean,
             )
-        except ValueError as err:  # a size in mm³ for a model without a voxel size
+        except ValueError as err:  # an unknown profile; a size in mm³ for a model without a voxel size
             raise InputError(str(err)) from None
         result = predict(predictor, data, params.slice_axis, params.skip_background).with_operating_point(op)
         suffix, dtype = _result_format(request, path)

@@ -34,6 +34,7 @@ from medsad_monai.data.layouts import image_sample, volume_samples
 from medsad_monai.data.volumes import volume_suffix
 from medsad_monai.engine.calibration import pooled_dice, predict_cases
 from medsad_monai.engine.datasets import Split
+from medsad_monai.engine.decision import DEFAULT_PROFILE
 from medsad_monai.engine.inference import Predictor
 from medsad_monai.engine.train import TrainOptions, train
 
@@ -274,6 +275,14 @@ class MedSADTrain(TrainTask):
 
     def _publish(self, best: Path) -> None:
         publish_checkpoint(best, self.cache.path)
+        if self.cache.serve.profile not in (None, DEFAULT_PROFILE):  # a new model has no profiles yet
+            logger.warning(
+                "the published model has no calibration profile %r (--conf profile): inferences answer an "
+                "error until it is fitted: medsad calibrate --ckpt %s --data <validation data> --profile %s",
+                self.cache.serve.profile,
+                self.cache.path,
+                self.cache.serve.profile,
+            )
 
     def _options(self, request: dict[str, Any]) -> dict[str, Any]:
         opts = {**self._config, **{k: request[k] for k in self._config if k in request}}
