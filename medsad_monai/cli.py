@@ -448,6 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace the bundle files of an existing non-empty --out (other files are kept)",
     )
+    p.add_argument(
+        "--profile",
+        help="the bundle decides at the checkpoint's calibration profile of this name (default: its own "
+        "operating point)",
+    )
     _add_reproduce(sub)
     p = sub.add_parser("check-data", help="validate a dataset folder and print counts")
     p.add_argument("data")
@@ -667,7 +672,7 @@ def _say_warnings(warnings: list[str]) -> None:
 def _export_bundle(args: argparse.Namespace) -> int:
     from medsad_monai.bundle import BUNDLE_FILES, export_bundle
 
-    out = export_bundle(args.ckpt, args.out, overwrite=args.overwrite)
+    out = export_bundle(args.ckpt, args.out, overwrite=args.overwrite, profile=args.profile)
     for name in BUNDLE_FILES:
         print(out / name)
     print(

@@ -266,3 +266,24 @@ def test_the_server_decides_at_its_profile_and_a_request_may_name_another(app_st
             client.infer("medsad", "case_005", {})
         assert "--conf profile 'site_b'" in err.value.msg and "medsad calibrate" in err.value.msg
         assert client.info()["models"]["medsad"]  # still serving
+
+
+def test_a_bundle_can_carry_a_profile_as_its_operating_point(checkpoint, tmp_path):
+    from monai.bundle import ConfigParser
+
+    from medsad_monai.bundle import export_bundle
+
+    write_calibration(checkpoint, SITE_B)
+    for profile, expected in ((None, OperatingPoint()), ("site_b", SITE_B)):
+        out = export_bundle(checkpoint, tmp_path / f"bundle_{profile}", profile=profile)
+        parser = ConfigParser()
+        parser.read_config(str(out / "configs" / "inference.json"))
+        op = parser.get_parsed_content("operating_point")
+        assert (op.profile, op.map_threshold, op.min_lesion_voxels) == (
+            expected.profile,
+            expected.map_threshold,
+            expected.min_lesion_voxels,
+        )
+    with pytest.raises(ValueError, match="it holds: default, site_b"):
+        export_bundle(checkpoint, tmp_path / "bundle_x", profile="site_x")
+    assert not (tmp_path / "bundle_x").exists()  # refused before anything is written

@@ -463,6 +463,8 @@ def test_remote_backend_against_a_real_monai_label_server(scene, app_studies, ti
             remote_site.info["operating_point"]["profile"] == local_site.info["operating_point"]["profile"] == "site_b"
         )
         assert remote_site.threshold == local_site.threshold == 0.25
+        assert "(calibration profile site_b)" in describe_decision(remote_site)
+        assert "calibration profile" not in describe_decision(logic.run(volume, ServerBackend(url)))
         np.testing.assert_array_equal(remote_site.mask, local_site.mask)
         with pytest.raises(MedSADError, match="this model has default, site_b"):
             logic.run(volume, ServerBackend(url, profile="site_x"))

@@ -193,7 +193,11 @@ def test_local_mode_overlay_scores_and_table(browser, tmp_path):
 def test_server_mode_infer_and_bad_input(browser, app_studies, tmp_path):
     import nibabel as nib
 
+    from medsad_monai.checkpoint import write_calibration
+    from medsad_monai.engine.decision import OperatingPoint
+
     studies, checkpoint = app_studies
+    write_calibration(checkpoint, OperatingPoint(map_threshold=0.9, source="calibrate", profile="site_b"))
     # a volume the model refuses: its slices (axis 2) are lines
     nib.save(nib.Nifti1Image(np.ones((32, 1, 12), np.int16), np.eye(4)), studies / "flat_case.nii.gz")
     ml_port = free_port()
@@ -201,7 +205,8 @@ def test_server_mode_infer_and_bad_input(browser, app_studies, tmp_path):
     viewer_tmp.mkdir()
     # the viewer starts first, as `make view` beside a `make run` that is still starting: the page
     # lists the images once the server is up
-    with viewer(tmp_path / "viewer.log", "--monailabel", f"http://127.0.0.1:{ml_port}", tmpdir=viewer_tmp) as url:
+    args = ("--monailabel", f"http://127.0.0.1:{ml_port}", "--profile", "site_b")  # one site's operating point
+    with viewer(tmp_path / "viewer.log", *args, tmpdir=viewer_tmp) as url:
         with (
             monailabel_server(studies, {"checkpoint": str(checkpoint)}, tmp_path / "server.log", port=ml_port),
             page_of(browser, url) as page,
@@ -227,7 +232,7 @@ def test_server_mode_infer_and_bad_input(browser, app_studies, tmp_path):
             assert [p.name for p in viewer_tmp.rglob("*") if p.is_file()] == []
             assert page.locator("#model-sha").inner_text().split()[-1] != "-"
             verdict = page.locator("#verdict").inner_text()
-            assert "normal" in verdict.lower()
+            assert "normal" in verdict.lower() and "decided at calibration profile site_b" in verdict
             rows = page.locator(".score-row")
             assert rows.count() > 3
             target = 2 if page.locator("#slice-label").inner_text().split()[1] != "2" else 3

@@ -26,8 +26,13 @@ def main() -> None:
     parser.add_argument("--scores", help="local mode: a <stem>_scores.json written by medsad infer")
     parser.add_argument("--image", help="local mode: the volume (default: the scores file's input)")
     parser.add_argument("--mask", help="local mode: the mask (default: the scores file's mask)")
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="server mode: the model's calibration profile to decide at (default: the one the server is started with)",
+    )
     args, _ = parser.parse_known_args()
-    viewer = Viewer(args.monailabel, workdir)
+    viewer = Viewer(args.monailabel, workdir, profile=args.profile)
     for action in parser._actions:
         if action.dest != "help":
             viewer.server.cli.add_argument(*action.option_strings, default=action.default, help=action.help)

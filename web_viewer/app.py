@@ -71,6 +71,13 @@ def warnings_text(result: dict[str, Any]) -> str:
     return f"; calibration warns: {warnings[0]}{more}"
 
 
+def profile_text(result: dict[str, Any]) -> str:
+    """The verdict's profile phrase (``; decided at calibration profile site_b``): which of the
+    model's operating points decided, when it is not the model's own (``default``)."""
+    profile = (result.get("operating_point") or {}).get("profile")
+    return f"; decided at calibration profile {profile}" if profile and profile != "default" else ""
+
+
 def _error_text(exc: BaseException, server_url: str) -> str:
     """One line for the page: what went wrong, without a traceback."""
     msg = str(getattr(exc, "msg", None) or exc or type(exc).__name__)
@@ -92,8 +99,9 @@ def _error_text(exc: BaseException, server_url: str) -> str:
 class Viewer:
     """The viewer state and its actions; ``server`` is the trame server."""
 
-    def __init__(self, server_url: str, workdir: Path, name: str = "medsad_web_viewer") -> None:
+    def __init__(self, server_url: str, workdir: Path, name: str = "medsad_web_viewer", profile: str = "") -> None:
         self.server = get_server(name, client_type="vue3")
+        self.profile = profile.strip()  # the model's calibration profile to ask for ("": the server's)
         self.state = self.server.state
         self.server_url = server_url.rstrip("/")
         self.workdir = workdir
@@ -186,7 +194,7 @@ class Viewer:
 
     def _infer_blocking(self, image_id: str) -> Case:
         client = self._client()
-        mask_file, result = client.infer(MODEL, image_id, {})
+        mask_file, result = client.infer(MODEL, image_id, {"profile": self.profile} if self.profile else {})
         if isinstance(result, str):
             result = json.loads(result)
         result = result.get("params", result) if isinstance(result, dict) else {}
@@ -243,7 +251,7 @@ class Viewer:
         vt = r.get("volume_threshold")
         verdict = "ABNORMAL" if r.get("volume_abnormal") else "normal"
         s.verdict = verdict + (f" (volume score {s.volume_score}, threshold {vt:.3f})" if vt is not None else "")
-        s.verdict += lesions_text(r) + low_confidence_text(r) + warnings_text(r)
+        s.verdict += lesions_text(r) + low_confidence_text(r) + profile_text(r) + warnings_text(r)
         s.model_sha = str(r.get("checkpoint_sha256") or "- (not in the result)")
         worst = int(r.get("worst_slice", 0))
         if s.slice_index == worst:

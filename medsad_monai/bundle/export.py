@@ -537,7 +537,9 @@ def _copy_atomic(src: Path, dst: Path) -> None:
     shutil.copystat(src, dst)
 
 
-def export_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
+def export_bundle(
+    ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False, profile: str | None = None
+) -> Path:
     """Write the MONAI bundle of checkpoint ``ckpt`` into folder ``out`` (see the module doc).
 
     Args:
@@ -545,6 +547,8 @@ def export_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bo
         out: the bundle folder; must not exist or be empty unless ``overwrite``.
         overwrite: replace the bundle files of an existing non-empty ``out`` (other files in it
             are left alone).
+        profile: the checkpoint's calibration profile the bundle decides at (one site's or
+            scanner's operating point); None: its default operating point.
 
     Returns:
         ``out`` as a :class:`~pathlib.Path`.
@@ -552,7 +556,8 @@ def export_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bo
     Raises:
         FileNotFoundError: no such checkpoint.
         ValueError: ``ckpt`` is not a MedSAD checkpoint (the message names it), or has an
-            invalid calibration block / intensity; ``out`` would overwrite the checkpoint.
+            invalid calibration block / intensity, or no calibration profile ``profile``;
+            ``out`` would overwrite the checkpoint.
         FileExistsError: ``out`` is a file, or a non-empty folder without ``overwrite``.
     """
     from medsad_monai.checkpoint import (
@@ -574,7 +579,7 @@ def export_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bo
             "(corrupt, or another kind of file); give a .pt written by `medsad train` or "
             "`medsad calibrate`"
         ) from exc
-    op = operating_point_of(payload, ckpt)
+    op = operating_point_of(payload, ckpt, profile)
     intensity = intensity_of(payload, ckpt)
     try:
         _image_size(payload)

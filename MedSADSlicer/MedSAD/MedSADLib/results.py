@@ -204,9 +204,11 @@ def describe_decision(result: MedSADResult) -> str:
     if mean > result.threshold:
         size += f", lesions kept at a mean probability ≥ {mean:.2f}"
     abnormal = sum(result.abnormal())
+    profile = str(op.get("profile") or "default")
+    where = "" if profile == "default" else f" (calibration profile {profile})"
     text = (
         f"Volume {verdict}: score {result.volume_score:.3f} {relation} threshold {result.volume_threshold:.3f}"
-        f"{kind}. Operating point: {describe_source(result.source)}; lesion threshold {result.threshold:.2f}"
+        f"{kind}. Operating point: {describe_source(result.source)}{where}; lesion threshold {result.threshold:.2f}"
         f"{size}. Most anomalous slice {result.axis_name}={result.worst_slice}; {abnormal} of "
         f"{len(result.slice_scores)} slices at or above {result.slice_threshold:.3f}."
     )
