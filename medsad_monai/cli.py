@@ -633,7 +633,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         profile=args.profile,
     )
     print(json.dumps({"operating_point": op.summary(), "validation": op.validation}, indent=2))
-    where = "as the default operating point" if args.profile is None else f"as calibration profile {op.profile!r}"
+    where = "as the default operating point" if op.profile == "default" else f"as calibration profile {op.profile!r}"
     print(f"calibration stored in {args.out or args.ckpt} {where}")
     _say_warnings(op.summary()["warnings"])
     return 0
