@@ -184,6 +184,8 @@ def test_conf_and_request_values_share_one_validator(app_lib, tmp_path):
         ("min_lesion_mean", "1"),
         ("min_lesion_mean", "-0.2"),
         ("min_lesion_mean", "high"),
+        ("profile", "a/b"),
+        ("profile", "_x"),
     ]:
         with pytest.raises(errors.ConfError) as from_conf:
             serve_config.ServeConfig.from_conf({key: value}, tmp_path)
@@ -193,6 +195,7 @@ def test_conf_and_request_values_share_one_validator(app_lib, tmp_path):
                 "slice_axis",
                 "min_lesion_mm3",
                 "min_lesion_mean",
+                "profile",
             ) else getattr(serve_config, f"check_{key}")(key, value)
         assert str(from_conf.value) == f"--conf {from_request.value}"
     params = serve_config.InferParams.from_request({"slice_threshold": "0.4", "skip_background": "false"}, conf)
@@ -210,6 +213,11 @@ def test_conf_and_request_values_share_one_validator(app_lib, tmp_path):
     assert serve_config.InferParams.from_request({"min_lesion_mean": "calibrated"}, confident).min_lesion_mean == 0.8
     assert serve_config.InferParams.from_request({"min_lesion_mean": "0"}, confident).min_lesion_mean == 0.0
     assert serve_config.InferParams.from_request({}, conf).min_lesion_mean is None
+    site = serve_config.ServeConfig.from_conf({"profile": "site_b"}, tmp_path)  # the server's operating point
+    assert site.profile == "site_b" and conf.profile is None
+    assert serve_config.InferParams.from_request({}, site).profile is None  # None: the served one (site_b)
+    assert serve_config.InferParams.from_request({"profile": " default "}, site).profile == "default"
+    assert serve_config.InferParams.from_request({"profile": ""}, site).profile is None
 
 
 # --- the served model and its sha256 ----------------------------------------------------------------
