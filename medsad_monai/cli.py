@@ -88,6 +88,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="a separate validation folder (same layout as --data): epochs are selected and the operating "
         "point fitted on its non-test cases, and every non-test case of --data trains (--val-fraction unused)",
     )
+    p.add_argument(
+        "--calibration-data",
+        help="a separate folder of validation volumes (same layout as --data) that, with the run's own "
+        "validation cases, fits the operating point at the end of training; epochs are still selected on the "
+        "run's own validation cases (no cost per epoch)",
+    )
     _add_slice_axis(p)
     p.add_argument(
         "--synthetic-lesions",
@@ -508,6 +514,7 @@ def _train(args: argparse.Namespace) -> int:
         fp_weight=args.fp_weight,
         fp_start=args.fp_start,
         calibration_objective=args.calibration_objective,
+        calibration_data=args.calibration_data,
         balance_sources=args.balance_sources,
         precision=args.precision,
         num_workers=args.num_workers,

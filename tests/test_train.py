@@ -464,6 +464,25 @@ def test_a_separate_validation_folder_selects_and_calibrates_while_every_case_tr
     assert op.validation["cases"] == ["val_000", "val_001", "val_002"]
 
 
+def test_a_calibration_folder_joins_the_end_of_training_fit_only(tiny_volumes, tmp_path):
+    val = _validation_folder(tmp_path / "extra")
+    run = tmp_path / "run"
+    train(_opts(tiny_volumes, run, epochs=1, calibration_data=str(val)))
+    split = json.loads((run / "split.json").read_text())
+    own = split["val_groups"]
+    assert own and not set(own) & {"val_000", "val_001", "val_002"}  # epochs are selected on the run's own split
+    block = read_checkpoint(run / "best.pt")["calibration"]["validation"]
+    assert block["cases"] == own + ["extra/val_000", "extra/val_001", "extra/val_002"]
+    assert block["n_volumes"] == len(own) + 3
+    for folder, needle in (
+        (tiny_volumes, "is the training folder"),
+        (tmp_path / "missing", "no such folder"),
+    ):
+        with pytest.raises((ValueError, FileNotFoundError), match=f"--calibration-data .*{needle}"):
+            train(_opts(tiny_volumes, tmp_path / "bad", calibration_data=str(folder)))
+    assert not (tmp_path / "bad" / "last.pt").exists()  # refused before any training
+
+
 def test_a_validation_folder_that_overlaps_the_training_data_is_refused(tiny_volumes, tmp_path):
     with pytest.raises(ValueError, match="is the training folder"):
         train(_opts(tiny_volumes, tmp_path / "a", val_data=str(tiny_volumes)))

@@ -145,6 +145,10 @@ class TrainOptions:
     # a separate validation folder: epochs are selected and the operating point fitted on its non-test
     # cases, and every non-test case of ``data`` trains (``val_fraction`` is then unused)
     val_data: str | None = None
+    # extra validation volumes for the end-of-training operating point only (with the run's own
+    # validation cases; epochs are still selected on those alone): more lesions and lesion-free
+    # volumes for the filters to be fitted on, at no cost per epoch
+    calibration_data: str | None = None
 
     def validate(self) -> None:
         if self.precision is not None and str(self.precision).lower() not in PRECISIONS:
@@ -420,36 +424,58 @@ def _recover_run(out: Path, committed: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _validation_folder(
-    opts: TrainOptions, samples: Sequence[Sample], protocol: DataProtocol, data_path: Path | None, out: Path
+    opts: TrainOptions,
+    samples: Sequence[Sample],
+    protocol: DataProtocol,
+    data_path: Path | None,
+    out: Path,
+    folder: str | None = None,
+    flag: str = "--val-data",
 ) -> list[Sample]:
-    """The non-test cases of ``opts.val_data`` (read as ``opts.data`` is), checked to be a separate folder.
+    """The non-test cases of ``folder`` (default ``opts.val_data``; read as ``opts.data`` is),
+    checked to be a separate folder; ``flag`` names the option in messages.
 
     Raises:
-        ValueError: the run trains on given samples, ``--val-data`` is the training folder (or holds
+        ValueError: the run trains on given samples, the folder is the training folder (or holds
             ``--out``), shares image files with it, or has no non-test case.
     """
+    folder = opts.val_data if folder is None else folder
     if data_path is None:
-        raise ValueError("--val-data needs the training data read from --data (train(samples=...) was given)")
-    val_path = Path(opts.val_data).resolve()
+        raise ValueError(f"{flag} needs the training data read from --data (train(samples=...) was given)")
+    val_path = Path(folder).resolve()
     if not val_path.is_dir():
-        raise FileNotFoundError(f"--val-data {opts.val_data}: no such folder")
+        raise FileNotFoundError(f"{flag} {folder}: no such folder")
     if val_path == data_path:
         raise ValueError(
-            f"--val-data {opts.val_data} is the training folder; give a separate validation folder, or leave "
-            "--val-data out to hold out --val-fraction of --data"
+            f"{flag} {folder} is the training folder; give a separate validation folder, or leave "
+            f"{flag} out to hold out --val-fraction of --data"
         )
     if out.resolve() == val_path or val_path in out.resolve().parents:
         raise ValueError(f"--out {out} lies inside the validation folder {val_path}; data folders are never written to")
-    val_pool, _ = training_pool(opts.val_data, _layout(opts), opts.slice_axis, protocol)
+    val_pool, _ = training_pool(folder, _layout(opts), opts.slice_axis, protocol)
     if not val_pool:
-        raise ValueError(f"--val-data {opts.val_data} holds no non-test case to validate on")
+        raise ValueError(f"{flag} {folder} holds no non-test case to validate on")
     shared = sorted({s.image.resolve() for s in samples} & {s.image.resolve() for s in val_pool})
     if shared:
         raise ValueError(
-            f"--val-data {opts.val_data} shares {len(shared)} image file(s) with --data (e.g. {shared[0]}); "
+            f"{flag} {folder} shares {len(shared)} image file(s) with --data (e.g. {shared[0]}); "
             "validation volumes must not be trained on"
         )
     return val_pool
+
+
+def _calibration_folder(
+    opts: TrainOptions, samples: Sequence[Sample], protocol: DataProtocol, data_path: Path | None, out: Path
+) -> list[Sample]:
+    """The non-test cases of ``opts.calibration_data`` (none without it), named ``<folder>/<case>``
+    so that they cannot be mistaken for the training folder's cases of the same name."""
+    if opts.calibration_data is None:
+        return []
+    pool = _validation_folder(opts, samples, protocol, data_path, out, opts.calibration_data, "--calibration-data")
+    if opts.val_data is not None and Path(opts.calibration_data).resolve() == Path(opts.val_data).resolve():
+        raise ValueError("--calibration-data is the --val-data folder: its cases calibrate already")
+    prefix = Path(opts.calibration_data).resolve().name
+    return [dataclasses.replace(s, group=f"{prefix}/{s.group}") for s in pool]
 
 
 def _prepare_run(opts: TrainOptions, out: Path, is_main: bool) -> dict[str, Any] | None:
@@ -508,6 +534,7 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
         else:
             split = make_split(samples, opts.val_fraction, opts.seed, sources=sources)
         train_cases, val_cases = split.select(samples, "train"), split.select(samples, "val")
+    calibration_cases = _calibration_folder(opts, samples, protocol, data_path, out)  # checked before training
     train_samples = drop_background(train_cases, opts.slice_axis, opts.intensity)
     val_samples = drop_background(val_cases, opts.slice_axis, opts.intensity)
     if opts.context_slices and any(s.slice_index is None for s in samples):
@@ -757,7 +784,7 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
     if ctx.is_main and (out / "best.pt").exists():
         calibration = calibrate_run(
             out / "best.pt",
-            val_cases,
+            list(val_cases) + calibration_cases,
             opts.slice_axis,
             ctx.device,
             cfg.get("slice_score", "auto") if opts.model == "medsad" else "auto",
