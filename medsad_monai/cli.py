@@ -642,6 +642,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(json.dumps({"operating_point": op.summary(), "validation": op.validation}, indent=2))
     where = "as the default operating point" if op.profile == "default" else f"as calibration profile {op.profile!r}"
     print(f"calibration stored in {args.out or args.ckpt} {where}")
+    for name, fig in (op.validation.get("compared_with_default") or {}).items():
+        fp = fig["fp_voxels_per_lesion_free_volume"]
+        print(
+            f"on these validation cases, {name}: pooled Dice {fig['dice_pooled']}"
+            + ("" if fp is None else f", {fp:g} false-positive voxels per lesion-free volume")
+        )
     _say_warnings(op.summary()["warnings"])
     return 0
 

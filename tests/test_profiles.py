@@ -107,12 +107,18 @@ def test_a_checkpoint_without_profiles_has_its_default_only(checkpoint, caplog):
 def test_calibrate_a_profile_then_infer_and_evaluate_at_it(checkpoint, tiny_volumes, tmp_path, capsys):
     run = ["--batch-size", "4", "--device", "cpu"]
     assert main(["calibrate", "--ckpt", str(checkpoint), "--data", str(tiny_volumes), "--profile", "site_b", *run]) == 0
-    assert "as calibration profile 'site_b'" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "as calibration profile 'site_b'" in said and "on these validation cases, default: pooled Dice" in said
     payload = read_checkpoint(checkpoint)
     assert "calibration" not in payload  # the default operating point is left as it was (none)
     fitted = calibration_profiles(payload, checkpoint)["site_b"]
     assert fitted.source == "calibrate" and fitted.profile == "site_b"
     assert fitted.validation["cases"] == [f"case_{i:03d}" for i in range(6)]  # imagesTr only, never imagesTs
+    # what the profile changes on this site's data, against the default (here the 0.5 fallback)
+    compared = fitted.validation["compared_with_default"]
+    assert list(compared) == ["default", "site_b"]
+    assert compared["site_b"]["dice_pooled"] == fitted.validation["dice_pooled"]  # the fit's own figure
+    assert compared["site_b"]["dice_pooled"] >= compared["default"]["dice_pooled"]  # the fit maximises it
 
     # listed with where it came from
     assert main(["profiles", "--ckpt", str(checkpoint)]) == 0

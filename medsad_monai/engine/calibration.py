@@ -250,6 +250,15 @@ def pooled_dice(cases: Sequence[CaseOutput], op: OperatingPoint) -> float:
     return 1.0 if pred + truth == 0 else 2 * inter / (pred + truth)
 
 
+def _site_figures(cases: Sequence[CaseOutput], op: OperatingPoint) -> dict[str, Any]:
+    """Pooled Dice and mean false-positive voxels per lesion-free case at ``op`` (None without one)."""
+    free = [int((lesion_mask(c.probability, op, c.voxel_mm3) > 0).sum()) for c in cases if not c.abnormal]
+    return {
+        "dice_pooled": _r(pooled_dice(cases, op)),
+        "fp_voxels_per_lesion_free_volume": round(float(np.mean(free)), 1) if free else None,
+    }
+
+
 def _grids(
     cases: Sequence[CaseOutput],
     thresholds: Sequence[float],
@@ -614,7 +623,7 @@ def calibrate_checkpoint(
     Returns:
         The fitted operating point (also written into the checkpoint).
     """
-    from medsad_monai.checkpoint import read_checkpoint, write_calibration
+    from medsad_monai.checkpoint import operating_point_of, read_checkpoint, write_calibration
     from medsad_monai.engine.datasets import saved_validation
     from medsad_monai.engine.inference import Predictor
     from medsad_monai.engine.train import training_pool
@@ -639,6 +648,20 @@ def calibrate_checkpoint(
     cases = predict_cases(predictor, samples, slice_axis, desc="calibrating")
     op = fit_operating_point(cases, slice_score=kind, source="calibrate", objective=objective)
     op = dataclasses.replace(op, profile=profile)
+    if profile != DEFAULT_PROFILE:  # what the profile changes on this site's data, against the default
+        default = operating_point_of(read_checkpoint(ckpt), ckpt)
+        compared = {"default": _site_figures(cases, default), profile: _site_figures(cases, op)}
+        op = dataclasses.replace(op, validation={**op.validation, "compared_with_default": compared})
+        logger.info(
+            "on these %d validation cases: the default operating point pooled Dice %s, %s false-positive voxels "
+            "per lesion-free volume; profile %s %s, %s",
+            len(cases),
+            compared["default"]["dice_pooled"],
+            compared["default"]["fp_voxels_per_lesion_free_volume"],
+            profile,
+            compared[profile]["dice_pooled"],
+            compared[profile]["fp_voxels_per_lesion_free_volume"],
+        )
     target = Path(ckpt)
     if out is not None:
         import shutil
