@@ -38,6 +38,12 @@ SITE_B = OperatingPoint(
 )
 
 
+def _infer(checkpoint, image, out, *options: str) -> int:
+    """``medsad infer`` of one volume on the CPU; its exit code."""
+    argv = ["infer", "--ckpt", str(checkpoint), "--input", str(image), "--out", str(out), *options]
+    return main([*argv, "--batch-size", "4", "--device", "cpu"])
+
+
 @pytest.fixture
 def checkpoint(tiny_checkpoint, tmp_path):
     path = tmp_path / "model.pt"
@@ -134,24 +140,8 @@ def test_calibrate_a_profile_then_infer_and_evaluate_at_it(checkpoint, tiny_volu
     # medsad infer at the profile: the result says which, and decides as the profile does
     image = tiny_volumes / "imagesTs" / "case_100.nii.gz"
     out_b, out_d = tmp_path / "site_b", tmp_path / "default"
-    assert (
-        main(
-            [
-                "infer",
-                "--ckpt",
-                str(checkpoint),
-                "--input",
-                str(image),
-                "--out",
-                str(out_b),
-                "--profile",
-                "site_b",
-                *run,
-            ]
-        )
-        == 0
-    )
-    assert main(["infer", "--ckpt", str(checkpoint), "--input", str(image), "--out", str(out_d), *run]) == 0
+    assert _infer(checkpoint, image, out_b, "--profile", "site_b") == 0
+    assert _infer(checkpoint, image, out_d) == 0
     scores_b = json.loads((out_b / "case_100_scores.json").read_text())
     scores_d = json.loads((out_d / "case_100_scores.json").read_text())
     assert scores_b["operating_point"]["profile"] == "site_b" and scores_d["operating_point"]["profile"] == "default"
@@ -165,8 +155,7 @@ def test_calibrate_a_profile_then_infer_and_evaluate_at_it(checkpoint, tiny_volu
     np.testing.assert_array_equal(np.asarray(nib.load(out_b / "case_100_mask.nii.gz").dataobj) > 0, expected > 0)
     # an override still replaces one value of the profile
     out_o = tmp_path / "override"
-    argv = ["infer", "--ckpt", str(checkpoint), "--input", str(image), "--out", str(out_o), "--profile", "site_b"]
-    assert main([*argv, "--threshold", "0.9", *run]) == 0
+    assert _infer(checkpoint, image, out_o, "--profile", "site_b", "--threshold", "0.9") == 0
     op = json.loads((out_o / "case_100_scores.json").read_text())["operating_point"]
     assert (op["profile"], op["source"], op["map_threshold"]) == ("site_b", "calibrate+override", 0.9)
     assert op["min_lesion_voxels"] == fitted.min_lesion_voxels
@@ -195,23 +184,7 @@ def test_calibrate_a_profile_then_infer_and_evaluate_at_it(checkpoint, tiny_volu
     # an unknown profile: one clear line that lists those the checkpoint holds, no output written
     capsys.readouterr()
     out_x = tmp_path / "x"
-    assert (
-        main(
-            [
-                "infer",
-                "--ckpt",
-                str(checkpoint),
-                "--input",
-                str(image),
-                "--out",
-                str(out_x),
-                "--profile",
-                "site_x",
-                *run,
-            ]
-        )
-        == 2
-    )
+    assert _infer(checkpoint, image, out_x, "--profile", "site_x") == 2
     err = capsys.readouterr().err
     assert "calibration profile 'site_x' is not in" in err and "(it holds: default, site_b)" in err
     assert not out_x.exists() or not any(out_x.iterdir())
