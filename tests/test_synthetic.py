@@ -14,7 +14,7 @@ from scipy.spatial import ConvexHull
 
 pytest.importorskip("nilearn", reason="the synthetic subjects are built from nilearn's MNI152 template")
 
-from medsad_monai.data.lesions import STYLES, estimate_brain_mask, paint_lesions  # noqa: E402
+from medsad_monai.data.lesions import STYLES, VALIDATION_STYLES, estimate_brain_mask, paint_lesions  # noqa: E402
 from medsad_monai.data.sample_data import axial_slice  # noqa: E402
 from medsad_monai.data.synthetic import GENERATOR_VERSION, _template, make_sample_data, make_subject  # noqa: E402
 
@@ -42,7 +42,7 @@ def _largest_solidity(mask: np.ndarray) -> float:
     return float(comp.sum() / ConvexHull(corners.reshape(-1, 2)).volume)
 
 
-@pytest.mark.parametrize("style", [*STYLES, "mixed", "R"])
+@pytest.mark.parametrize("style", [*STYLES, "mixed", "R", *VALIDATION_STYLES])
 def test_lesion_mask_is_nonempty_and_inside_the_brain_in_2d_and_3d(mni_slice, style):
     img, brain, _, _ = mni_slice
     t1, brain3d = _template(2)[:2]
@@ -64,6 +64,24 @@ def test_bright_lesions_exceed_white_matter_and_dark_ones_fall_below_grey_matter
     dark_means = [out[les > 0].mean() for out, les in dark]
     assert min(bright_means) > wm_mean + 0.05 and np.mean(bright_means) > wm_mean + 0.15
     assert max(dark_means) < gm_mean - 0.05 and np.mean(dark_means) < gm_mean - 0.15
+
+
+def test_validation_styles_are_faint_looks_no_training_style_has(mni_slice):
+    """D: a little below grey matter (C is far below it); E: a little above white matter (A is far
+    above it); neither is drawn by "mixed", and training refuses both."""
+    from medsad_monai.engine.train import TrainOptions
+
+    img, brain, gm_mean, wm_mean = mni_slice
+    means = {}
+    for style in ("A", "C", "D", "E"):
+        painted = [paint_lesions(img, brain, np.random.default_rng(s), style=style) for s in range(20)]
+        means[style] = np.mean([out[les > 0].mean() for out, les in painted])
+    assert means["C"] < gm_mean - 0.1 < means["D"] < gm_mean, means
+    assert wm_mean < means["E"] < wm_mean + 0.15 < means["A"], means
+    assert not set(VALIDATION_STYLES) & set(STYLES)  # "mixed" and the sample data draw from STYLES only
+    for style in VALIDATION_STYLES:
+        with pytest.raises(ValueError, match="synthetic-styles"):
+            TrainOptions(data="x", out="y", synthetic_lesions=0.5, synthetic_styles=[style]).validate()
 
 
 def test_styles_differ_in_intensity_and_shape(mni_slice):

@@ -9,6 +9,10 @@
 - ``OUT/new_anatomy``: 8 volumes of ROBEX's reference head, an anatomy that no training volume and
   no test volume of the sample data uses (5 with lesions of the training styles, 3 lesion-free):
   how a model does on a subject and scanner it never saw, without reading the test set.
+- ``OUT/novel_D`` and ``OUT/novel_E``: 14 volumes each of the two training anatomies (4
+  lesion-free) whose lesions have a look that neither training nor the test set uses
+  (``medsad_monai.data.lesions.VALIDATION_STYLES``: ``D`` faint grey-matter-like, ``E`` faint
+  above white matter): how a model does on a lesion generator it never saw.
 
 Both are ``volumes`` layouts whose cases are all non-test: ``medsad calibrate --split all`` and
 ``medsad evaluate --split all`` read every case.
@@ -41,9 +45,21 @@ SETS: dict[str, dict] = {
         second_anatomy=(),
         third_anatomy=("A", "C", "A", "none", "C", "none", "A", "none"),
     ),
+    **{
+        f"novel_{style}": dict(
+            seed=seed,
+            n_train=10,
+            n_test=1,
+            normal_fraction=0.3,
+            train_styles=(style,),
+            second_anatomy=(style, style, "none", "none"),
+            unseen_anatomy=(),
+        )
+        for style, seed in (("D", 201), ("E", 202))
+    },
 }
 #: The anatomy each set keeps (None: every training case).
-KEEP: dict[str, str | None] = {"extra14": None, "new_anatomy": "robex_ref"}
+KEEP: dict[str, str | None] = {"extra14": None, "new_anatomy": "robex_ref", "novel_D": None, "novel_E": None}
 
 
 def write_set(name: str, out: Path) -> Path:

