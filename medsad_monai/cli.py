@@ -104,8 +104,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--synthetic-styles",
         default="A,C",
-        help="lesion styles for --synthetic-lesions: A, B, C (the sample-data styles), mixed, or R "
-        "(random look: bright/dark mixtures on an A/C shape)",
+        help="lesion styles for --synthetic-lesions: A, B, C (the sample-data styles), mixed, R "
+        "(random look: bright/dark mixtures on an A/C shape) or P (foreign tissue: a patch of the slice's "
+        "brain from elsewhere on an A/C shape)",
     )
     p.add_argument(
         "--lr-schedule",

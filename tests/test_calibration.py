@@ -229,6 +229,29 @@ def test_calibrate_cli_stores_the_block_and_never_uses_test(tiny_checkpoint, tin
         main(["calibrate", "--ckpt", str(tiny_checkpoint), "--data", str(tiny_volumes), "--split", "test"])
 
 
+def test_calibrate_refuses_lesion_free_scans_alone_and_says_what_to_do(tiny_checkpoint, tiny_volumes, tmp_path, capsys):
+    """Normal scans alone leave every clean threshold equally good: a fit there would be arbitrary."""
+    import shutil
+
+    from medsad_monai.cli import main
+
+    normals = tmp_path / "normals"
+    for sub in ("imagesTr", "labelsTr"):
+        (normals / sub).mkdir(parents=True)
+    for name in ("case_002", "case_005"):  # the fixture's lesion-free cases
+        for sub in ("imagesTr", "labelsTr"):
+            shutil.copy(tiny_volumes / sub / f"{name}.nii.gz", normals / sub)
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(tiny_checkpoint, ckpt)
+    before = ckpt.read_bytes()
+    for extra in ([], ["--profile", "site"]):
+        assert main(["calibrate", "--ckpt", str(ckpt), "--data", str(normals), "--device", "cpu", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "none of the 2 validation case(s)" in err and "Traceback" not in err
+        assert f"medsad evaluate --ckpt {ckpt} --data {normals} --split all" in err
+    assert ckpt.read_bytes() == before  # nothing written
+
+
 def test_evaluate_reports_slice_and_volume_decisions_at_the_operating_point(tiny_checkpoint, tiny_volumes, tmp_path):
     import shutil
 

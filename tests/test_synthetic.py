@@ -42,7 +42,7 @@ def _largest_solidity(mask: np.ndarray) -> float:
     return float(comp.sum() / ConvexHull(corners.reshape(-1, 2)).volume)
 
 
-@pytest.mark.parametrize("style", [*STYLES, "mixed", "R", *VALIDATION_STYLES])
+@pytest.mark.parametrize("style", [*STYLES, "mixed", "R", "P", *VALIDATION_STYLES])
 def test_lesion_mask_is_nonempty_and_inside_the_brain_in_2d_and_3d(mni_slice, style):
     img, brain, _, _ = mni_slice
     t1, brain3d = _template(2)[:2]
@@ -112,6 +112,24 @@ def test_random_look_mixes_bright_and_dark_tissue_on_seen_shapes(mni_slice):
         for s in range(30)
     ]
     assert np.nanmedian(solidity) > np.nanmedian(b_solidity) + 0.03  # A/C shapes, not the held-out B shape
+
+
+def test_foreign_tissue_lesions_move_brain_tissue_and_label_what_visibly_changed(mni_slice):
+    """Style P fills an A/C shape with tissue from elsewhere in the brain: never background, each
+    labelled pixel visibly changed, and hardly any visible change left unlabelled."""
+    from medsad_monai.engine.train import TrainOptions
+
+    img, brain, gm_mean, wm_mean = mni_slice
+    tissue = img[brain > 0]
+    for seed in range(12):
+        out, les = paint_lesions(img, brain, np.random.default_rng(seed), style="P", max_lesions=1)
+        change = np.abs(out - img)
+        inside = les > 0
+        assert change[inside].mean() >= 0.25 * (wm_mean - gm_mean), seed
+        assert ((change > 0.1) & ~inside).sum() <= 0.1 * inside.sum() + 5, seed
+        painted = out[change > 0]  # no background (0) dragged into the brain, no intensity outside tissue's
+        assert painted.min() >= 0.85 * tissue.min() - 1e-6 and painted.max() <= 1.15 * tissue.max() + 1e-6, seed
+    TrainOptions(data="x", out="y", synthetic_lesions=0.5, synthetic_styles=["A", "C", "R", "P"]).validate()
 
 
 def test_painting_is_deterministic_for_a_seed_and_leaves_the_input_alone(mni_slice):

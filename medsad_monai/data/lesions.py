@@ -16,6 +16,11 @@ style it never saw:
   levels, each independently bright (above white matter) or dark (below grey matter), mixed
   by a thresholded smooth random field, with a random edge and texture. It teaches "any
   tissue that departs from normal" rather than one appearance.
+- ``"P"`` (training augmentation only): the shape of ``A`` or ``C`` filled with *foreign tissue*,
+  a patch of the same image taken from another place inside the brain (mirrored at random,
+  its contrast scaled by 0.85-1.15), in the spirit of foreign-patch interpolation (FPI) for
+  medical anomaly detection: grey matter moved into white matter, CSF into tissue, tissue into
+  a ventricle. Only where the patch visibly differs from what it replaces is it labelled.
 - ``"D"`` and ``"E"`` (:data:`VALIDATION_STYLES`: validation sets only, never training nor the
   sample test set): faint lesions of looks no other style has — ``D`` grey-matter-like (a little
   below grey matter) on ``C``'s lobulated shapes with a soft edge, ``E`` a little above white
@@ -54,6 +59,9 @@ VALIDATION_STYLES: dict[str, str] = {
 #: The shapes the validation styles borrow.
 _SHAPE_OF = {"D": "C", "E": "B"}
 RANDOM_LOOK = "R"
+FOREIGN_PATCH = "P"
+#: Training-only looks (``--synthetic-styles``), never in sample or validation data.
+TRAINING_LOOKS = (RANDOM_LOOK, FOREIGN_PATCH)
 _MIN_VOXELS = {2: 6, 3: 20}
 
 
@@ -242,6 +250,17 @@ def _look_params(rng: np.random.Generator, style: str, tissue: dict[str, float])
             "texture": rng.uniform(0.03, 0.1),
             "cells": 6,
         }
+    if style == FOREIGN_PATCH:
+        return {
+            "core": None,
+            "rim": None,
+            "edge": rng.uniform(0.1, 0.4),
+            "texture": 0.0,
+            "cells": 4,
+            "flip": rng.random(2) < 0.5,
+            "gain": rng.uniform(0.85, 1.15),
+            "min_change": 0.25 * (wm - gm),
+        }
     level = lambda: bright(1.15, 1.6) if rng.random() < 0.5 else dark(0.25, 0.85)  # noqa: E731
     return {
         "core": level(),
@@ -258,6 +277,23 @@ def _look_params(rng: np.random.Generator, style: str, tissue: dict[str, float])
 def _smoothstep(x: np.ndarray) -> np.ndarray:
     x = np.clip(x, 0.0, 1.0)
     return x * x * (3.0 - 2.0 * x)
+
+
+def _foreign_patch(image, brain, lo, hi, look, rng) -> tuple[np.ndarray, np.ndarray]:
+    """The box ``lo:hi`` filled from another place inside the brain (style ``P``), mirrored and
+    scaled, and where that place is brain (the patch never brings in background)."""
+    half = max((b - a) // 2 for a, b in zip(lo, hi))
+    depth = ndimage.distance_transform_edt(brain)
+    inside = np.flatnonzero(depth >= min(half, 0.8 * depth.max()))
+    source = np.unravel_index(inside[rng.integers(inside.size)], image.shape)
+    index = np.ix_(
+        *[np.clip(np.arange(a, b) + s - (a + b) // 2, 0, n - 1) for a, b, s, n in zip(lo, hi, source, image.shape)]
+    )
+    patch, patch_brain = image[index].astype(np.float32), brain[index]
+    for axis in range(min(2, image.ndim)):
+        if look["flip"][axis]:
+            patch, patch_brain = np.flip(patch, axis=axis), np.flip(patch_brain, axis=axis)
+    return np.clip(patch * look["gain"], 0.0, 1.0), patch_brain
 
 
 def _paint_one(image, brain, centre, radius, shape_style, look_style, tissue, rng):
@@ -283,6 +319,20 @@ def _paint_one(image, brain, centre, radius, shape_style, look_style, tissue, rn
         d = rho if d is None else np.minimum(d, rho)
     alpha = _smoothstep((1.0 - d) / look["edge"]) * (brain[box] > 0)
     mask = alpha >= 0.5
+    if look["core"] is None:  # foreign tissue: labelled only where it visibly differs
+        region = image[box]
+        target, source_brain = _foreign_patch(image, brain, lo, hi, look, rng)
+        alpha = alpha * source_brain
+        mask &= source_brain
+        change = ndimage.gaussian_filter(np.abs(alpha * (target - region)), 1.0)
+        mask &= change >= look["min_change"]
+        mask = ndimage.binary_opening(mask) if mask.sum() >= _MIN_VOXELS[ndim] else mask
+        if mask.sum() < _MIN_VOXELS[ndim]:
+            return None
+        image[box] = np.clip(region + alpha * (target - region), 0.0, 1.0)
+        out = np.zeros(image.shape, dtype=bool)
+        out[box] = mask
+        return out
     if mask.sum() < _MIN_VOXELS[ndim]:
         return None
     target = np.full(d.shape, look["core"], dtype=np.float32)
@@ -317,7 +367,8 @@ def paint_lesions(
         brain_mask: same shape; lesions are painted (and labelled) only where it is non-zero.
         rng: the only source of randomness (same state → identical output).
         style: ``"A"``, ``"B"``, ``"C"`` (see :data:`STYLES`), ``"mixed"``, ``"R"`` (random
-            look on an A/C shape; training augmentation) or a validation-only style
+            look on an A/C shape; training augmentation), ``"P"`` (foreign tissue on an A/C
+            shape; training augmentation) or a validation-only style
             (:data:`VALIDATION_STYLES`).
         max_lesions: upper bound on the number of lesions (at least one is painted).
         tissue: ``{"gm": float, "wm": float}`` mean intensities; estimated from the image
@@ -331,9 +382,10 @@ def paint_lesions(
         ValueError: on a bad style, ``max_lesions``, dimensionality, shape mismatch or an
             empty brain mask.
     """
-    if style not in ("mixed", RANDOM_LOOK) and style not in STYLES and style not in VALIDATION_STYLES:
+    if style not in ("mixed", *TRAINING_LOOKS) and style not in STYLES and style not in VALIDATION_STYLES:
         raise ValueError(
-            f"style={style!r}; expected 'mixed', {RANDOM_LOOK!r} or one of {sorted(STYLES) + sorted(VALIDATION_STYLES)}"
+            f"style={style!r}; expected 'mixed', {RANDOM_LOOK!r}, {FOREIGN_PATCH!r} or one of "
+            f"{sorted(STYLES) + sorted(VALIDATION_STYLES)}"
         )
     if max_lesions < 1:
         raise ValueError(f"max_lesions={max_lesions}; need at least 1")
@@ -358,8 +410,8 @@ def paint_lesions(
         radius = float(np.exp(rng.uniform(np.log(r_lo), np.log(r_hi))))
         if attempts > 2 * n_wanted:  # small brains / slice edges: retry smaller
             radius = max(2.0, radius * 0.5)
-        if style == RANDOM_LOOK:
-            shape_style, look_style = str(rng.choice(["A", "C"])), RANDOM_LOOK
+        if style in TRAINING_LOOKS:
+            shape_style, look_style = str(rng.choice(["A", "C"])), style
         else:
             styles = sorted(STYLES) if style == "mixed" else [style]
             shape_style, look_style = rng.choice(styles), rng.choice(styles)

@@ -587,6 +587,18 @@ def fit_operating_point(
     return op
 
 
+def lesion_free_only_message(ckpt: str | os.PathLike, data: str | os.PathLike, n_cases: int) -> str:
+    """Why a calibration on lesion-free scans alone is refused, and what to do instead."""
+    return (
+        f"none of the {n_cases} validation case(s) in {data} has a lesion: an operating point weighs missed "
+        "lesions against false positives, and lesion-free scans alone cannot fit it (any threshold that "
+        "leaves them clean would do, down to one that finds no lesion at all). Add labelled scans with "
+        "lesions from the same scanner beside the lesion-free ones (four were enough for a new head, "
+        "docs/decisions.md). To see what the model does on these normal scans, run: medsad evaluate "
+        f"--ckpt {ckpt} --data {data} --split all (false-positive voxels per lesion-free volume)"
+    )
+
+
 def calibrate_checkpoint(
     ckpt: str | os.PathLike,
     data: str,
@@ -643,6 +655,8 @@ def calibrate_checkpoint(
         raise ValueError(f"--split must be all or val (never test), got {split!r}")
     if not samples:
         raise ValueError(f"no validation cases in {data} (split {split})")
+    if not any(s.label for s in samples):
+        raise ValueError(lesion_free_only_message(ckpt, data, len(_cases_of(samples))))
     predictor = Predictor.from_checkpoint(ckpt, clip_pretrained=clip_pretrained, batch_size=batch_size, device=device)
     kind = slice_score or getattr(getattr(predictor.model, "config", None), "slice_score", "auto")
     cases = predict_cases(predictor, samples, slice_axis, desc="calibrating")

@@ -36,7 +36,7 @@ from medsad_monai.atomic import atomic_write
 from medsad_monai.checkpoint import read_checkpoint, save_checkpoint
 from medsad_monai.configs import DATASETS, DatasetConfig, load_dataset_config, load_preset, native_image_size
 from medsad_monai.data.layouts import Sample, case_tags
-from medsad_monai.data.lesions import RANDOM_LOOK, STYLES
+from medsad_monai.data.lesions import STYLES, TRAINING_LOOKS
 from medsad_monai.data.protocol import BMAD_USAGES, DataProtocol
 from medsad_monai.data.volumes import CONTEXT_SLICES, INTENSITY_METHODS
 from medsad_monai.engine import distributed as dist_utils
@@ -178,7 +178,7 @@ class TrainOptions:
             )
         if self.intensity not in INTENSITY_METHODS:
             raise ValueError(f"--intensity must be one of {', '.join(INTENSITY_METHODS)}, got {self.intensity!r}")
-        known = [*STYLES, RANDOM_LOOK, "mixed"]
+        known = [*STYLES, *TRAINING_LOOKS, "mixed"]
         bad = [s for s in self.synthetic_styles if s not in known]
         if bad or (self.synthetic_lesions > 0 and not self.synthetic_styles):
             raise ValueError(
