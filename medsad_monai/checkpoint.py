@@ -36,6 +36,8 @@ __all__ = [
 #: The checkpoint key of the named calibration profiles (name -> ``calibration`` block), beside the
 #: checkpoint's own ``calibration`` block (the ``default`` profile).
 PROFILES_KEY = "calibration_profiles"
+#: The training volumes' intensity histograms (``medsad_monai.engine.familiarity``), written at the end of training.
+FAMILIARITY_KEY = "familiarity"
 
 logger = logging.getLogger(__name__)
 
@@ -306,6 +308,16 @@ def write_calibration(path: str | os.PathLike, op: OperatingPoint) -> Path:
         payload[PROFILES_KEY] = profiles
     atomic_torch_save(payload, path)
     logger.info("calibration (%s, profile %s) written to %s", op.source, op.profile, path)
+    return Path(path)
+
+
+def write_familiarity(path: str | os.PathLike, block: dict[str, Any]) -> Path:
+    """Store the training volumes' familiarity reference (:mod:`medsad_monai.engine.familiarity`)
+    in the checkpoint at ``path`` (atomically; everything else kept)."""
+    payload = read_checkpoint(path)
+    payload[FAMILIARITY_KEY] = block
+    atomic_torch_save(payload, path)
+    logger.info("familiarity reference (%d training volumes) written to %s", len(block["cases"]), path)
     return Path(path)
 
 

@@ -620,6 +620,9 @@ def _infer(args: argparse.Namespace) -> int:
             + (f" largest_mm3={largest:g}" if largest is not None else "")
             + f" -> {r['mask']}"
         )
+        familiarity = r.get("familiarity") or {}
+        if familiarity.get("warning"):
+            print(f"warning: {r['input']}: {familiarity['warning']}", file=sys.stderr)
     return 0
 
 

@@ -252,6 +252,9 @@ def test_train_from_final_labels_publishes_a_model_that_infer_uses(client):
     after, _ = _infer(client, "case_004")  # no restart: the new weights are picked up
     assert after["checkpoint_sha256"] != before["checkpoint_sha256"]
     assert after["slice_scores"] != before["slice_scores"]
+    # the trained model knows its training volumes: results say whether a scan is like them
+    assert "familiarity" not in before and after["familiarity"]["training_volumes"] == len(split["train_groups"])
+    assert set(after["familiarity"]) >= {"distance", "threshold", "familiar"}
     stats = client.get("/info/").json()["train_stats"]["medsad"]
     assert stats["run"] == result["run"]
 

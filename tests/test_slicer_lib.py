@@ -1090,6 +1090,17 @@ def test_the_decision_is_described_with_its_operating_point(scene, local):
         "Calibration warns: validation holds 3 lesion(s): few (and 1 more: see the model's calibration block)."
         in describe_decision(fixed)
     )
+    # a scan unlike the training volumes is said, from a server's or the library's result JSON
+    assert "unlike" not in describe_decision(fixed)
+    summary = {"slice_scores": fixed.slice_scores, "operating_point": fixed.info["operating_point"]}
+    familiarity = {"distance": 0.277, "threshold": 0.147, "familiar": False, "warning": "this scan is unlike theirs"}
+    unfamiliar = MedSADResult.from_summary({**summary, "familiarity": familiarity}, fixed.mask, backend="server")
+    assert unfamiliar.info["familiarity"] == familiarity
+    assert " Warning: this scan is unlike theirs." in describe_decision(unfamiliar)
+    familiar = MedSADResult.from_summary(
+        {**summary, "familiarity": {**familiarity, "familiar": True, "warning": None}}, fixed.mask
+    )
+    assert "Warning:" not in describe_decision(familiar)
 
 
 def test_progress_is_reported_and_cancel_stops_without_new_nodes(scene, local):

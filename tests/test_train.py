@@ -47,6 +47,11 @@ def test_training_writes_a_complete_run_folder(tiny_volumes, tmp_path):
     assert float(rows[best["epoch"] - 1]["selection"]) == max(selections)  # chosen on validation
     assert "optimizer" not in best
     assert read_checkpoint(run / "best.pt")["calibration"]["validation"]["map_objective"] == "dice"
+    # the familiarity reference: the training volumes' histograms, never a validation or test case
+    familiarity = read_checkpoint(run / "best.pt")["familiarity"]
+    assert familiarity["cases"] == sorted(split["train_groups"]) and len(familiarity["histograms"]) == len(
+        split["train_groups"]
+    )
     # TensorBoard events beside metrics.csv, with the same values
     assert _board(run, "val/dice") == [(1, float(rows[0]["val_dice"])), (2, float(rows[1]["val_dice"]))]
     assert [step for step, _ in _board(run, "lr")] == [1, 2] and _board(run, "train/loss")

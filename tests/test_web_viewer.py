@@ -155,6 +155,12 @@ def test_local_mode_overlay_scores_and_table(browser, tmp_path):
         "lesions": [{"voxels": 237, "volume_mm3": 625.68, "slices": [5, 7], "centroid_voxel": [25.0, 12.0, 6.0]}],
         "operating_point": {"source": "validation", "warnings": ["validation holds 3 lesion(s): few", "second"]},
         "low_confidence": {"n_lesions": 2, "min_lesion_mean": 0.8, "lesions": [{"voxels": 90, "volume_mm3": 1300.4}]},
+        "familiarity": {
+            "distance": 0.28,
+            "threshold": 0.15,
+            "familiar": False,
+            "warning": "this scan is unlike theirs",
+        },
     }
     (tmp_path / "case_scores.json").write_text(json.dumps(summary))
     start = time.monotonic()
@@ -176,6 +182,7 @@ def test_local_mode_overlay_scores_and_table(browser, tmp_path):
             assert "0.900" in page.locator("#verdict").inner_text()
             assert "1 lesion, the largest 626 mm³ on slices 5-7" in page.locator("#verdict").inner_text()
             assert "2 low-confidence regions hidden, the largest 1,300 mm³" in page.locator("#verdict").inner_text()
+            assert "; warning: this scan is unlike theirs" in page.locator("#verdict").inner_text()
             assert (
                 "calibration warns: validation holds 3 lesion(s): few (and 1 more)"
                 in page.locator("#verdict").inner_text()

@@ -71,6 +71,13 @@ def warnings_text(result: dict[str, Any]) -> str:
     return f"; calibration warns: {warnings[0]}{more}"
 
 
+def familiarity_text(result: dict[str, Any]) -> str:
+    """The verdict's unfamiliar-scan phrase (``; warning: this scan's intensities are unlike ...``):
+    the scan is unlike the model's training volumes, so its decisions may not hold; empty otherwise."""
+    warning = (result.get("familiarity") or {}).get("warning")
+    return f"; warning: {warning}" if warning else ""
+
+
 def profile_text(result: dict[str, Any]) -> str:
     """The verdict's profile phrase (``; decided at calibration profile site_b``): which of the
     model's operating points decided, when it is not the model's own (``default``)."""
@@ -251,7 +258,7 @@ class Viewer:
         vt = r.get("volume_threshold")
         verdict = "ABNORMAL" if r.get("volume_abnormal") else "normal"
         s.verdict = verdict + (f" (volume score {s.volume_score}, threshold {vt:.3f})" if vt is not None else "")
-        s.verdict += lesions_text(r) + low_confidence_text(r) + profile_text(r) + warnings_text(r)
+        s.verdict += lesions_text(r) + low_confidence_text(r) + profile_text(r) + familiarity_text(r) + warnings_text(r)
         s.model_sha = str(r.get("checkpoint_sha256") or "- (not in the result)")
         worst = int(r.get("worst_slice", 0))
         if s.slice_index == worst:

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medsad_monai.atomic import atomic_write_text
+from medsad_monai.checkpoint import FAMILIARITY_KEY
 from medsad_monai.data.dicom import DicomSeries, find_dicom_series, is_dicom_file, load_dicom_series, series_of_file
 from medsad_monai.data.images import IMAGE_SUFFIXES, load_image_2d
 from medsad_monai.data.orientation import ORIENTATIONS, reorientation
@@ -57,6 +58,7 @@ from medsad_monai.engine.decision import (
     volume_score,
     voxel_mm3,
 )
+from medsad_monai.engine.familiarity import assess
 
 __all__ = [
     "PRECISIONS",
@@ -392,6 +394,9 @@ class Predictor:
         op = operating_point or OperatingPoint()
         self.operating_point = op.with_overrides(map_threshold=threshold)
         self.profiles: dict[str, OperatingPoint] = {op.profile: op}
+        #: The training volumes' intensity histograms (a checkpoint's ``familiarity`` block): every
+        #: volume result then says whether the scan is like them (:mod:`~medsad_monai.engine.familiarity`).
+        self.familiarity_reference: dict[str, Any] | None = None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
@@ -456,6 +461,7 @@ class Predictor:
         kwargs.setdefault("orientation", orientation_of(payload, path))
         predictor = cls(model, **kwargs)
         predictor.profiles = profiles
+        predictor.familiarity_reference = payload.get(FAMILIARITY_KEY) or None
         if predictor.precision == "bf16":  # the model is this predictor's own: cast its weights once
             store_matmul_weights_bf16(predictor.model)
         return predictor
@@ -508,11 +514,29 @@ class Predictor:
             ValueError: not 3-D, bad axis or non-finite voxels.
             InferenceCancelled: ``cancel()`` returned True.
         """
+        result = self._predict_volume(volume, axis, skip_background, progress, cancel, spacing, affine)
+        familiarity = assess(volume, self.familiarity_reference)
+        if familiarity is not None:
+            result.extra["familiarity"] = familiarity
+            if not familiarity["familiar"]:
+                logger.warning("%s", familiarity["warning"])
+        return result
+
+    def _predict_volume(
+        self,
+        volume: np.ndarray,
+        axis: int,
+        skip_background: bool,
+        progress: ProgressFn | None,
+        cancel: CancelFn | None,
+        spacing: Sequence[float] | None,
+        affine: np.ndarray | None,
+    ) -> VolumeResult:
         if volume.ndim == 3 and axis in (0, 1, 2):
             view = reorientation(affine, self.orientation)
             if not view.identity:
-                result = self.predict_volume(
-                    view.to_ras(volume), axis, skip_background, progress, cancel, view.spacing_to_ras(spacing)
+                result = self._predict_volume(
+                    view.to_ras(volume), axis, skip_background, progress, cancel, view.spacing_to_ras(spacing), None
                 )
                 return VolumeResult(
                     view.to_file(result.probability),

@@ -790,6 +790,7 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
             cfg.get("slice_score", "auto") if opts.model == "medsad" else "auto",
             objective=opts.calibration_objective,
         )
+        write_familiarity_reference(out / "best.pt", train_cases, opts.intensity)
     dist_utils.teardown(ctx)
     last_row = rows[-1] if rows else {}
     return {
@@ -818,6 +819,33 @@ def calibrate_run(
     op = fit_operating_point(cases, slice_score=slice_score, source="validation", objective=objective)
     write_calibration(best, op)
     return op
+
+
+#: Most training volumes the familiarity reference reads (evenly spaced by name beyond it).
+FAMILIARITY_VOLUMES = 64
+
+
+def write_familiarity_reference(best: Path, train_cases: Sequence[Sample], intensity: str) -> dict[str, Any] | None:
+    """Store the training volumes' intensity histograms in ``best`` (the reference each volume
+    result's ``familiarity`` is measured against, :mod:`~medsad_monai.engine.familiarity`); nothing
+    for 2-D images or fewer than three training volumes (said in the log)."""
+    from medsad_monai.checkpoint import write_familiarity
+    from medsad_monai.data.volumes import load_volume, normalize_intensity
+    from medsad_monai.engine.familiarity import MIN_VOLUMES, fit_reference, intensity_histogram
+
+    volumes = sorted({(s.group, str(s.image)) for s in train_cases if s.slice_index is not None})
+    if len(volumes) < MIN_VOLUMES:
+        logger.info("no familiarity reference: %d training volume(s), it needs %d", len(volumes), MIN_VOLUMES)
+        return None
+    if len(volumes) > FAMILIARITY_VOLUMES:
+        step = len(volumes) / FAMILIARITY_VOLUMES
+        volumes = [volumes[int(i * step)] for i in range(FAMILIARITY_VOLUMES)]
+    histograms = [
+        intensity_histogram(normalize_intensity(load_volume(path)[0], method=intensity)) for _, path in volumes
+    ]
+    block = fit_reference(histograms, [name for name, _ in volumes])
+    write_familiarity(best, block)
+    return block
 
 
 def _make_ema(model: nn.Module, decay: float) -> AveragedModel | None:

@@ -163,6 +163,8 @@ class MedSADResult:
             info.setdefault("lesions", [dict(lesion) for lesion in summary["lesions"]])
         if "low_confidence" in summary:  # what the minimum mean removed
             info.setdefault("low_confidence", dict(summary["low_confidence"]))
+        if summary.get("familiarity"):  # is the scan like the training volumes?
+            info.setdefault("familiarity", dict(summary["familiarity"]))
         return cls(
             slice_scores=[float(s) for s in summary["slice_scores"]],
             mask=mask,
@@ -214,6 +216,9 @@ def describe_decision(result: MedSADResult) -> str:
     )
     axis = result.axis_name
     text += describe_lesions(result.info, axis) + describe_low_confidence(result.info, axis)
+    familiarity = result.info.get("familiarity") or {}
+    if familiarity.get("warning"):
+        text += f" Warning: {familiarity['warning']}."
     warnings = [str(w) for w in op.get("warnings") or []]
     if warnings:
         more = f" (and {len(warnings) - 1} more: see the model's calibration block)" if len(warnings) > 1 else ""
