@@ -96,3 +96,26 @@ def test_infer_reports_familiarity_and_warns_on_an_unfamiliar_scan(tiny_checkpoi
     assert same["familiar"] and not other["familiar"]
     assert f"warning: {scans / 'other.nii.gz'}: this scan's intensities are unlike" in err
     assert "same.nii.gz: this scan" not in err
+
+
+def test_evaluate_reports_which_volumes_are_familiar(tiny_checkpoint, tiny_volumes, tmp_path):
+    from medsad_monai.checkpoint import intensity_of
+    from medsad_monai.cli import main
+
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(tiny_checkpoint, ckpt)
+    args = ["evaluate", "--ckpt", str(ckpt), "--data", str(tiny_volumes), "--split", "test", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "old")]) == 0
+    cases = json.loads((tmp_path / "old" / "report.json").read_text())["meta"]["per_case"]
+    assert all(c["familiar"] is None for c in cases.values())
+    assert "familiar |" not in (tmp_path / "old" / "report.md").read_text()
+    method = intensity_of(read_checkpoint(ckpt))
+    files = sorted((tiny_volumes / "imagesTr").glob("*.nii.gz"))
+    write_familiarity(
+        ckpt, fit_reference([intensity_histogram(_normalised(f, method)) for f in files], [f.name for f in files])
+    )
+    assert main([*args, "--out", str(tmp_path / "new")]) == 0
+    cases = json.loads((tmp_path / "new" / "report.json").read_text())["meta"]["per_case"]
+    assert [c["familiar"] for c in cases.values()] == [True, True]  # the same generator as the training volumes
+    assert all(0 <= c["familiarity_distance"] for c in cases.values())
+    assert "| familiar |" in (tmp_path / "new" / "report.md").read_text()

@@ -122,6 +122,7 @@ class CaseOutput:
     tags: dict[str, str] = field(default_factory=dict)
     image: np.ndarray | None = None  # the normalised input (kept for report overlays)
     spacing: tuple[float, float, float] | None = None  # a volume's mm per voxel (None for a 2-D image)
+    familiarity: dict[str, Any] | None = None  # is the scan like the training volumes (engine/familiarity.py)
 
     @property
     def voxel_mm3(self) -> float | None:
@@ -195,6 +196,7 @@ def iter_cases(
                 case_tags,
                 volume if keep_image else None,
                 result.spacing,
+                result.extra.get("familiarity"),
             )
         else:
             img = load_image_2d(image)

@@ -179,6 +179,9 @@ def evaluate_checkpoint(
             "lesion_slices": int(labels.sum()),
             # how sure the model is inside the true lesions: what a minimum lesion mean filters on
             "lesion_mean_probability": float(case.probability[case.truth].mean()) if case.abnormal else None,
+            # is the scan like the training volumes (None: the model has no reference)
+            "familiar": case.familiarity["familiar"] if case.familiarity else None,
+            "familiarity_distance": case.familiarity["distance"] if case.familiarity else None,
         }
         for group in [overall] + [groups.setdefault(f"{k}={v}", _Group(op)) for k, v in case.tags.items()]:
             if len(labels):

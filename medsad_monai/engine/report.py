@@ -276,6 +276,8 @@ def _markdown(metrics: dict[str, Any], meta: dict[str, Any], overlays: dict[str,
     per_case = meta.get("per_case") or {}
     if per_case:
         keys = ["style", "anatomy", "abnormal", "volume_abnormal", "score", "dice", "true_voxels", "predicted_voxels"]
+        if any(c.get("familiar") is not None for c in per_case.values()):
+            keys.append("familiar")  # the scan is like the training volumes (decisions.md)
         lines += ["", "## Cases", "", "| Case | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         for name, c in per_case.items():
             lines.append(f"| {name} | " + " | ".join(_fmt(c, k, c.get(k, "")) for k in keys) + " |")
