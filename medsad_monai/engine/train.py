@@ -840,6 +840,7 @@ def write_familiarity_reference(best: Path, train_cases: Sequence[Sample], inten
     if len(volumes) > FAMILIARITY_VOLUMES:
         step = len(volumes) / FAMILIARITY_VOLUMES
         volumes = [volumes[int(i * step)] for i in range(FAMILIARITY_VOLUMES)]
+    logger.info("familiarity reference: reading %d training volume(s)", len(volumes))
     histograms = [
         intensity_histogram(normalize_intensity(load_volume(path)[0], method=intensity)) for _, path in volumes
     ]
