@@ -30,7 +30,9 @@ __all__ = [
     "write_calibration",
     "calibration_profiles",
     "remove_calibration_profile",
+    "write_familiarity",
     "PROFILES_KEY",
+    "FAMILIARITY_KEY",
 ]
 
 #: The checkpoint key of the named calibration profiles (name -> ``calibration`` block), beside the
