@@ -205,18 +205,18 @@ def _shape_params(rng: np.random.Generator, style: str, radius: float, ndim: int
     return lobes
 
 
+def _plain_look(rng: np.random.Generator, core: float, edge: tuple, texture: tuple, cells: int) -> dict:
+    """One intensity level with a soft edge and texture. ``core`` is drawn by the caller first, then
+    the edge and the texture, in that order: the random stream (and so the sample data) depends on it."""
+    return {"core": core, "rim": None, "edge": rng.uniform(*edge), "texture": rng.uniform(*texture), "cells": cells}
+
+
 def _look_params(rng: np.random.Generator, style: str, tissue: dict[str, float]) -> dict:
     gm, wm = tissue["gm"], tissue["wm"]
     bright = lambda lo, hi: min(1.0, max(wm * rng.uniform(lo, hi), wm + 0.15))  # noqa: E731
     dark = lambda lo, hi: gm * rng.uniform(lo, hi)  # noqa: E731
     if style == "A":
-        return {
-            "core": bright(1.25, 1.55),
-            "rim": None,
-            "edge": rng.uniform(0.15, 0.4),
-            "texture": rng.uniform(0.02, 0.07),
-            "cells": 4,
-        }
+        return _plain_look(rng, bright(1.25, 1.55), (0.15, 0.4), (0.02, 0.07), 4)
     if style == "B":
         return {
             "core": dark(0.3, 0.7),
@@ -227,29 +227,11 @@ def _look_params(rng: np.random.Generator, style: str, tissue: dict[str, float])
             "cells": 6,
         }
     if style == "C":
-        return {
-            "core": dark(0.3, 0.72),
-            "rim": None,
-            "edge": rng.uniform(0.08, 0.25),
-            "texture": rng.uniform(0.05, 0.12),
-            "cells": 5,
-        }
+        return _plain_look(rng, dark(0.3, 0.72), (0.08, 0.25), (0.05, 0.12), 5)
     if style == "D":
-        return {
-            "core": dark(0.8, 0.95),
-            "rim": None,
-            "edge": rng.uniform(0.2, 0.45),
-            "texture": rng.uniform(0.03, 0.08),
-            "cells": 4,
-        }
+        return _plain_look(rng, dark(0.8, 0.95), (0.2, 0.45), (0.03, 0.08), 4)
     if style == "E":
-        return {
-            "core": min(1.0, wm * rng.uniform(1.12, 1.25)),
-            "rim": None,
-            "edge": rng.uniform(0.04, 0.12),
-            "texture": rng.uniform(0.03, 0.1),
-            "cells": 6,
-        }
+        return _plain_look(rng, min(1.0, wm * rng.uniform(1.12, 1.25)), (0.04, 0.12), (0.03, 0.1), 6)
     if style == FOREIGN_PATCH:
         return {
             "core": None,
