@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from medsad_monai.checkpoint import read_checkpoint, write_familiarity
+from medsad_monai.data.images import load_image_2d
 from medsad_monai.data.volumes import load_volume, normalize_intensity
-from medsad_monai.engine.familiarity import MIN_VOLUMES, assess, fit_reference, intensity_histogram
+from medsad_monai.engine.familiarity import MIN_VOLUMES, QUANTILE, assess, fit_reference, grey, intensity_histogram
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "volumes"
 
@@ -109,6 +110,7 @@ def test_evaluate_reports_which_volumes_are_familiar(tiny_checkpoint, tiny_volum
     cases = json.loads((tmp_path / "old" / "report.json").read_text())["meta"]["per_case"]
     assert all(c["familiar"] is None for c in cases.values())
     assert "familiar |" not in (tmp_path / "old" / "report.md").read_text()
+    assert json.loads((tmp_path / "old" / "report.json").read_text())["meta"]["familiarity"] is None
     method = intensity_of(read_checkpoint(ckpt))
     files = sorted((tiny_volumes / "imagesTr").glob("*.nii.gz"))
     write_familiarity(
@@ -119,3 +121,103 @@ def test_evaluate_reports_which_volumes_are_familiar(tiny_checkpoint, tiny_volum
     assert [c["familiar"] for c in cases.values()] == [True, True]  # the same generator as the training volumes
     assert all(0 <= c["familiarity_distance"] for c in cases.values())
     assert "| familiar |" in (tmp_path / "new" / "report.md").read_text()
+    summary = json.loads((tmp_path / "new" / "report.json").read_text())["meta"]["familiarity"]
+    assert summary == {"cases": 2, "unfamiliar": 0, "unfamiliar_cases": []}
+
+
+BMAD = SAMPLE.parent / "bmad"
+
+
+def _picture_reference() -> dict:
+    files = sorted((BMAD / "train" / "good" / "img").glob("*.png"))
+    return fit_reference(
+        [intensity_histogram(grey(load_image_2d(f))) for f in files], [f.name for f in files], unit="image"
+    )
+
+
+def _other_contrast(picture: np.ndarray, gamma: float = 0.4) -> np.ndarray:
+    """Another scanner's contrast curve: grey and white matter close (as for the volumes above)."""
+    return picture**gamma
+
+
+def test_pictures_are_checked_against_the_training_pictures():
+    reference = _picture_reference()
+    assert reference["unit"] == "image" and reference["quantile"] == QUANTILE["image"]
+    assert reference["threshold"] == pytest.approx(
+        2 * np.quantile(reference["training_distances"], QUANTILE["image"]), abs=1e-6
+    )
+    valid = sorted((BMAD / "valid").glob("*/img/*.png"))  # slices of the training volumes, held out
+    blocks = [assess(load_image_2d(f), reference, "image") for f in valid]
+    assert all(b["familiar"] for b in blocks) and all(b["training_images"] == 205 for b in blocks)
+    largest = max(valid, key=lambda f: int((load_image_2d(f) > 0.05).sum()))  # mid-brain, most tissue
+    other = assess(_other_contrast(load_image_2d(largest)), reference, "image")
+    assert not other["familiar"] and "this image's intensities are unlike the 205 training images'" in other["warning"]
+    # a reference of pictures is never used on a volume, nor one of volumes on a picture
+    assert assess(_normalised(SAMPLE / "imagesTs" / "case_010.nii.gz"), reference) is None
+    volume_reference = {**reference, "unit": "volume"}
+    assert assess(load_image_2d(valid[0]), volume_reference, "image") is None
+    assert assess(load_image_2d(valid[0]), {k: v for k, v in volume_reference.items() if k != "unit"}, "image") is None
+    with pytest.raises(ValueError, match="unit must be one of"):
+        fit_reference(reference["histograms"], reference["cases"], unit="slice")
+
+
+def _small_bmad(root: Path) -> Path:
+    """A copy of a few sample BMAD pictures: 40 normal training, 8 held-out lesion, 4 test."""
+    picks = {
+        "train/good/img": sorted((BMAD / "train/good/img").glob("*.png"))[::5][:40],
+        "valid/Ungood/img": sorted((BMAD / "valid/Ungood/img").glob("*.png"))[::11][:8],
+        "test/good/img": sorted((BMAD / "test/good/img").glob("*.png"))[:2],
+        "test/Ungood/img": sorted((BMAD / "test/Ungood/img").glob("*.png"))[:2],
+    }
+    for folder, files in picks.items():
+        (root / folder).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, root / folder / f.name)
+            mask = f.parent.parent / "anomaly_mask" / f.name
+            if mask.is_file():
+                (root / folder).parent.joinpath("anomaly_mask").mkdir(exist_ok=True)
+                shutil.copy(mask, (root / folder).parent / "anomaly_mask" / f.name)
+    return root
+
+
+def test_a_model_of_pictures_knows_its_training_pictures(tmp_path, capsys):
+    """End to end: training on 2-D images stores a picture reference (training pictures only);
+    ``medsad infer`` warns on a picture of another contrast; ``medsad evaluate`` counts them."""
+    from PIL import Image
+
+    from medsad_monai.cli import main
+    from medsad_monai.engine.train import TrainOptions, train
+
+    data = _small_bmad(tmp_path / "bmad")
+    run = tmp_path / "run"
+    train(TrainOptions(data=str(data), out=str(run), preset="tiny", image_size=64, epochs=1, batch_size=8, seed=0))
+    block = read_checkpoint(run / "best.pt")["familiarity"]
+    split = json.loads((run / "split.json").read_text())
+    assert block["unit"] == "image" and len(block["histograms"]) == len(block["cases"]) >= 3
+    assert set(block["cases"]) <= {f"{g}.png" for g in split["train_groups"]} | set(split["train_groups"])
+    assert not set(block["cases"]) & ({f"{g}.png" for g in split["val_groups"]} | set(split["val_groups"]))
+
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    # the mid-brain slice of a new subject of a training anatomy, and the same under another contrast
+    same = max(sorted((BMAD / "test/good/img").glob("case_010_*.png")), key=lambda f: (load_image_2d(f) > 0.05).sum())
+    shutil.copy(same, pictures / "same.png")
+    other = _other_contrast(load_image_2d(same), gamma=0.3)
+    Image.fromarray((other[..., 0] * 255).round().astype(np.uint8)).save(pictures / "other.png")
+    capsys.readouterr()
+    ckpt = str(run / "best.pt")
+    assert main(["infer", "--ckpt", ckpt, "--input", str(pictures), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    same_block = json.loads((tmp_path / "out" / "same_scores.json").read_text())["familiarity"]
+    other_block = json.loads((tmp_path / "out" / "other_scores.json").read_text())["familiarity"]
+    assert same_block["familiar"] and not other_block["familiar"]
+    assert f"warning: {pictures / 'other.png'}: this image's intensities are unlike" in err
+    assert "same.png: this" not in err
+
+    out = tmp_path / "eval"
+    shutil.copy(pictures / "other.png", data / "test/good/img/other_contrast.png")
+    assert main(["evaluate", "--ckpt", ckpt, "--data", str(data), "--split", "test", "--out", str(out)]) == 0
+    summary = json.loads((out / "report.json").read_text())["meta"]["familiarity"]
+    assert summary["cases"] == 5 and summary["unfamiliar"] == 1 and len(summary["unfamiliar_cases"]) == 1
+    assert "other_contrast" in summary["unfamiliar_cases"][0]
+    assert "**Familiarity**: 1 of 5 cases are unlike the model's training cases (`" in (out / "report.md").read_text()

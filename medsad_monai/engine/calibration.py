@@ -214,6 +214,7 @@ def iter_cases(
                 2,
                 case_tags,
                 grey[..., None] if keep_image else None,
+                familiarity=result.extra.get("familiarity"),
             )
 
 

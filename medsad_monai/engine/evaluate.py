@@ -219,8 +219,19 @@ def evaluate_checkpoint(
         "epoch": payload.get("extra", {}).get("epoch"),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "medsad_version": medsad_monai.__version__,
+        "familiarity": familiarity_summary(per_case),
         "per_case": per_case,
     }
     write_report(out, metrics, meta=meta, cases=keeper.cases())
     logger.info("evaluation written to %s", out)
     return json.loads(json.dumps(metrics, default=float))
+
+
+def familiarity_summary(per_case: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """How many of the evaluated cases are unlike the model's training cases (``familiar``
+    false), and which; None when the model has no familiarity reference."""
+    assessed = {name: c for name, c in per_case.items() if c.get("familiar") is not None}
+    if not assessed:
+        return None
+    unfamiliar = sorted(name for name, c in assessed.items() if not c["familiar"])
+    return {"cases": len(assessed), "unfamiliar": len(unfamiliar), "unfamiliar_cases": unfamiliar}

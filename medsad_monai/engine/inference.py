@@ -182,6 +182,7 @@ class ImageResult:
     model_score: float
     op: OperatingPoint = field(default_factory=OperatingPoint)
     precision: str | None = None  # the precision the model ran in ("fp32" / "bf16")
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. ``familiarity`` (engine/familiarity.py)
 
     def with_operating_point(self, op: OperatingPoint) -> ImageResult:
         return dataclasses.replace(self, op=op)
@@ -220,6 +221,7 @@ class ImageResult:
             "low_confidence": _low_confidence(self.probability, self.op, None, None),
             "operating_point": self.op.summary(),
             **({"precision": self.precision} if self.precision else {}),
+            **self.extra,
         }
 
 
@@ -489,7 +491,9 @@ class Predictor:
     def predict_image(self, image: np.ndarray) -> ImageResult:
         """One 2-D image (H, W) or (H, W, 3) in [0, 1]."""
         prob, score = self.predict_slices([image])[0]
-        return ImageResult(prob.astype(np.float32), score, self.operating_point, precision=self.precision)
+        result = ImageResult(prob.astype(np.float32), score, self.operating_point, precision=self.precision)
+        self._add_familiarity(result, image, "image")
+        return result
 
     def predict_volume(
         self,
@@ -515,12 +519,17 @@ class Predictor:
             InferenceCancelled: ``cancel()`` returned True.
         """
         result = self._predict_volume(volume, axis, skip_background, progress, cancel, spacing, affine)
-        familiarity = assess(volume, self.familiarity_reference)
+        self._add_familiarity(result, volume, "volume")
+        return result
+
+    def _add_familiarity(self, result: ImageResult | VolumeResult, array: np.ndarray, unit: str) -> None:
+        """Put the ``familiarity`` block in ``result.extra`` (when the checkpoint has a reference
+        of this ``unit``) and log its warning."""
+        familiarity = assess(array, self.familiarity_reference, unit)
         if familiarity is not None:
             result.extra["familiarity"] = familiarity
             if not familiarity["familiar"]:
                 logger.warning("%s", familiarity["warning"])
-        return result
 
     def _predict_volume(
         self,

@@ -242,6 +242,19 @@ def _markdown(metrics: dict[str, Any], meta: dict[str, Any], overlays: dict[str,
         if warnings:
             lines += ["", "**Calibration warnings** (the validation data it was fitted on):", ""]
             lines += [f"- {w}" for w in warnings]
+    familiarity = meta.get("familiarity")
+    if familiarity:
+        n, k = familiarity["cases"], familiarity["unfamiliar"]
+        lines += ["", f"**Familiarity**: {k} of {n} cases are unlike the model's training cases"]
+        if k:
+            shown = ", ".join(f"`{name}`" for name in familiarity["unfamiliar_cases"][:20])
+            more = f" and {k - 20} more" if k > 20 else ""
+            lines[-1] += (
+                f" ({shown}{more}): its decisions were calibrated on other scans and may not hold on them "
+                "(docs/decisions.md, familiarity)."
+            )
+        else:
+            lines[-1] += "."
     if any(k in metrics for k, _ in _VOLUME):
         reasons = {**(metrics.get("reasons") or {}), **(metrics.get("volume_reasons") or {})}
         vm = {**metrics, "reasons": reasons}

@@ -823,28 +823,37 @@ def calibrate_run(
 
 #: Most training volumes the familiarity reference reads (evenly spaced by name beyond it).
 FAMILIARITY_VOLUMES = 64
+#: Most training 2-D images it reads (a picture is cheap to read; the nearest of more is closer).
+FAMILIARITY_IMAGES = 256
 
 
 def write_familiarity_reference(best: Path, train_cases: Sequence[Sample], intensity: str) -> dict[str, Any] | None:
-    """Store the training volumes' intensity histograms in ``best`` (the reference each volume
-    result's ``familiarity`` is measured against, :mod:`~medsad_monai.engine.familiarity`); nothing
-    for 2-D images or fewer than three training volumes (said in the log)."""
+    """Store the training volumes' (or, for a model of 2-D images, the training images')
+    intensity histograms in ``best``: the reference each result's ``familiarity`` is measured
+    against (:mod:`~medsad_monai.engine.familiarity`); nothing for fewer than three (said in
+    the log)."""
     from medsad_monai.checkpoint import write_familiarity
+    from medsad_monai.data.images import load_image_2d
     from medsad_monai.data.volumes import load_volume, normalize_intensity
-    from medsad_monai.engine.familiarity import MIN_VOLUMES, fit_reference, intensity_histogram
+    from medsad_monai.engine.familiarity import MIN_VOLUMES, fit_reference, grey, intensity_histogram
 
     volumes = sorted({(s.group, str(s.image)) for s in train_cases if s.slice_index is not None})
+    unit, cap = "volume", FAMILIARITY_VOLUMES
+    if not volumes:  # a model of 2-D images: one entry per picture
+        volumes = sorted({(Path(s.image).name, str(s.image)) for s in train_cases})
+        unit, cap = "image", FAMILIARITY_IMAGES
     if len(volumes) < MIN_VOLUMES:
-        logger.info("no familiarity reference: %d training volume(s), it needs %d", len(volumes), MIN_VOLUMES)
+        logger.info("no familiarity reference: %d training %s(s), it needs %d", len(volumes), unit, MIN_VOLUMES)
         return None
-    if len(volumes) > FAMILIARITY_VOLUMES:
-        step = len(volumes) / FAMILIARITY_VOLUMES
-        volumes = [volumes[int(i * step)] for i in range(FAMILIARITY_VOLUMES)]
-    logger.info("familiarity reference: reading %d training volume(s)", len(volumes))
-    histograms = [
-        intensity_histogram(normalize_intensity(load_volume(path)[0], method=intensity)) for _, path in volumes
-    ]
-    block = fit_reference(histograms, [name for name, _ in volumes])
+    if len(volumes) > cap:
+        step = len(volumes) / cap
+        volumes = [volumes[int(i * step)] for i in range(cap)]
+    logger.info("familiarity reference: reading %d training %s(s)", len(volumes), unit)
+    if unit == "volume":
+        arrays = (normalize_intensity(load_volume(path)[0], method=intensity) for _, path in volumes)
+    else:
+        arrays = (grey(load_image_2d(path)) for _, path in volumes)
+    block = fit_reference([intensity_histogram(a) for a in arrays], [name for name, _ in volumes], unit=unit)
     write_familiarity(best, block)
     return block
 
