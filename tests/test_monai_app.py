@@ -231,6 +231,39 @@ def test_scoring_and_active_learning_serve_an_unlabelled_volume(client):
     assert chosen["anomaly_uncertainty"] == max(e["anomaly_uncertainty"] for e in scored.values())
 
 
+def test_scoring_records_whether_each_scan_is_like_the_training_scans(client):
+    """With a model that knows its training volumes, scoring stores ``anomaly_familiar`` per
+    image (None with one that does not): the datastore's listing shows where decisions may not hold."""
+    from medsad_monai.checkpoint import intensity_of, read_checkpoint, write_familiarity
+    from medsad_monai.data.volumes import load_volume, normalize_intensity
+    from medsad_monai.engine.familiarity import fit_reference, intensity_histogram
+
+    first = client.post("/scoring/medsad_anomaly?run_sync=true").json()["scored"]
+    assert all(e["anomaly_familiar"] is None and e["anomaly_familiarity_distance"] is None for e in first.values())
+    method = intensity_of(read_checkpoint(client.checkpoint))
+    # the reference of a model trained on the labelled lesion volumes (in these toy volumes a lesion
+    # is a large share of the head: a lesion-free one has another histogram, case_002 / case_005)
+    trained = ["case_000", "case_001", "case_003"]
+    files = [client.studies / f"{name}.nii.gz" for name in trained]
+    histograms = [intensity_histogram(normalize_intensity(load_volume(f)[0], method=method)) for f in files]
+    write_familiarity(client.checkpoint, fit_reference(histograms, trained))
+    # a scan with a second tissue (half the head darker), uploaded as a new unlabelled image
+    other = nib.load(client.studies / "case_004.nii.gz")
+    data = np.asarray(other.dataobj).copy()
+    half = data[: data.shape[0] // 2]
+    half[half > 0] //= 2
+    upload = client.studies.parent / "case_200.nii.gz"
+    nib.save(nib.Nifti1Image(data, other.affine), upload)
+    res = client.put("/datastore/?image=case_200", files={"file": ("case_200.nii.gz", upload.read_bytes())})
+    assert res.status_code == 200, res.text
+    scored = client.post("/scoring/medsad_anomaly?run_sync=true").json()["scored"]  # a new model: scored again
+    assert set(scored) == set(STUDY_UNLABELLED) | {"case_200"}
+    familiar = {k: e["anomaly_familiar"] for k, e in scored.items()}
+    assert familiar == {"case_004": True, "case_100": True, "case_005": False, "case_200": False}
+    info = client.get("/datastore/image/info?image=case_200").json()
+    assert info["anomaly_familiar"] is False and info["anomaly_familiarity_distance"] > 0
+
+
 def test_train_from_final_labels_publishes_a_model_that_infer_uses(client):
     before, _ = _infer(client, "case_004")
     label = client.studies / "labels" / "final"

@@ -3,6 +3,10 @@ info, ``anomaly_score`` (the calibrated volume score), ``anomaly_abnormal`` (the
 decision) and ``anomaly_uncertainty``: the mean binary entropy, in bits, of the *calibrated*
 slice probabilities of the slices with anatomy (a slice scoring exactly at its calibrated
 threshold is 1 bit, undecided; see :func:`medsad_monai.engine.decision.calibrated_probability`).
+With a model that knows its training scans (a checkpoint's ``familiarity`` block) also
+``anomaly_familiar`` and ``anomaly_familiarity_distance`` (whether the scan is like them,
+:mod:`medsad_monai.engine.familiarity`; None for a model without one), so the datastore's
+listing shows which scans the model's decisions may not hold on.
 
 Images already scored by the current checkpoint (same sha256) are not scored again.
 """
@@ -79,11 +83,14 @@ class MedSADScoring(ScoringMethod):
                 continue
             result = predict(loaded.predictor, data, axis)  # a model error is the server's: HTTP 500
             summary = result.summary()
+            familiarity = summary.get("familiarity") or {}
             entry = {
                 "anomaly_score": float(summary["volume_score"]),
                 "anomaly_abnormal": bool(summary["volume_abnormal"]),
                 "anomaly_uncertainty": round(uncertainty(result), 6),
                 "anomaly_worst_slice": int(summary["worst_slice"]),
+                "anomaly_familiar": familiarity.get("familiar"),
+                "anomaly_familiarity_distance": familiarity.get("distance"),
                 "anomaly_model": model,
                 "anomaly_ts": int(time.time()),
             }
