@@ -461,6 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
         "operating point)",
     )
     _add_reproduce(sub)
+    p = sub.add_parser(
+        "familiarity",
+        help="are these scans like the model's training scans? intensity histograms against the checkpoint's "
+        "reference, before any inference (table; --out: familiarity.json and familiarity.png)",
+    )
+    p.add_argument("--ckpt", required=True, help="a checkpoint trained by this version (it holds the reference)")
+    p.add_argument("--input", required=True, help="a NIfTI/NRRD volume, DICOM series or 2-D image, or a folder")
+    p.add_argument("--out", help="folder for familiarity.json and familiarity.png (a picture of the histograms)")
     p = sub.add_parser("check-data", help="validate a dataset folder and print counts")
     p.add_argument("data")
     p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
@@ -766,6 +774,25 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _familiarity(args: argparse.Namespace) -> int:
+    from medsad_monai.engine.familiarity_survey import summary_line, survey, write_survey
+
+    reference, rows = survey(args.ckpt, args.input)
+    for r in rows:
+        if r["familiar"] is None:
+            verdict = "not checked (another kind of input than the training data)"
+        else:
+            verdict = f"distance={r['distance']:.3f} threshold={r['threshold']:.3f} " + (
+                "familiar" if r["familiar"] else "UNFAMILIAR"
+            )
+        print(f"{r['input']}: {verdict}")
+    print(summary_line(reference, rows))
+    if args.out:
+        for path in write_survey(reference, rows, args.out):
+            print(f"wrote {path}")
+    return 0
+
+
 COMMANDS = {
     "train": _train,
     "evaluate": _evaluate,
@@ -775,6 +802,7 @@ COMMANDS = {
     "infer": _infer,
     "reproduce": _reproduce,
     "export-bundle": _export_bundle,
+    "familiarity": _familiarity,
     "check-data": _check_data,
     "make-sample-data": _make_sample_data,
     "demo": _demo,

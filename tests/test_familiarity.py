@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from medsad_monai.data.volumes import load_volume, normalize_intensity
 from medsad_monai.engine.familiarity import MIN_VOLUMES, QUANTILE, assess, fit_reference, grey, intensity_histogram
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "volumes"
+BMAD = SAMPLE.parent / "bmad"
 
 
 def _normalised(path: Path, method: str = "foreground") -> np.ndarray:
@@ -98,6 +100,41 @@ def test_infer_reports_familiarity_and_warns_on_an_unfamiliar_scan(tiny_checkpoi
     assert f"warning: {scans / 'other.nii.gz'}: this scan's intensities are unlike" in err
     assert "same.nii.gz: this scan" not in err
 
+    # `medsad familiarity` surveys the same folder without running the model: the same distances
+    shutil.copy(BMAD / "train" / "good" / "img" / sorted(os.listdir(BMAD / "train/good/img"))[0], scans / "slice.png")
+    survey_out = tmp_path / "survey"
+    assert main(["familiarity", "--ckpt", str(ckpt), "--input", str(scans), "--out", str(survey_out)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"{scans / 'other.nii.gz'}: distance={other['distance']:.3f} threshold={other['threshold']:.3f} UNFAMILIAR"
+        in printed
+    )
+    assert f"{scans / 'same.nii.gz'}: distance={same['distance']:.3f}" in printed and "familiar" in printed
+    assert f"{scans / 'slice.png'}: not checked" in printed  # a picture against a reference of volumes
+    assert "1 of 2 input(s) are unlike the 14 training volumes" in printed and "1 not checked" in printed
+    report = json.loads((survey_out / "familiarity.json").read_text())
+    rows = {Path(r["input"]).name: r for r in report["inputs"]}
+    assert rows["other.nii.gz"]["distance"] == other["distance"] and rows["other.nii.gz"]["familiar"] is False
+    assert rows["slice.png"]["familiar"] is None and report["reference"]["training_cases"] == reference["cases"]
+    assert (survey_out / "familiarity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_familiarity_survey_errors_are_one_line(tiny_checkpoint, tmp_path, capsys):
+    from medsad_monai.cli import main
+
+    scan = SAMPLE / "imagesTs" / "case_010.nii.gz"
+    assert main(["familiarity", "--ckpt", str(tiny_checkpoint), "--input", str(scan)]) == 2
+    err = capsys.readouterr().err
+    assert "has no familiarity reference" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(tiny_checkpoint, ckpt)
+    write_familiarity(ckpt, _reference("foreground"))
+    assert main(["familiarity", "--ckpt", str(ckpt), "--input", str(tmp_path / "missing")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["familiarity", "--ckpt", str(ckpt), "--input", str(tmp_path / "empty")]) == 2
+    assert "no NIfTI/NRRD volumes, PNG/JPG images or DICOM series" in capsys.readouterr().err
+
 
 def test_evaluate_reports_which_volumes_are_familiar(tiny_checkpoint, tiny_volumes, tmp_path):
     from medsad_monai.checkpoint import intensity_of
@@ -123,9 +160,6 @@ def test_evaluate_reports_which_volumes_are_familiar(tiny_checkpoint, tiny_volum
     assert "| familiar |" in (tmp_path / "new" / "report.md").read_text()
     summary = json.loads((tmp_path / "new" / "report.json").read_text())["meta"]["familiarity"]
     assert summary == {"cases": 2, "unfamiliar": 0, "unfamiliar_cases": []}
-
-
-BMAD = SAMPLE.parent / "bmad"
 
 
 def _picture_reference() -> dict:
