@@ -70,6 +70,22 @@ def test_no_reference_no_block_and_too_few_volumes_are_refused(reference):
     assert intensity_histogram(np.zeros((4, 4, 4))).sum() == 0  # no foreground: no crash
 
 
+def _infer_same_and_other(ckpt, folder: Path, suffix: str, what: str, out: Path, capsys) -> tuple[dict, dict]:
+    """``medsad infer`` on ``folder``'s ``same`` and ``other`` inputs: the first familiar, the
+    second not, and only the second warned about on stderr; returns their familiarity blocks."""
+    from medsad_monai.cli import main
+
+    capsys.readouterr()
+    assert main(["infer", "--ckpt", str(ckpt), "--input", str(folder), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    same = json.loads((out / "same_scores.json").read_text())["familiarity"]
+    other = json.loads((out / "other_scores.json").read_text())["familiarity"]
+    assert same["familiar"] and not other["familiar"]
+    assert f"warning: {folder / ('other' + suffix)}: this {what}'s intensities are unlike" in err
+    assert f"same{suffix}: this" not in err
+    return same, other
+
+
 def test_infer_reports_familiarity_and_warns_on_an_unfamiliar_scan(tiny_checkpoint, tmp_path, capsys):
     from medsad_monai.checkpoint import intensity_of
     from medsad_monai.cli import main
@@ -91,14 +107,7 @@ def test_infer_reports_familiarity_and_warns_on_an_unfamiliar_scan(tiny_checkpoi
     assert "familiarity" not in json.loads((tmp_path / "a" / "same_scores.json").read_text())
     write_familiarity(ckpt, reference)
     assert read_checkpoint(ckpt)["familiarity"]["cases"] == reference["cases"]
-    capsys.readouterr()
-    assert main(["infer", "--ckpt", str(ckpt), "--input", str(scans), "--out", str(tmp_path / "b")]) == 0
-    err = capsys.readouterr().err
-    same = json.loads((tmp_path / "b" / "same_scores.json").read_text())["familiarity"]
-    other = json.loads((tmp_path / "b" / "other_scores.json").read_text())["familiarity"]
-    assert same["familiar"] and not other["familiar"]
-    assert f"warning: {scans / 'other.nii.gz'}: this scan's intensities are unlike" in err
-    assert "same.nii.gz: this scan" not in err
+    same, other = _infer_same_and_other(ckpt, scans, ".nii.gz", "scan", tmp_path / "b", capsys)
 
     # `medsad familiarity` surveys the same folder without running the model: the same distances
     shutil.copy(BMAD / "train" / "good" / "img" / sorted(os.listdir(BMAD / "train/good/img"))[0], scans / "slice.png")
@@ -240,13 +249,7 @@ def test_a_model_of_pictures_knows_its_training_pictures(tmp_path, capsys):
     Image.fromarray((other[..., 0] * 255).round().astype(np.uint8)).save(pictures / "other.png")
     capsys.readouterr()
     ckpt = str(run / "best.pt")
-    assert main(["infer", "--ckpt", ckpt, "--input", str(pictures), "--out", str(tmp_path / "out")]) == 0
-    err = capsys.readouterr().err
-    same_block = json.loads((tmp_path / "out" / "same_scores.json").read_text())["familiarity"]
-    other_block = json.loads((tmp_path / "out" / "other_scores.json").read_text())["familiarity"]
-    assert same_block["familiar"] and not other_block["familiar"]
-    assert f"warning: {pictures / 'other.png'}: this image's intensities are unlike" in err
-    assert "same.png: this" not in err
+    _infer_same_and_other(ckpt, pictures, ".png", "image", tmp_path / "out", capsys)
 
     out = tmp_path / "eval"
     shutil.copy(pictures / "other.png", data / "test/good/img/other_contrast.png")
