@@ -311,3 +311,17 @@ def _png_size(data_url: str) -> tuple[int, int]:
     from PIL import Image
 
     return Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).size
+
+
+def test_the_image_list_says_what_scoring_stored():
+    """Each image's line: the stored calibrated score and verdict, and a mark when scoring found
+    the scan unlike the model's training scans (``anomaly_familiar`` false; None: not assessed)."""
+    pytest.importorskip("trame")
+    from web_viewer.app import image_title
+
+    assert image_title("case_3", {}) == "case_3"
+    seen = {"anomaly_score": 0.1, "anomaly_abnormal": False}
+    assert image_title("case_2", {**seen, "anomaly_familiar": True}) == "case_2  score 0.100 (normal)"
+    assert image_title("case_2", {**seen, "anomaly_familiar": None}) == "case_2  score 0.100 (normal)"
+    title = image_title("case_1", {"anomaly_score": 0.42, "anomaly_abnormal": True, "anomaly_familiar": False})
+    assert title == "case_1  score 0.420 (abnormal)  - unlike the training scans"

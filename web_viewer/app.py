@@ -85,6 +85,19 @@ def profile_text(result: dict[str, Any]) -> str:
     return f"; decided at calibration profile {profile}" if profile and profile != "default" else ""
 
 
+def image_title(image_id: str, info: dict[str, Any]) -> str:
+    """An image's line in the list: its id and what the server's scoring stored for it (the
+    calibrated volume score and verdict, and whether the scan is unlike the model's training
+    scans, ``anomaly_familiar``)."""
+    title = image_id
+    score = info.get("anomaly_score")
+    if isinstance(score, (int, float)):
+        title += f"  score {score:.3f} ({'abnormal' if info.get('anomaly_abnormal') else 'normal'})"
+    if info.get("anomaly_familiar") is False:
+        title += "  - unlike the training scans"
+    return title
+
+
 def _error_text(exc: BaseException, server_url: str) -> str:
     """One line for the page: what went wrong, without a traceback."""
     msg = str(getattr(exc, "msg", None) or exc or type(exc).__name__)
@@ -162,11 +175,7 @@ class Viewer:
         rows = []
         for image_id, entry in sorted((listing.get("objects") or {}).items()):
             info = (entry.get("image") or {}).get("info") or {}
-            score = info.get("anomaly_score")
-            title = image_id
-            if isinstance(score, (int, float)):
-                title += f"  score {score:.3f} ({'abnormal' if info.get('anomaly_abnormal') else 'normal'})"
-            rows.append({"id": image_id, "title": title})
+            rows.append({"id": image_id, "title": image_title(image_id, info)})
         self.state.images = rows
         if self.state.message_type == "error" and "cannot reach" in self.state.message:
             self.state.message = ""
