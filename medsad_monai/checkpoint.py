@@ -314,12 +314,13 @@ def write_calibration(path: str | os.PathLike, op: OperatingPoint) -> Path:
 
 
 def write_familiarity(path: str | os.PathLike, block: dict[str, Any]) -> Path:
-    """Store the training volumes' familiarity reference (:mod:`medsad_monai.engine.familiarity`)
+    """Store the training volumes' (or images') familiarity reference (:mod:`medsad_monai.engine.familiarity`)
     in the checkpoint at ``path`` (atomically; everything else kept)."""
     payload = read_checkpoint(path)
     payload[FAMILIARITY_KEY] = block
     atomic_torch_save(payload, path)
-    logger.info("familiarity reference (%d training volumes) written to %s", len(block["cases"]), path)
+    unit = block.get("unit", "volume")
+    logger.info("familiarity reference (%d training %ss) written to %s", len(block["cases"]), unit, path)
     return Path(path)
 
 

@@ -779,13 +779,14 @@ def _familiarity(args: argparse.Namespace) -> int:
 
     reference, rows = survey(args.ckpt, args.input)
     for r in rows:
-        if r["familiar"] is None:
-            verdict = "not checked (another kind of input than the training data)"
+        where = r["input"] if "dicom_series" not in r else f"{r['input']} (DICOM series {r['name']})"
+        if r.get("error"):
+            print(f"{where}: error: {r['error']}")
+        elif r["familiar"] is None:
+            print(f"{where}: {r['note']}")
         else:
-            verdict = f"distance={r['distance']:.3f} threshold={r['threshold']:.3f} " + (
-                "familiar" if r["familiar"] else "UNFAMILIAR"
-            )
-        print(f"{r['input']}: {verdict}")
+            verdict = "familiar" if r["familiar"] else "UNFAMILIAR"
+            print(f"{where}: distance={r['distance']:.3f} threshold={r['threshold']:.3f} {verdict}")
     print(summary_line(reference, rows))
     if args.out:
         for path in write_survey(reference, rows, args.out):
@@ -821,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:  # OSError: not found, exists, no permission
         if args.verbose:
             raise
         print(f"medsad {args.command}: error: {exc}", file=sys.stderr)

@@ -250,3 +250,44 @@ def test_the_mask_as_a_dicom_seg_references_its_series(tiny_checkpoint, tiny_vol
     assert scores["lesion_voxels"] == 0 and scores["dicom_seg"] is None
     assert sorted(p.name for p in out.iterdir()) == ["T1_AX_mask.nii.gz", "T1_AX_scores.json", "T1_AX_seg.dcm"]
     capsys.readouterr()
+
+
+def test_the_familiarity_survey_names_each_series_and_measures_what_infer_measures(
+    tiny_checkpoint, tiny_volumes, tmp_path, capsys
+):
+    """``medsad familiarity`` on a folder of DICOM series: one row per series (its folder, output
+    name and description, as ``medsad infer`` records them), the distance ``infer`` reports, and a
+    series that cannot be read listed as an error while the others are still surveyed."""
+    import shutil
+
+    from medsad_monai.checkpoint import intensity_of, read_checkpoint, write_familiarity
+    from medsad_monai.data.volumes import load_volume, normalize_intensity
+    from medsad_monai.engine.familiarity import fit_reference, intensity_histogram
+
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(tiny_checkpoint, ckpt)
+    method = intensity_of(read_checkpoint(ckpt))
+    files = sorted((tiny_volumes / "imagesTr").glob("*.nii.gz"))
+    histograms = [intensity_histogram(normalize_intensity(load_volume(f)[0], method=method)) for f in files]
+    write_familiarity(ckpt, fit_reference(histograms, [f.name for f in files]))
+    rng = np.random.default_rng(0)
+    affine = np.diag([0.9, 0.9, 3.0, 1.0])
+    voxels = (rng.random((40, 48, 8)) * 300).astype(np.int16)
+    folder = tmp_path / "study"
+    write_dicom_series(voxels, affine, folder, series_number=3, description="T1 axial")
+    write_dicom_series(voxels[::-1] // 2, affine, folder, series_number=7, description="FLAIR")
+    write_dicom_series(voxels, affine, folder, series_number=9, description="broken", skip=(4,))
+    out = tmp_path / "pred"
+    assert main(["infer", "--ckpt", str(ckpt), "--input", str(folder), "--out", str(out)]) == 2  # the broken one
+    assert main(["familiarity", "--ckpt", str(ckpt), "--input", str(folder), "--out", str(tmp_path / "survey")]) == 0
+    printed = capsys.readouterr().out
+    rows = {r["name"]: r for r in json.loads((tmp_path / "survey" / "familiarity.json").read_text())["inputs"]}
+    assert set(rows) == {"study_s3", "study_s7", "study_s9"}
+    assert rows["study_s7"]["input"] == str(folder) and rows["study_s7"]["dicom_series"]["description"] == "FLAIR"
+    assert "not evenly spaced" in rows["study_s9"]["error"] and rows["study_s9"]["familiar"] is None
+    assert f"{folder} (DICOM series study_s9): error: " in printed and "1 could not be read" in printed
+    for name in ("study_s3", "study_s7"):  # what `medsad infer` reports for the same series
+        scores = json.loads((out / f"{name}_scores.json").read_text())
+        assert rows[name]["distance"] == scores["familiarity"]["distance"]
+        assert rows[name]["familiar"] == scores["familiarity"]["familiar"]
+        assert f"{folder} (DICOM series {name}): distance={rows[name]['distance']:.3f}" in printed

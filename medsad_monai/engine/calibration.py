@@ -175,6 +175,34 @@ def iter_cases(
     is applied to each raw input first, seeded by the case's name."""
     cases = _cases_of(samples)
     bar = tqdm(cases, desc=desc, disable=len(cases) < 2 or not sys.stderr.isatty(), leave=False)
+    warn, predictor.warn_unfamiliar = getattr(predictor, "warn_unfamiliar", True), False  # one line at the end
+    unfamiliar: list[str] = []
+    try:
+        for output in _iter_cases(predictor, bar, slice_axis, tags, keep_image, shift):
+            if output.familiarity is not None and not output.familiarity["familiar"]:
+                unfamiliar.append(output.name)
+            yield output
+    finally:
+        predictor.warn_unfamiliar = warn
+    if unfamiliar:
+        logger.warning(
+            "%d of %d case(s) are unlike the model's training cases (familiarity; e.g. %s): its decisions were "
+            "calibrated on other scans and may not hold on them",
+            len(unfamiliar),
+            len(cases),
+            ", ".join(unfamiliar[:5]),
+        )
+
+
+def _iter_cases(
+    predictor: Any,
+    bar: Any,
+    slice_axis: int,
+    tags: dict[str, dict[str, str]] | None,
+    keep_image: bool,
+    shift: str,
+) -> Iterator[CaseOutput]:
+    """The body of :func:`iter_cases`: one :class:`CaseOutput` per case of ``bar``."""
     for name, image, mask_path, is_volume in bar:
         case_tags = (tags or {}).get(name, {})
         if is_volume:

@@ -102,6 +102,11 @@ def fit_reference(histograms: Sequence[np.ndarray], cases: Sequence[str], unit: 
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
     h = np.asarray(histograms, dtype=np.float64)
+    if len(h) == len(cases) and h.ndim == 2 and h.shape[1] == BINS:
+        # blank cases (no foreground) say nothing about intensities: two of them would be each
+        # other's perfect neighbour and make every blank input "familiar"
+        keep = h.sum(axis=1) > 0
+        h, cases = h[keep], [c for c, k in zip(cases, keep) if k]
     if len(h) < MIN_VOLUMES or len(h) != len(cases) or h.ndim != 2 or h.shape[1] != BINS:
         raise ValueError(f"a familiarity reference needs at least {MIN_VOLUMES} training {unit}s with their names")
     loo = [_distance(h[i], np.delete(h, i, axis=0)) for i in range(len(h))]
@@ -126,11 +131,14 @@ def assess(array: np.ndarray, reference: dict[str, Any] | None, unit: str = "vol
 
     ``array`` is a normalised volume (``unit`` ``"volume"``) or a 2-D picture in [0, 1]
     (``"image"``, grey or colour). None without a reference (older checkpoints, fewer than
-    :data:`MIN_VOLUMES` training cases) or with one of the other unit."""
+    :data:`MIN_VOLUMES` training cases), with one of the other unit, or for an input without
+    foreground (nothing to compare)."""
     if not reference or reference.get("unit", "volume") != unit:
         return None
-    values = grey(array) if unit == "image" else array
-    distance = _distance(intensity_histogram(values), np.asarray(reference["histograms"], dtype=np.float64))
+    histogram = intensity_histogram(grey(array) if unit == "image" else array)
+    if not histogram.any():
+        return None
+    distance = _distance(histogram, np.asarray(reference["histograms"], dtype=np.float64))
     threshold = float(reference["threshold"])
     block: dict[str, Any] = {
         "distance": round(distance, 4),

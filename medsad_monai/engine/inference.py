@@ -399,6 +399,8 @@ class Predictor:
         #: The training volumes' intensity histograms (a checkpoint's ``familiarity`` block): every
         #: volume result then says whether the scan is like them (:mod:`~medsad_monai.engine.familiarity`).
         self.familiarity_reference: dict[str, Any] | None = None
+        #: Log each unfamiliar result's warning (batch paths count them once instead).
+        self.warn_unfamiliar = True
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
@@ -529,7 +531,7 @@ class Predictor:
         if familiarity is not None:
             result.extra["familiarity"] = familiarity
             if not familiarity["familiar"]:
-                logger.warning("%s", familiarity["warning"])
+                (logger.warning if self.warn_unfamiliar else logger.debug)("%s", familiarity["warning"])
 
     def _predict_volume(
         self,

@@ -840,7 +840,7 @@ def write_familiarity_reference(best: Path, train_cases: Sequence[Sample], inten
     volumes = sorted({(s.group, str(s.image)) for s in train_cases if s.slice_index is not None})
     unit, cap = "volume", FAMILIARITY_VOLUMES
     if not volumes:  # a model of 2-D images: one entry per picture
-        volumes = sorted({(Path(s.image).name, str(s.image)) for s in train_cases})
+        volumes = sorted({(s.group, str(s.image)) for s in train_cases})
         unit, cap = "image", FAMILIARITY_IMAGES
     if len(volumes) < MIN_VOLUMES:
         logger.info("no familiarity reference: %d training %s(s), it needs %d", len(volumes), unit, MIN_VOLUMES)
@@ -853,7 +853,11 @@ def write_familiarity_reference(best: Path, train_cases: Sequence[Sample], inten
         arrays = (normalize_intensity(load_volume(path)[0], method=intensity) for _, path in volumes)
     else:
         arrays = (grey(load_image_2d(path)) for _, path in volumes)
-    block = fit_reference([intensity_histogram(a) for a in arrays], [name for name, _ in volumes], unit=unit)
+    histograms = [intensity_histogram(a) for a in arrays]
+    if sum(1 for h in histograms if h.any()) < MIN_VOLUMES:
+        logger.info("no familiarity reference: fewer than %d training %ss have foreground", MIN_VOLUMES, unit)
+        return None
+    block = fit_reference(histograms, [name for name, _ in volumes], unit=unit)
     write_familiarity(best, block)
     return block
 

@@ -71,7 +71,8 @@ class MedSADScoring(ScoringMethod):
         skipped, failed = [], {}
         for image_id in sorted(image_ids):
             info = datastore.get_image_info(image_id)
-            if not force and info.get("anomaly_model") == model and "anomaly_uncertainty" in info:
+            # entries scored before familiarity was recorded are scored again
+            if not force and info.get("anomaly_model") == model and "anomaly_familiar" in info:
                 skipped.append(image_id)
                 continue
             start = time.perf_counter()
