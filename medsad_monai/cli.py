@@ -550,7 +550,14 @@ def _robustness(args: argparse.Namespace) -> int:
     rows = robustness_report(
         args.ckpt, args.data, args.out, shifts=args.shifts or SHIFT_NAMES, **_evaluation_options(args)
     )
-    keys = ("dice_global", "lesion_recall", "balanced_accuracy", "fp_voxels_mean", "lesion_mean_probability")
+    keys = (
+        "dice_global",
+        "lesion_recall",
+        "balanced_accuracy",
+        "fp_voxels_mean",
+        "lesion_mean_probability",
+        "unfamiliar",
+    )
     for r in rows:
         figures = " ".join(
             f"{k}={'n/a' if r[k] is None else format(r[k], '.4g')}" for k in keys if k in ROBUSTNESS_COLUMNS

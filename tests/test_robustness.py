@@ -101,6 +101,7 @@ def test_medsad_robustness_writes_a_table_whose_first_row_is_plain_evaluation(
     assert none["dice_global"] == pytest.approx(plain["dice_global"])
     assert none["balanced_accuracy"] == pytest.approx(plain["balanced_accuracy"])
     assert report["rows"][2]["lesion_mean_probability"] != pytest.approx(none["lesion_mean_probability"])
+    assert all(r["unfamiliar"] is None for r in report["rows"])  # a model without a familiarity reference
     table = (out / "robustness.md").read_text()
     assert "| gamma_0.6 |" in table and "lesion map ≥" in table
     assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -131,3 +132,28 @@ def test_shifts_that_push_lesions_under_the_mean_filter_are_named(tiny_volumes, 
     low, high = sorted(r["lesion_mean_probability"] for r in rows)
     assert low < high  # the blur moved the model's confidence
     assert len(filter_warnings(rows, (low + high) / 2)) == 1  # only the shift under the filter is named
+
+
+def test_each_shift_says_how_many_cases_the_familiarity_check_flagged(tiny_volumes, tiny_checkpoint, tmp_path):
+    """Does the unfamiliar-scan warning notice a scanner shift? Each row counts the cases its
+    evaluation flagged, as that shift's own report does."""
+    import shutil
+
+    from medsad_monai.checkpoint import intensity_of, read_checkpoint, write_familiarity
+    from medsad_monai.data.volumes import load_volume, normalize_intensity
+    from medsad_monai.engine.familiarity import fit_reference, intensity_histogram
+    from medsad_monai.engine.robustness import robustness_report
+
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(tiny_checkpoint, ckpt)
+    method = intensity_of(read_checkpoint(ckpt))
+    files = sorted((tiny_volumes / "imagesTr").glob("*.nii.gz"))
+    histograms = [intensity_histogram(normalize_intensity(load_volume(f)[0], method=method)) for f in files]
+    write_familiarity(ckpt, fit_reference(histograms, [f.name for f in files]))
+    out = tmp_path / "rob"
+    rows = robustness_report(ckpt, str(tiny_volumes), out, split="all", shifts=["gamma_0.6"], precision="fp32")
+    for row in rows:
+        own = json.loads((out / row["shift"] / "report.json").read_text())["meta"]["familiarity"]
+        assert own["cases"] == 6 and row["unfamiliar"] == own["unfamiliar"]
+    assert rows[0]["unfamiliar"] == 0  # the training volumes themselves
+    assert "cases flagged unlike the training scans" in (out / "robustness.md").read_text()

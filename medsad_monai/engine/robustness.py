@@ -38,13 +38,21 @@ ROBUSTNESS_COLUMNS = {
     "volume_balanced_accuracy": "volume balanced accuracy",
     "fp_voxels_mean": "false-positive voxels per lesion-free volume",
     "lesion_mean_probability": "mean probability inside true lesions",
+    "unfamiliar": "cases flagged unlike the training scans",
 }
 
 
-def _row(shift: str, metrics: dict[str, Any], per_case: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _row(shift: str, metrics: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """One shift's figures; ``unfamiliar``: how many cases its familiarity check flagged (None
+    without a reference: does the warning notice this shift?)."""
+    per_case = meta["per_case"]
     means = [c["lesion_mean_probability"] for c in per_case.values() if c.get("lesion_mean_probability") is not None]
     row: dict[str, Any] = {"shift": shift, "description": describe_shift(shift)}
     for key in ROBUSTNESS_COLUMNS:
+        if key == "unfamiliar":
+            familiarity = meta.get("familiarity")
+            row[key] = None if not familiarity else int(familiarity["unfamiliar"])
+            continue
         value = float(np.mean(means)) if key == "lesion_mean_probability" and means else metrics.get(key)
         row[key] = None if value is None or (isinstance(value, float) and not np.isfinite(value)) else float(value)
     return row
@@ -53,7 +61,7 @@ def _row(shift: str, metrics: dict[str, Any], per_case: dict[str, dict[str, Any]
 def _fmt(value: float | None, key: str) -> str:
     if value is None:
         return "—"
-    return f"{value:,.0f}" if key == "fp_voxels_mean" else f"{value:.3f}"
+    return f"{value:,.0f}" if key in ("fp_voxels_mean", "unfamiliar") else f"{value:.3f}"
 
 
 def _operating_point_text(op: dict[str, Any]) -> str:
@@ -154,7 +162,7 @@ def robustness_report(
         folder = out / shift
         metrics = evaluate_checkpoint(ckpt, data, folder, split=split, shift=shift, **evaluate_kwargs)
         report = json.loads((folder / "report.json").read_text())
-        rows.append(_row(shift, metrics, report["meta"]["per_case"]))
+        rows.append(_row(shift, metrics, report["meta"]))
         if not meta:
             meta = {
                 "checkpoint": report["meta"]["checkpoint"],
