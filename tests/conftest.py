@@ -117,6 +117,24 @@ def oblique_affine(degrees: float, spacing: tuple[float, float, float]):
     return np.array([[si * c, -sj * s, 0, 10.0], [si * s, sj * c, 0, -20.0], [0, 0, sk, 5.0], [0, 0, 0, 1]])
 
 
+def with_familiarity_reference(checkpoint: Path, volumes: list[Path], dest: Path | None = None) -> Path:
+    """``checkpoint`` (copied to ``dest`` when given) with a familiarity reference fitted on
+    ``volumes``, normalised as that model normalises them, as ``medsad train`` writes it."""
+    import shutil
+
+    from medsad_monai.checkpoint import intensity_of, read_checkpoint, write_familiarity
+    from medsad_monai.data.volumes import load_volume, normalize_intensity
+    from medsad_monai.engine.familiarity import fit_reference, intensity_histogram
+
+    if dest is not None:
+        shutil.copy(checkpoint, dest)
+        checkpoint = dest
+    method = intensity_of(read_checkpoint(checkpoint))
+    histograms = [intensity_histogram(normalize_intensity(load_volume(f)[0], method=method)) for f in volumes]
+    write_familiarity(checkpoint, fit_reference(histograms, [Path(f).name for f in volumes]))
+    return checkpoint
+
+
 @pytest.fixture(scope="session")
 def tiny_volumes(tmp_path_factory):
     """A tiny ``volumes`` (nnU-Net/MSD) dataset: 6 training and 2 test cases, anisotropic and oblique."""

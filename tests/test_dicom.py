@@ -258,18 +258,10 @@ def test_the_familiarity_survey_names_each_series_and_measures_what_infer_measur
     """``medsad familiarity`` on a folder of DICOM series: one row per series (its folder, output
     name and description, as ``medsad infer`` records them), the distance ``infer`` reports, and a
     series that cannot be read listed as an error while the others are still surveyed."""
-    import shutil
+    from conftest import with_familiarity_reference
 
-    from medsad_monai.checkpoint import intensity_of, read_checkpoint, write_familiarity
-    from medsad_monai.data.volumes import load_volume, normalize_intensity
-    from medsad_monai.engine.familiarity import fit_reference, intensity_histogram
-
-    ckpt = tmp_path / "model.pt"
-    shutil.copy(tiny_checkpoint, ckpt)
-    method = intensity_of(read_checkpoint(ckpt))
-    files = sorted((tiny_volumes / "imagesTr").glob("*.nii.gz"))
-    histograms = [intensity_histogram(normalize_intensity(load_volume(f)[0], method=method)) for f in files]
-    write_familiarity(ckpt, fit_reference(histograms, [f.name for f in files]))
+    training = sorted((tiny_volumes / "imagesTr").glob("*.nii.gz"))
+    ckpt = with_familiarity_reference(tiny_checkpoint, training, tmp_path / "model.pt")
     rng = np.random.default_rng(0)
     affine = np.diag([0.9, 0.9, 3.0, 1.0])
     voxels = (rng.random((40, 48, 8)) * 300).astype(np.int16)

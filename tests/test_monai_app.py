@@ -234,19 +234,14 @@ def test_scoring_and_active_learning_serve_an_unlabelled_volume(client):
 def test_scoring_records_whether_each_scan_is_like_the_training_scans(client):
     """With a model that knows its training volumes, scoring stores ``anomaly_familiar`` per
     image (None with one that does not): the datastore's listing shows where decisions may not hold."""
-    from medsad_monai.checkpoint import intensity_of, read_checkpoint, write_familiarity
-    from medsad_monai.data.volumes import load_volume, normalize_intensity
-    from medsad_monai.engine.familiarity import fit_reference, intensity_histogram
+    from conftest import with_familiarity_reference
 
     first = client.post("/scoring/medsad_anomaly?run_sync=true").json()["scored"]
     assert all(e["anomaly_familiar"] is None and e["anomaly_familiarity_distance"] is None for e in first.values())
-    method = intensity_of(read_checkpoint(client.checkpoint))
     # the reference of a model trained on the labelled lesion volumes (in these toy volumes a lesion
     # is a large share of the head: a lesion-free one has another histogram, case_002 / case_005)
-    trained = ["case_000", "case_001", "case_003"]
-    files = [client.studies / f"{name}.nii.gz" for name in trained]
-    histograms = [intensity_histogram(normalize_intensity(load_volume(f)[0], method=method)) for f in files]
-    write_familiarity(client.checkpoint, fit_reference(histograms, trained))
+    trained = [client.studies / f"{name}.nii.gz" for name in ("case_000", "case_001", "case_003")]
+    with_familiarity_reference(client.checkpoint, trained)
     # a scan with a second tissue (half the head darker), uploaded as a new unlabelled image
     other = nib.load(client.studies / "case_004.nii.gz")
     data = np.asarray(other.dataobj).copy()

@@ -137,19 +137,12 @@ def test_shifts_that_push_lesions_under_the_mean_filter_are_named(tiny_volumes, 
 def test_each_shift_says_how_many_cases_the_familiarity_check_flagged(tiny_volumes, tiny_checkpoint, tmp_path):
     """Does the unfamiliar-scan warning notice a scanner shift? Each row counts the cases its
     evaluation flagged, as that shift's own report does."""
-    import shutil
+    from conftest import with_familiarity_reference
 
-    from medsad_monai.checkpoint import intensity_of, read_checkpoint, write_familiarity
-    from medsad_monai.data.volumes import load_volume, normalize_intensity
-    from medsad_monai.engine.familiarity import fit_reference, intensity_histogram
     from medsad_monai.engine.robustness import robustness_report
 
-    ckpt = tmp_path / "model.pt"
-    shutil.copy(tiny_checkpoint, ckpt)
-    method = intensity_of(read_checkpoint(ckpt))
-    files = sorted((tiny_volumes / "imagesTr").glob("*.nii.gz"))
-    histograms = [intensity_histogram(normalize_intensity(load_volume(f)[0], method=method)) for f in files]
-    write_familiarity(ckpt, fit_reference(histograms, [f.name for f in files]))
+    training = sorted((tiny_volumes / "imagesTr").glob("*.nii.gz"))
+    ckpt = with_familiarity_reference(tiny_checkpoint, training, tmp_path / "model.pt")
     out = tmp_path / "rob"
     rows = robustness_report(ckpt, str(tiny_volumes), out, split="all", shifts=["gamma_0.6"], precision="fp32")
     for row in rows:
