@@ -26,6 +26,7 @@ __all__ = [
     "operating_point_of",
     "intensity_of",
     "context_slices_of",
+    "mirror_channel_of",
     "orientation_of",
     "write_calibration",
     "calibration_profiles",
@@ -71,6 +72,7 @@ def save_checkpoint(
     intensity: str = "percentile",
     context_slices: int = 0,
     orientation: str = "ras",
+    mirror_channel: bool = False,
 ) -> Path:
     """Save what is needed to rebuild ``model`` (MedSAD-CLIP, or the UNet baseline whole).
 
@@ -88,6 +90,8 @@ def save_checkpoint(
             (:func:`medsad_monai.data.volumes.take_slab`); inference uses the same.
         orientation: which voxel order the model was trained to slice (``ras``: the RAS view,
             :mod:`medsad_monai.data.orientation`); inference uses the same.
+        mirror_channel: the model sees each slice beside its left-right mirror
+            (:mod:`medsad_monai.data.mirror`); inference feeds the same.
     """
     if intensity not in INTENSITY_METHODS:
         raise ValueError(f"intensity {intensity!r}: expected one of {', '.join(INTENSITY_METHODS)}")
@@ -95,6 +99,8 @@ def save_checkpoint(
         raise ValueError(f"context_slices {context_slices!r}: expected one of {CONTEXT_SLICES}")
     if orientation not in ORIENTATIONS:
         raise ValueError(f"orientation {orientation!r}: expected one of {', '.join(ORIENTATIONS)}")
+    if mirror_channel and (context_slices or orientation != "ras"):
+        raise ValueError("the mirror channel needs the RAS view and no context slices")
     if isinstance(model, UNetBaseline):
         payload = {
             "format": CHECKPOINT_FORMAT,
@@ -104,6 +110,7 @@ def save_checkpoint(
             "intensity": intensity,
             "context_slices": context_slices,
             "orientation": orientation,
+            "mirror_channel": bool(mirror_channel),
             "extra": extra or {},
         }
         atomic_torch_save(payload, path)
@@ -123,6 +130,7 @@ def save_checkpoint(
         "intensity": intensity,
         "context_slices": context_slices,
         "orientation": orientation,
+        "mirror_channel": bool(mirror_channel),
         "extra": extra or {},
     }
     atomic_torch_save(payload, path)
@@ -281,6 +289,15 @@ def context_slices_of(payload: dict[str, Any], path: str | os.PathLike = "checkp
             f"checkpoint {str(path)!r} asks for {context!r} context slices (this version knows {CONTEXT_SLICES})"
         )
     return int(context)
+
+
+def mirror_channel_of(payload: dict[str, Any], path: str | os.PathLike = "checkpoint") -> bool:
+    """Whether the checkpoint's model sees each slice beside its left-right mirror (False for
+    checkpoints written before the choice existed: the slice repeated to three channels)."""
+    mirror = payload.get("mirror_channel", False)
+    if not isinstance(mirror, bool):
+        raise ValueError(f"checkpoint {str(path)!r} has mirror_channel {mirror!r} (expected true or false)")
+    return mirror
 
 
 def orientation_of(payload: dict[str, Any], path: str | os.PathLike = "checkpoint") -> str:

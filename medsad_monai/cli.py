@@ -172,6 +172,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "(2.5-D context; stored in the checkpoint and used by inference); 0 (default) = the slice alone",
     )
     p.add_argument(
+        "--mirror-channel",
+        action="store_true",
+        help="the model sees each volume slice beside its left-right mirror about the head's midline (its three "
+        "input channels: slice, mirror, slice), so a lesion shows as an asymmetry; volumes only, not with "
+        "--context-slices 1; stored in the checkpoint and used by inference. Not in the recipe: it helped on a "
+        "validation head of a new anatomy and hurt on the test set's (docs/data.md); validate it on your data",
+    )
+    p.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16"],
         default="auto",
@@ -517,6 +525,7 @@ def _train(args: argparse.Namespace) -> int:
         augment=args.augment,
         intensity=args.intensity,
         context_slices=args.context_slices,
+        mirror_channel=args.mirror_channel,
         synthetic_region=args.synthetic_region,
         lr_schedule=args.lr_schedule,
         ema_decay=args.ema_decay,

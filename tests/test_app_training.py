@@ -68,6 +68,17 @@ def test_fine_tune_starts_from_the_served_weights(client):
     assert not torch.allclose(fresh, torch.full_like(fresh, MARK))
 
 
+def test_a_fine_tune_keeps_the_served_models_mirror_channel(client):
+    served = read_checkpoint(client.checkpoint)
+    served["mirror_channel"] = True  # a model that sees each slice beside its left-right mirror
+    served["context_slices"] = 0  # (an earlier test may have served a context-slices model)
+    torch.save(served, client.checkpoint)
+    res = client.post("/train/medsad?run_sync=true", json={"max_epochs": 1, "lr": 1e-12, "force": True})
+    assert res.status_code == 200, res.text
+    tuned = read_checkpoint(Path(res.json()["run"]) / "best.pt")
+    assert tuned["mirror_channel"] is True and tuned["context_slices"] == 0
+
+
 def test_a_worse_run_is_not_published_and_force_publishes(client):
     served = _sha(client.checkpoint)
     # lr 1e3 from scratch wrecks the weights: the run is worse than the served model on validation

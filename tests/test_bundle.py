@@ -262,6 +262,37 @@ def test_export_bundle_cli_errors_are_clear(tmp_path, capsys, tiny_checkpoint):
     assert all((out / name).is_file() for name in BUNDLE_FILES) and (out / "keep.txt").is_file()
 
 
+def test_a_mirror_channel_checkpoint_exports_an_inferer_that_feeds_the_mirror(tmp_path, tiny_volumes):
+    from monai.bundle import ConfigParser
+
+    from medsad_monai.checkpoint import save_checkpoint
+    from medsad_monai.configs import load_preset
+    from medsad_monai.data.volumes import load_volume, normalize_intensity
+    from medsad_monai.engine.inference import Predictor
+    from medsad_monai.networks import MedSADCLIP
+
+    torch.manual_seed(1)
+    ckpt = save_checkpoint(MedSADCLIP(load_preset("tiny", image_size=64)), tmp_path / "mirror.pt", mirror_channel=True)
+    out = export_bundle(ckpt, tmp_path / "bundle")
+    config = json.loads((out / "configs" / "inference.json").read_text())
+    assert config["mirror_channel"] is True
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    assert "mirrored left-right" in meta["network_data_format"]["inputs"]["image"]["channel_def"]["1"]
+    assert "left-right mirror" in (out / "docs" / "README.md").read_text()
+    parser = ConfigParser()
+    parser.read_config(str(out / "configs" / "inference.json"))
+    parser["bundle_root"] = str(out)
+    parser["device"] = "cpu"
+    parser["precision"] = "fp32"
+    inferer, network = parser.get_parsed_content("inferer"), parser.get_parsed_content("network")
+    volume = normalize_intensity(load_volume(tiny_volumes / VOLUME)[0], method="percentile")
+    got = inferer(volume, network)
+    want = Predictor.from_checkpoint(ckpt, device="cpu", precision="fp32").predict_volume(volume, axis=2)
+    np.testing.assert_allclose(got.probability, want.probability, atol=1e-5)
+    plain = Predictor(network, device="cpu", precision="fp32").predict_volume(volume, axis=2)
+    assert not np.allclose(plain.probability, want.probability, atol=1e-4)
+
+
 def test_a_context_slices_checkpoint_exports_an_inferer_that_feeds_the_neighbours(tmp_path, tiny_volumes):
     """A model trained on slabs (``--context-slices 1``): the bundle's inferer, as MONAI's
     config parser builds it, predicts what ``Predictor.from_checkpoint`` predicts."""

@@ -130,6 +130,48 @@ def test_the_intensity_normalisation_travels_with_the_checkpoint(tiny_config, tm
         save_checkpoint(model, tmp_path / "n.pt", intensity="zscore")
 
 
+def test_the_mirror_channel_travels_with_the_checkpoint_and_inference_feeds_the_mirror(tiny_config, tmp_path):
+    """A model trained beside the left-right mirror is served the mirror: the volume prediction
+    equals the model run on ``take_mirror_slab`` of every slice (midline from the whole volume),
+    in the RAS view of an oblique LAS-stored volume too; 2-D images are refused in words."""
+    from medsad_monai.checkpoint import mirror_channel_of
+    from medsad_monai.data.mirror import reflection_sum, take_mirror_slab
+    from medsad_monai.engine.inference import Predictor
+
+    torch.manual_seed(0)
+    model = MedSADCLIP(tiny_config)
+    path = save_checkpoint(model, tmp_path / "m.pt", mirror_channel=True)
+    predictor = Predictor.from_checkpoint(path, precision="fp32")
+    assert predictor.mirror_channel is True
+    rng = np.random.default_rng(0)
+    volume = np.zeros((24, 20, 5), np.float32)
+    volume[3:19] = rng.uniform(0.3, 1.0, (16, 20, 5))
+    k = reflection_sum(volume)
+    result = predictor.predict_volume(volume, axis=2, skip_background=False)
+    by_slab = predictor.predict_slices([take_mirror_slab(volume, 2, i, k) for i in range(5)])
+    for i, (prob, score) in enumerate(by_slab):
+        np.testing.assert_allclose(result.probability[:, :, i], prob, atol=1e-5)
+        assert result.model_scores[i] == pytest.approx(score, abs=1e-5)
+    alone = Predictor(predictor.model, precision="fp32").predict_volume(volume, axis=2, skip_background=False)
+    assert not np.allclose(alone.probability, result.probability, atol=1e-4)
+    # stored left-right mirrored (LAS): the model mirrors the RAS view, so the answer mirrors back
+    las = np.diag([-1.0, 1.0, 1.0, 1.0])
+    stored = volume[::-1].copy()
+    mirrored = predictor.predict_volume(stored, axis=2, skip_background=False, affine=las)
+    np.testing.assert_allclose(mirrored.probability[::-1], result.probability, atol=1e-5)
+    with pytest.raises(ValueError, match="not 2-D images"):
+        predictor.predict_image(np.full((32, 32), 0.5, np.float32))
+    old = read_checkpoint(path)
+    del old["mirror_channel"]  # written before the choice existed
+    assert mirror_channel_of(old) is False
+    with pytest.raises(ValueError, match="expected true or false"):
+        mirror_channel_of({**old, "mirror_channel": "yes"}, "m.pt")
+    with pytest.raises(ValueError, match="no context slices"):
+        save_checkpoint(model, tmp_path / "n.pt", mirror_channel=True, context_slices=1)
+    with pytest.raises(ValueError, match="RAS view"):
+        Predictor(model, mirror_channel=True, orientation="file")
+
+
 def test_context_slices_travel_with_the_checkpoint_and_inference_feeds_the_neighbours(tiny_config, tmp_path):
     """A model trained on slabs (a slice between its neighbours) is served slabs: the volume
     prediction equals the model run on ``take_slab`` of every slice, and differs from slices alone."""

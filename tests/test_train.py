@@ -254,6 +254,28 @@ def test_context_slices_train_into_the_checkpoint_and_a_fine_tune_must_keep_them
     assert not (tmp_path / "images" / "last.pt").exists()
 
 
+def test_the_mirror_channel_trains_into_the_checkpoint_and_a_fine_tune_must_keep_it(tiny_volumes, tmp_path):
+    from medsad_monai.cli import build_parser
+    from medsad_monai.engine.inference import Predictor
+
+    run = tmp_path / "mirror"
+    train(_opts(tiny_volumes, run, epochs=1, mirror_channel=True, synthetic_lesions=0.5))
+    assert read_checkpoint(run / "best.pt")["mirror_channel"] is True
+    assert read_checkpoint(run / "last.pt")["mirror_channel"] is True
+    assert Predictor.from_checkpoint(run / "best.pt").mirror_channel is True
+    with pytest.raises(ValueError, match="pass --mirror-channel"):
+        train(_opts(tiny_volumes, tmp_path / "tune", epochs=1, init_from=str(run / "best.pt")))
+    with pytest.raises(ValueError, match="pick one"):
+        train(_opts(tiny_volumes, tmp_path / "both", epochs=1, mirror_channel=True, context_slices=1))
+    bmad = Path(__file__).resolve().parents[1] / "sample_data" / "bmad"  # 2-D images: no known midline
+    with pytest.raises(ValueError, match="needs volumes"):
+        train(_opts(bmad, tmp_path / "images", epochs=1, mirror_channel=True))
+    assert not (tmp_path / "images" / "last.pt").exists()
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--mirror-channel"])
+    assert args.mirror_channel is True
+    assert build_parser().parse_args(["train", "--data", "d", "--out", "o"]).mirror_channel is False
+
+
 def test_cosine_schedule_decays_the_learning_rate_over_the_run(tiny_volumes, tmp_path):
     from medsad_monai.engine.train import _cosine, _progress
 

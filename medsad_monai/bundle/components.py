@@ -154,9 +154,11 @@ class SliceWiseInferer(Inferer):
         precision: str = "auto",
         context_slices: int = 0,
         orientation: str = "ras",
+        mirror_channel: bool = False,
     ) -> None:
         super().__init__()
         self.context_slices = context_slices  # the checkpoint's: 1 = each slice with its two neighbours
+        self.mirror_channel = mirror_channel  # the checkpoint's: each slice beside its left-right mirror
         self.orientation = orientation  # the checkpoint's: "ras" slices the volume's RAS view
         self.precision = precision  # as `medsad infer --precision` (auto: bf16 where the device runs it fast)
         self.slice_axis = slice_axis
@@ -176,6 +178,7 @@ class SliceWiseInferer(Inferer):
                 precision=self.precision,
                 context_slices=self.context_slices,
                 orientation=self.orientation,
+                mirror_channel=self.mirror_channel,
             )
         return self._predictor
 

@@ -141,6 +141,8 @@ def _channels(payload: dict[str, Any]) -> str:
     """How a slice becomes the network's 3 channels, in words."""
     if payload.get("context_slices", 0):
         return "stacked with its two neighbouring slices as 3 channels (previous, slice, next)"
+    if payload.get("mirror_channel", False):
+        return "beside its left-right mirror about the head's midline as 3 channels (slice, mirror, slice)"
     return "repeated to 3 channels"
 
 
@@ -238,6 +240,8 @@ def _metadata(payload: dict[str, Any], ckpt: Path, op: Any, intensity: str, prov
                     "channel_def": (
                         {"0": "previous slice", "1": "slice", "2": "next slice"}
                         if payload.get("context_slices", 0)
+                        else {"0": "slice", "1": "slice mirrored left-right about the midline", "2": "slice"}
+                        if payload.get("mirror_channel", False)
                         else {"0": "grey slice", "1": "grey slice (copy)", "2": "grey slice (copy)"}
                     ),
                 }
@@ -299,7 +303,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _inference_config(op: Any, intensity: str, context_slices: int = 0, orientation: str = "ras") -> dict[str, Any]:
+def _inference_config(
+    op: Any, intensity: str, context_slices: int = 0, orientation: str = "ras", mirror_channel: bool = False
+) -> dict[str, Any]:
     summary = op.summary()
     ref_op = {k: v for k, v in summary.items() if k not in ("min_lesion_mm3", "warnings")}  # derived, not fields
     if summary["warnings"]:  # the bundle's results say them as medsad infer's do
@@ -320,6 +326,7 @@ def _inference_config(op: Any, intensity: str, context_slices: int = 0, orientat
         "intensity": intensity,
         "context_slices": context_slices,
         "orientation": orientation,
+        "mirror_channel": mirror_channel,
         "operating_point": {"_target_": "medsad_monai.engine.decision.OperatingPoint", **ref_op},
         "network_def": {
             "_target_": "medsad_monai.bundle.load_network",
@@ -349,6 +356,7 @@ def _inference_config(op: Any, intensity: str, context_slices: int = 0, orientat
             "precision": "@precision",
             "context_slices": "@context_slices",
             "orientation": "@orientation",
+            "mirror_channel": "@mirror_channel",
         },
         "writer": {"_target_": "medsad_monai.bundle.MaskWriter", "output_dir": "@output_dir", "keys": PRED_KEY},
         "postprocessing": {
@@ -563,6 +571,7 @@ def export_bundle(
     from medsad_monai.checkpoint import (
         context_slices_of,
         intensity_of,
+        mirror_channel_of,
         operating_point_of,
         orientation_of,
         read_checkpoint,
@@ -599,7 +608,13 @@ def export_bundle(
     _copy_atomic(ckpt, model_pt)
     meta = _metadata(payload, ckpt, op, intensity, provenance)
     atomic_write_text(out / "configs" / "metadata.json", json.dumps(meta, indent=4) + "\n")
-    config = _inference_config(op, intensity, context_slices_of(payload, ckpt), orientation_of(payload, ckpt))
+    config = _inference_config(
+        op,
+        intensity,
+        context_slices_of(payload, ckpt),
+        orientation_of(payload, ckpt),
+        mirror_channel_of(payload, ckpt),
+    )
     atomic_write_text(out / "configs" / "inference.json", json.dumps(config, indent=4) + "\n")
     atomic_write_text(out / "configs" / "logging.conf", LOGGING_CONF)
     atomic_write_text(out / "docs" / "README.md", _readme(payload, ckpt, op, intensity, provenance, meta))

@@ -33,6 +33,7 @@ from monai.transforms import (
 from medsad_monai.data.images import load_image_2d, load_mask_2d
 from medsad_monai.data.layouts import Sample
 from medsad_monai.data.lesions import estimate_brain_mask, paint_lesions, volume_has_skull
+from medsad_monai.data.mirror import mirror_rows, reflection_sum
 from medsad_monai.data.orientation import ras_view, reorientation
 from medsad_monai.data.preprocess import is_background, prepare_mask, prepare_slice
 from medsad_monai.data.volumes import (
@@ -66,6 +67,7 @@ __all__ = [
     "drop_background",
     "LoadSliced",
     "PaintLesionsd",
+    "MirrorChanneld",
 ]
 
 logger = logging.getLogger(__name__)
@@ -269,6 +271,15 @@ def pixel_mm(sample: Sample, slice_axis: int) -> tuple[float, float] | None:
 
 
 _SKULL: dict[tuple, bool] = {}
+_REFLECTION: dict[tuple, int] = {}
+
+
+def _reflection_sum(path: str, intensity: str) -> int:
+    """The midline reflection of the volume at ``path`` (:func:`reflection_sum`), once per file."""
+    key = ("reflection", *_file_key(path), intensity)
+    if key not in _REFLECTION:
+        _REFLECTION[key] = reflection_sum(_volume(path, intensity))
+    return _REFLECTION[key]
 
 
 def _has_skull(path: str, intensity: str, axis: int) -> bool:
@@ -321,14 +332,23 @@ class LoadSliced(MapTransform):
     """``{"sample": Sample}`` -> ``image`` (H, W[, 3]) float, ``mask`` (H, W), ``label``
     (``context`` 1: a volume slice comes with its neighbours as channels 0 and 2). With
     ``skull`` a volume slice also carries ``skull``: whether its volume keeps skull and scalp
-    (for :class:`PaintLesionsd`, which removes the key)."""
+    (for :class:`PaintLesionsd`, which removes the key). With ``mirror`` it carries what
+    :class:`MirrorChanneld` needs (``mirror_k``, and for sagittal slices ``mirror_partner``)."""
 
-    def __init__(self, slice_axis: int = 2, intensity: str = "percentile", context: int = 0, skull: bool = False):
+    def __init__(
+        self,
+        slice_axis: int = 2,
+        intensity: str = "percentile",
+        context: int = 0,
+        skull: bool = False,
+        mirror: bool = False,
+    ):
         super().__init__(keys=["sample"])
         self.slice_axis = slice_axis
         self.intensity = intensity
         self.context = context
         self.skull = skull
+        self.mirror = mirror
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         sample: Sample = data["sample"]
@@ -342,6 +362,16 @@ class LoadSliced(MapTransform):
         }
         if self.skull and sample.slice_index is not None:
             out["skull"] = _has_skull(str(sample.image), self.intensity, self.slice_axis)
+        if self.mirror:
+            if sample.slice_index is None:
+                raise ValueError(f"{sample.image}: the mirror channel needs volumes, not 2-D images")
+            k = _reflection_sum(str(sample.image), self.intensity)
+            out["mirror_k"] = k
+            if self.slice_axis == 0:  # sagittal: the mirror is the slice on the other side, unpainted
+                volume = _volume(str(sample.image), self.intensity)
+                partner = k - sample.slice_index
+                inside = 0 <= partner < volume.shape[0]
+                out["mirror_partner"] = take_slice(volume, 0, partner) if inside else np.zeros_like(image)
         out["pixel_mm"] = pixel_mm(sample, self.slice_axis)
         return out
 
@@ -396,6 +426,26 @@ class PaintLesionsd(Randomizable, MapTransform):
         return {**data, "image": painted, "mask": mask, "label": 1.0}
 
 
+class MirrorChanneld(MapTransform):
+    """A volume slice ``(H, W)`` -> ``(H, W, 3)`` channels (slice, its left-right mirror, slice)
+    (:mod:`medsad_monai.data.mirror`), after any painted lesion: on an axial or coronal slice the
+    lesion shows in the mirror on the other side, as the whole slice does; a sagittal slice's
+    mirror is the unpainted slice on the other side of the midline. The same channels as
+    :func:`~medsad_monai.data.mirror.take_mirror_slab` gives inference."""
+
+    def __init__(self, slice_axis: int = 2) -> None:
+        super().__init__(keys=["image"])
+        self.slice_axis = slice_axis
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        data = dict(data)
+        k = data.pop("mirror_k")
+        partner = data.pop("mirror_partner", None)
+        image = np.asarray(data["image"], dtype=np.float32)
+        mirror = np.asarray(partner, dtype=np.float32) if self.slice_axis == 0 else mirror_rows(image, k)
+        return {**data, "image": np.stack([image, mirror, image], axis=-1)}
+
+
 class _ToModelSized(MapTransform):
     def __init__(self, size: int) -> None:
         super().__init__(keys=["image", "mask"])
@@ -437,6 +487,7 @@ def slice_dataset(
     intensity: str = "percentile",
     context: int = 0,
     synthetic_region: str = "slice",
+    mirror: bool = False,
 ) -> Dataset:
     """A MONAI ``Dataset`` of model-sized slices: ``image`` (3, S, S) in [0, 1], ``mask`` (1, S, S).
 
@@ -455,6 +506,8 @@ def slice_dataset(
     model's own normalisation (``model.normalize``) follows inside the model. ``context`` 1 gives
     the model a volume slice with its two neighbours as its three channels (2-D images are
     unchanged). ``synthetic_region`` (:data:`SYNTHETIC_REGIONS`) says where lesions are painted.
+    ``mirror`` gives it a volume slice beside its left-right mirror (:class:`MirrorChanneld`;
+    volumes only, not with ``context``).
     """
     if augment not in AUGMENTS:
         raise ValueError(f"augment={augment!r}; expected one of {AUGMENTS}")
@@ -464,10 +517,16 @@ def slice_dataset(
         raise ValueError(f"context={context!r}; expected one of {CONTEXT_SLICES}")
     if synthetic_region not in SYNTHETIC_REGIONS:
         raise ValueError(f"synthetic_region={synthetic_region!r}; expected one of {SYNTHETIC_REGIONS}")
+    if mirror and context:
+        raise ValueError("the mirror channel and context slices both use the model's 3 channels: pick one")
+    if mirror and any(s.slice_index is None for s in samples):
+        raise ValueError("the mirror channel needs volumes: a 2-D image has no known left-right axis and midline")
     skull = train and synthetic_lesions > 0 and synthetic_region == "brain"
-    transforms: list[Any] = [LoadSliced(slice_axis, intensity, context, skull=skull)]
+    transforms: list[Any] = [LoadSliced(slice_axis, intensity, context, skull=skull, mirror=mirror)]
     if train and synthetic_lesions > 0:
         transforms.append(PaintLesionsd(synthetic_lesions, synthetic_styles, context))
+    if mirror:
+        transforms.append(MirrorChanneld(slice_axis))
     transforms.append(_ToModelSized(size))
     if train:
         transforms.append(RandFlipd(keys=["image", "mask"], prob=0.5, spatial_axis=1))

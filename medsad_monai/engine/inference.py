@@ -30,6 +30,7 @@ from medsad_monai.atomic import atomic_write_text
 from medsad_monai.checkpoint import FAMILIARITY_KEY
 from medsad_monai.data.dicom import DicomSeries, find_dicom_series, is_dicom_file, load_dicom_series, series_of_file
 from medsad_monai.data.images import IMAGE_SUFFIXES, load_image_2d
+from medsad_monai.data.mirror import reflection_sum, take_mirror_slab
 from medsad_monai.data.orientation import ORIENTATIONS, reorientation
 from medsad_monai.data.preprocess import is_background, prepare_slice, restore_slice
 from medsad_monai.data.volumes import (
@@ -360,6 +361,9 @@ class Predictor:
         orientation: which voxel order the model slices (a checkpoint's ``orientation``):
             ``ras``, the RAS view of a volume whose affine :meth:`predict_volume` is given
             (:mod:`~medsad_monai.data.orientation`), or ``file``, the array as it is.
+        mirror_channel: the model sees each volume slice beside its left-right mirror (a
+            checkpoint's ``mirror_channel``; :func:`~medsad_monai.data.mirror.take_mirror_slab`,
+            the midline estimated once per volume); such a model does not take 2-D images.
 
     :attr:`profiles` holds every operating point the model has by calibration-profile name
     (:meth:`from_checkpoint`: the checkpoint's ``default`` and its named profiles; otherwise the
@@ -381,6 +385,7 @@ class Predictor:
         precision: str | None = None,
         context_slices: int = 0,
         orientation: str = "ras",
+        mirror_channel: bool = False,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -390,9 +395,12 @@ class Predictor:
             raise ValueError(f"context_slices {context_slices!r}: expected one of {CONTEXT_SLICES}")
         if orientation not in ORIENTATIONS:
             raise ValueError(f"orientation {orientation!r}: expected one of {', '.join(ORIENTATIONS)}")
+        if mirror_channel and (context_slices or orientation != "ras"):
+            raise ValueError("the mirror channel needs the RAS view and no context slices")
         self.intensity = intensity
         self.context_slices = context_slices
         self.orientation = orientation
+        self.mirror_channel = bool(mirror_channel)
         op = operating_point or OperatingPoint()
         self.operating_point = op.with_overrides(map_threshold=threshold)
         self.profiles: dict[str, OperatingPoint] = {op.profile: op}
@@ -446,6 +454,7 @@ class Predictor:
             context_slices_of,
             intensity_of,
             load_checkpoint,
+            mirror_channel_of,
             operating_point_of,
             orientation_of,
         )
@@ -463,6 +472,7 @@ class Predictor:
         kwargs.setdefault("intensity", intensity_of(payload, path))
         kwargs.setdefault("context_slices", context_slices_of(payload, path))
         kwargs.setdefault("orientation", orientation_of(payload, path))
+        kwargs.setdefault("mirror_channel", mirror_channel_of(payload, path))
         predictor = cls(model, **kwargs)
         predictor.profiles = profiles
         predictor.familiarity_reference = payload.get(FAMILIARITY_KEY) or None
@@ -491,7 +501,16 @@ class Predictor:
         return [(restore_slice(p, g).numpy(), float(s)) for p, g, s in zip(probs, geoms, scores)]
 
     def predict_image(self, image: np.ndarray) -> ImageResult:
-        """One 2-D image (H, W) or (H, W, 3) in [0, 1]."""
+        """One 2-D image (H, W) or (H, W, 3) in [0, 1].
+
+        Raises:
+            ValueError: the model sees slices beside their left-right mirror (volumes only).
+        """
+        if self.mirror_channel:
+            raise ValueError(
+                "this model sees each volume slice beside its left-right mirror about the head's midline: it reads "
+                "volumes (NIfTI, NRRD, DICOM), not 2-D images, whose left-right axis and midline are unknown"
+            )
         prob, score = self.predict_slices([image])[0]
         result = ImageResult(prob.astype(np.float32), score, self.operating_point, precision=self.precision)
         self._add_familiarity(result, image, "image")
@@ -572,11 +591,18 @@ class Predictor:
         mm = checked_spacing(spacing)
         pixel_mm = None if mm is None else tuple(float(mm[d]) for d in range(3) if d != axis)  # (rows, columns)
         done = 0
+        k = reflection_sum(volume) if self.mirror_channel else 0
         for start in range(0, len(todo), self.batch_size):
             if cancel is not None and cancel():
                 raise InferenceCancelled(f"cancelled after {done} of {len(todo)} slices")
             chunk = todo[start : start + self.batch_size]
-            results = self.predict_slices([take_slab(volume, axis, i, self.context_slices) for i in chunk], pixel_mm)
+            slabs = [
+                take_mirror_slab(volume, axis, i, k)
+                if self.mirror_channel
+                else take_slab(volume, axis, i, self.context_slices)
+                for i in chunk
+            ]
+            results = self.predict_slices(slabs, pixel_mm)
             for i, (prob, score) in zip(chunk, results):
                 index = [slice(None)] * 3
                 index[axis] = i

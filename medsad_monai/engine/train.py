@@ -129,6 +129,7 @@ class TrainOptions:
     augment: str = "paper"
     intensity: str = "foreground"
     context_slices: int = 0  # 1: the slice and its two neighbours are the model's three channels
+    mirror_channel: bool = False  # the slice beside its left-right mirror as the model's channels (volumes)
     lr_schedule: str | None = None
     ema_decay: float | None = None
     fp_weight: float | None = None
@@ -169,6 +170,10 @@ class TrainOptions:
             )
         if self.context_slices not in CONTEXT_SLICES:
             raise ValueError(f"--context-slices must be one of {CONTEXT_SLICES}, got {self.context_slices!r}")
+        if self.mirror_channel and self.context_slices:
+            raise ValueError(
+                "--mirror-channel and --context-slices 1 both use the model's three input channels: pick one"
+            )
         from medsad_monai.engine.calibration import MAP_OBJECTIVES
 
         if self.calibration_objective not in MAP_OBJECTIVES:
@@ -539,6 +544,10 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
     val_samples = drop_background(val_cases, opts.slice_axis, opts.intensity)
     if opts.context_slices and any(s.slice_index is None for s in samples):
         raise ValueError("--context-slices 1 needs volumes: 2-D images have no neighbouring slices (train them with 0)")
+    if opts.mirror_channel and any(s.slice_index is None for s in samples):
+        raise ValueError(
+            "--mirror-channel needs volumes: a 2-D image has no known left-right axis and midline (train without it)"
+        )
 
     model, loss_fn, cfg = build_model(opts)
     if resume_payload is not None:
@@ -550,6 +559,13 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
             raise ValueError(
                 f"cannot fine-tune {opts.init_from}: it was trained with context slices {context}, this run "
                 f"asks for {opts.context_slices}; pass --context-slices {context}"
+            )
+        mirror = bool(start.get("mirror_channel", False))
+        if mirror != opts.mirror_channel:
+            raise ValueError(
+                f"cannot fine-tune {opts.init_from}: it was trained {'with' if mirror else 'without'} the mirror "
+                f"channel, this run {'with' if opts.mirror_channel else 'without'}; "
+                + ("pass --mirror-channel" if mirror else "leave out --mirror-channel")
             )
         model.load_state_dict(start["state_dict"], strict=False)
         logger.info("fine-tuning from %s", opts.init_from)
@@ -593,7 +609,9 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
         protocol.describe(layout) if data_path is not None else "the given samples",
     )
 
-    inputs = dict(slice_axis=opts.slice_axis, intensity=opts.intensity, context=opts.context_slices)
+    inputs = dict(
+        slice_axis=opts.slice_axis, intensity=opts.intensity, context=opts.context_slices, mirror=opts.mirror_channel
+    )
     train_ds = slice_dataset(
         train_samples,
         size,
@@ -748,6 +766,7 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
                         extra={k: v for k, v in extra.items() if k != "optimizer"},
                         intensity=opts.intensity,
                         context_slices=opts.context_slices,
+                        mirror_channel=opts.mirror_channel,
                     )
                 save_checkpoint(
                     model,
@@ -755,6 +774,7 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
                     extra=last_extra,
                     intensity=opts.intensity,
                     context_slices=opts.context_slices,
+                    mirror_channel=opts.mirror_channel,
                 )
                 if is_best:
                     os.replace(out / PENDING_BEST, out / "best.pt")

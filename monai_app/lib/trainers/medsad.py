@@ -27,7 +27,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from medsad_monai.atomic import atomic_write
-from medsad_monai.checkpoint import context_slices_of, intensity_of, read_checkpoint
+from medsad_monai.checkpoint import context_slices_of, intensity_of, mirror_channel_of, read_checkpoint
 from medsad_monai.configs import load_preset
 from medsad_monai.data.images import IMAGE_SUFFIXES
 from medsad_monai.data.layouts import image_sample, volume_samples
@@ -237,7 +237,7 @@ class MedSADTrain(TrainTask):
 
     def _fine_tune_source(self, opts: dict[str, Any]) -> tuple[Path | None, int | None, dict[str, Any]]:
         """The served checkpoint to start from, its input size and the input settings a
-        fine-tune keeps (its intensity normalisation and context slices), or ``(None, None, {})``
+        fine-tune keeps (its intensity normalisation, context slices and mirror channel), or ``(None, None, {})``
         for a run from scratch (asked for, or nothing served yet). A served model of another
         backbone or preset is refused with both names."""
         served = self.cache.path
@@ -261,6 +261,7 @@ class MedSADTrain(TrainTask):
         inherited = {
             "intensity": intensity_of(payload, served),
             "context_slices": context_slices_of(payload, served),
+            "mirror_channel": mirror_channel_of(payload, served),
         }
         return served, config.get("image_size"), inherited
 
