@@ -13,8 +13,17 @@
   lesion-free) whose lesions have a look that neither training nor the test set uses
   (``medsad_monai.data.lesions.VALIDATION_STYLES``: ``D`` faint grey-matter-like, ``E`` faint
   above white matter): how a model does on a lesion generator it never saw.
+- ``OUT/real_brain`` (only when named in ``--sets``): 2 real head scans with real lesions, the
+  brain test cases of pyradiomics' source distribution (pyradiomics 3.0.1, BSD-3-Clause,
+  Harvard Medical School): contrast-enhanced T1, 0.78 x 0.78 x 6.5 mm, 25 and 23 axial slices,
+  each with its tumour mask (4,137 and 453 voxels), copied as they are (NRRD, their own
+  geometry). Another scanner, anatomy, resolution and lesion than anything the sample data
+  hold: what a model trained on the sample data does on a real scan. It reads
+  ``pyradiomics-3.0.1.tar.gz`` from ``$MEDSAD_SAMPLE_SOURCES`` or ``.venv/share/medsad-sample``
+  (get it with ``pip download --no-deps --no-build-isolation pyradiomics==3.0.1 -d
+  .venv/share/medsad-sample``; ``make venv`` does not).
 
-Both are ``volumes`` layouts whose cases are all non-test: ``medsad calibrate --split all`` and
+All are ``volumes`` layouts whose cases are all non-test: ``medsad calibrate --split all`` and
 ``medsad evaluate --split all`` read every case.
 """
 
@@ -22,7 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -62,11 +74,55 @@ SETS: dict[str, dict] = {
 KEEP: dict[str, str | None] = {"extra14": None, "new_anatomy": "robex_ref", "novel_D": None, "novel_E": None}
 
 
+#: Sets written from real scans in a package's source distribution, not by the generator.
+REAL_SETS = ("real_brain",)
+PYRADIOMICS_SDIST = "pyradiomics-3.0.1.tar.gz"
+
+
+def write_real_brain(target: Path) -> Path:
+    """The two brain cases of pyradiomics' test data, image and tumour mask as they are."""
+    folder = Path(os.environ.get("MEDSAD_SAMPLE_SOURCES") or Path(sys.prefix) / "share" / "medsad-sample")
+    sdist = folder / PYRADIOMICS_SDIST
+    if not sdist.is_file():
+        raise SystemExit(
+            f"real_brain reads {sdist}; get it with: pip download --no-deps --no-build-isolation "
+            f"pyradiomics==3.0.1 -d {folder}   (or set MEDSAD_SAMPLE_SOURCES to its folder)"
+        )
+    cases = ("brain1", "brain2")
+    with tarfile.open(sdist) as tar:
+        for sub, kind in (("imagesTr", "image"), ("labelsTr", "label")):
+            (target / sub).mkdir(parents=True)
+            for case in cases:
+                member = tar.extractfile(f"pyradiomics-3.0.1/data/{case}_{kind}.nrrd")
+                if member is None:
+                    raise SystemExit(f"{sdist} holds no data/{case}_{kind}.nrrd")
+                (target / sub / f"{case}.nrrd").write_bytes(member.read())
+    meta = {
+        "name": "real_brain",
+        "description": "Two contrast-enhanced T1 head scans with tumour masks: the brain test cases of "
+        "pyradiomics' source distribution, copied unchanged. A validation set of real scans, never training data.",
+        "reference": "pyradiomics 3.0.1 source distribution, data/brain{1,2}_{image,label}.nrrd",
+        "licence": "pyradiomics' BSD-3-Clause licence (Copyright 2017 Harvard Medical School)",
+        "tensorImageSize": "3D",
+        "modality": {"0": "T1 (contrast-enhanced)"},
+        "labels": {"0": "background", "1": "lesion"},
+        "numTraining": len(cases),
+        "numTest": 0,
+        "training": [{"image": f"./imagesTr/{c}.nrrd", "label": f"./labelsTr/{c}.nrrd"} for c in cases],
+        "test": [],
+        "medsad": {"validation_set": "real_brain"},
+    }
+    (target / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return target
+
+
 def write_set(name: str, out: Path) -> Path:
     """Generate set ``name`` into ``out/name``: its training cases of the kept anatomy only."""
     target = out / name
     if target.exists():
         raise FileExistsError(f"{target} exists; remove it or choose another --out")
+    if name in REAL_SETS:
+        return write_real_brain(target)
     with tempfile.TemporaryDirectory() as tmp:
         make_sample_data(tmp, montage=False, **SETS[name])
         source = Path(tmp) / "volumes"
@@ -92,13 +148,17 @@ def write_set(name: str, out: Path) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {', '.join(SETS)}")
+    p.add_argument(
+        "--sets",
+        default=",".join(SETS),
+        help=f"comma-separated, of {', '.join((*SETS, *REAL_SETS))} (default: {', '.join(SETS)})",
+    )
     args = p.parse_args()
     for name in args.sets.split(","):
-        if name not in SETS:
-            raise SystemExit(f"unknown set {name!r}; expected one of {', '.join(SETS)}")
+        if name not in SETS and name not in REAL_SETS:
+            raise SystemExit(f"unknown set {name!r}; expected one of {', '.join((*SETS, *REAL_SETS))}")
         target = write_set(name, args.out)
-        print(f"{name}: {len(list((target / 'imagesTr').glob('*.nii.gz')))} volumes in {target}")
+        print(f"{name}: {len(list((target / 'imagesTr').iterdir()))} volumes in {target}")
 
 
 if __name__ == "__main__":
