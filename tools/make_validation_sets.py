@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
+from medsad_monai.data.anatomies import sample_source
 from medsad_monai.data.synthetic import make_sample_data
 
 SETS: dict[str, dict] = {
@@ -81,13 +80,10 @@ PYRADIOMICS_SDIST = "pyradiomics-3.0.1.tar.gz"
 
 def write_real_brain(target: Path) -> Path:
     """The two brain cases of pyradiomics' test data, image and tumour mask as they are."""
-    folder = Path(os.environ.get("MEDSAD_SAMPLE_SOURCES") or Path(sys.prefix) / "share" / "medsad-sample")
-    sdist = folder / PYRADIOMICS_SDIST
-    if not sdist.is_file():
-        raise SystemExit(
-            f"real_brain reads {sdist}; get it with: pip download --no-deps --no-build-isolation "
-            f"pyradiomics==3.0.1 -d {folder}   (or set MEDSAD_SAMPLE_SOURCES to its folder)"
-        )
+    try:
+        sdist = sample_source(PYRADIOMICS_SDIST, "real_brain", "--no-build-isolation pyradiomics==3.0.1")
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
     cases = ("brain1", "brain2")
     with tarfile.open(sdist) as tar:
         for sub, kind in (("imagesTr", "image"), ("labelsTr", "label")):

