@@ -51,14 +51,21 @@ def monailabel_server(
     ]
     for key, value in {"models": "medsad", **conf}.items():
         cmd += ["--conf", key, value]
+    overrides = env or {}
     env = {
         **os.environ,
         "MONAI_LABEL_TRACKING_ENABLED": "false",
         "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-        **(env or {}),
+        **overrides,
     }
+    if "TMPDIR" not in overrides:
+        # MONAI Label writes its logging config to a temporary file per start and never removes
+        # it: keep those (and its other temporary files) beside the log, not in the machine's /tmp
+        scratch = log.parent / f"{log.stem}_tmp"
+        scratch.mkdir(parents=True, exist_ok=True)
+        env["TMPDIR"] = str(scratch)
     url = f"http://127.0.0.1:{port}"
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
