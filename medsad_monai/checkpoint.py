@@ -28,6 +28,7 @@ __all__ = [
     "context_slices_of",
     "mirror_channel_of",
     "orientation_of",
+    "trained_cases_of",
     "write_calibration",
     "calibration_profiles",
     "remove_calibration_profile",
@@ -298,6 +299,20 @@ def mirror_channel_of(payload: dict[str, Any], path: str | os.PathLike = "checkp
     if not isinstance(mirror, bool):
         raise ValueError(f"checkpoint {str(path)!r} has mirror_channel {mirror!r} (expected true or false)")
     return mirror
+
+
+def trained_cases_of(payload: dict[str, Any]) -> tuple[list[str], bool]:
+    """The names of the cases (volumes or images) the checkpoint's model was trained on, and
+    whether that list is complete: ``extra.train_cases`` (written by training since 2026-12-08),
+    else the cases of its familiarity reference (at most 64 volumes or 256 images of them: maybe
+    not all), else ``([], False)`` (not recorded)."""
+    cases = (payload.get("extra") or {}).get("train_cases")
+    if isinstance(cases, list) and all(isinstance(c, str) for c in cases):
+        return list(cases), True
+    reference = (payload.get(FAMILIARITY_KEY) or {}).get("cases")
+    if isinstance(reference, list) and all(isinstance(c, str) for c in reference):
+        return list(reference), False
+    return [], False
 
 
 def orientation_of(payload: dict[str, Any], path: str | os.PathLike = "checkpoint") -> str:

@@ -83,7 +83,7 @@ class MyApp(MONAILabelApp):
         return self.task.infer()
 
     def init_trainers(self) -> dict[str, Any]:
-        return {"medsad": self.task.trainer()}
+        return {"medsad": self.task.trainer(), "medsad_calibrate": self.task.calibrator()}
 
     def init_strategies(self) -> dict[str, Any]:
         return {"random": Random(), "first": First(), **self.task.strategy()}

@@ -201,3 +201,16 @@ def test_context_slices_travel_with_the_checkpoint_and_inference_feeds_the_neigh
         save_checkpoint(model, tmp_path / "n.pt", context_slices=2)
     with pytest.raises(ValueError, match="context_slices 3"):
         Predictor(model, context_slices=3)
+
+
+def test_the_training_cases_are_read_from_the_record_else_the_familiarity_reference():
+    from medsad_monai.checkpoint import trained_cases_of
+
+    assert trained_cases_of({"extra": {"train_cases": ["a", "b"]}, "familiarity": {"cases": ["a"]}}) == (
+        ["a", "b"],
+        True,
+    )
+    # older checkpoints: the familiarity reference names (some of) them, and says it may not be all
+    assert trained_cases_of({"extra": {}, "familiarity": {"cases": ["a"]}}) == (["a"], False)
+    assert trained_cases_of({"extra": {"train_cases": "a"}}) == ([], False)  # not a list of names: not trusted
+    assert trained_cases_of({}) == ([], False)

@@ -17,6 +17,7 @@ pytest.importorskip("monailabel")
 
 from conftest import APP_DIR, STUDY_LABELLED, STUDY_UNLABELLED, datastore_files  # noqa: E402
 
+from medsad_monai.checkpoint import read_checkpoint  # noqa: E402
 from medsad_monai.engine.inference import cpu_has_bf16  # noqa: E402
 
 
@@ -285,6 +286,12 @@ def test_train_from_final_labels_publishes_a_model_that_infer_uses(client):
     assert set(after["familiarity"]) >= {"distance", "threshold", "familiar"}
     stats = client.get("/info/").json()["train_stats"]["medsad"]
     assert stats["run"] == result["run"]
+    # the published model records what trained it; a calibration then uses only the others
+    assert read_checkpoint(client.checkpoint)["extra"]["train_cases"] == sorted(split["train_groups"])
+    res = client.post("/train/medsad_calibrate?run_sync=true", json={})
+    assert res.status_code == 200, res.text
+    assert res.json()["excluded_trained_on"] == sorted(split["train_groups"])
+    assert res.json()["images"] == sorted(split["val_groups"]) and res.json()["warnings"] is not None
 
 
 def test_training_with_too_few_labels_is_a_clear_error(client):

@@ -71,6 +71,7 @@ __all__ = [
     "predict_cases",
     "fit_operating_point",
     "calibrate_checkpoint",
+    "fit_profile",
     "reference_sizes",
     "MAP_OBJECTIVES",
     "MAP_THRESHOLDS",
@@ -618,6 +619,38 @@ def fit_operating_point(
     return op
 
 
+def fit_profile(
+    cases: Sequence[CaseOutput],
+    *,
+    profile: str,
+    default: OperatingPoint | None = None,
+    slice_score: str = "auto",
+    objective: str = "dice",
+) -> OperatingPoint:
+    """Fit an operating point on ``cases`` as ``medsad calibrate`` does (``source`` ``calibrate``)
+    and name it ``profile``. For a profile other than ``default``, ``default`` (the checkpoint's
+    own operating point) is compared with the new one on the same cases, in-sample, and the
+    figures go into its ``validation`` block (``compared_with_default``) and the log."""
+    op = dataclasses.replace(
+        fit_operating_point(cases, slice_score=slice_score, source="calibrate", objective=objective),
+        profile=check_profile_name(profile),
+    )
+    if op.profile == DEFAULT_PROFILE or default is None:
+        return op
+    compared = {"default": _site_figures(cases, default), op.profile: _site_figures(cases, op)}
+    logger.info(
+        "on these %d validation cases: the default operating point pooled Dice %s, %s false-positive voxels "
+        "per lesion-free volume; profile %s %s, %s",
+        len(cases),
+        compared["default"]["dice_pooled"],
+        compared["default"]["fp_voxels_per_lesion_free_volume"],
+        op.profile,
+        compared[op.profile]["dice_pooled"],
+        compared[op.profile]["fp_voxels_per_lesion_free_volume"],
+    )
+    return dataclasses.replace(op, validation={**op.validation, "compared_with_default": compared})
+
+
 def lesion_free_only_message(ckpt: str | os.PathLike, data: str | os.PathLike, n_cases: int) -> str:
     """Why a calibration on lesion-free scans alone is refused, and what to do instead."""
     return (
@@ -691,22 +724,8 @@ def calibrate_checkpoint(
     predictor = Predictor.from_checkpoint(ckpt, clip_pretrained=clip_pretrained, batch_size=batch_size, device=device)
     kind = slice_score or getattr(getattr(predictor.model, "config", None), "slice_score", "auto")
     cases = predict_cases(predictor, samples, slice_axis, desc="calibrating")
-    op = fit_operating_point(cases, slice_score=kind, source="calibrate", objective=objective)
-    op = dataclasses.replace(op, profile=profile)
-    if profile != DEFAULT_PROFILE:  # what the profile changes on this site's data, against the default
-        default = operating_point_of(read_checkpoint(ckpt), ckpt)
-        compared = {"default": _site_figures(cases, default), profile: _site_figures(cases, op)}
-        op = dataclasses.replace(op, validation={**op.validation, "compared_with_default": compared})
-        logger.info(
-            "on these %d validation cases: the default operating point pooled Dice %s, %s false-positive voxels "
-            "per lesion-free volume; profile %s %s, %s",
-            len(cases),
-            compared["default"]["dice_pooled"],
-            compared["default"]["fp_voxels_per_lesion_free_volume"],
-            profile,
-            compared[profile]["dice_pooled"],
-            compared[profile]["fp_voxels_per_lesion_free_volume"],
-        )
+    default = operating_point_of(read_checkpoint(ckpt), ckpt) if profile != DEFAULT_PROFILE else None
+    op = fit_profile(cases, profile=profile, default=default, slice_score=kind, objective=objective)
     target = Path(ckpt)
     if out is not None:
         import shutil

@@ -541,6 +541,8 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
         train_cases, val_cases = split.select(samples, "train"), split.select(samples, "val")
     calibration_cases = _calibration_folder(opts, samples, protocol, data_path, out)  # checked before training
     train_samples = drop_background(train_cases, opts.slice_axis, opts.intensity)
+    # which cases (volumes / images) trained the model: a later calibration must not use them
+    trained_on = sorted({s.group for s in train_cases})
     val_samples = drop_background(val_cases, opts.slice_axis, opts.intensity)
     if opts.context_slices and any(s.slice_index is None for s in samples):
         raise ValueError("--context-slices 1 needs volumes: 2-D images have no neighbouring slices (train them with 0)")
@@ -751,6 +753,7 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
                     "model": opts.model,
                     "seed": opts.seed,
                     "data_protocol": protocol.to_dict(),
+                    "train_cases": trained_on,
                 }
                 last_extra = {**extra, "rows": rows}
                 if ema is not None:

@@ -135,8 +135,9 @@ class ModelCache:
         if name not in predictor.profiles:
             raise ConfError(
                 f"--conf profile {name!r}: the served checkpoint {str(self.path)!r} has no such calibration "
-                f"profile (it has: {', '.join(predictor.profiles)}); fit it with `medsad calibrate --ckpt "
-                f"{self.path} --data <validation data> --profile {name}`, or serve without --conf profile"
+                f"profile (it has: {', '.join(predictor.profiles)}); fit it on this datastore's final labels with "
+                f"POST /train/medsad_calibrate (profile {name!r}), or with `medsad calibrate --ckpt {self.path} "
+                f"--data <validation data> --profile {name}`, or serve without --conf profile"
             )
         predictor.operating_point = predictor.profiles[name]
 

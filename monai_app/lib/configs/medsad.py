@@ -14,6 +14,7 @@ from ..infers.medsad import MedSADInfer
 from ..model_cache import ModelCache
 from ..scoring.medsad import MedSADScoring
 from ..serve_config import CONF_KEYS, ServeConfig
+from ..trainers.calibrate import MedSADCalibrate
 from ..trainers.medsad import MedSADTrain
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ class MedSADTaskConfig(TaskConfig):
 
     def trainer(self):
         return MedSADTrain(self.cache)
+
+    def calibrator(self):
+        return MedSADCalibrate(self.cache)
 
     def scoring_method(self):
         return {"medsad_anomaly": MedSADScoring(self.cache)}

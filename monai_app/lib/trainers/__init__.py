@@ -1,3 +1,4 @@
+from .calibrate import MedSADCalibrate
 from .medsad import MedSADTrain
 
-__all__ = ["MedSADTrain"]
+__all__ = ["MedSADCalibrate", "MedSADTrain"]
