@@ -29,6 +29,7 @@ __all__ = [
     "mirror_channel_of",
     "orientation_of",
     "trained_cases_of",
+    "training_data_of",
     "write_calibration",
     "calibration_profiles",
     "remove_calibration_profile",
@@ -313,6 +314,14 @@ def trained_cases_of(payload: dict[str, Any]) -> tuple[list[str], bool]:
     if isinstance(reference, list) and all(isinstance(c, str) for c in reference):
         return list(reference), False
     return [], False
+
+
+def training_data_of(payload: dict[str, Any]) -> Path | None:
+    """The data folder the checkpoint's model was trained from (resolved; ``extra.train_data``,
+    written by ``medsad train`` since 2026-12-08), or None (not recorded, or not a folder: e.g.
+    the MONAI Label app's datastore)."""
+    data = (payload.get("extra") or {}).get("train_data")
+    return Path(data) if isinstance(data, str) and data else None
 
 
 def orientation_of(payload: dict[str, Any], path: str | os.PathLike = "checkpoint") -> str:

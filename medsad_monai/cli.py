@@ -248,8 +248,9 @@ def _add_eval_infer(sub: argparse._SubParsersAction) -> None:
         "--split",
         default="all",
         choices=["all", "val"],
-        help="all = every non-test case of --data (your own validation set); val = the run's saved "
-        "validation split (split.json beside the checkpoint)",
+        help="all = every non-test case of --data (your own validation set; on the folder the model was "
+        "trained from, the cases that trained it are left out); val = the run's saved validation split "
+        "(split.json beside the checkpoint)",
     )
     p.add_argument("--layout", choices=["bmad", "busi", "sricl", "volumes"])
     _add_slice_axis(p)

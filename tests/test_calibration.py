@@ -229,6 +229,47 @@ def test_calibrate_cli_stores_the_block_and_never_uses_test(tiny_checkpoint, tin
         main(["calibrate", "--ckpt", str(tiny_checkpoint), "--data", str(tiny_volumes), "--split", "test"])
 
 
+def test_calibrate_leaves_out_the_cases_that_trained_the_model(tiny_checkpoint, tiny_volumes, tmp_path, caplog, capsys):
+    """On the folder the model was trained from, ``--split all`` fits on the other cases only (an
+    operating point fitted on training volumes is optimistic), says so, and refuses when none is
+    left; a folder the checkpoint was not trained from is used whole."""
+    import shutil
+
+    import torch
+
+    from medsad_monai.cli import main
+
+    ckpt = tmp_path / "trained.pt"
+    payload = read_checkpoint(tiny_checkpoint)
+    payload["extra"] = {**payload.get("extra", {}), "train_cases": ["case_000", "case_001", "case_002"]}
+    payload["extra"]["train_data"] = str(tiny_volumes.resolve())
+    torch.save(payload, ckpt)
+    run = ["--batch-size", "4", "--device", "cpu"]
+    with caplog.at_level("WARNING"):
+        assert (
+            main(["calibrate", "--ckpt", str(ckpt), "--data", str(tiny_volumes), "--out", str(tmp_path / "a.pt"), *run])
+            == 0
+        )
+    op = operating_point_of(read_checkpoint(tmp_path / "a.pt"), tmp_path / "a.pt")
+    assert op.validation["cases"] == ["case_003", "case_004", "case_005"]
+    assert "3 case(s) of" in caplog.text and "trained this model and are left out" in caplog.text
+
+    elsewhere = tmp_path / "copy"
+    shutil.copytree(tiny_volumes, elsewhere)  # the same names in another folder: other scans, all used
+    assert (
+        main(["calibrate", "--ckpt", str(ckpt), "--data", str(elsewhere), "--out", str(tmp_path / "b.pt"), *run]) == 0
+    )
+    assert len(operating_point_of(read_checkpoint(tmp_path / "b.pt"), tmp_path / "b.pt").validation["cases"]) == 6
+
+    payload["extra"]["train_cases"] = [f"case_{i:03d}" for i in range(6)]
+    torch.save(payload, ckpt)
+    capsys.readouterr()
+    assert main(["calibrate", "--ckpt", str(ckpt), "--data", str(tiny_volumes), *run]) == 2
+    err = capsys.readouterr().err
+    assert "outside its test split trained this model (6 case(s))" in err and "--split val" in err
+    assert "calibration" not in read_checkpoint(ckpt)  # nothing written
+
+
 def test_calibrate_refuses_lesion_free_scans_alone_and_says_what_to_do(tiny_checkpoint, tiny_volumes, tmp_path, capsys):
     """Normal scans alone leave every clean threshold equally good: a fit there would be arbitrary."""
     import shutil

@@ -46,6 +46,9 @@ def test_training_writes_a_complete_run_folder(tiny_volumes, tmp_path):
     selections = [float(r["selection"]) for r in rows]
     assert float(rows[best["epoch"] - 1]["selection"]) == max(selections)  # chosen on validation
     assert "optimizer" not in best
+    # what trained it, for a later calibration to leave out (medsad calibrate, the app's medsad_calibrate)
+    assert best["train_cases"] == sorted(split["train_groups"])
+    assert best["train_data"] == str(Path(split["data"]).resolve())
     assert read_checkpoint(run / "best.pt")["calibration"]["validation"]["map_objective"] == "dice"
     # the familiarity reference: the training volumes' histograms, never a validation or test case
     familiarity = read_checkpoint(run / "best.pt")["familiarity"]

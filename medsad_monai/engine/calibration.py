@@ -651,6 +651,36 @@ def fit_profile(
     return dataclasses.replace(op, validation={**op.validation, "compared_with_default": compared})
 
 
+def _without_training_cases(samples: list[Sample], ckpt: str | os.PathLike, data: str | os.PathLike) -> list[Sample]:
+    """``samples`` less the cases that trained the checkpoint's model, when ``data`` is the folder
+    it was trained from (an operating point fitted on its own training volumes is optimistic and
+    would not hold on new scans): said in the log; refused when nothing else is left."""
+    from medsad_monai.checkpoint import read_checkpoint, trained_cases_of, training_data_of
+
+    payload = read_checkpoint(ckpt)
+    trained, _ = trained_cases_of(payload)
+    source = training_data_of(payload)
+    if not trained or source is None or Path(data).resolve() != source:
+        return samples
+    excluded = sorted({s.group for s in samples if s.group in set(trained)})
+    left = [s for s in samples if s.group not in set(trained)]
+    if excluded and not left:
+        raise ValueError(
+            f"every case of {data} outside its test split trained this model ({len(excluded)} case(s)): an "
+            "operating point fitted on them would be optimistic. Use --split val (the run's validation volumes) "
+            "or a folder of other labelled scans"
+        )
+    if excluded:
+        logger.warning(
+            "%d case(s) of %s trained this model and are left out of the calibration (%s); it uses the other %d",
+            len(excluded),
+            data,
+            ", ".join(excluded[:8]) + (", ..." if len(excluded) > 8 else ""),
+            len({s.group for s in left}),
+        )
+    return left
+
+
 def lesion_free_only_message(ckpt: str | os.PathLike, data: str | os.PathLike, n_cases: int) -> str:
     """Why a calibration on lesion-free scans alone is refused, and what to do instead."""
     return (
@@ -717,6 +747,8 @@ def calibrate_checkpoint(
         samples, _ = training_pool(data, layout, slice_axis, protocol)
     else:
         raise ValueError(f"--split must be all or val (never test), got {split!r}")
+    if split == "all":
+        samples = _without_training_cases(samples, ckpt, data)
     if not samples:
         raise ValueError(f"no validation cases in {data} (split {split})")
     if not any(s.label for s in samples):

@@ -754,6 +754,7 @@ def train(opts: TrainOptions, samples: Sequence[Sample] | None = None) -> dict[s
                     "seed": opts.seed,
                     "data_protocol": protocol.to_dict(),
                     "train_cases": trained_on,
+                    "train_data": None if data_path is None else str(data_path),
                 }
                 last_extra = {**extra, "rows": rows}
                 if ema is not None:
