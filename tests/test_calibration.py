@@ -261,6 +261,15 @@ def test_calibrate_leaves_out_the_cases_that_trained_the_model(tiny_checkpoint, 
     )
     assert len(operating_point_of(read_checkpoint(tmp_path / "b.pt"), tmp_path / "b.pt").validation["cases"]) == 6
 
+    # evaluate says which evaluated cases trained the model (their figures are in-sample)
+    for folder, expected in ((tiny_volumes, ["case_000", "case_001", "case_002"]), (elsewhere, [])):
+        report = tmp_path / f"report_{folder.name}"
+        assert (
+            main(["evaluate", "--ckpt", str(ckpt), "--data", str(folder), "--split", "all", "--out", str(report), *run])
+            == 0
+        )
+        assert json.loads((report / "report.json").read_text())["meta"]["trained_on_cases"] == expected
+
     payload["extra"]["train_cases"] = [f"case_{i:03d}" for i in range(6)]
     torch.save(payload, ckpt)
     capsys.readouterr()

@@ -151,6 +151,14 @@ def evaluate_checkpoint(
     samples, layout_name = select_split(ckpt, data, split, layout, slice_axis, protocol)
     if not samples:
         raise ValueError(f"no samples to evaluate in {data} (split {split})")
+    in_sample = _training_cases_among(payload, data, samples)
+    if in_sample:
+        logger.warning(
+            "%d evaluated case(s) trained this model (%s): their figures are in-sample, not what it does on new "
+            "scans (--split test is the run's test set)",
+            len(in_sample),
+            ", ".join(in_sample[:8]) + (", ..." if len(in_sample) > 8 else ""),
+        )
     tags = case_tags(Path(data))
     overall = _Group(op)
     groups: dict[str, _Group] = {}
@@ -220,11 +228,24 @@ def evaluate_checkpoint(
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "medsad_version": medsad_monai.__version__,
         "familiarity": familiarity_summary(per_case),
+        "trained_on_cases": in_sample,
         "per_case": per_case,
     }
     write_report(out, metrics, meta=meta, cases=keeper.cases())
     logger.info("evaluation written to %s", out)
     return json.loads(json.dumps(metrics, default=float))
+
+
+def _training_cases_among(payload: dict[str, Any], data: str | os.PathLike, samples: list) -> list[str]:
+    """The evaluated cases that trained the checkpoint's model (``data`` is the folder it was
+    trained from and the case is one of its recorded training cases); empty when not recorded."""
+    from medsad_monai.checkpoint import trained_cases_of, training_data_of
+
+    trained, _ = trained_cases_of(payload)
+    source = training_data_of(payload)
+    if not trained or source is None or Path(data).resolve() != source:
+        return []
+    return sorted({s.group for s in samples} & set(trained))
 
 
 def familiarity_summary(per_case: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
