@@ -202,3 +202,21 @@ def test_calibrating_from_monai_labels_client_makes_the_served_profile_work(app_
         assert params["operating_point"]["profile"] == "site"
         assert params["checkpoint_sha256"] == stats["checkpoint_sha256"]
         assert params["threshold"] == stats["operating_point"]["map_threshold"]
+
+
+def test_train_all_trains_then_calibrates_the_published_model_on_its_validation_images(client):
+    """MONAI Label's ``POST /train/`` (the Slicer plugin's default choice, ALL) runs the trainers
+    in turn: ``medsad`` publishes a model, then ``medsad_calibrate`` fits its profile on the images
+    that did not train it — the run's validation images."""
+    res = client.post("/train/?run_sync=true", json={"medsad": {"max_epochs": 1, "force": True}})
+    assert res.status_code == 200, res.text
+    result = res.json()
+    assert list(result) == ["medsad", "medsad_calibrate"]
+    trained = result["medsad"]["result"]
+    calibrated = result["medsad_calibrate"]["result"]
+    split = json.loads((Path(trained["run"]) / "split.json").read_text())
+    assert calibrated["excluded_trained_on"] == sorted(split["train_groups"])
+    assert calibrated["images"] == sorted(split["val_groups"])
+    payload = read_checkpoint(client.checkpoint)
+    assert set(calibration_profiles(payload, client.checkpoint)) == {"default", "site"}
+    assert calibrated["checkpoint_sha256"] == _sha(client.checkpoint)[:16]
