@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -91,11 +92,14 @@ class MedSADCalibrate(TrainTask):
         served = self.cache.path
         if not served.is_file():
             raise NoModelError(f"no model at {served} to calibrate: train one (POST /train/medsad) first")
-        before = _stamp(served)
-        snapshot = served.read_bytes()
         with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=served.parent) as tmp:
             work = Path(tmp) / served.name
-            work.write_bytes(snapshot)
+            before = _stamp(served)
+            shutil.copyfile(served, work)  # the fit runs on this copy; the served file is compared after
+            if _stamp(served) != before:
+                raise InputError(
+                    f"the served model {served} changed while it was read (a training run published): calibrate again"
+                )
             payload = read_checkpoint(work)
             trained_on, complete = trained_cases_of(payload)
             datalist, excluded = self._datalist(datastore, wanted, set(trained_on))
