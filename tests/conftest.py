@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -199,15 +200,14 @@ def datastore_files(studies: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def client(app_studies, tmp_path, monkeypatch):
+@contextlib.contextmanager
+def app_client(studies: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The MONAI Label app in-process: FastAPI's TestClient on MONAI Label's real app, serving
-    ``app_studies``; ``client.studies`` and ``client.checkpoint`` name its folder and model."""
+    ``studies`` with ``checkpoint``; ``client.studies`` and ``client.checkpoint`` name them."""
     from fastapi.testclient import TestClient
     from monailabel.config import settings
     from monailabel.interfaces.utils.app import clear_cache
 
-    studies, checkpoint = app_studies
     conf = {"models": "medsad", "checkpoint": str(checkpoint), "batch_size": "4"}
     monkeypatch.setattr(settings, "MONAI_LABEL_APP_DIR", str(APP_DIR))
     monkeypatch.setattr(settings, "MONAI_LABEL_STUDIES", str(studies))
@@ -224,3 +224,11 @@ def client(app_studies, tmp_path, monkeypatch):
         c.checkpoint = checkpoint
         yield c
     clear_cache()
+
+
+@pytest.fixture
+def client(app_studies, tmp_path, monkeypatch):
+    """The MONAI Label app in-process (:func:`app_client`) serving ``app_studies``."""
+    studies, checkpoint = app_studies
+    with app_client(studies, checkpoint, tmp_path, monkeypatch) as c:
+        yield c

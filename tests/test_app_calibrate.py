@@ -220,3 +220,37 @@ def test_train_all_trains_then_calibrates_the_published_model_on_its_validation_
     payload = read_checkpoint(client.checkpoint)
     assert set(calibration_profiles(payload, client.checkpoint)) == {"default", "site"}
     assert calibrated["checkpoint_sha256"] == _sha(client.checkpoint)[:16]
+
+
+def test_a_datastore_of_2d_pictures_gets_a_profile_counted_in_pixels(tiny_checkpoint, tmp_path, monkeypatch):
+    """The paper's data are 2-D pictures (BMAD): a datastore of the sample BMAD validation PNGs,
+    lesion pictures with their masks and normal ones with empty masks, gets a profile fitted on
+    every picture, its sizes counted in pixels."""
+    import numpy as np
+    from conftest import app_client
+    from PIL import Image
+
+    root = Path(__file__).resolve().parents[1] / "sample_data" / "bmad" / "valid"
+    studies = tmp_path / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    lesions = sorted((root / "Ungood" / "img").glob("*.png"))[:4]
+    normals = sorted((root / "good" / "img").glob("*.png"))[:3]
+    for picture in lesions + normals:
+        shutil.copy2(picture, studies / picture.name)
+        mask = root / "Ungood" / "anomaly_mask" / picture.name
+        if picture in lesions:
+            label = (np.asarray(Image.open(mask).convert("L")) > 0).astype(np.uint8)
+        else:
+            label = np.zeros(Image.open(picture).size[::-1], np.uint8)
+        Image.fromarray(label).save(studies / "labels" / "final" / picture.name)
+    checkpoint = tmp_path / "model" / "medsad.pt"
+    checkpoint.parent.mkdir()
+    shutil.copy2(tiny_checkpoint, checkpoint)
+    with app_client(studies, checkpoint, tmp_path, monkeypatch) as client:
+        res = _calibrate(client, {"profile": "bmad_site"})
+        assert res.status_code == 200, res.text
+        result = res.json()
+    assert result["images"] == sorted(p.stem for p in lesions + normals)
+    site = calibration_profiles(read_checkpoint(checkpoint), checkpoint)["bmad_site"]
+    assert site.validation["n_lesion_volumes"] == len(lesions) and site.validation["n_volumes"] == len(lesions) + 3
+    assert site.voxel_mm3 is None  # pictures: sizes in pixels
