@@ -160,5 +160,5 @@ def unfamiliar_warning(block: dict[str, Any]) -> str:
         f"{block['distance']:.3f} > {block['threshold']:.3f}): the model's decisions were calibrated on other "
         "scans and may not hold here (false positives, missed lesions). Check them against the image, and for "
         "a new scanner or anatomy fit a calibration profile on a few of its labelled scans (medsad calibrate "
-        "--profile)"
+        "--profile, or the MONAI Label server's medsad_calibrate task)"
     )

@@ -279,7 +279,9 @@ class MedSADTrain(TrainTask):
         if self.cache.serve.profile not in (None, DEFAULT_PROFILE):  # a new model has no profiles yet
             logger.warning(
                 "the published model has no calibration profile %r (--conf profile): inferences answer an "
-                "error until it is fitted: medsad calibrate --ckpt %s --data <validation data> --profile %s",
+                "error until it is fitted: POST /train/medsad_calibrate (profile %r), or medsad calibrate --ckpt %s "
+                "--data <validation data> --profile %s",
+                self.cache.serve.profile,
                 self.cache.serve.profile,
                 self.cache.path,
                 self.cache.serve.profile,
