@@ -121,6 +121,9 @@ def test_images_the_model_was_trained_on_are_left_out_and_refused_by_name(client
     res = _calibrate(client, {"images": ["case_003"], "profile": "one"})  # a chosen subset
     assert res.status_code == 200, res.text
     assert res.json()["images"] == ["case_003"] and res.json()["profile"] == "one"
+    # /info shows the latest of the two calibrations, each kept
+    assert client.get("/info/").json()["train_stats"]["medsad_calibrate"]["profile"] == "one"
+    assert len(list((client.checkpoint.parent / "calibrations").glob("*.json"))) == 2
 
 
 def test_lesion_free_or_training_only_labels_are_refused_with_what_to_do(client):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -157,7 +156,8 @@ class MedSADCalibrate(TrainTask):
         logger.info("calibration profile %r fitted on %d image(s) and written to %s", op.profile, len(datalist), served)
         result = json.loads(json.dumps(result, default=str))
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{op.profile}.json"
+        now = time.time()  # names sort by time to the microsecond: stats() reads the last one
+        name = f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}.{int(now % 1 * 1e6):06d}-{op.profile}.json"
         atomic_write(self.log_dir / name, lambda fh: fh.write(json.dumps(result, indent=2)), binary=False)
         return result
 
