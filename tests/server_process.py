@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 APP_DIR = Path(__file__).resolve().parent.parent / "monai_app"
 
@@ -93,3 +94,19 @@ def monailabel_server(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+def run_train_task(client: Any, model: str, params: dict[str, Any], polls: int = 1800) -> dict[str, Any]:
+    """Start MONAI Label train task ``model`` in the background with MONAI Label's own client
+    (``train_start``), poll ``train_status`` once a second as the Slicer plugin's progress timer
+    does until it ends (``polls`` bounds it only against a hang), and return its final status,
+    asserted to be this task's and ``DONE``."""
+    started = client.train_start(model, params)
+    assert started["status"] in ("SUBMITTED", "RUNNING"), started
+    for _ in range(polls):
+        status = client.train_status()
+        if status.get("status") not in ("SUBMITTED", "RUNNING"):
+            break
+        time.sleep(1)
+    assert status["id"] == started["id"] and status["status"] == "DONE", str(status)[-2000:]
+    return status

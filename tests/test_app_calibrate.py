@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -179,7 +178,7 @@ def test_calibrating_from_monai_labels_client_makes_the_served_profile_work(app_
     then served at the new profile without a restart."""
     from monailabel.client import MONAILabelClient
     from monailabel.client.client import MONAILabelClientException
-    from server_process import monailabel_server
+    from server_process import monailabel_server, run_train_task
 
     studies, checkpoint = app_studies
     conf = {"checkpoint": str(checkpoint), "profile": "site", "precision": "fp32"}
@@ -190,14 +189,7 @@ def test_calibrating_from_monai_labels_client_makes_the_served_profile_work(app_
         assert "POST /train/medsad_calibrate" in err.value.msg
         assert client.info()["trainers"]["medsad_calibrate"]["config"]["profile"] == "site"
 
-        started = client.train_start("medsad_calibrate", {})
-        assert started["status"] in ("SUBMITTED", "RUNNING"), started
-        for _ in range(600):  # polls (the loop ends when the task does), bounded only against a hang
-            status = client.train_status()
-            if status.get("status") not in ("SUBMITTED", "RUNNING"):
-                break
-            time.sleep(1)
-        assert status["id"] == started["id"] and status["status"] == "DONE", str(status)[-2000:]
+        run_train_task(client, "medsad_calibrate", {}, polls=600)
         stats = client.info()["train_stats"]["medsad_calibrate"]
         assert stats["profile"] == "site" and stats["images"] == list(STUDY_LABELLED)
 

@@ -258,7 +258,7 @@ def test_monai_label_clients_upload_and_background_training_against_the_real_ser
     import shutil
 
     from monailabel.client import MONAILabelClient
-    from server_process import monailabel_server
+    from server_process import monailabel_server, run_train_task
 
     studies, checkpoint = app_studies
     scan = tmp_path / "outside" / "from_the_scanner.nii.gz"
@@ -273,14 +273,7 @@ def test_monai_label_clients_upload_and_background_training_against_the_real_ser
         assert len(params["slice_scores"]) == image.shape[2]
         served = params["checkpoint_sha256"]
 
-        started = client.train_start("medsad", {"max_epochs": 1, "force": True})
-        assert started["status"] in ("SUBMITTED", "RUNNING"), started
-        for _ in range(1800):  # polls (the loop ends when the task does), bounded only against a hang
-            status = client.train_status()
-            if status.get("status") not in ("SUBMITTED", "RUNNING"):
-                break
-            time.sleep(1)
-        assert status["id"] == started["id"] and status["status"] == "DONE", str(status)[-2000:]
+        run_train_task(client, "medsad", {"max_epochs": 1, "force": True})
         stats = client.info()["train_stats"]["medsad"]
         assert stats["epoch"] == stats["total_epochs"] == 1 and "published" in stats
         _, params = client.infer("medsad", "uploaded_scan", {})
